@@ -1,0 +1,121 @@
+"""End-to-end training: the run directory, learning with each loss, resume after a kill, test mode."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = ["args.json", "metrics.jsonl", "best.pt", "last.pt", "dev_pred.json", "dev_scores.json",
+             "result.json", "result.zip", "curves.png", "train.log"]
+
+
+def tiny_args(data_dir, model_dir, out, *extra):
+    return ["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--output_dir", str(out),
+            "--max_seq_length", "512", "--train_batch_size", "4", "--test_batch_size", "8",
+            "--emb_size", "64", "--block_size", "16", "--cache_dir", "none", "--no_progress",
+            "--learning_rate", "1e-3", "--classifier_lr", "1e-3", "--logging_steps", "1", *map(str, extra)]
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_run_directory_is_complete_and_test_mode_reproduces_dev_scores(synthetic_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synthetic_dir, tiny_bert_dir, out, "--num_train_epochs", "2", "--loss", "bce"))
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    args = json.loads((out / "args.json").read_text())
+    assert args["loss"] == "bce" and args["num_class"] > 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in r and "lr" in r and "grad_norm" in r for r in records)
+    assert sum("dev_f1" in r for r in records) == 2  # one evaluation per epoch
+    dev = json.loads((out / "dev_scores.json").read_text())
+    assert {"precision", "recall", "f1", "ign_f1", "threshold"} <= set(dev)
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["threshold"] == dev["threshold"] and ckpt["rel2id"]["Na"] == 0
+
+    again = tmp_path / "test-mode"
+    result = train.main(tiny_args(synthetic_dir, tiny_bert_dir, again, "--load_path", out / "best.pt",
+                                  "--loss", "bce"))
+    assert not (again / "best.pt").exists()  # no training happened
+    assert result["dev"] == pytest.approx(dev)
+    assert json.loads((again / "result.json").read_text()) == json.loads((out / "result.json").read_text())
+
+
+def test_checkpoint_of_another_label_map_is_refused(synthetic_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    train.main(tiny_args(synthetic_dir, tiny_bert_dir, out, "--max_steps", "1", "--test_file", ""))
+    rel2id = json.loads((synthetic_dir / "rel_info.json").read_text())
+    other = {"Na": 0, **{r: i + 1 for i, r in enumerate(sorted(rel2id, reverse=True))}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="label map"):
+        train.main(tiny_args(synthetic_dir, tiny_bert_dir, tmp_path / "x", "--load_path", out / "best.pt",
+                             "--rel2id", tmp_path / "other.json"))
+
+
+def run_cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_dir, tiny_bert_dir, tmp_path):
+    common = ["--num_train_epochs", "2", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+              "--save_steps", "1", "--test_file", "", "--loss", "ncrl", "--shift", "0.05"]
+    full = tmp_path / "full"
+    assert run_cli(tiny_args(synthetic_dir, tiny_bert_dir, full, *common)).wait() == 0
+
+    cut = tmp_path / "cut"
+    proc = run_cli(tiny_args(synthetic_dir, tiny_bert_dir, cut, *common))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill mid-epoch 1, once a few steps are saved
+        lines = (cut / "metrics.jsonl").read_text().splitlines() if (cut / "metrics.jsonl").exists() else []
+        if sum('"loss"' in line for line in lines) >= 3 and (cut / "last.pt").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "dev_scores.json").exists()
+
+    resumed = run_cli(tiny_args(synthetic_dir, tiny_bert_dir, cut, *common, "--resume"))
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
+    a, b = weights(full / "last.pt"), weights(cut / "last.pt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert json.loads((full / "dev_scores.json").read_text()) == json.loads((cut / "dev_scores.json").read_text())
+    steps = [json.loads(line)["step"] for line in (cut / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated log lines after resume
+
+
+@pytest.mark.parametrize("loss", ["bce", "atl", "ncrl"])
+def test_learns_synthetic_relations(loss, learning_corpus, minilm_path, tmp_path):
+    out = tmp_path / loss
+    args = ["--data_dir", str(learning_corpus), "--model_name_or_path", minilm_path, "--output_dir", str(out),
+            "--max_seq_length", "512", "--train_batch_size", "4", "--test_batch_size", "16",
+            "--num_train_epochs", "4", "--learning_rate", "1e-4", "--classifier_lr", "1e-3",
+            "--emb_size", "256", "--block_size", "32", "--loss", loss, "--test_file", "", "--cache_dir", "none",
+            "--no_progress", "--evaluation_steps", "1000000", "--seed", "1"]
+    result = train.main(args)
+    assert result["dev"]["f1"] > LEARNING_BAR, result["dev"]
+
+
+LEARNING_BAR = 40.0  # F1 (%) on dev; an untrained model scores near 0
+
+
+@pytest.fixture(scope="module")
+def learning_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learn")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), "--out", str(out), "--seed", "3",
+                    "--n_train", "60", "--n_dev", "20", "--n_test", "4"], check=True)
+    return out

@@ -1,0 +1,92 @@
+"""Collate, batching order, atomic writes and precision selection."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+from train import epoch_batches, linear_schedule
+
+
+def feature(n_tokens, ent_pos, labels=()):
+    n = len(ent_pos)
+    hts = [[h, t] for h in range(n) for t in range(n) if h != t]
+    return {"title": "d", "input_ids": list(range(1, n_tokens + 1)), "entity_pos": ent_pos,
+            "hts": np.array(hts, dtype=np.int64).reshape(-1, 2), "labels": np.array(labels).reshape(-1, 2)}
+
+
+def test_collator_flattens_entities_pairs_and_labels():
+    f1 = feature(5, [[(1, 2)], [(2, 3), (3, 4)]], labels=[(0, 2), (0, 3)])  # 2 entities, 2 pairs
+    f2 = feature(3, [[(0, 1)], [(1, 2)], [(2, 3)]], labels=[(5, 1)])  # 3 entities, 6 pairs
+    b = utils.Collator(num_class=4, pad_token_id=9)([f1, f2])
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert b["mention_pos"].tolist() == [1, 2, 3, 0, 1, 2]
+    assert b["mention_entity"].tolist() == [0, 1, 1, 2, 3, 4]
+    assert b["mention_doc"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert b["entity_doc"].tolist() == [0, 0, 1, 1, 1]
+    assert b["hts"][:2].tolist() == [[0, 1], [1, 0]] and b["hts"][2].tolist() == [2, 3]
+    assert b["pair_doc"].tolist() == [0, 0] + [1] * 6
+    assert b["labels"].shape == (8, 4)
+    assert b["labels"][0].tolist() == [0, 0, 1, 1]  # multi-label pair
+    assert b["labels"][1].tolist() == [1, 0, 0, 0]  # Na
+    assert b["labels"][7].tolist() == [0, 1, 0, 0]  # doc 2, pair 5
+    assert b["labels"][:, 0].sum() == 6
+
+
+def test_collator_accepts_documents_without_pairs():
+    b = utils.Collator(num_class=3)([feature(4, []), feature(2, [[(0, 1)]])])
+    assert b["hts"].shape == (0, 2) and b["labels"].shape == (0, 3)
+    assert b["mention_pos"].tolist() == [0] and b["entity_doc"].tolist() == [1]
+
+
+def test_epoch_batches_are_a_reproducible_partition():
+    lengths = np.random.default_rng(0).integers(10, 500, size=103)
+    for bucketing in (False, True):
+        a = epoch_batches(lengths, 4, seed=1, epoch=2, bucketing=bucketing)
+        assert a == epoch_batches(lengths, 4, seed=1, epoch=2, bucketing=bucketing)
+        assert sorted(i for b in a for i in b) == list(range(103))
+        assert a != epoch_batches(lengths, 4, seed=1, epoch=3, bucketing=bucketing)
+    bucketed = epoch_batches(lengths, 4, seed=1, epoch=0, bucketing=True)
+    plain = epoch_batches(lengths, 4, seed=1, epoch=0)
+    spread = lambda bs: np.mean([np.ptp(lengths[b]) for b in bs])  # noqa: E731
+    assert spread(bucketed) < spread(plain) / 3
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = linear_schedule(opt, warmup_steps=2, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    path = tmp_path / "result.json"
+    utils.atomic_write_json(path, [1, 2])
+    with pytest.raises(RuntimeError):
+        with utils.atomic_path(path) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("disk full")
+    assert json.loads(path.read_text()) == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_amp_dtype_choices():
+    cpu = torch.device("cpu")
+    assert utils.amp_dtype(cpu, "auto") is None
+    assert utils.amp_dtype(cpu, "off") is None
+    assert utils.amp_dtype(cpu, "bf16") is torch.bfloat16
+    assert utils.amp_dtype(cpu, "fp16") is torch.float16
+    with pytest.raises(ValueError, match="--amp"):
+        utils.amp_dtype(cpu, "fp8")
+
+
+def test_resolve_model_path(minilm_path):
+    assert utils.resolve_model_path("minilm") == minilm_path
+    assert utils.resolve_model_path(None) == minilm_path
+    assert utils.resolve_model_path("roberta-large") == "roberta-large"
