@@ -1,0 +1,440 @@
+"""Official DocRED scores, Codalab submission files and error analysis, as pure functions plus a CLI.
+
+Importing this module needs neither torch nor a model: predictions may be torch tensors or numpy arrays.
+
+    python evaluation.py --pred dev_pred.json --truth dev.json --train_annotated train_annotated.json --per_relation
+    python evaluation.py --check_submission result.json --truth test.json --rel_info rel_info.json --codalab_zip result.zip
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
+OPTIONAL_FIELDS = ("evidence",)
+Fact = Tuple[str, str, str]  # (head mention name, tail mention name, relation id)
+PathOrDocs = Union[str, os.PathLike, List[Dict[str, Any]]]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_json(path: Union[str, os.PathLike], what: str = "file") -> Any:
+    """Parse a JSON file; any failure names the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {what} {path}: {e}") from e
+
+
+def _as_list(obj: PathOrDocs, what: str) -> Tuple[List[Any], str]:
+    """A JSON list given directly or as a path, and a name for it in error messages."""
+    if isinstance(obj, (str, os.PathLike)):
+        obj, name = load_json(obj, what), f"{what} {obj}"
+    else:
+        name = what
+    if not isinstance(obj, list):
+        raise ValueError(f"{name} must be a JSON list, got {type(obj).__name__}")
+    return obj, name
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def _to_numpy_mask(preds: Any) -> np.ndarray:
+    """Boolean [P, K+1] array of the non-zero entries of a tensor or array."""
+    mask = preds != 0
+    if hasattr(mask, "detach"):  # a torch tensor, on any device
+        mask = mask.detach().cpu()
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"preds must be 2-D [n_pairs, num_class], got shape {tuple(mask.shape)}")
+    return mask
+
+
+def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str]) -> List[Dict[str, Any]]:
+    """Multi-hot pair predictions [P, K+1] -> official records {title, h_idx, t_idx, r}, without Na or duplicates."""
+    mask = _to_numpy_mask(preds)  # [P, K+1]
+    hts = [np.asarray(f["hts"], dtype=np.int64).reshape(-1, 2) for f in features]
+    n_pairs = np.array([len(h) for h in hts], dtype=np.int64)
+    if mask.shape[0] != n_pairs.sum():
+        raise ValueError(f"preds has {mask.shape[0]} rows but the features have {int(n_pairs.sum())} pairs")
+    titles = [f["title"] for f in features]
+    title_ids = {t: i for i, t in enumerate(dict.fromkeys(titles))}
+    all_hts = np.concatenate(hts) if hts else np.zeros((0, 2), dtype=np.int64)  # [P, 2]
+    pair_title = np.repeat(np.array([title_ids[t] for t in titles], dtype=np.int64), n_pairs)  # [P]
+    rows, cols = np.nonzero(mask[:, 1:])
+    cols = cols + 1  # column 0 is Na
+    missing = sorted(set(np.unique(cols).tolist()) - set(id2rel))
+    if missing:
+        raise ValueError(f"relation ids {missing} are predicted but absent from id2rel")
+    keys = np.stack([pair_title[rows], all_hts[rows, 0], all_hts[rows, 1], cols], axis=1)  # [n_pos, 4]
+    _, first = np.unique(keys, axis=0, return_index=True)
+    keys = keys[np.sort(first)]  # duplicates only arise from repeated titles; keep the first, in input order
+    title_of = list(title_ids)
+    return [{"title": title_of[d], "h_idx": int(h), "t_idx": int(t), "r": id2rel[int(r)]} for d, h, t, r in keys.tolist()]
+
+
+def _pred_key(item: Any, i: int) -> Tuple[Any, str, int, int]:
+    """(title, r, h_idx, t_idx) of a prediction, or a ValueError naming the item."""
+    if not isinstance(item, Mapping):
+        raise ValueError(f"prediction {i} must be an object, got {type(item).__name__}")
+    try:
+        return item["title"], item["r"], item["h_idx"], item["t_idx"]
+    except KeyError as e:
+        raise ValueError(f"prediction {i} has no field {e.args[0]!r}") from None
+
+
+def dedup_predictions(pred: Iterable[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """Predictions with repeated (title, h_idx, t_idx, r) kept once (the first), in input order."""
+    seen: Dict[Any, Mapping[str, Any]] = {}
+    for i, item in enumerate(pred):
+        seen.setdefault(_pred_key(item, i), item)
+    return list(seen.values())
+
+
+# ----------------------------------------------------------------------------- gold facts
+
+
+def gold_facts(truth: Sequence[Mapping[str, Any]]) -> Tuple[Dict[Tuple[Any, str, int, int], set], int]:
+    """Gold relations keyed (title, r, h, t) -> evidence set, and the total count of gold evidence sentences."""
+    std: Dict[Tuple[Any, str, int, int], set] = {}
+    n_evidence = 0
+    for d, doc in enumerate(truth):
+        for j, lab in enumerate(doc.get("labels", [])):
+            try:
+                std[(doc["title"], lab["r"], lab["h"], lab["t"])] = set(lab.get("evidence", []))
+            except KeyError as e:
+                raise ValueError(f"truth document {d} ({doc.get('title')!r}) label {j} has no field {e.args[0]!r}") from None
+            n_evidence += len(lab.get("evidence", []))
+    return std, n_evidence
+
+
+def facts_of(docs: Iterable[Mapping[str, Any]]) -> FrozenSet[Fact]:
+    """Every (head mention name, tail mention name, r) of the labelled relations in `docs`."""
+    facts = set()
+    for doc in docs:
+        names = [[m["name"] for m in ent] for ent in doc["vertexSet"]]
+        for lab in doc.get("labels", []):
+            facts.update((n1, n2, lab["r"]) for n1 in names[lab["h"]] for n2 in names[lab["t"]])
+    return frozenset(facts)
+
+
+def _file_sha1(path: str) -> str:
+    """Hex SHA-1 of a file's bytes."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _facts_of_file(path: str, mtime_ns: int, size: int, cache_dir: Optional[str]) -> FrozenSet[Fact]:
+    """Facts of a training file, memoised per (path, mtime, size) and stored on disk by content hash."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"facts-{Path(path).stem}-{_file_sha1(path)[:16]}.json"
+        if cache_file.exists():
+            return frozenset(tuple(x) for x in load_json(cache_file, "fact cache"))
+    docs, _ = _as_list(path, "training file")
+    try:
+        facts = facts_of(docs)
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"training file {path} is not in DocRED format: {e!r}") from e
+    if cache_file is not None:
+        from utils import atomic_write_json  # imported here: utils pulls in torch
+
+        atomic_write_json(cache_file, sorted(facts))
+    return facts
+
+
+def train_facts(source: PathOrDocs, fact_cache_dir: Optional[Union[str, os.PathLike]] = None) -> FrozenSet[Fact]:
+    """The fact set of a training corpus (path or list of docs); files are read once per process."""
+    if not isinstance(source, (str, os.PathLike)):
+        return facts_of(source)
+    path = os.path.abspath(source)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training file {source} does not exist") from None
+    return _facts_of_file(path, st.st_mtime_ns, st.st_size, None if fact_cache_dir is None else str(fact_cache_dir))
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, or 0 where the official scorer would divide by zero."""
+    return num / den if den else 0.0
+
+
+def _f1(p: float, r: float) -> float:
+    """Harmonic mean, 0 when both are 0."""
+    return 2.0 * p * r / (p + r) if p + r else 0.0
+
+
+def prf(n_correct: int, n_pred: int, n_gold: int) -> Dict[str, float]:
+    """Precision, recall and F1 in percent from counts."""
+    p, r = _ratio(n_correct, n_pred), _ratio(n_correct, n_gold)
+    return {"precision": 100.0 * p, "recall": 100.0 * r, "f1": 100.0 * _f1(p, r)}
+
+
+def _in_train(vertex_set: Sequence[Sequence[Mapping[str, Any]]], h: int, t: int, r: str, facts: FrozenSet[Fact]) -> bool:
+    """Whether any (head mention name, tail mention name, r) of the pair is a training fact."""
+    return any((m1["name"], m2["name"], r) in facts for m1 in vertex_set[h] for m2 in vertex_set[t])
+
+
+def official_evaluate(
+    pred: PathOrDocs,
+    truth: PathOrDocs,
+    train_annotated: Optional[PathOrDocs] = None,
+    train_distant: Optional[PathOrDocs] = None,
+    fact_cache_dir: Optional[Union[str, os.PathLike]] = None,
+) -> Dict[str, float]:
+    """The DocRED Codalab scorer's P, R, F1, Ign F1 (percent) on deduplicated predictions, evidence scores too."""
+    pred = dedup_predictions(_as_list(pred, "prediction file")[0])
+    truth, _ = _as_list(truth, "truth file")
+    std, n_gold_evidence = gold_facts(truth)
+    vertex_sets = {doc["title"]: doc["vertexSet"] for doc in truth}
+    ignore = {name: train_facts(src, fact_cache_dir) for name, src in
+              (("ign_f1", train_annotated), ("ign_f1_distant", train_distant)) if src is not None}
+    n_correct = n_correct_evidence = n_pred_evidence = 0
+    in_train = Counter()
+    for item in pred:
+        key = (item["title"], item["r"], item["h_idx"], item["t_idx"])
+        if item["title"] not in vertex_sets:
+            continue  # counts in the precision denominator only, as in the official scorer
+        evidence = set(item.get("evidence", []))
+        n_pred_evidence += len(evidence)
+        if key not in std:
+            continue
+        n_correct += 1
+        n_correct_evidence += len(std[key] & evidence)
+        for name, facts in ignore.items():
+            in_train[name] += _in_train(vertex_sets[key[0]], key[2], key[3], key[1], facts)
+    scores = prf(n_correct, len(pred), len(std))
+    recall = n_correct / len(std) if std else 0.0
+    for name in ignore:
+        p_ign = _ratio(n_correct - in_train[name], len(pred) - in_train[name])
+        scores[name] = 100.0 * _f1(p_ign, recall)
+    if any("evidence" in item for item in pred):
+        evi = prf(n_correct_evidence, n_pred_evidence, n_gold_evidence)
+        scores.update({f"evi_{k}": v for k, v in evi.items()})
+    scores.update(n_pred=len(pred), n_gold=len(std), n_correct=n_correct)
+    return scores
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _is_intra(vertex_set: Sequence[Sequence[Mapping[str, Any]]], h: int, t: int) -> bool:
+    """Whether some head mention and some tail mention share a sentence."""
+    return bool({m["sent_id"] for m in vertex_set[h]} & {m["sent_id"] for m in vertex_set[t]})
+
+
+def _bucket(n: int) -> str:
+    """Name of the bucket for a pair with n gold relations."""
+    return str(n) if n < 4 else "4+"
+
+
+def score_by_category(
+    pred: PathOrDocs, truth: PathOrDocs, rel_info: Optional[Mapping[str, str]] = None
+) -> Dict[str, Any]:
+    """P/R/F1 per relation, for intra- vs inter-sentence pairs, and by the number of gold relations of a pair.
+
+    Predictions for titles absent from the truth count against precision per relation only.
+    """
+    pred = dedup_predictions(_as_list(pred, "prediction file")[0])
+    truth, _ = _as_list(truth, "truth file")
+    std, _ = gold_facts(truth)
+    vertex_sets = {doc["title"]: doc["vertexSet"] for doc in truth}
+    n_rel_of_pair = Counter((title, h, t) for title, _, h, t in std)
+    counts: Dict[str, Dict[str, Counter]] = {k: {"gold": Counter(), "pred": Counter(), "correct": Counter()}
+                                            for k in ("per_relation", "sentence", "n_relations")}
+
+    def add(kind: str, key: Tuple[Any, str, int, int]) -> None:
+        title, r, h, t = key
+        counts["per_relation"][kind][r] += 1
+        if title not in vertex_sets:
+            return
+        n_ent = len(vertex_sets[title])
+        if not (isinstance(h, int) and isinstance(t, int) and 0 <= h < n_ent and 0 <= t < n_ent):
+            raise ValueError(f"prediction ({title!r}, h_idx={h}, t_idx={t}) is out of range: {n_ent} entities")
+        counts["sentence"][kind]["intra" if _is_intra(vertex_sets[title], h, t) else "inter"] += 1
+        counts["n_relations"][kind][_bucket(n_rel_of_pair[(title, h, t)])] += 1
+
+    for key in std:
+        add("gold", key)
+    for i, item in enumerate(pred):
+        key = _pred_key(item, i)
+        add("pred", key)
+        if key in std:
+            add("correct", key)
+
+    def table(kind: str) -> Dict[str, Dict[str, float]]:
+        c = counts[kind]
+        names = sorted(set(c["gold"]) | set(c["pred"]), key=lambda k: (-c["gold"][k], str(k)))
+        return {k: {"support": c["gold"][k], "n_pred": c["pred"][k], "n_correct": c["correct"][k],
+                    **prf(c["correct"][k], c["pred"][k], c["gold"][k])} for k in names}
+
+    per_relation = table("per_relation")
+    for r, row in per_relation.items():
+        row["name"] = (rel_info or {}).get(r, r)
+    return {"per_relation": per_relation, "sentence": table("sentence"),
+            "n_relations": dict(sorted(table("n_relations").items()))}
+
+
+# ----------------------------------------------------------------------------- Codalab
+
+
+def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_ids: Optional[set]) -> None:
+    """Raise ValueError naming item i and the field if it is not a valid official record."""
+    where = f"item {i}"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be an object, got {type(item).__name__}")
+    missing = [k for k in SUBMISSION_FIELDS if k not in item]
+    extra = [k for k in item if k not in SUBMISSION_FIELDS + OPTIONAL_FIELDS]
+    if missing or extra:
+        raise ValueError(f"{where} has missing fields {missing} / unexpected fields {extra}; "
+                         f"expected {list(SUBMISSION_FIELDS)} (+ optional 'evidence')")
+    for field, kind in (("title", str), ("r", str), ("h_idx", int), ("t_idx", int)):
+        if not isinstance(item[field], kind) or isinstance(item[field], bool):
+            raise ValueError(f"{where} field {field!r} must be {kind.__name__}, got {item[field]!r}")
+    title = item["title"]
+    where = f"item {i} (title {title!r})"
+    if title not in doc_of:
+        raise ValueError(f"{where} field 'title': no document with this title in the truth file")
+    n_ent = len(doc_of[title]["vertexSet"])
+    for field in ("h_idx", "t_idx"):
+        if not 0 <= item[field] < n_ent:
+            raise ValueError(f"{where} field {field!r} = {item[field]} is out of range: the document has {n_ent} entities")
+    if item["h_idx"] == item["t_idx"]:
+        raise ValueError(f"{where} fields 'h_idx' and 't_idx' are both {item['h_idx']}: a pair needs two entities")
+    if rel_ids is not None and item["r"] not in rel_ids:
+        raise ValueError(f"{where} field 'r' = {item['r']!r} is not a known relation id")
+    if rel_ids is None and not (item["r"].startswith("P") and item["r"][1:].isdigit()):
+        raise ValueError(f"{where} field 'r' = {item['r']!r} is not a Wikidata property id like 'P17'")
+    if "evidence" in item:
+        evi, n_sent = item["evidence"], len(doc_of[title]["sents"])
+        if not isinstance(evi, list) or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < n_sent
+                                                for s in evi):
+            raise ValueError(f"{where} field 'evidence' must be a list of sentence ids in [0, {n_sent}), got {evi!r}")
+
+
+def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[Iterable[str]] = None) -> None:
+    """Raise ValueError on the first malformed record of a Codalab submission (naming item and field)."""
+    items, name = _as_list(pred, "submission")
+    docs, _ = _as_list(test_docs, "truth file")
+    doc_of = {doc["title"]: doc for doc in docs}
+    rel_set = None if rel_ids is None else {r for r in rel_ids if r != "Na"}
+    first: Dict[Tuple[Any, ...], int] = {}
+    try:
+        for i, item in enumerate(items):
+            _check_item(item, i, doc_of, rel_set)
+            key = tuple(item[k] for k in SUBMISSION_FIELDS)
+            if key in first:
+                raise ValueError(f"item {i} repeats item {first[key]} (same title, h_idx, t_idx, r); "
+                                 "the Codalab scorer would count it twice against precision")
+            first[key] = i
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def write_codalab_zip(result: PathOrDocs, out_zip: Union[str, os.PathLike]) -> Path:
+    """Write `out_zip` holding result.json at its root, the form the DocRED Codalab competition accepts."""
+    from utils import atomic_path  # imported here: utils pulls in torch
+
+    items, _ = _as_list(result, "submission")
+    with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("result.json", json.dumps(items, ensure_ascii=False))
+    return Path(out_zip)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def format_scores(scores: Mapping[str, float]) -> str:
+    """Human-readable lines of the headline scores (percent, 2 decimals)."""
+    names = [("precision", "P"), ("recall", "R"), ("f1", "F1"), ("ign_f1", "Ign F1"), ("ign_f1_distant", "Ign F1 (distant)"),
+             ("evi_precision", "Evi P"), ("evi_recall", "Evi R"), ("evi_f1", "Evi F1")]
+    lines = [f"{label:<17}{scores[k]:6.2f}" for k, label in names if k in scores]
+    lines.append(f"{'n_pred/gold/ok':<17}{scores['n_pred']}/{scores['n_gold']}/{scores['n_correct']}")
+    return "\n".join(lines)
+
+
+def format_categories(cats: Mapping[str, Any]) -> str:
+    """Tables of per-relation, intra/inter-sentence and by-#relations scores."""
+    def block(title: str, rows: Mapping[str, Mapping[str, Any]], label=lambda k, row: k) -> List[str]:
+        out = ["", title, f"{'':<40}{'support':>8}{'n_pred':>8}{'P':>8}{'R':>8}{'F1':>8}"]
+        for k, row in rows.items():
+            out.append(f"{label(k, row)[:40]:<40}{row['support']:>8}{row['n_pred']:>8}"
+                       f"{row['precision']:>8.2f}{row['recall']:>8.2f}{row['f1']:>8.2f}")
+        return out
+
+    lines = block("per relation", cats["per_relation"], lambda k, row: f"{k} {row['name']}" if row["name"] != k else k)
+    lines += block("intra- vs inter-sentence pairs", cats["sentence"])
+    lines += block("by number of gold relations of the pair (0 = pairs with none)", cats["n_relations"])
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pred", help="predictions (official format JSON list) to score")
+    p.add_argument("--truth", required=True, help="gold DocRED/Re-DocRED file (dev, or test for --check_submission)")
+    p.add_argument("--train_annotated", help="annotated training file, for Ign F1")
+    p.add_argument("--train_distant", help="distantly supervised training file, for Ign F1 (distant)")
+    p.add_argument("--rel_info", help="rel_info.json (P-id -> name): names in tables, known ids for checks")
+    p.add_argument("--fact_cache_dir", help="folder to cache the training fact sets in")
+    p.add_argument("--per_relation", action="store_true", help="also print per-relation, intra/inter and #relation tables")
+    p.add_argument("--json", action="store_true", help="print one JSON object with unrounded percentages")
+    p.add_argument("--check_submission", metavar="RESULT_JSON", help="validate a Codalab submission against --truth")
+    p.add_argument("--codalab_zip", metavar="OUT_ZIP", help="write OUT_ZIP with result.json (from --check_submission "
+                   "or --pred) at its root")
+    args = p.parse_args(argv)
+    if not (args.pred or args.check_submission):
+        p.error("give --pred to score or --check_submission to validate")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    rel_info = load_json(args.rel_info, "rel_info file") if args.rel_info else None
+    try:
+        if args.check_submission:
+            check_submission(args.check_submission, args.truth, None if rel_info is None else list(rel_info))
+            print(f"{args.check_submission}: valid submission")
+        if args.pred:
+            scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,
+                                       args.fact_cache_dir)
+            cats = score_by_category(args.pred, args.truth, rel_info) if args.per_relation else None
+            if args.json:
+                print(json.dumps({**scores, **({"categories": cats} if cats else {})}))
+            else:
+                print(format_scores(scores))
+                if cats:
+                    print(format_categories(cats))
+        if args.codalab_zip:
+            print(f"wrote {write_codalab_zip(args.check_submission or args.pred, args.codalab_zip)}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
