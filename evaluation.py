@@ -123,6 +123,14 @@ def gold_facts(truth: Sequence[Mapping[str, Any]]) -> Tuple[Dict[Tuple[Any, str,
     return std, n_evidence
 
 
+def _vertex_sets(truth: Sequence[Mapping[str, Any]]) -> Dict[Any, List[List[Mapping[str, Any]]]]:
+    """Title -> vertexSet of each truth document (the last one wins for a repeated title, as officially)."""
+    for d, doc in enumerate(truth):
+        if not isinstance(doc, Mapping) or "title" not in doc or "vertexSet" not in doc:
+            raise ValueError(f"truth document {d} must be an object with 'title' and 'vertexSet'")
+    return {doc["title"]: doc["vertexSet"] for doc in truth}
+
+
 def facts_of(docs: Iterable[Mapping[str, Any]]) -> FrozenSet[Fact]:
     """Every (head mention name, tail mention name, r) of the labelled relations in `docs`."""
     facts = set()
@@ -205,13 +213,19 @@ def official_evaluate(
     train_distant: Optional[PathOrDocs] = None,
     fact_cache_dir: Optional[Union[str, os.PathLike]] = None,
 ) -> Dict[str, float]:
-    """The DocRED Codalab scorer's P, R, F1, Ign F1 (percent) on deduplicated predictions, evidence scores too."""
+    """The DocRED Codalab scorer's P, R, F1, Ign F1 (percent) on deduplicated predictions, evidence scores too.
+
+    Keys: precision, recall, f1, ign_f1 (equal to f1 without `train_annotated`), ign_f1_distant (with
+    `train_distant`), evi_precision/evi_recall/evi_f1 (when predictions carry "evidence"), n_pred, n_gold, n_correct.
+    """
     pred = dedup_predictions(_as_list(pred, "prediction file")[0])
     truth, _ = _as_list(truth, "truth file")
+    vertex_sets = _vertex_sets(truth)
     std, n_gold_evidence = gold_facts(truth)
-    vertex_sets = {doc["title"]: doc["vertexSet"] for doc in truth}
-    ignore = {name: train_facts(src, fact_cache_dir) for name, src in
-              (("ign_f1", train_annotated), ("ign_f1_distant", train_distant)) if src is not None}
+    # without an annotated training file nothing is ignored and Ign F1 equals F1
+    ignore = {"ign_f1": frozenset() if train_annotated is None else train_facts(train_annotated, fact_cache_dir)}
+    if train_distant is not None:
+        ignore["ign_f1_distant"] = train_facts(train_distant, fact_cache_dir)
     n_correct = n_correct_evidence = n_pred_evidence = 0
     in_train = Counter()
     for item in pred:
@@ -251,6 +265,26 @@ def _bucket(n: int) -> str:
     return str(n) if n < 4 else "4+"
 
 
+def _categories(key: Tuple[Any, str, int, int], vertex_sets: Mapping[str, Any], n_rel_of_pair: Counter) -> Dict[str, str]:
+    """The row a fact (title, r, h, t) falls in for each analysis table."""
+    title, r, h, t = key
+    if title not in vertex_sets:
+        return {"per_relation": r}
+    n_ent = len(vertex_sets[title])
+    if not (isinstance(h, int) and isinstance(t, int) and 0 <= h < n_ent and 0 <= t < n_ent):
+        raise ValueError(f"prediction ({title!r}, h_idx={h!r}, t_idx={t!r}) is out of range: the document has "
+                         f"{n_ent} entities")
+    return {"per_relation": r, "sentence": "intra" if _is_intra(vertex_sets[title], h, t) else "inter",
+            "n_relations": _bucket(n_rel_of_pair[(title, h, t)])}
+
+
+def _prf_table(gold: Counter, pred: Counter, correct: Counter) -> Dict[str, Dict[str, Any]]:
+    """Rows {support, n_pred, n_correct, P, R, F1} per category, most supported first."""
+    names = sorted(set(gold) | set(pred), key=lambda k: (-gold[k], str(k)))
+    return {k: {"support": gold[k], "n_pred": pred[k], "n_correct": correct[k], **prf(correct[k], pred[k], gold[k])}
+            for k in names}
+
+
 def score_by_category(
     pred: PathOrDocs, truth: PathOrDocs, rel_info: Optional[Mapping[str, str]] = None
 ) -> Dict[str, Any]:
@@ -260,42 +294,22 @@ def score_by_category(
     """
     pred = dedup_predictions(_as_list(pred, "prediction file")[0])
     truth, _ = _as_list(truth, "truth file")
+    vertex_sets = _vertex_sets(truth)
     std, _ = gold_facts(truth)
-    vertex_sets = {doc["title"]: doc["vertexSet"] for doc in truth}
     n_rel_of_pair = Counter((title, h, t) for title, _, h, t in std)
-    counts: Dict[str, Dict[str, Counter]] = {k: {"gold": Counter(), "pred": Counter(), "correct": Counter()}
-                                            for k in ("per_relation", "sentence", "n_relations")}
-
-    def add(kind: str, key: Tuple[Any, str, int, int]) -> None:
-        title, r, h, t = key
-        counts["per_relation"][kind][r] += 1
-        if title not in vertex_sets:
-            return
-        n_ent = len(vertex_sets[title])
-        if not (isinstance(h, int) and isinstance(t, int) and 0 <= h < n_ent and 0 <= t < n_ent):
-            raise ValueError(f"prediction ({title!r}, h_idx={h}, t_idx={t}) is out of range: {n_ent} entities")
-        counts["sentence"][kind]["intra" if _is_intra(vertex_sets[title], h, t) else "inter"] += 1
-        counts["n_relations"][kind][_bucket(n_rel_of_pair[(title, h, t)])] += 1
-
-    for key in std:
-        add("gold", key)
-    for i, item in enumerate(pred):
-        key = _pred_key(item, i)
-        add("pred", key)
-        if key in std:
-            add("correct", key)
-
-    def table(kind: str) -> Dict[str, Dict[str, float]]:
-        c = counts[kind]
-        names = sorted(set(c["gold"]) | set(c["pred"]), key=lambda k: (-c["gold"][k], str(k)))
-        return {k: {"support": c["gold"][k], "n_pred": c["pred"][k], "n_correct": c["correct"][k],
-                    **prf(c["correct"][k], c["pred"][k], c["gold"][k])} for k in names}
-
-    per_relation = table("per_relation")
-    for r, row in per_relation.items():
+    tables = ("per_relation", "sentence", "n_relations")
+    counts = {kind: {table: Counter() for table in tables} for kind in ("gold", "pred", "correct")}
+    pred_keys = [_pred_key(item, i) for i, item in enumerate(pred)]
+    for kind, keys in (("gold", std), ("pred", pred_keys), ("correct", [k for k in pred_keys if k in std])):
+        for key in keys:
+            for table, row in _categories(key, vertex_sets, n_rel_of_pair).items():
+                counts[kind][table][row] += 1
+    out = {table: _prf_table(counts["gold"][table], counts["pred"][table], counts["correct"][table])
+           for table in tables}
+    for r, row in out["per_relation"].items():
         row["name"] = (rel_info or {}).get(r, r)
-    return {"per_relation": per_relation, "sentence": table("sentence"),
-            "n_relations": dict(sorted(table("n_relations").items()))}
+    out["n_relations"] = dict(sorted(out["n_relations"].items()))
+    return out
 
 
 # ----------------------------------------------------------------------------- Codalab
@@ -379,9 +393,9 @@ def format_scores(scores: Mapping[str, float]) -> str:
 def format_categories(cats: Mapping[str, Any]) -> str:
     """Tables of per-relation, intra/inter-sentence and by-#relations scores."""
     def block(title: str, rows: Mapping[str, Mapping[str, Any]], label=lambda k, row: k) -> List[str]:
-        out = ["", title, f"{'':<40}{'support':>8}{'n_pred':>8}{'P':>8}{'R':>8}{'F1':>8}"]
+        out = ["", title, f"{'':<48}{'support':>8}{'n_pred':>8}{'P':>8}{'R':>8}{'F1':>8}"]
         for k, row in rows.items():
-            out.append(f"{label(k, row)[:40]:<40}{row['support']:>8}{row['n_pred']:>8}"
+            out.append(f"{label(k, row)[:48]:<48}{row['support']:>8}{row['n_pred']:>8}"
                        f"{row['precision']:>8.2f}{row['recall']:>8.2f}{row['f1']:>8.2f}")
         return out
 
@@ -419,6 +433,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_submission(args.check_submission, args.truth, None if rel_info is None else list(rel_info))
             print(f"{args.check_submission}: valid submission")
         if args.pred:
+            if not args.train_annotated:
+                print("note: no --train_annotated, so Ign F1 equals F1", file=sys.stderr)
             scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,
                                        args.fact_cache_dir)
             cats = score_by_category(args.pred, args.truth, rel_info) if args.per_relation else None

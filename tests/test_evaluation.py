@@ -79,7 +79,8 @@ def test_hand_case_precision_recall_f1_and_ign_f1():
 
 
 def test_no_train_file_means_no_ign_key_and_file_equals_list(tmp_path):
-    assert "ign_f1" not in ev.official_evaluate(PRED, TRUTH)
+    no_train = ev.official_evaluate(PRED, TRUTH)
+    assert no_train["ign_f1"] == no_train["f1"] and "ign_f1_distant" not in no_train
     train_path = tmp_path / "train_annotated.json"
     train_path.write_text(json.dumps(TRAIN))
     pred_path, truth_path = tmp_path / "pred.json", tmp_path / "truth.json"
@@ -135,6 +136,13 @@ def test_evidence_scores():
 def test_malformed_prediction_names_the_item():
     with pytest.raises(ValueError, match="prediction 1 has no field 'r'"):
         ev.official_evaluate([rec(0, 1, "P17"), {"title": "Capitals", "h_idx": 0, "t_idx": 1}], TRUTH)
+
+
+def test_malformed_truth_names_the_document():
+    with pytest.raises(ValueError, match="truth document 1 must be an object with 'title' and 'vertexSet'"):
+        ev.official_evaluate(PRED, [DOC, {"title": "x"}])
+    with pytest.raises(ValueError, match=r"truth document 0 \('Capitals'\) label 0 has no field 'r'"):
+        ev.official_evaluate(PRED, [dict(DOC, labels=[{"h": 0, "t": 1}])])
 
 
 def test_unreadable_files_are_named(tmp_path):
