@@ -1,0 +1,339 @@
+"""Tests for losses.py: hand-computed values, gradients, Bayes consistency, shifting, regularization, decisions."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from losses import (
+    LOSSES,
+    THRESHOLD_GRID,
+    BCELoss,
+    NCRLoss,
+    available_losses,
+    build_loss,
+    loss_options,
+)
+
+# every loss and option combination the CLI can produce
+CONFIGS = [
+    ("bce", {}),
+    ("bce", {"prob_shift": 0.2}),
+    ("atl", {}),
+    ("ncrl", {}),
+    ("ncrl", {"margin_reg": False}),
+    ("ncrl", {"shift": 0.2}),
+    ("ncrl", {"shift": 0.2, "margin_reg": False}),
+    ("pairwise", {}),
+    ("lsep", {}),
+]
+CONFIG_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CONFIGS]
+
+# K = 3. Row 0: one positive (class 1). Row 1: all-none. Row 2: two positives (classes 1 and 2).
+LOGITS = [[0.5, 2.0, -1.0, 0.0], [1.0, 0.0, -2.0, 1.0], [0.0, 0.5, 3.0, -1.0]]
+LABELS = [[0, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0]]
+
+# Per-row losses worked out by hand; sp(x) = log(1 + e^x), so -log σ(x) = sp(-x) and -log σ(-x) = sp(x).
+EXPECTED = {
+    # sp(-2) + sp(-1) + sp(0) | sp(0) + sp(-2) + sp(1) | sp(-0.5) + sp(-3) + sp(-1)
+    "bce": [1.133337, 2.133337, 0.835926],
+    # negatives -log min(σ(-f) + 0.2, 1): row 1 = -log(σ(-0) + .2) - 0 (σ(2) + .2 > 1) - log(σ(-1) + .2)
+    "bce-prob_shift=0.2": [0.555036, 1.113952, 0.594097],
+    # row 0: -log(e^2 / (e^2 + e^.5)) - log(e^.5 / (e^.5 + e^-1 + e^0)); row 1: log(1 + e^-1 + e^-3 + e^0)
+    # row 2: -log(e^.5 / (e^0 + e^.5 + e^3)) - log(e^3 / (e^0 + e^.5 + e^3)) + log(1 + e^-1)
+    "atl": [0.805544, 0.882803, 3.061008],
+    # "ncrl-margin_reg=False" plus the class-0 term on m_0 = f_0 - mean f_{1..3}:
+    # row 0: + sp(0.5 - 1/3) (y_0 = 0); row 1: + sp(-(1 - (-1/3))) (y_0 = 1); row 2: + sp(0 - 2.5/3)
+    "ncrl": [1.656852, 1.288959, 1.196811],
+    # margins m = f_i - f_0. row 0: sp(-1.5) + sp(-1.5) + sp(-0.5); row 1: sp(-1) + sp(-3) + sp(0)
+    # row 2: sp(-0.5) + sp(-3) + sp(-1)
+    "ncrl-margin_reg=False": [0.876904, 1.054996, 0.835926],
+    # shifted negatives -log min(σ(-m) + 0.2, 1), class 0's included
+    "ncrl-shift=0.2": [0.814767, 0.662071, 0.702731],
+    # row 0: sp(-1.5) + 0 (σ(1.5) + .2 > 1) - log(σ(0.5) + .2); row 1: -log(σ(1) + .2) - 0 - log(σ(0) + .2)
+    "ncrl-shift=0.2-margin_reg=False": [0.396870, 0.428108, 0.594097],
+    # order P ≻ 0 ≻ N with margin 1. row 0: pair (0, 3) gives 1 - 0.5 + 0; row 1: pair (0, 3) gives 1 - 1 + 1;
+    # row 2: pair (1, 0) gives 1 - 0.5 + 0; every other pair is satisfied by at least the margin
+    "pairwise": [0.5, 1.0, 0.5],
+    # row 0: log(1 + e^(.5-2) + e^(-1-2) + e^(0-2) + e^(-1-.5) + e^(0-.5)) (equals ATL for a single positive)
+    # row 2: log(1 + e^(-1-0) + e^(0-.5) + e^(-1-.5) + e^(0-3) + e^(-1-3))
+    "lsep": [0.805544, 0.882803, 0.817859],
+}
+
+
+def _case(dtype=torch.float32):
+    return torch.tensor(LOGITS, dtype=dtype), torch.tensor(LABELS, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=CONFIG_IDS)
+def test_hand_computed_values(name, opts):
+    key = CONFIG_IDS[CONFIGS.index((name, opts))]
+    loss_fn = build_loss(name, **opts)
+    logits, labels = _case()
+    per = loss_fn.per_instance(logits, labels)
+    torch.testing.assert_close(per, torch.tensor(EXPECTED[key]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss_fn(logits, labels), torch.tensor(sum(EXPECTED[key]) / 3), atol=1e-5, rtol=0)
+    assert loss_fn.loss(logits, labels).item() == loss_fn(logits, labels).item()
+
+
+def _gradcheck_inputs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 6, generator=gen, dtype=torch.float64) * 2
+    labels = torch.zeros(5, 6, dtype=torch.float64)
+    labels[0, 2] = 1  # one positive
+    labels[1, [1, 3, 4]] = 1  # several
+    labels[3, 1:] = 1  # every relation
+    labels[:, 0] = (labels[:, 1:].sum(1) == 0).double()  # rows 2 and 4 all-none
+    return logits.requires_grad_(), labels
+
+
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=CONFIG_IDS)
+def test_gradcheck_float64(name, opts):
+    loss_fn = build_loss(name, **opts)
+    logits, labels = _gradcheck_inputs()
+    assert loss_fn(logits, labels).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (logits,))
+
+
+def _minimise_expected_loss(loss_fn, delta: torch.Tensor, steps: int = 300) -> torch.Tensor:
+    """Free scores f [K+1] minimising E_y[loss(f, y)] when relation i holds independently with probability Δ_i."""
+    k = len(delta)
+    draws = torch.tensor(list(itertools.product([0.0, 1.0], repeat=k)), dtype=torch.float64)  # [2^K, K]
+    probs = torch.where(draws.bool(), delta, 1 - delta).prod(dim=1)  # [2^K] probability of each label set
+    labels = torch.cat([(draws.sum(1, keepdim=True) == 0).double(), draws], dim=1)  # [2^K, K+1]
+    f = torch.zeros(k + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([f], lr=1.0)  # the Hessian's largest eigenvalue is at most (K + 1) / 4
+    for _ in range(steps):
+        opt.zero_grad()
+        (probs * loss_fn.per_instance(f.expand(len(draws), -1), labels)).sum().backward()
+        opt.step()
+    return f.detach()
+
+
+def test_ncrl_bayes_consistency():
+    """Theorem 1: minimising the expected NCRL gives σ(f_i - f_0) = Δ_i, hence predictions {i : Δ_i > 0.5}."""
+    delta = torch.tensor([0.9, 0.6, 0.4, 0.1, 0.55], dtype=torch.float64)
+    loss_fn = NCRLoss(shift=0.0, margin_reg=False)
+    f = _minimise_expected_loss(loss_fn, delta)
+    torch.testing.assert_close(torch.sigmoid(f[1:] - f[0]), delta, atol=0.01, rtol=0)
+    assert loss_fn.get_label(f[None])[0].tolist() == [0, 1, 1, 0, 0, 1]  # {i : Δ_i > 0.5} = {1, 2, 5}
+
+
+def test_bayes_check_detects_a_shifted_minimiser():
+    """With shift γ the minimiser moves off Δ_i to σ(m_i) = Δ_i (1 + γ), so the check above is able to fail."""
+    # d/dσ [-Δ log σ - (1 - Δ) log(1 - σ + γ)] = 0  <=>  Δ (1 - σ + γ) = (1 - Δ) σ  <=>  σ = Δ (1 + γ)
+    delta = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    f = _minimise_expected_loss(NCRLoss(shift=0.3, margin_reg=False), delta)
+    torch.testing.assert_close(torch.sigmoid(f[1:] - f[0]), torch.tensor([0.78, 0.39], dtype=torch.float64),
+                               atol=0.01, rtol=0)
+
+
+def test_margin_shift_zeroes_easy_negatives():
+    # γ = 0.1: σ(3) = 0.953 and σ(4) = 0.982 both exceed 1 - γ, so both negatives cost nothing
+    logits = torch.tensor([[0.0, -3.0, -4.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    loss = NCRLoss(shift=0.1, margin_reg=False)(logits, labels)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert logits.grad.abs().max().item() == 0.0
+    # without the shift the same instance has loss sp(-3) + sp(-4) = 0.048587 + 0.018150
+    assert NCRLoss(shift=0.0, margin_reg=False)(logits, labels).item() == pytest.approx(0.066737, abs=1e-5)
+
+
+def test_margin_shift_applies_to_class_zero_term():
+    # y_0 = 0 and m_0 = -5 - 5 = -10: σ(10) > 1 - γ, so the regularizer adds exactly nothing
+    logits, labels = torch.tensor([[-5.0, 5.0, 5.0]]), torch.tensor([[0.0, 1.0, 1.0]])
+    with_reg = NCRLoss(shift=0.1, margin_reg=True)(logits, labels)
+    assert with_reg.item() == NCRLoss(shift=0.1, margin_reg=False)(logits, labels).item()
+    assert with_reg.item() != NCRLoss(shift=0.0, margin_reg=True)(logits, labels).item()
+
+
+def test_margin_shift_shrinks_hard_negative_gradient():
+    # hard negative m = 2: d/dm -log(σ(-m) + γ) = σ(m)σ(-m) / (σ(-m) + γ); γ = 0 gives σ(2) = 0.880797
+    grads = []
+    for shift in (0.0, 0.05, 0.1, 0.3, 0.5):
+        logits = torch.tensor([[0.0, 2.0]], requires_grad=True)
+        NCRLoss(shift=shift, margin_reg=False)(logits, torch.tensor([[1.0, 0.0]])).backward()
+        grads.append(logits.grad[0, 1].item())
+    assert grads[0] == pytest.approx(0.880797, abs=1e-5)
+    assert grads[2] == pytest.approx(0.880797 * 0.119203 / (0.119203 + 0.1), abs=1e-5)
+    assert all(a > b > 0 for a, b in zip(grads, grads[1:]))
+
+
+def test_bce_prob_shift_zeroes_easy_negatives():
+    # p = σ(-3) = 0.047 <= m = 0.05, so p_m = 0 and the negative costs nothing; σ(0) = 0.5 still does
+    logits = torch.tensor([[0.0, -3.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    BCELoss(prob_shift=0.05).per_instance(logits, labels).sum().backward()
+    assert logits.grad[0, 1].item() == 0.0
+    assert logits.grad[0, 2].item() == pytest.approx(0.5 * 0.5 / 0.55, abs=1e-6)  # σσ / (σ(-0) + m)
+
+
+@pytest.mark.parametrize("y0,sign", [(1.0, -1.0), (0.0, 1.0)])
+def test_margin_reg_gradient_sign(y0, sign):
+    """All-none (y_0 = 1): the regularizer pushes f_0 up and the other scores down; with a positive, the reverse."""
+    labels = torch.tensor([[y0, 1.0 - y0, 0.0, 0.0]])
+    grads = {}
+    for reg in (True, False):
+        logits = torch.zeros(1, 4, requires_grad=True)
+        NCRLoss(margin_reg=reg)(logits, labels).backward()
+        grads[reg] = logits.grad[0]
+    reg_grad = grads[True] - grads[False]  # gradient of the class-0 term alone
+    # at f = 0: d/df_0 -log σ(±m_0) = ∓0.5 and each of the K = 3 others gets ±0.5 / 3
+    torch.testing.assert_close(reg_grad, sign * torch.tensor([0.5, -0.5 / 3, -0.5 / 3, -0.5 / 3]))
+
+
+def test_margin_reg_lifts_f0_above_mean_by_descent():
+    # an all-none instance whose scores start with f_0 at the mean: a few descent steps on the regularizer
+    # alone (margin terms' gradient removed) raise f_0 - mean(f_i) above 0
+    logits = torch.tensor([[0.0, 1.0, -1.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        start = (logits[0, 0] - logits[0, 1:].mean()).item()
+    for _ in range(5):
+        reg = NCRLoss(margin_reg=True)(logits, labels) - NCRLoss(margin_reg=False)(logits, labels)
+        (grad,) = torch.autograd.grad(reg, logits)
+        with torch.no_grad():
+            logits -= 0.5 * grad
+    assert start == 0.0
+    assert (logits[0, 0] - logits[0, 1:].mean()).item() > 0.5
+
+
+def test_get_label_threshold_rule_ties_and_na():
+    loss_fn = build_loss("ncrl")
+    logits = torch.tensor(
+        [
+            [0.0, 1.0, -1.0, 2.0],  # classes 1 and 3 above f_0
+            [1.0, 1.0, 0.5, 0.0],  # f_1 = f_0 is a tie: not predicted -> Na
+            [0.0, -1.0, -2.0, -3.0],  # nothing above -> Na
+        ]
+    )
+    expected = [[0, 1, 0, 1], [1, 0, 0, 0], [1, 0, 0, 0]]
+    assert loss_fn.get_label(logits).tolist() == expected
+    out = loss_fn.get_label(logits)
+    assert out.dtype == torch.float32 and out.shape == (3, 4)
+    # the same rule for every f_0-threshold loss
+    for name in ("atl", "pairwise", "lsep"):
+        assert build_loss(name).get_label(logits).tolist() == expected
+
+
+def test_get_label_top_k():
+    loss_fn = build_loss("atl")
+    logits = torch.tensor(
+        [
+            [0.0, 1.0, 3.0, 2.0, -1.0],  # three above f_0; top 2 = classes 2 and 3
+            [0.0, 2.0, 2.0, 2.0, 5.0],  # ties at the 2nd place: the lower class id (1) wins
+            [0.0, 1.0, -1.0, -2.0, -3.0],  # only one above f_0: k = 2 keeps just that one
+        ]
+    )
+    assert loss_fn.get_label(logits, num_labels=2).tolist() == [
+        [0, 0, 1, 1, 0],
+        [0, 1, 0, 0, 1],
+        [0, 1, 0, 0, 0],
+    ]
+    assert loss_fn.get_label(logits, num_labels=1).tolist() == [
+        [0, 0, 1, 0, 0],
+        [0, 0, 0, 0, 1],
+        [0, 1, 0, 0, 0],
+    ]
+    assert loss_fn.get_label(logits).sum(1).tolist() == [3, 4, 1]
+    with pytest.raises(ValueError, match="num_labels"):
+        loss_fn.get_label(logits, num_labels=0)
+
+
+def test_bce_threshold_rule():
+    loss_fn = build_loss("bce", threshold=0.3)
+    assert loss_fn.tunes_threshold and not any(build_loss(n).tunes_threshold for n in ("atl", "ncrl", "lsep"))
+    # σ(-1) = 0.269, σ(-0.5) = 0.378, σ(1) = 0.731; column 0 is ignored by BCE (f_0 = 9 is not a threshold)
+    logits = torch.tensor([[9.0, -1.0, -0.5, 1.0], [9.0, -1.0, -2.0, -3.0]])
+    assert loss_fn.get_label(logits).tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
+    assert loss_fn.get_label(logits, threshold=0.5).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
+    assert loss_fn.get_label(logits, threshold=0.2).tolist() == [[0, 1, 1, 1], [0, 1, 0, 0]]
+    assert loss_fn.get_label(logits, num_labels=1).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
+    loss_fn.threshold = 0.7  # train.py sets the tuned value on the object
+    assert loss_fn.get_label(logits).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
+    assert THRESHOLD_GRID == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    with pytest.raises(ValueError, match="bce only"):
+        build_loss("ncrl").get_label(logits, threshold=0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        loss_fn.get_label(logits, threshold=1.5)
+
+
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=CONFIG_IDS)
+def test_inputs_left_unchanged_and_bool_labels(name, opts):
+    loss_fn = build_loss(name, **opts)
+    logits, labels = _case()
+    logits.requires_grad_()
+    bool_labels = labels.bool()
+    before = (logits.detach().clone(), labels.clone(), bool_labels.clone())
+    value = loss_fn(logits, labels)
+    value.backward()
+    assert loss_fn(logits, bool_labels).item() == value.item()
+    loss_fn.get_label(logits)
+    loss_fn.get_label(logits, num_labels=1)
+    assert torch.equal(logits.detach(), before[0])
+    assert torch.equal(labels, before[1]) and torch.equal(bool_labels, before[2])
+    assert bool_labels.dtype == torch.bool and labels.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=CONFIG_IDS)
+def test_empty_batch(name, opts):
+    loss_fn = build_loss(name, **opts)
+    logits = torch.zeros(0, 4, requires_grad=True)
+    value = loss_fn(logits, torch.zeros(0, 4))
+    assert value.item() == 0.0 and value.grad_fn is not None
+    value.backward()
+    assert logits.grad.shape == (0, 4)
+    assert loss_fn.get_label(logits.detach()).shape == (0, 4)
+    assert loss_fn.get_label(logits.detach(), num_labels=2).shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=CONFIG_IDS)
+def test_extreme_logits_stay_finite(name, opts, dtype):
+    loss_fn = build_loss(name, **opts)
+    logits = torch.tensor(
+        [[1e4, -1e4, 1e4, -1e4], [-1e4, 1e4, -1e4, 1e4], [0.0, 1e4, 1e4, -1e4], [1e4, 1e4, 1e4, 1e4]], dtype=dtype
+    ).requires_grad_()
+    labels = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.float32)
+    value = loss_fn(logits, labels)
+    value.backward()
+    assert value.dtype == torch.float32
+    assert torch.isfinite(value) and torch.isfinite(logits.grad.float()).all()
+    # the wrongly ranked instances cost on the order of the logits' scale
+    assert value.item() > 1e3
+
+
+def test_autocast_computes_in_fp32():
+    loss_fn = build_loss("ncrl")
+    logits, labels = _case()
+    reference = loss_fn(logits, labels)
+    weight = torch.eye(4, requires_grad=True)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        scores = logits @ weight  # bf16 under autocast
+        assert scores.dtype == torch.bfloat16
+        value = loss_fn(scores, labels)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, reference, atol=0.02, rtol=0)
+
+
+def test_registry_and_factory():
+    assert available_losses() == ["bce", "atl", "ncrl", "pairwise", "lsep"] == list(LOSSES)
+    assert loss_options("ncrl") == ["shift", "margin_reg"]
+    assert loss_options("bce") == ["threshold", "prob_shift"]
+    ncrl = build_loss("ncrl", shift=0.05, margin_reg=False)
+    assert (ncrl.shift, ncrl.margin_reg) == (0.05, False)
+    # None means "not set on the command line": the loss's default applies
+    assert build_loss("ncrl", shift=None, margin_reg=None).margin_reg is True
+    assert build_loss("bce", threshold=0.3, prob_shift=0.05).threshold == 0.3
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        build_loss("focal")
+    with pytest.raises(ValueError, match=r"takes no option\(s\) \['shift'\]"):
+        build_loss("atl", shift=0.1)
+    with pytest.raises(ValueError, match="shift must lie in"):
+        build_loss("ncrl", shift=1.0)
+    with pytest.raises(ValueError, match="labels"):
+        build_loss("atl")(torch.zeros(2, 4), torch.zeros(2, 3))
+    assert math.isfinite(build_loss("pairwise", margin=0.5)(*_case()).item())
