@@ -1,0 +1,382 @@
+"""The ATLOP model: a pretrained encoder over (windows of) each document, log-sum-exp entity pooling,
+localized context pooling from last-layer attention, and a group bilinear classifier. Returns logits only;
+the loss lives in losses.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+# Families whose last-layer attention is plain softmax(q k^T / sqrt(d) + mask): their mention rows can be
+# recomputed from the last layer's input, so the encoder itself may run with SDPA (no attention weights).
+RECOMPUTE_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+# (query, key) projection names of self-attention modules across Hugging Face encoders
+QK_NAMES = (("query", "key"), ("query_proj", "key_proj"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
+ATTENTION_ROWS = ("auto", "recompute", "eager")
+
+
+# ----------------------------------------------------------------------------- loading
+def load_encoder(model_name_or_path: str, **kwargs) -> PreTrainedModel:
+    """AutoModel with SDPA attention where the architecture has it, else eager (e.g. DeBERTa)."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(model_name_or_path, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as e:
+        logger.info("SDPA attention unavailable for %s (%s); using eager attention", model_name_or_path, e)
+        return AutoModel.from_pretrained(model_name_or_path, attn_implementation="eager", **kwargs)
+
+
+def build_model(model_name_or_path: str, num_class: int, tokenizer=None, **kwargs) -> "DocREModel":
+    """A DocREModel over the encoder at `model_name_or_path`; `kwargs` go to DocREModel."""
+    return DocREModel(load_encoder(model_name_or_path), num_class, tokenizer=tokenizer, **kwargs)
+
+
+# ----------------------------------------------------------------------------- encoder introspection
+def find_last_attention(encoder: nn.Module) -> Tuple[nn.Module, nn.Linear, nn.Linear]:
+    """The encoder's last self-attention module and its query and key projections."""
+    found = None
+    for module in encoder.modules():
+        for q_name, k_name in QK_NAMES:
+            q, k = getattr(module, q_name, None), getattr(module, k_name, None)
+            if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
+                found = (module, q, k)
+    if found is None:
+        raise ValueError(f"{type(encoder).__name__}: no self-attention module with query/key projections "
+                         f"named {QK_NAMES}")
+    return found
+
+
+def encoder_max_length(encoder: PreTrainedModel) -> int:
+    """The longest input the encoder's position embeddings allow."""
+    n = int(encoder.config.max_position_embeddings)
+    padding_idx = getattr(getattr(encoder, "embeddings", None), "padding_idx", None)
+    if padding_idx is not None:  # RoBERTa-style positions start at padding_idx + 1
+        n -= padding_idx + 1
+    return n
+
+
+def plan_windows(length: int, window: int, n_start: int, n_end: int, min_overlap: int) -> List[Tuple[int, int]]:
+    """[start, end) spans of a `length`-token document covered by windows of at most `window` tokens.
+
+    The document begins with `n_start` and ends with `n_end` special tokens; every window but the first gets
+    the start tokens prepended and every window but the last the end tokens appended, so spans are shorter
+    than `window` accordingly. Neighbouring spans overlap by at least `min_overlap` tokens.
+    """
+    if length <= window:
+        return [(0, length)]
+    inner = window - n_start - n_end  # content of a middle window
+    if inner - min_overlap <= 0:
+        raise ValueError(f"window {window} too small for overlap {min_overlap} and {n_start + n_end} special tokens")
+    last_start = length - (window - n_start)
+    n = -(-last_start // (inner - min_overlap)) + 1
+    starts = [round(i * last_start / (n - 1)) for i in range(n)]
+    return [(a, length if i == n - 1 else (window - n_end if i == 0 else a + inner)) for i, a in enumerate(starts)]
+
+
+def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rank of each element within its group, size of each group) for integer group ids."""
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = counts.cumsum(0) - counts
+    order = torch.argsort(group, stable=True)
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group), device=group.device) - starts[group[order]]
+    return rank, counts
+
+
+# ----------------------------------------------------------------------------- group bilinear
+class GroupBilinearFunction(torch.autograd.Function):
+    """sum_g x_g^T W_cg y_g, one group at a time, recomputing the outer products in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int) -> torch.Tensor:
+        n, c, bs = x.shape[0], weight.shape[0], block_size
+        groups = x.shape[1] // bs
+        xs, ys = x.view(n, groups, bs), y.view(n, groups, bs)  # [P, G, bs]
+        w = weight.view(c, groups, bs * bs)  # [K+1, G, bs*bs]
+        out = torch.zeros(n, c, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        for g in range(xs.shape[1]):
+            outer = (xs[:, g, :, None] * ys[:, g, None, :]).view(n, bs * bs)  # [P, bs*bs]
+            out += outer @ w[:, g].t()
+        ctx.save_for_backward(x, y, weight)
+        ctx.block_size = bs
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y, weight = ctx.saved_tensors
+        n, c, bs = x.shape[0], weight.shape[0], ctx.block_size
+        groups = x.shape[1] // bs
+        xs, ys = x.view(n, groups, bs), y.view(n, groups, bs)
+        w = weight.view(c, groups, bs * bs)
+        grad = grad.to(x.dtype)
+        gx, gy, gw = torch.zeros_like(xs), torch.zeros_like(ys), torch.zeros_like(w)
+        for g in range(xs.shape[1]):
+            if ctx.needs_input_grad[2]:
+                outer = (xs[:, g, :, None] * ys[:, g, None, :]).view(n, bs * bs)
+                gw[:, g] = grad.t() @ outer
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                g_outer = (grad @ w[:, g]).view(n, bs, bs)  # [P, bs, bs]
+                gx[:, g] = torch.bmm(g_outer, ys[:, g, :, None]).squeeze(-1)
+                gy[:, g] = torch.bmm(xs[:, g, None, :], g_outer).squeeze(1)
+        return gx.view_as(x), gy.view_as(y), gw.view_as(weight), None
+
+
+def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_size: int) -> torch.Tensor:
+    """ATLOP's group bilinear `linear(flatten_g(x_g outer y_g))` without materialising the outer products."""
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    with torch.autocast(x.device.type, enabled=False):
+        out = GroupBilinearFunction.apply(x.to(dtype), y.to(dtype), linear.weight.to(dtype), block_size)
+    return out + linear.bias  # [P, K+1]
+
+
+# ----------------------------------------------------------------------------- the model
+class DocREModel(nn.Module):
+    """ATLOP: encoder, entity and localized context pooling, group bilinear classifier -> logits [P, K+1].
+
+    `attention_rows` chooses how the last layer's attention rows of the mention starts are obtained:
+    "recompute" from the last layer's input (the encoder may then use SDPA), "eager" from the last
+    attention module's own weights (needs eager attention there, e.g. DeBERTa), or "auto".
+    """
+
+    def __init__(self, encoder: PreTrainedModel, num_class: int, emb_size: int = 768, block_size: int = 64,
+                 tokenizer=None, max_seq_length: int = 1024, transformer_type: Optional[str] = None,
+                 gradient_checkpointing: bool = False, attention_rows: str = "auto",
+                 window_size: Optional[int] = None, window_overlap: int = 64,
+                 start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None):
+        super().__init__()
+        if emb_size % block_size:
+            raise ValueError(f"emb_size {emb_size} must be a multiple of block_size {block_size}")
+        if attention_rows not in ATTENTION_ROWS:
+            raise ValueError(f"attention_rows must be one of {ATTENTION_ROWS}, got {attention_rows!r}")
+        config = encoder.config
+        self.encoder = encoder
+        if isinstance(getattr(encoder, "pooler", None), nn.Module):
+            encoder.pooler = None  # unused; its parameters would get no gradient (DDP complains)
+        self.num_class, self.emb_size, self.block_size = num_class, emb_size, block_size
+        self.hidden_size = config.hidden_size
+        self.max_seq_length = max_seq_length
+        self.transformer_type = transformer_type or config.model_type
+        self.window_size = window_size or encoder_max_length(encoder)
+        self.window_overlap = window_overlap
+        if tokenizer is not None and start_token_ids is None:
+            start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+            end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+            start_token_ids, end_token_ids = [start], [end]
+        # None: take each document's own first and last token (the contract puts the special tokens there)
+        self.start_token_ids = list(start_token_ids) if start_token_ids is not None else None
+        self.end_token_ids = list(end_token_ids) if end_token_ids is not None else None
+        self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
+
+        self.attention, self.query, self.key = find_last_attention(encoder)
+        self.num_heads = int(getattr(self.attention, "num_attention_heads", None) or config.num_attention_heads)
+        if attention_rows == "auto":
+            attention_rows = "recompute" if config.model_type in RECOMPUTE_FAMILIES else "eager"
+        self.attention_rows = attention_rows
+        if attention_rows == "eager" and getattr(config, "_attn_implementation", "eager") not in (None, "eager"):
+            logger.info("%s: switching the encoder to eager attention to read its attention weights",
+                        config.model_type)
+            encoder.set_attn_implementation("eager")
+        if gradient_checkpointing:
+            enable = getattr(encoder, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        self.head_extractor = nn.Linear(2 * self.hidden_size, emb_size)
+        self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)
+        self.bilinear = nn.Linear(emb_size * block_size, num_class)
+
+    # -- encoder
+    @contextlib.contextmanager
+    def _capture_last_attention(self) -> Iterator[Dict[str, torch.Tensor]]:
+        """Hooks on the last attention module for one encoder call: its input, or its attention weights."""
+        store: Dict[str, torch.Tensor] = {}
+        module = self.attention
+        if self.attention_rows == "recompute":
+            def pre_hook(mod, args, kwargs):
+                store["input"] = args[0] if args else kwargs["hidden_states"]
+            handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        else:
+            signature = inspect.signature(module.forward)
+
+            def pre_hook(mod, args, kwargs):  # modules that return weights only on request (DeBERTa)
+                if "output_attentions" not in signature.parameters:
+                    return None
+                bound = signature.bind(*args, **kwargs)
+                bound.arguments["output_attentions"] = True
+                return bound.args, bound.kwargs
+
+            def hook(mod, args, output):
+                store["weights"] = output[1]
+            handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True),
+                       module.register_forward_hook(hook)]
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Last hidden states [N, W, H] and what the last attention module left behind."""
+        with self._capture_last_attention() as store:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.attention_rows == "eager" and store.get("weights") is None:
+            raise RuntimeError(f"{type(self.attention).__name__} returned no attention weights; load the encoder "
+                               f"with attn_implementation='eager' or use attention_rows='recompute'")
+        return hidden, store
+
+    def _attention_rows(self, store: Dict[str, torch.Tensor], key_mask: torch.Tensor, win: torch.Tensor,
+                        slot: torch.Tensor) -> torch.Tensor:
+        """Last-layer attention [R, heads, W] of token `slot` of window `win`, over that window's keys."""
+        if self.attention_rows == "eager":
+            return store["weights"][win, :, slot]
+        x = store["input"]  # [N, W, H]
+        n, w = key_mask.shape
+        heads = self.num_heads
+        d = self.query.out_features // heads
+        rank, counts = group_rank(win, n)
+        r_max = int(counts.max()) if len(win) else 0
+        q = self.query(x[win, slot])  # [R, heads*d]
+        q_pad = q.new_zeros(n, r_max, q.shape[-1]).index_put((win, rank), q)
+        k = self.key(x)  # [N, W, heads*d]
+        scores = torch.matmul(q_pad.view(n, r_max, heads, d).transpose(1, 2),
+                              k.view(n, w, heads, d).permute(0, 2, 3, 1)) * d ** -0.5  # [N, heads, r_max, W]
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        return scores.softmax(-1)[win, :, rank]
+
+    def _encode_direct(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
+                       mention_doc: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every document fits one encoder pass."""
+        hidden, store = self._run_encoder(input_ids, attention_mask)
+        att = self._attention_rows(store, attention_mask.bool(), mention_doc, mention_pos)
+        return hidden, att
+
+    def _windows(self, input_ids: torch.Tensor, lengths: List[int], window: int) -> Dict[str, torch.Tensor]:
+        """The batch cut into windows: ids and mask [N, W], original position of each window token [N, W]
+        (-1 for added special tokens and padding), and per window its document, span [a, b) and the offset
+        from an original position to its slot."""
+        rows, pos_rows, meta = [], [], []
+        for d, n in enumerate(lengths):
+            ids = input_ids[d, :n]
+            start = ids.new_tensor(self.start_token_ids) if self.start_token_ids is not None else ids[:1]
+            end = ids.new_tensor(self.end_token_ids) if self.end_token_ids is not None else ids[n - 1:]
+            for a, b in plan_windows(n, window, len(start), len(end), self.window_overlap):
+                pre, post = (start if a > 0 else start[:0]), (end if b < n else end[:0])
+                rows.append(torch.cat([pre, ids[a:b], post]))
+                pos_rows.append(torch.cat([torch.full_like(pre, -1), torch.arange(a, b, device=ids.device),
+                                           torch.full_like(post, -1)]))
+                meta.append((d, a, b, len(pre) - a))
+        width = max(len(r) for r in rows)
+        win_ids = input_ids.new_full((len(rows), width), self.pad_token_id)
+        pos_map = input_ids.new_full((len(rows), width), -1)
+        for i, (r, p) in enumerate(zip(rows, pos_rows)):
+            win_ids[i, :len(r)], pos_map[i, :len(p)] = r, p
+        win_len = input_ids.new_tensor([len(r) for r in rows])
+        mask = torch.arange(width, device=input_ids.device)[None, :] < win_len[:, None]
+        doc, a, b, offset = input_ids.new_tensor(meta).view(-1, 4).unbind(1)
+        return {"ids": win_ids, "mask": mask, "pos": pos_map, "doc": doc, "a": a, "b": b, "offset": offset}
+
+    def _encode_windows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
+                        mention_doc: torch.Tensor, window: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode overlapping windows; average hidden states over windows, sum and renormalise attention."""
+        b, length = input_ids.shape
+        win = self._windows(input_ids, attention_mask.sum(1).tolist(), window)
+        out, store = self._run_encoder(win["ids"], win["mask"].long())  # [N, W, H]
+
+        kept = win["pos"].ge(0)
+        flat = (win["doc"][:, None] * length + win["pos"])[kept]
+        hidden = out.new_zeros(b * length, out.shape[-1]).index_add_(0, flat, out[kept])
+        count = out.new_zeros(b * length).index_add_(0, flat, out.new_ones(len(flat)))
+        hidden = (hidden / count.clamp(min=1)[:, None]).view(b, length, -1)  # [B, L, H]
+
+        covers = ((win["doc"][None, :] == mention_doc[:, None]) & (win["a"][None, :] <= mention_pos[:, None])
+                  & (mention_pos[:, None] < win["b"][None, :]))  # [M, N]
+        m_idx, w_idx = covers.nonzero(as_tuple=True)
+        rows = self._attention_rows(store, win["mask"], w_idx, mention_pos[m_idx] + win["offset"][w_idx])
+        keys = win["pos"][w_idx]
+        keys = keys.masked_fill(keys < 0, length)[:, None, :].expand(-1, rows.shape[1], -1)  # [R, heads, W]
+        att = rows.new_zeros(len(m_idx), rows.shape[1], length + 1).scatter_add_(2, keys, rows)
+        att = rows.new_zeros(len(mention_pos), rows.shape[1], length + 1).index_add_(0, m_idx, att)[..., :length]
+        return hidden, att / (att.sum(-1, keepdim=True) + 1e-10)  # [B, L, H], [M, heads, L]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
+               mention_doc: torch.Tensor, window: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B, L, H] and the last-layer attention rows [M, heads, L] of the mention starts."""
+        window = window or self.window_size
+        if input_ids.shape[1] <= window:
+            return self._encode_direct(input_ids, attention_mask, mention_pos, mention_doc)
+        return self._encode_windows(input_ids, attention_mask, mention_pos, mention_doc, window)
+
+    # -- head
+    @staticmethod
+    def pool_entities(hidden: torch.Tensor, mention_att: torch.Tensor, mention_pos: torch.Tensor,
+                      mention_doc: torch.Tensor, mention_entity: torch.Tensor, n_entities: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Entity embeddings [E, H] (log-sum-exp over mentions) and attention [E, heads, L] (mean over mentions);
+        zeros for an entity without mentions."""
+        emb = hidden[mention_doc, mention_pos].float()  # [M, H]
+        idx = mention_entity[:, None].expand_as(emb)
+        peak = emb.new_full((n_entities, emb.shape[1]), float("-inf"))
+        peak = peak.scatter_reduce(0, idx, emb.detach(), "amax")  # shift for stability; the result is invariant
+        count = torch.bincount(mention_entity, minlength=n_entities)  # [E]
+        has = (count > 0)[:, None]
+        peak = torch.where(has, peak, torch.zeros_like(peak))
+        total = emb.new_zeros(n_entities, emb.shape[1]).index_add_(0, mention_entity, (emb - peak[mention_entity]).exp())
+        ent = torch.log(torch.where(has, total, torch.ones_like(total))) + peak
+        att = mention_att.new_zeros(n_entities, *mention_att.shape[1:]).index_add_(0, mention_entity, mention_att)
+        att = att / count.clamp(min=1).to(att.dtype)[:, None, None]
+        return ent, att
+
+    @staticmethod
+    def pool_context(hidden: torch.Tensor, entity_att: torch.Tensor, entity_doc: torch.Tensor, hts: torch.Tensor,
+                     pair_doc: torch.Tensor) -> torch.Tensor:
+        """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised."""
+        b, length, _ = hidden.shape
+        local, counts = group_rank(entity_doc, b)
+        e_max = int(counts.max()) if len(entity_doc) else 0
+        att = entity_att.new_zeros(b, e_max, *entity_att.shape[1:]).index_put((entity_doc, local), entity_att)
+        q = torch.einsum("bihl,bjhl->bijl", att, att) / att.shape[2]  # [B, E_max, E_max, L]
+        q = q / (q.sum(-1, keepdim=True) + 1e-5)
+        ctx = torch.matmul(q.view(b, e_max * e_max, length), hidden.to(q.dtype))  # [B, E_max^2, H]
+        ctx = ctx.view(b, e_max, e_max, -1)
+        return ctx[pair_doc, local[hts[:, 0]], local[hts[:, 1]]]
+
+    def classify(self, head: torch.Tensor, tail: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Group bilinear logits [P, K+1] from head, tail and context embeddings."""
+        z_h = torch.tanh(self.head_extractor(torch.cat([head, context], dim=-1)))  # [P, emb]
+        z_t = torch.tanh(self.tail_extractor(torch.cat([tail, context], dim=-1)))
+        return group_bilinear(z_h, z_t, self.bilinear, self.block_size)
+
+    def score(self, hidden: torch.Tensor, mention_att: torch.Tensor, mention_pos: torch.Tensor,
+              mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
+              hts: torch.Tensor, pair_doc: torch.Tensor) -> torch.Tensor:
+        """Logits [P, K+1] from encoder states and mention attention rows."""
+        ent, ent_att = self.pool_entities(hidden, mention_att, mention_pos, mention_doc, mention_entity,
+                                          len(entity_doc))
+        context = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc)
+        return self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
+                mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
+                hts: torch.Tensor, pair_doc: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                **kwargs) -> torch.Tensor:
+        """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs)."""
+        if input_ids.shape[1] > self.max_seq_length:
+            raise ValueError(f"input length {input_ids.shape[1]} exceeds max_seq_length {self.max_seq_length}")
+        kept = mention_pos < attention_mask.sum(1)[mention_doc]  # mentions past the document's end are dropped
+        mention_pos, mention_doc, mention_entity = mention_pos[kept], mention_doc[kept], mention_entity[kept]
+        hidden, mention_att = self.encode(input_ids, attention_mask, mention_pos, mention_doc)
+        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc)

@@ -1,0 +1,258 @@
+"""model.py: the vectorized ATLOP head against a per-pair reference, attention rows, windows, edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from model import DocREModel, GroupBilinearFunction, build_model, group_bilinear, load_encoder, plan_windows
+from utils import Collator
+
+NUM_CLASS = 5
+TEXT = "the city of Paris is the capital of France and Alice was born in London England"
+
+
+def make_feature(tokenizer, n_entities: int, n_tokens: int, seed: int, max_mentions: int = 3) -> dict:
+    """A feature in prepro's format: special tokens around a body, random mention starts, all pairs."""
+    rng = np.random.default_rng(seed)
+    body = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    body = (body * (n_tokens // len(body) + 1))[: n_tokens - 2]
+    ids = [tokenizer.cls_token_id] + body + [tokenizer.sep_token_id]
+    entity_pos = []
+    for _ in range(n_entities):
+        starts = rng.choice(np.arange(1, n_tokens - 2), size=rng.integers(1, max_mentions + 1), replace=False)
+        entity_pos.append([(int(s), int(s) + 1) for s in sorted(starts)])
+    hts = np.array([(h, t) for h in range(n_entities) for t in range(n_entities) if h != t],
+                   dtype=np.int64).reshape(-1, 2)
+    n_pos = min(len(hts), 3)
+    labels = np.stack([rng.choice(len(hts), n_pos, replace=False), rng.integers(1, NUM_CLASS, n_pos)], 1) \
+        if n_pos else np.zeros((0, 2), dtype=np.int64)
+    return {"title": f"doc{seed}", "input_ids": ids, "entity_pos": entity_pos,
+            "mention_sent_ids": [[0] * len(m) for m in entity_pos], "hts": hts, "labels": labels}
+
+
+def batch_of(features, tokenizer) -> dict:
+    batch = Collator(NUM_CLASS, tokenizer.pad_token_id)(features)
+    batch.pop("labels")
+    return batch
+
+
+def tiny_model(path: str, seed: int = 0, attn: str | None = None, **kwargs) -> DocREModel:
+    torch.manual_seed(seed)
+    encoder = load_encoder(path) if attn is None else AutoModel.from_pretrained(path, attn_implementation=attn)
+    kwargs.setdefault("tokenizer", AutoTokenizer.from_pretrained(path))
+    return DocREModel(encoder, NUM_CLASS, emb_size=32, block_size=8, **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def bert_tok(tiny_bert_dir):
+    return AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+
+def mixed_features(tokenizer) -> list:
+    """Documents with 0, 2 and 15 entities, and one whose entity 1 has no kept mention."""
+    feats = [make_feature(tokenizer, 0, 30, 0), make_feature(tokenizer, 2, 50, 1),
+             make_feature(tokenizer, 15, 120, 2), make_feature(tokenizer, 4, 70, 3)]
+    feats[3]["entity_pos"][1] = []
+    return feats
+
+
+# ----------------------------------------------------------------------------- reference
+def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor:
+    """ATLOP's formulas, one document, entity and pair at a time, from an eager encoder's attentions."""
+    out = []
+    for f in features:
+        ids = torch.tensor(f["input_ids"])[None]
+        enc = eager_encoder(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+        hidden, att = enc.last_hidden_state[0], enc.attentions[-1][0]  # [L, H], [heads, L, L]
+        embs, atts = [], []
+        for mentions in f["entity_pos"]:
+            if mentions:
+                embs.append(torch.logsumexp(torch.stack([hidden[s] for s, _ in mentions]), dim=0))
+                atts.append(torch.stack([att[:, s] for s, _ in mentions]).mean(0))
+            else:
+                embs.append(torch.zeros(hidden.shape[1]))
+                atts.append(torch.zeros_like(att[:, 0]))
+        bs = model.block_size
+        for h, t in f["hts"]:
+            q = (atts[h] * atts[t]).mean(0)
+            q = q / (q.sum() + 1e-5)
+            c = q @ hidden
+            z_h = torch.tanh(model.head_extractor(torch.cat([embs[h], c])))
+            z_t = torch.tanh(model.tail_extractor(torch.cat([embs[t], c])))
+            outer = torch.cat([torch.outer(z_h[g:g + bs], z_t[g:g + bs]).flatten()
+                               for g in range(0, model.emb_size, bs)])
+            out.append(model.bilinear(outer))
+    return torch.stack(out) if out else torch.zeros(0, NUM_CLASS)
+
+
+@torch.no_grad()
+def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir)
+    eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    feats = mixed_features(bert_tok)
+    logits = model(**batch_of(feats, bert_tok))
+    ref = reference_logits(model, eager, feats)
+    assert logits.shape == (2 + 210 + 12, NUM_CLASS)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_attention_rows_match_eager_full_attention(tiny_encoder_dir):
+    """Our rows (SDPA + recomputed rows, or DeBERTa's last-layer weights) equal all-layer eager attentions."""
+    tok = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    model = tiny_model(tiny_encoder_dir)
+    expected_mode = "eager" if model.encoder.config.model_type.startswith("deberta") else "recompute"
+    assert model.attention_rows == expected_mode
+    batch = batch_of(mixed_features(tok), tok)
+    logits = model(**batch)
+
+    eager = AutoModel.from_pretrained(tiny_encoder_dir, attn_implementation="eager").eval()
+    enc = eager(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
+    rows = enc.attentions[-1][batch["mention_doc"], :, batch["mention_pos"]]  # [M, heads, L]
+    _, ours = model.encode(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_doc"])
+    torch.testing.assert_close(ours, rows, atol=1e-5, rtol=1e-4)
+    ref = model.score(enc.last_hidden_state, rows, *(batch[k] for k in
+                      ("mention_pos", "mention_doc", "mention_entity", "entity_doc", "hts", "pair_doc")))
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- windows
+@pytest.mark.parametrize("length", [5, 511, 512, 513, 900, 1024, 1500, 2048, 5000])
+def test_plan_windows_cover_with_overlap(length):
+    window, overlap = 512, 64
+    spans = plan_windows(length, window, 1, 1, overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    if length <= window:
+        assert spans == [(0, length)]
+        return
+    for i, (a, b) in enumerate(spans):
+        added = (i > 0) + (i < len(spans) - 1)  # start / end tokens prepended / appended
+        assert 0 < b - a and b - a + added <= window
+    for (a0, b0), (a1, b1) in zip(spans, spans[1:]):
+        assert a0 < a1 and b0 - a1 >= overlap
+
+
+@torch.no_grad()
+def test_window_path_with_one_window_equals_direct_path(tiny_roberta_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    model = tiny_model(tiny_roberta_dir)
+    batch = batch_of(mixed_features(tok), tok)
+    args = [batch[k] for k in ("input_ids", "attention_mask", "mention_pos", "mention_doc")]
+    hidden, att = model.encode(*args)
+    w_hidden, w_att = model._encode_windows(*args, window=batch["input_ids"].shape[1])
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(w_hidden[mask], hidden[mask], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(w_att, att, atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_long_document_windows_merge(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir, max_seq_length=2048)
+    feat = make_feature(bert_tok, 6, 1500, seed=7)
+    feat["entity_pos"][0] = [(1300, 1301), (1450, 1451)]  # an entity entirely past 512
+    short = make_feature(bert_tok, 3, 100, seed=8)
+    batch = batch_of([feat, short], bert_tok)
+    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], batch["mention_pos"],
+                               batch["mention_doc"])
+    m = len(batch["mention_pos"])
+    assert hidden.shape == (2, 1500, 32) and att.shape == (m, 4, 1500)
+    torch.testing.assert_close(att.sum(-1), torch.ones(m, 4))
+    assert att[:, :, 512:][batch["mention_pos"] >= 512].sum(-1).min() > 0.1
+
+    # each position equals the mean of the encoder outputs of the windows covering it, encoded by hand
+    ids, enc = batch["input_ids"][0], model.encoder
+    spans = plan_windows(1500, 512, 1, 1, model.window_overlap)
+    assert len(spans) == 4
+    total, count = torch.zeros(1500, 32), torch.zeros(1500)
+    for i, (a, b) in enumerate(spans):
+        pre, post = ids[:1] if a > 0 else ids[:0], ids[-1:] if b < 1500 else ids[:0]
+        out = enc(input_ids=torch.cat([pre, ids[a:b], post])[None]).last_hidden_state[0]
+        total[a:b] += out[len(pre): len(pre) + b - a]
+        count[a:b] += 1
+    assert count.min() >= 1 and count.max() == 2
+    torch.testing.assert_close(hidden[0], total / count[:, None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden[1, :100], enc(input_ids=batch["input_ids"][1:, :100]).last_hidden_state[0],
+                               atol=1e-5, rtol=1e-5)
+
+    logits = model(**batch)
+    assert logits.shape == (30 + 6, NUM_CLASS) and torch.isfinite(logits).all()
+    ent, _ = model.pool_entities(hidden, att, batch["mention_pos"], batch["mention_doc"],
+                                 batch["mention_entity"], len(batch["entity_doc"]))
+    assert ent[0].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_truncated_and_missing_mentions_give_zero_embeddings(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir).train()
+    feat = make_feature(bert_tok, 4, 60, seed=4)
+    feat["entity_pos"][1] = [(60, 61), (75, 76)]  # every mention past the (truncated) end
+    feat["entity_pos"][2] = []
+    batch = batch_of([feat, make_feature(bert_tok, 3, 90, seed=5)], bert_tok)
+    logits = model(**batch)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    kept = batch["mention_pos"] < batch["attention_mask"].sum(1)[batch["mention_doc"]]
+    pos, doc, ent_idx = batch["mention_pos"][kept], batch["mention_doc"][kept], batch["mention_entity"][kept]
+    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], pos, doc)
+    ent, ent_att = model.pool_entities(hidden, att, pos, doc, ent_idx, len(batch["entity_doc"]))
+    assert torch.equal(ent[1], torch.zeros(32)) and torch.equal(ent[2], torch.zeros(32))
+    assert ent_att[1:3].abs().sum() == 0 and ent[0].abs().sum() > 0
+
+
+def test_no_pairs_gives_empty_logits(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir).train()
+    batch = batch_of([make_feature(bert_tok, 0, 20, 0), make_feature(bert_tok, 1, 30, 1)], bert_tok)
+    logits = model(**batch)
+    assert logits.shape == (0, NUM_CLASS)
+    logits.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_fp32_and_bf16_autocast_are_finite(tiny_bert_dir, bert_tok, dtype):
+    model = tiny_model(tiny_bert_dir).train()
+    batch = batch_of(mixed_features(bert_tok), bert_tok)
+    with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(**batch)
+    assert logits.shape == (224, NUM_CLASS) and torch.isfinite(logits).all()
+    logits.float().pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.bilinear.weight.grad.abs().sum() > 0
+
+
+def test_group_bilinear_gradients_match_outer_product():
+    torch.manual_seed(0)
+    x, y = torch.randn(7, 12, dtype=torch.double, requires_grad=True), torch.randn(7, 12, dtype=torch.double,
+                                                                                   requires_grad=True)
+    w = torch.randn(3, 12 * 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: GroupBilinearFunction.apply(a, b, c, 4), (x, y, w))
+    linear = torch.nn.Linear(48, 3).double()
+    outer = (x.view(7, 3, 4, 1) * y.view(7, 3, 1, 4)).reshape(7, 48)
+    torch.testing.assert_close(group_bilinear(x, y, linear, 4), linear(outer))
+
+
+def test_gradient_checkpointing_gives_same_gradients(tiny_bert_dir, bert_tok):
+    batch = batch_of(mixed_features(bert_tok), bert_tok)
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model(tiny_bert_dir, gradient_checkpointing=ckpt).train()
+        model(**batch).pow(2).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.encoder.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_deberta_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    model = build_model(tiny_roberta_dir, NUM_CLASS, tok, emb_size=32, block_size=8)
+    assert (model.start_token_ids, model.end_token_ids) == ([tok.cls_token_id], [tok.sep_token_id])
+    assert model.transformer_type == "roberta" and model.window_size == 512
+    assert model.encoder.config._attn_implementation == "sdpa" and model.attention_rows == "recompute"
+    deberta = build_model(tiny_deberta_dir, NUM_CLASS, None, emb_size=32, block_size=8)
+    assert deberta.attention_rows == "eager" and deberta.start_token_ids is None
+    with pytest.raises(ValueError, match="multiple of block_size"):
+        DocREModel(model.encoder, NUM_CLASS, emb_size=30, block_size=8)
