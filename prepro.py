@@ -1,0 +1,872 @@
+"""Read DocRED JSON, validate it, and turn each document into entity-pair features (cached on disk on request).
+
+One feature per document (see ARCHITECTURE.md, "feature"):
+    title, input_ids (with the tokenizer's own special tokens), entity_pos (per entity: (start, end) token spans of
+    its kept mentions, start = the start marker), mention_sent_ids, hts [n_pairs, 2], labels [n_pos, 2] =
+    (pair index into hts, relation id >= 1), n_truncated_mentions.
+
+Features are held column-wise in flat NumPy arrays (in memory, or memory-mapped from the cache), so 100k documents
+fit in a few hundred MB; `DocREFeatures[i]` assembles the dict of one document on access.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger("prepro")
+
+FEATURE_FORMAT_VERSION = 1
+MAX_LISTED_PROBLEMS = 20
+CHUNK_DOCS = 256  # documents tokenized per batch call
+
+# column name -> dtype of the flat arrays that hold a corpus of features
+COLUMNS: Dict[str, str] = {
+    "input_ids": "int32",  # [T] all documents' (truncated) token ids, concatenated
+    "doc_n_tokens": "int32",  # [D] length of each document's input_ids
+    "doc_length": "int32",  # [D] length before truncation
+    "doc_n_entities": "int32",  # [D]
+    "doc_n_labels": "int32",  # [D] positive (pair, relation) facts
+    "doc_n_truncated_mentions": "int32",  # [D]
+    "doc_n_truncated_entities": "int32",  # [D] entities with no mention left after truncation
+    "entity_n_mentions": "int32",  # [E] kept mentions per entity
+    "mention_start": "int32",  # [M] token index of the start marker (or first sub-token when markers are off)
+    "mention_end": "int32",  # [M] exclusive end, after the end marker
+    "mention_sent": "int32",  # [M] sentence id
+    "label_pair": "int32",  # [L] index into the document's hts
+    "label_rel": "int32",  # [L] relation id >= 1
+}
+_RAGGED = {k for k in COLUMNS if not k.startswith("doc_")}  # columns with a variable number of values per document
+
+
+# ----------------------------------------------------------------------------- label map
+
+
+def build_rel2id(rel_info_file: str | os.PathLike) -> Dict[str, int]:
+    """Label map from a rel_info.json: Na -> 0, then the relation ids in the file's order."""
+    with open(rel_info_file, encoding="utf-8") as f:
+        rel_info = json.load(f)
+    if not isinstance(rel_info, dict) or not rel_info:
+        raise ValueError(f"{rel_info_file}: expected a non-empty JSON object {{relation id: name}}")
+    rel2id = {"Na": 0}
+    for rel in rel_info:
+        if rel != "Na":
+            rel2id[rel] = len(rel2id)
+    return rel2id
+
+
+def _check_rel2id(rel2id: Any, source: str) -> Dict[str, int]:
+    """Validate a label map: {"Na": 0, ...} with ids 0..K each used once."""
+    if not isinstance(rel2id, dict) or not all(isinstance(k, str) and type(v) is int for k, v in rel2id.items()):
+        raise ValueError(f"{source}: a label map must be a JSON object {{relation: int id}}")
+    if rel2id.get("Na") != 0:
+        raise ValueError(f"{source}: the label map must map 'Na' (the none class) to 0, got {rel2id.get('Na')!r}")
+    if sorted(rel2id.values()) != list(range(len(rel2id))):
+        raise ValueError(f"{source}: label ids must be 0..{len(rel2id) - 1}, each used once")
+    return rel2id
+
+
+def load_rel2id(data_dir: Optional[str] = None, rel2id_file: Optional[str] = None,
+                rel_info_file: Optional[str] = None) -> Dict[str, int]:
+    """The label map: `rel2id_file`, else built from rel_info (given or <data_dir>/rel_info.json), else meta/."""
+    if rel2id_file is not None:
+        with open(rel2id_file, encoding="utf-8") as f:
+            return _check_rel2id(json.load(f), str(rel2id_file))
+    if rel_info_file is None and data_dir is not None and (Path(data_dir) / "rel_info.json").exists():
+        rel_info_file = str(Path(data_dir) / "rel_info.json")
+    if rel_info_file is not None:
+        return build_rel2id(rel_info_file)
+    default = Path(__file__).resolve().parent / "meta" / "rel2id.json"
+    with open(default, encoding="utf-8") as f:
+        return _check_rel2id(json.load(f), str(default))
+
+
+def check_num_class(rel2id: Dict[str, int], num_class: Optional[int]) -> int:
+    """Return the number of classes of the label map; raise if `--num_class` says otherwise."""
+    if num_class is not None and num_class != len(rel2id):
+        raise ValueError(f"--num_class {num_class} does not match the label map, which has {len(rel2id)} classes "
+                         f"(Na + {len(rel2id) - 1} relations); drop --num_class or pass the matching --rel2id")
+    return len(rel2id)
+
+
+# ----------------------------------------------------------------------------- reading and validation
+
+
+class ValidationError(ValueError):
+    """A DocRED file with problems; the message lists them (file, document index and title, field, value)."""
+
+    def __init__(self, path: str | os.PathLike, problems: List[str]):
+        self.path = str(path)
+        self.problems = list(problems)
+        listed = "\n  ".join(self.problems[:MAX_LISTED_PROBLEMS])
+        more = len(self.problems) - MAX_LISTED_PROBLEMS
+        tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
+        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in this DocRED file:\n  {listed}{tail}")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_problem(path: str, err: json.JSONDecodeError, what: str) -> ValidationError:
+    return ValidationError(path, [f"invalid JSON while reading {what}, at line {err.lineno} column {err.colno} "
+                                  f"(char {err.pos}): {err.msg}; is the file truncated?"])
+
+
+def _read_text(path: str | os.PathLike) -> Tuple[str, str]:
+    """(text, sha256 hex) of a UTF-8 file; a clear error for non-UTF-8 bytes."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValidationError(path, [f"not valid UTF-8: byte {data[e.start:e.start + 1]!r} at offset {e.start} "
+                                     f"(line {line}): {e.reason}"]) from None
+    return text, digest
+
+
+def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
+    """Yield the elements of the top-level JSON list in `text` one by one (never holding all parsed documents)."""
+    path = str(path)
+    decoder = json.JSONDecoder()
+    idx = _WS.match(text, 0).end()
+    if text[idx:idx + 1] != "[":
+        try:
+            top = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _json_problem(path, e, "the top level") from None
+        raise ValidationError(path, [f"the top level must be a JSON list of documents, got {type(top).__name__}"])
+    idx = _WS.match(text, idx + 1).end()
+    if text[idx:idx + 1] == "]":
+        return
+    i = 0
+    while True:
+        try:
+            doc, idx = decoder.raw_decode(text, idx)
+        except json.JSONDecodeError as e:
+            raise _json_problem(path, e, f"document {i}") from None
+        yield doc
+        i += 1
+        idx = _WS.match(text, idx).end()
+        sep = text[idx:idx + 1]
+        if sep == "]":
+            if _WS.match(text, idx + 1).end() != len(text):
+                raise ValidationError(path, [f"extra data after the list of documents at char {idx + 1}"])
+            return
+        if sep != ",":
+            err = json.JSONDecodeError("expected ',' or ']' after a document", text, idx)
+            raise _json_problem(path, err, f"document {i - 1}")
+        idx = _WS.match(text, idx + 1).end()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(x: Any) -> bool:
+    return type(x) is int or isinstance(x, np.integer)
+
+
+def _check_mention(m: Any, sent_lens: List[int], field: str, bad: Callable[[str, str, Any], None]) -> None:
+    """Report every problem of one mention (the slow path, run only for mentions the fast check rejected)."""
+    if not isinstance(m, dict):
+        return bad(field, "a mention must be an object", m)
+    for key in ("name", "pos", "sent_id"):
+        if key not in m:
+            return bad(f"{field}.{key}", "missing key", sorted(m))
+    if not isinstance(m["name"], str):
+        bad(f"{field}.name", "must be a string", m["name"])
+    if not isinstance(m.get("type", ""), str):
+        bad(f"{field}.type", "must be a string", m["type"])
+    sent_id, pos = m["sent_id"], m["pos"]
+    if not _is_int(sent_id):
+        return bad(f"{field}.sent_id", "must be an integer", sent_id)
+    if not 0 <= sent_id < len(sent_lens):
+        return bad(f"{field}.sent_id", f"out of range: the document has {len(sent_lens)} sentences", sent_id)
+    if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(_is_int(p) for p in pos)):
+        return bad(f"{field}.pos", "must be a list [start, end) of two integers", pos)
+    if not 0 <= pos[0] < pos[1] <= sent_lens[sent_id]:
+        bad(f"{field}.pos", f"not a span 0 <= start < end <= {sent_lens[sent_id]} (length of sentence {sent_id})",
+            pos)
+
+
+def _mention_ok(m: Any, sent_lens: List[int]) -> bool:
+    """Fast check of one mention from a JSON file (plain ints and strings only)."""
+    try:
+        sent_id, (start, end), name = m["sent_id"], m["pos"], m["name"]
+    except (TypeError, KeyError, ValueError):
+        return False
+    return (type(sent_id) is int and type(start) is int and type(end) is int and type(name) is str
+            and type(m["pos"]) is list and type(m.get("type", "")) is str
+            and 0 <= sent_id < len(sent_lens) and 0 <= start < end <= sent_lens[sent_id])
+
+
+def _check_sents(sents: Any, bad: Callable[[str, str, Any], None]) -> Optional[List[int]]:
+    """Sentence lengths, or None after reporting why `sents` is unusable."""
+    if not isinstance(sents, list) or not sents:
+        bad("sents", "must be a non-empty list of sentences", sents)
+        return None
+    lengths = [len(s) if type(s) is list else -1 for s in sents]
+    if -1 in lengths or set(map(type, chain.from_iterable(s for s in sents if type(s) is list))) - {str}:
+        for s_i, sent in enumerate(sents):
+            if not isinstance(sent, list) or not all(isinstance(w, str) for w in sent):
+                bad(f"sents[{s_i}]", "a sentence must be a list of strings", sent)
+        return None
+    if sum(lengths) == 0:
+        bad("sents", "the document has no words", sents)
+        return None
+    return lengths
+
+
+def _check_entities(entities: Any, sent_lens: List[int], bad: Callable[[str, str, Any], None]) -> None:
+    if not isinstance(entities, list):
+        bad("vertexSet", "must be a list of entities", entities)
+        return
+    for e_i, ent in enumerate(entities):
+        if not isinstance(ent, list) or not ent:
+            bad(f"vertexSet[{e_i}]", "an entity must be a non-empty list of mentions", ent)
+            continue
+        for m_i, m in enumerate(ent):
+            if not _mention_ok(m, sent_lens):
+                _check_mention(m, sent_lens, f"vertexSet[{e_i}][{m_i}]", bad)
+
+
+def _check_label(lab: Any, field: str, n_ent: int, rel2id: Dict[str, int], bad: Callable[[str, str, Any], bool],
+                 warn: Callable[[str], None], seen: Dict[Tuple[int, int, int], None]) -> None:
+    """Report why one label cannot be kept (the slow path, run only for labels the fast check rejected)."""
+    if not isinstance(lab, dict) or not lab.keys() >= {"h", "t", "r"}:
+        bad(field, "a label must be an object with keys h, t, r", lab)
+        return
+    h, t, r = lab["h"], lab["t"], lab["r"]
+    ok = True
+    for key, val in (("h", h), ("t", t)):
+        if not (_is_int(val) and 0 <= val < n_ent):
+            ok = bad(f"{field}.{key}", f"must be an entity index in [0, {n_ent})", val)
+    if not (isinstance(r, str) and r in rel2id):
+        ok = bad(f"{field}.r", f"relation not in the label map ({len(rel2id)} classes)", r)
+    elif rel2id[r] == 0:
+        ok = bad(f"{field}.r", "the none class cannot be a positive label", r)
+    if ok and h == t:
+        warn(f"{field}: h == t == {h}; label dropped")
+    elif ok and (int(h), int(t), rel2id[r]) in seen:
+        warn(f"{field}: duplicate label {_short(lab)}; dropped")
+    elif ok:  # NumPy integers from a non-JSON source
+        seen[(int(h), int(t), rel2id[r])] = None
+
+
+def _check_labels(raw: Any, n_ent: int, rel2id: Dict[str, int], bad: Callable[[str, str, Any], bool],
+                  warn: Callable[[str], None]) -> np.ndarray:
+    """Kept labels [n, 3] of (h, t, relation id); h == t and duplicates are dropped with a warning."""
+    if not isinstance(raw, list):
+        bad("labels", "must be a list", raw)
+        return np.zeros((0, 3), dtype=np.int64)
+    seen: Dict[Tuple[int, int, int], None] = {}  # insertion-ordered set of kept labels
+    for l_i, lab in enumerate(raw):
+        try:
+            h, t, r = lab["h"], lab["t"], lab["r"]
+            key = (h, t, rel2id.get(r, 0) if type(r) is str else 0)
+        except (TypeError, KeyError):
+            key = None
+        if (key is not None and type(h) is int and type(t) is int and 0 <= h < n_ent and 0 <= t < n_ent
+                and h != t and key[2] > 0 and key not in seen):
+            seen[key] = None
+            continue
+        _check_label(lab, f"labels[{l_i}]", n_ent, rel2id, bad, warn, seen)
+    return np.asarray(list(seen), dtype=np.int64).reshape(-1, 3)
+
+
+def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[List[str], List[str], np.ndarray]:
+    """Check one document; return (problems, warnings, labels [n, 3] of kept (h, t, relation id))."""
+    problems: List[str] = []
+    warns: List[str] = []
+    labels = np.zeros((0, 3), dtype=np.int64)
+    title = doc.get("title") if isinstance(doc, dict) else None
+    where = f"document {index} (title {title!r})"
+
+    def bad(field: str, msg: str, value: Any) -> bool:
+        problems.append(f"{where}: field {field}: {msg} (got {_short(value)})")
+        return False
+
+    if not isinstance(doc, dict):
+        bad("<document>", "a document must be a JSON object", type(doc).__name__)
+        return problems, warns, labels
+    missing = [key for key in ("title", "sents", "vertexSet") if key not in doc]
+    for key in missing:
+        bad(key, "missing key", sorted(doc))
+    if missing:
+        return problems, warns, labels
+    if not isinstance(title, str):
+        bad("title", "must be a string", title)
+    sent_lens = _check_sents(doc["sents"], bad)
+    if sent_lens is None:
+        return problems, warns, labels
+    _check_entities(doc["vertexSet"], sent_lens, bad)
+    if doc.get("labels") is not None and isinstance(doc["vertexSet"], list):
+        labels = _check_labels(doc["labels"], len(doc["vertexSet"]), rel2id, bad,
+                               lambda msg: warns.append(f"{where}: field {msg}"))
+    return problems, warns, labels
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+def _prefix_space_json(spec: Any) -> Any:
+    """Turn on add_prefix_space in every ByteLevel pre-tokenizer of a tokenizer.json subtree."""
+    if isinstance(spec, dict):
+        spec = {k: _prefix_space_json(v) for k, v in spec.items()}
+        if spec.get("type") == "ByteLevel" and "add_prefix_space" in spec:
+            spec["add_prefix_space"] = True
+        return spec
+    if isinstance(spec, list):
+        return [_prefix_space_json(v) for v in spec]
+    return spec
+
+
+class WordTokenizer:
+    """Tokenizes documents given as word lists: token ids with the tokenizer's special tokens, and the word index
+    of every content token.
+
+    Each distinct word of a batch of documents is tokenized once, as a pre-tokenized word (exactly what
+    `tokenizer(words, is_split_into_words=True)` does word by word, since pre-tokenized words never interact), and
+    documents are assembled from those pieces with NumPy. The special tokens come from the tokenizer's own
+    post-processor (`build_inputs_with_special_tokens` for slow tokenizers).
+
+    Fast tokenizers get a private copy of their Rust backend so that (a) byte-level BPE words get their leading
+    space (RoBERTa sees " Paris" inside text, not "Paris"), (b) no truncation or padding preset in tokenizer.json
+    applies, (c) a literal "[SEP]" in a document is text, not a special token.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        self.backend = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            spec = json.loads(backend.to_str())
+            spec["pre_tokenizer"] = _prefix_space_json(spec.get("pre_tokenizer"))
+            self.backend = Tokenizer.from_str(json.dumps(spec))
+            self.backend.no_truncation()
+            self.backend.no_padding()
+            self.backend.encode_special_tokens = True
+            probe = self.backend.encode(["x"], is_pretokenized=True, add_special_tokens=True)
+            ids, word_ids = probe.ids, probe.word_ids
+        else:
+            ids = tokenizer.build_inputs_with_special_tokens([-1])
+            word_ids = [None if i != -1 else 0 for i in ids]
+        content = [i for i, w in enumerate(word_ids) if w is not None]
+        self.prefix_ids = np.asarray(ids[:content[0]], dtype=np.int32)
+        self.suffix_ids = np.asarray(ids[content[-1] + 1:], dtype=np.int32)
+        self.n_prefix, self.n_suffix = len(self.prefix_ids), len(self.suffix_ids)
+
+    def fingerprint(self) -> str:
+        """A hash of everything about the tokenizer that changes its output."""
+        if self.backend is not None:
+            body = self.backend.to_str()
+        else:
+            body = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+    def check_marker(self, marker: Optional[str]) -> None:
+        """Raise when the entity marker would produce no token (then nothing could point at it)."""
+        if marker is not None and (not isinstance(marker, str) or self._pieces([marker])[1][0] == 0):
+            raise ValueError(f"entity_marker must be a string that yields at least one token, got {marker!r}")
+
+    def _pieces(self, words: List[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(token ids of all `words` concatenated [T], number of tokens of each word [len(words)])."""
+        if self.backend is None:
+            pieces = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+            return (np.fromiter(chain.from_iterable(pieces), dtype=np.int32),
+                    np.fromiter(map(len, pieces), dtype=np.int64, count=len(words)))
+        bounds = np.linspace(0, len(words), num=9, dtype=np.int64)  # a few parts, encoded in parallel
+        parts = [words[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        encs = self.backend.encode_batch(parts, is_pretokenized=True, add_special_tokens=False)
+        ids = [np.asarray(e.ids, dtype=np.int32) for e in encs]
+        counts = [np.bincount(np.asarray(e.word_ids, dtype=np.int64), minlength=len(p)) for e, p in zip(encs, parts)]
+        return np.concatenate(ids or [np.zeros(0, np.int32)]), np.concatenate(counts or [np.zeros(0, np.int64)])
+
+    def encode(self, docs: List[List[str]]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """For each word list: (content token ids [L], word index of each content token [L])."""
+        flat = list(chain.from_iterable(docs))
+        vocab = {w: i for i, w in enumerate(dict.fromkeys(flat))}
+        piece_ids, piece_len = self._pieces(list(vocab))
+        piece_start = np.cumsum(piece_len) - piece_len
+        uid = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))  # [W]
+        tok_len = piece_len[uid]  # [W]
+        word_of_tok = np.repeat(np.arange(len(flat)), tok_len)  # [T]
+        offset_in_word = np.arange(len(word_of_tok)) - np.repeat(np.cumsum(tok_len) - tok_len, tok_len)
+        ids = piece_ids[piece_start[uid][word_of_tok] + offset_in_word]  # [T]
+        doc_words = np.cumsum([0] + [len(d) for d in docs])
+        doc_toks = np.concatenate([[0], np.cumsum(tok_len)])[doc_words]
+        return [(ids[a:b], word_of_tok[a:b] - w0) for a, b, w0 in zip(doc_toks[:-1], doc_toks[1:], doc_words[:-1])]
+
+    def with_special_tokens(self, content: np.ndarray) -> np.ndarray:
+        """[prefix specials] + content + [suffix specials]."""
+        return np.concatenate([self.prefix_ids, content, self.suffix_ids])
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def pair_index(n: int) -> np.ndarray:
+    """Every ordered entity pair h != t, h-major: [n * (n - 1), 2]."""
+    h, t = np.divmod(np.arange(n * n, dtype=np.int64), n)
+    keep = h != t
+    return np.stack([h[keep], t[keep]], axis=1)
+
+
+def _mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], np.ndarray, np.ndarray,
+                                                                        np.ndarray, np.ndarray]:
+    """The document's words with markers inserted as words of their own.
+
+    Returns (words, first word slot of each mention, last word slot of each mention, sentence id of each mention,
+    number of mentions per entity). A start marker goes before every word that starts a mention and an end marker
+    after every word that ends one (once per word, however many mentions share it, as in ATLOP).
+    """
+    sents = doc["sents"]
+    sent_start = np.cumsum([0] + [len(s) for s in sents])
+    words = [w for s in sents for w in s]
+    mentions = [m for ent in doc["vertexSet"] for m in ent]
+    counts = np.array([len(ent) for ent in doc["vertexSet"]], dtype=np.int64)
+    sent_ids = np.array([m["sent_id"] for m in mentions], dtype=np.int64)
+    span = np.array([m["pos"] for m in mentions], dtype=np.int64).reshape(-1, 2)
+    first_word = sent_start[sent_ids] + span[:, 0]  # [M]
+    last_word = sent_start[sent_ids] + span[:, 1] - 1  # [M]
+    if marker is None:
+        return words, first_word, last_word, sent_ids, counts
+    n = len(words)
+    starts = np.zeros(n, dtype=np.int64)
+    ends = np.zeros(n, dtype=np.int64)
+    starts[first_word] = 1
+    ends[last_word] = 1
+    width = 1 + starts + ends
+    slot = np.cumsum(width) - width  # [n] first slot of each word (its start marker, if any)
+    marked = np.empty(int(width.sum()), dtype=object)
+    marked[slot + starts] = words
+    marked[slot[starts == 1]] = marker
+    marked[(slot + width - 1)[ends == 1]] = marker
+    return marked.tolist(), slot[first_word], (slot + width - 1)[last_word], sent_ids, counts
+
+
+def _mention_spans(wid: np.ndarray, first_slot: np.ndarray, last_slot: np.ndarray,
+                   marked: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Content-token spans [start, end) of mentions given their first and last word slots."""
+    # with markers: the last token of the start-marker word, i.e. "*" even when a tokenizer splits it ("▁", "*")
+    start = np.searchsorted(wid, first_slot, side="right" if marked else "left") - int(marked)  # [M]
+    end = np.maximum(np.searchsorted(wid, last_slot, side="right"), start + 1)  # [M]
+    return start, end
+
+
+class _ColumnSink:
+    """Collects feature columns chunk by chunk, in memory or appended to raw files in a folder."""
+
+    def __init__(self, folder: Optional[Path] = None):
+        self.folder = folder
+        self.parts: Dict[str, List[np.ndarray]] = {k: [] for k in COLUMNS}
+        self.sizes = dict.fromkeys(COLUMNS, 0)
+        self.files = {k: open(folder / f"{k}.bin", "wb") for k in COLUMNS} if folder else None
+
+    def add(self, **cols: np.ndarray) -> None:
+        for name, arr in cols.items():
+            arr = np.ascontiguousarray(arr, dtype=COLUMNS[name])
+            self.sizes[name] += len(arr)
+            if self.files:
+                arr.tofile(self.files[name])
+            else:
+                self.parts[name].append(arr)
+
+    def close(self) -> Optional[Dict[str, np.ndarray]]:
+        """The columns (memory mode), or None after flushing the files (disk mode)."""
+        if self.files:
+            for f in self.files.values():
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            return None
+        return {k: np.concatenate(v) if v else np.zeros(0, dtype=COLUMNS[k]) for k, v in self.parts.items()}
+
+
+def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[np.ndarray], enc: WordTokenizer, max_len: int,
+                     marker: Optional[str], sink: _ColumnSink) -> None:
+    """Tokenize a chunk of valid documents and append their feature columns to `sink`."""
+    marked = [_mark_words(doc, marker) for doc in docs]
+    encoded = enc.encode([m[0] for m in marked])
+    budget = max_len - enc.n_prefix - enc.n_suffix  # content tokens that fit
+    cols: Dict[str, List[Any]] = {k: [] for k in COLUMNS}
+    for (_, first, last, sent_ids, counts), (content, wid), lab in zip(marked, encoded, labels):
+        start, end = _mention_spans(wid, first, last, marker is not None)
+        kept = end <= budget  # [M] the whole mention, markers included, survives truncation
+        ids = enc.with_special_tokens(content[:budget])
+        n = len(counts)
+        kept_per_entity = np.bincount(np.repeat(np.arange(n), counts)[kept], minlength=n)  # [n_entities]
+        h, t = lab[:, 0], lab[:, 1]
+        cols["input_ids"].append(ids)
+        cols["mention_start"].append(start[kept] + enc.n_prefix)
+        cols["mention_end"].append(end[kept] + enc.n_prefix)
+        cols["mention_sent"].append(sent_ids[kept])
+        cols["entity_n_mentions"].append(kept_per_entity)
+        cols["label_pair"].append(h * (n - 1) + t - (t > h))  # position of (h, t) in pair_index(n)
+        cols["label_rel"].append(lab[:, 2])
+        cols["doc_n_tokens"].append(len(ids))
+        cols["doc_length"].append(len(content) + enc.n_prefix + enc.n_suffix)
+        cols["doc_n_entities"].append(n)
+        cols["doc_n_labels"].append(len(lab))
+        cols["doc_n_truncated_mentions"].append(int((~kept).sum()))
+        cols["doc_n_truncated_entities"].append(int((kept_per_entity == 0).sum()))
+    sink.add(**{k: np.concatenate(v) if k in _RAGGED else np.asarray(v) for k, v in cols.items()})
+
+
+def _compute_stats(cols: Dict[str, np.ndarray], max_len: int) -> Dict[str, Any]:
+    """Corpus figures: documents, positive/negative pairs, token lengths, truncation."""
+    n_docs = len(cols["doc_n_tokens"])
+    n_ent = cols["doc_n_entities"].astype(np.int64)
+    doc_of_label = np.repeat(np.arange(n_docs), cols["doc_n_labels"])
+    positive = len(np.unique(np.stack([doc_of_label, cols["label_pair"].astype(np.int64)]), axis=1).T) \
+        if len(doc_of_label) else 0
+    lengths = cols["doc_length"].astype(np.int64)
+    return {
+        "documents": n_docs,
+        "entities": int(n_ent.sum()),
+        "pairs": int((n_ent * (n_ent - 1)).sum()),
+        "positive_pairs": int(positive),
+        "negative_pairs": int((n_ent * (n_ent - 1)).sum()) - int(positive),
+        "positive_labels": int(len(cols["label_rel"])),
+        "token_length_mean": float(lengths.mean()) if n_docs else 0.0,
+        "token_length_p95": float(np.percentile(lengths, 95)) if n_docs else 0.0,
+        "token_length_max": int(lengths.max()) if n_docs else 0,
+        "max_seq_length": max_len,
+        "truncated_documents": int((lengths > max_len).sum()),
+        "truncated_mentions": int(cols["doc_n_truncated_mentions"].sum()),
+        "truncated_entities": int(cols["doc_n_truncated_entities"].sum()),
+    }
+
+
+class DocREFeatures(Sequence):
+    """The features of one file, stored column-wise; indexing returns one feature dict (see module docstring)."""
+
+    def __init__(self, cols: Dict[str, np.ndarray], titles: List[str], stats: Dict[str, Any],
+                 path: Optional[str] = None, cache_path: Optional[str] = None):
+        self.cols = cols
+        self.titles = titles
+        self.stats = stats
+        self.path = path
+        self.cache_path = cache_path
+        off = lambda counts: np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # noqa: E731
+        self.token_offsets = off(cols["doc_n_tokens"])  # [D + 1]
+        self.entity_offsets = off(cols["doc_n_entities"])  # [D + 1]
+        self.mention_offsets = off(cols["entity_n_mentions"])  # [E + 1]
+        self.label_offsets = off(cols["doc_n_labels"])  # [D + 1]
+        self._hts: Dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"feature index {i} out of range for {len(self)} documents")
+        c = self.cols
+        e0, e1 = self.entity_offsets[i], self.entity_offsets[i + 1]
+        m_off = self.mention_offsets[e0:e1 + 1]
+        m0, m1 = m_off[0], m_off[-1]
+        starts, ends = c["mention_start"][m0:m1].tolist(), c["mention_end"][m0:m1].tolist()
+        sents = c["mention_sent"][m0:m1].tolist()
+        bounds = (m_off - m0).tolist()
+        entity_pos = [list(zip(starts[a:b], ends[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        mention_sent_ids = [sents[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        n = int(e1 - e0)
+        if n not in self._hts:
+            self._hts[n] = pair_index(n)
+        l0, l1 = self.label_offsets[i], self.label_offsets[i + 1]
+        return {
+            "title": self.titles[i],
+            "input_ids": np.array(c["input_ids"][self.token_offsets[i]:self.token_offsets[i + 1]], dtype=np.int64),
+            "entity_pos": entity_pos,
+            "mention_sent_ids": mention_sent_ids,
+            "hts": self._hts[n].copy(),  # [n_pairs, 2]
+            "labels": np.stack([c["label_pair"][l0:l1], c["label_rel"][l0:l1]], axis=1).astype(np.int64),  # [n_pos, 2]
+            "n_truncated_mentions": int(c["doc_n_truncated_mentions"][i]),
+        }
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # memory-mapped columns are reopened from the cache instead of being copied into the pickle
+        state = dict(self.__dict__)
+        if self.cache_path is not None:
+            state["cols"] = None
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.cols is None:
+            self.cols = _open_columns(Path(self.cache_path), json.loads((Path(self.cache_path) / "meta.json")
+                                                                        .read_text(encoding="utf-8")))
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _open_columns(folder: Path, meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Memory-map the column files of a cache folder, checking each file's size against meta.json."""
+    cols = {}
+    for name, dtype in COLUMNS.items():
+        size = meta["sizes"][name]
+        file = folder / f"{name}.bin"
+        if file.stat().st_size != size * np.dtype(dtype).itemsize:
+            raise ValueError(f"{file.name} has {file.stat().st_size} bytes, expected {size} {dtype} values")
+        cols[name] = np.memmap(file, dtype=dtype, mode="r", shape=(size,)) if size else np.zeros(0, dtype=dtype)
+    return cols
+
+
+def _check_columns(cols: Dict[str, np.ndarray], n_titles: int, vocab_size: int, num_class: int) -> None:
+    """Raise ValueError when the columns are inconsistent (a corrupted cache)."""
+    n_docs = len(cols["doc_n_tokens"])
+    checks = [
+        (n_titles == n_docs, "titles"),
+        (all(len(cols[k]) == n_docs for k in COLUMNS if k.startswith("doc_")), "document columns"),
+        (cols["doc_n_tokens"].sum(dtype=np.int64) == len(cols["input_ids"]), "token counts"),
+        (cols["doc_n_entities"].sum(dtype=np.int64) == len(cols["entity_n_mentions"]), "entity counts"),
+        (cols["entity_n_mentions"].sum(dtype=np.int64) == len(cols["mention_start"]), "mention counts"),
+        (cols["doc_n_labels"].sum(dtype=np.int64) == len(cols["label_rel"]), "label counts"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ValueError(f"inconsistent {what}")
+    if len(cols["input_ids"]) and not 0 <= cols["input_ids"].min() <= cols["input_ids"].max() < vocab_size:
+        raise ValueError("token id out of the vocabulary")
+    if len(cols["label_rel"]) and not 1 <= cols["label_rel"].min() <= cols["label_rel"].max() < num_class:
+        raise ValueError("relation id out of range")
+    doc_of_entity = np.repeat(np.arange(n_docs), cols["doc_n_entities"])
+    doc_of_mention = np.repeat(doc_of_entity, cols["entity_n_mentions"])
+    n_tok = cols["doc_n_tokens"].astype(np.int64)
+    if len(doc_of_mention) and not ((cols["mention_start"] >= 0) & (cols["mention_start"] < cols["mention_end"])
+                                    & (cols["mention_end"] <= n_tok[doc_of_mention])).all():
+        raise ValueError("mention span out of its document")
+    n_ent = cols["doc_n_entities"].astype(np.int64)
+    doc_of_label = np.repeat(np.arange(n_docs), cols["doc_n_labels"])
+    pair = cols["label_pair"]
+    if len(pair) and not ((pair >= 0) & (pair < (n_ent * (n_ent - 1))[doc_of_label])).all():
+        raise ValueError("label pair out of range")
+
+
+def cache_key(file_sha256: str, enc: WordTokenizer, rel2id: Dict[str, int], max_seq_length: int,
+              entity_marker: Optional[str]) -> str:
+    """Hash of everything the features depend on: file content, tokenizer, label map, length, marker, format."""
+    parts = {
+        "file": file_sha256,
+        "tokenizer": getattr(enc.tokenizer, "name_or_path", type(enc.tokenizer).__name__),
+        "vocab_size": len(enc.tokenizer),
+        "tokenizer_sha256": enc.fingerprint(),
+        "rel2id": sorted(rel2id.items()),
+        "max_seq_length": max_seq_length,
+        "entity_marker": entity_marker,
+        "format_version": FEATURE_FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _load_cache(folder: Path, key: str, vocab_size: int, num_class: int) -> DocREFeatures:
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    if meta.get("key") != key or meta.get("format_version") != FEATURE_FORMAT_VERSION:
+        raise ValueError("its key does not match")
+    titles = json.loads((folder / "titles.json").read_text(encoding="utf-8"))
+    cols = _open_columns(folder, meta)
+    _check_columns(cols, len(titles), vocab_size, num_class)
+    return DocREFeatures(cols, titles, meta["stats"], path=meta["source"], cache_path=str(folder))
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsing creates millions of acyclic containers, and the collector's
+    passes over them would double the parsing time; refcounting still frees each chunk."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
+           marker: Optional[str], sink: _ColumnSink, show_progress: bool) -> Tuple[List[str], Dict[str, int]]:
+    """Validate every document and featurize the valid ones chunk by chunk; raise ValidationError on problems."""
+    problems: List[str] = []
+    dropped: List[str] = []
+    titles: List[str] = []
+    chunk: List[Dict[str, Any]] = []
+    chunk_labels: List[np.ndarray] = []
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(desc=f"reading {Path(path).name}", unit="doc")
+    with _gc_paused():
+        for i, doc in enumerate(iter_documents(path, text)):
+            doc_problems, doc_warns, labels = validate_document(doc, i, rel2id)
+            problems += doc_problems
+            dropped += doc_warns
+            if progress is not None:
+                progress.update()
+            if problems:  # keep validating to report every problem, but stop building
+                continue
+            titles.append(doc["title"])
+            chunk.append(doc)
+            chunk_labels.append(labels)
+            if len(chunk) == CHUNK_DOCS:
+                _featurize_chunk(chunk, chunk_labels, enc, max_len, marker, sink)
+                chunk, chunk_labels = [], []
+        if chunk and not problems:
+            _featurize_chunk(chunk, chunk_labels, enc, max_len, marker, sink)
+    if progress is not None:
+        progress.close()
+    if problems:
+        raise ValidationError(path, problems)
+    if dropped:
+        shown = "; ".join(dropped[:5]) + (f"; ... and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        logger.warning("%s: dropped %d label(s) (h == t or duplicates): %s", path, len(dropped), shown)
+    return titles, {"dropped_labels": len(dropped)}
+
+
+def _warn_truncation(path: str, stats: Dict[str, Any]) -> None:
+    if stats["truncated_mentions"]:
+        logger.warning("%s: %d of %d documents are longer than max_seq_length=%d; %d mention(s) fell past the end "
+                       "and are not pooled, %d entit(ies) lost every mention and get a zero embedding",
+                       path, stats["truncated_documents"], stats["documents"], stats["max_seq_length"],
+                       stats["truncated_mentions"], stats["truncated_entities"])
+
+
+def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int], max_seq_length: int = 1024,
+                entity_marker: Optional[str] = "*", cache_dir: Optional[str | os.PathLike] = None,
+                show_progress: bool = False) -> DocREFeatures:
+    """Validated features of a DocRED file, one per document; memory-mapped from `cache_dir` when given."""
+    path = str(path)
+    enc = WordTokenizer(tokenizer)
+    enc.check_marker(entity_marker)
+    if max_seq_length <= enc.n_prefix + enc.n_suffix:
+        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text after the special tokens")
+    text, digest = _read_text(path)
+    vocab_size, num_class = len(tokenizer), len(rel2id)
+    if cache_dir is None:
+        sink = _ColumnSink()
+        titles, extra = _build(path, text, enc, rel2id, max_seq_length, entity_marker, sink, show_progress)
+        cols = sink.close()
+        stats = {**_compute_stats(cols, max_seq_length), **extra}
+        _warn_truncation(path, stats)
+        return DocREFeatures(cols, titles, stats, path=path)
+
+    key = cache_key(digest, enc, rel2id, max_seq_length, entity_marker)
+    folder = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}"
+    if folder.exists():
+        try:
+            features = _load_cache(folder, key, vocab_size, num_class)
+            _warn_truncation(path, features.stats)
+            return features
+        except Exception as e:  # any unreadable cache is rebuilt, never trusted
+            logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=cache_dir))
+    try:
+        sink = _ColumnSink(tmp)
+        try:
+            titles, extra = _build(path, text, enc, rel2id, max_seq_length, entity_marker, sink, show_progress)
+        finally:
+            sink.close()
+        del text
+        meta = {"key": key, "format_version": FEATURE_FORMAT_VERSION, "source": path, "sizes": sink.sizes}
+        cols = _open_columns(tmp, meta)
+        meta["stats"] = {**_compute_stats(cols, max_seq_length), **extra}
+        (tmp / "titles.json").write_text(json.dumps(titles, ensure_ascii=False), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")  # written last: marks complete
+        del cols
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process (e.g. a DDP rank) finished the same cache first
+            pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    features = _load_cache(folder, key, vocab_size, num_class)
+    _warn_truncation(path, features.stats)
+    return features
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Preprocess a DocRED file into cached features and print figures, "
+                                                 "or (--build_meta) write meta/rel2id.json from a rel_info.json.")
+    parser.add_argument("--data_dir", default="dataset/docred")
+    parser.add_argument("--file", help="a DocRED JSON file, relative to --data_dir")
+    parser.add_argument("--model_name_or_path", default="minilm", help="tokenizer folder, or `minilm` (packaged)")
+    parser.add_argument("--max_seq_length", type=int, default=1024)
+    parser.add_argument("--cache_dir", default=None, help="default: <data_dir>/.cache")
+    parser.add_argument("--no_cache", action="store_true", help="do not read or write the feature cache")
+    parser.add_argument("--no_marker", action="store_true", help="no '*' entity markers around mentions")
+    parser.add_argument("--rel2id", default=None, help="label map JSON (default: from rel_info.json or meta/)")
+    parser.add_argument("--rel_info", default=None, help="rel_info.json to build the label map from")
+    parser.add_argument("--num_class", type=int, default=None, help="checked against the label map")
+    parser.add_argument("--build_meta", action="store_true", help="write --out from --rel_info and exit")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "meta" / "rel2id.json"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from utils import atomic_write_json, resolve_model_path
+
+    if args.build_meta:
+        if args.rel_info is None:
+            raise SystemExit("--build_meta needs --rel_info FILE")
+        rel2id = build_rel2id(args.rel_info)
+        atomic_write_json(args.out, rel2id, indent=1)
+        print(f"wrote {args.out}: Na -> 0 and {len(rel2id) - 1} relations in the order of {args.rel_info}")
+        return {"classes": len(rel2id)}
+    if args.file is None:
+        raise SystemExit("--file is required (or pass --build_meta)")
+    from transformers import AutoTokenizer
+
+    rel2id = load_rel2id(args.data_dir, args.rel2id, args.rel_info)
+    check_num_class(rel2id, args.num_class)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path))
+    cache_dir = None if args.no_cache else (args.cache_dir or os.path.join(args.data_dir, ".cache"))
+    start = time.perf_counter()
+    features = read_docred(os.path.join(args.data_dir, args.file), tokenizer, rel2id, args.max_seq_length,
+                           None if args.no_marker else "*", cache_dir=cache_dir, show_progress=True)
+    seconds = time.perf_counter() - start
+    s = dict(features.stats, seconds=round(seconds, 3), docs_per_s=round(len(features) / max(seconds, 1e-9), 1))
+    print(f"documents {s['documents']}  positive pairs {s['positive_pairs']}  negative pairs {s['negative_pairs']}")
+    print(f"token length mean {s['token_length_mean']:.1f}  p95 {s['token_length_p95']:.0f}  "
+          f"max {s['token_length_max']}  (max_seq_length {args.max_seq_length})")
+    print(f"truncated documents {s['truncated_documents']}  mentions {s['truncated_mentions']}  "
+          f"entities {s['truncated_entities']}  dropped labels {s.get('dropped_labels', 0)}")
+    print(f"{seconds:.2f} s  {s['docs_per_s']} docs/s  cache {features.cache_path or 'off'}")
+    return s
+
+
+if __name__ == "__main__":
+    main()
