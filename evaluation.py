@@ -241,7 +241,7 @@ def official_evaluate(
         for name, facts in ignore.items():
             in_train[name] += _in_train(vertex_sets[key[0]], key[2], key[3], key[1], facts)
     scores = prf(n_correct, len(pred), len(std))
-    recall = n_correct / len(std) if std else 0.0
+    recall = _ratio(n_correct, len(std))
     for name in ignore:
         p_ign = _ratio(n_correct - in_train[name], len(pred) - in_train[name])
         scores[name] = 100.0 * _f1(p_ign, recall)
