@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+import zlib
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -478,12 +479,14 @@ class _ColumnSink:
         self.folder = folder
         self.parts: Dict[str, List[np.ndarray]] = {k: [] for k in COLUMNS}
         self.sizes = dict.fromkeys(COLUMNS, 0)
+        self.crc32 = dict.fromkeys(COLUMNS, 0)  # detects a corrupted cache file on reload
         self.files = {k: open(folder / f"{k}.bin", "wb") for k in COLUMNS} if folder else None
 
     def add(self, **cols: np.ndarray) -> None:
         for name, arr in cols.items():
             arr = np.ascontiguousarray(arr, dtype=COLUMNS[name])
             self.sizes[name] += len(arr)
+            self.crc32[name] = zlib.crc32(memoryview(arr).cast("B"), self.crc32[name])
             if self.files:
                 arr.tofile(self.files[name])
             else:
@@ -638,35 +641,21 @@ def _open_columns(folder: Path, meta: Dict[str, Any]) -> Dict[str, np.ndarray]:
     return cols
 
 
-def _check_columns(cols: Dict[str, np.ndarray], n_titles: int, vocab_size: int, num_class: int) -> None:
-    """Raise ValueError when the columns are inconsistent (a corrupted cache)."""
+def _check_columns(cols: Dict[str, np.ndarray], meta: Dict[str, Any], titles_bytes: bytes) -> None:
+    """Raise ValueError when a cache's columns do not match their checksums or each other."""
+    for name, arr in cols.items():
+        if zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")) != meta["crc32"][name]:
+            raise ValueError(f"{name}.bin does not match its checksum")
+    if zlib.crc32(titles_bytes) != meta["crc32_titles"]:
+        raise ValueError("titles.json does not match its checksum")
     n_docs = len(cols["doc_n_tokens"])
-    checks = [
-        (n_titles == n_docs, "titles"),
-        (all(len(cols[k]) == n_docs for k in COLUMNS if k.startswith("doc_")), "document columns"),
-        (cols["doc_n_tokens"].sum(dtype=np.int64) == len(cols["input_ids"]), "token counts"),
-        (cols["doc_n_entities"].sum(dtype=np.int64) == len(cols["entity_n_mentions"]), "entity counts"),
-        (cols["entity_n_mentions"].sum(dtype=np.int64) == len(cols["mention_start"]), "mention counts"),
-        (cols["doc_n_labels"].sum(dtype=np.int64) == len(cols["label_rel"]), "label counts"),
-    ]
-    for ok, what in checks:
-        if not ok:
-            raise ValueError(f"inconsistent {what}")
-    if len(cols["input_ids"]) and not 0 <= cols["input_ids"].min() <= cols["input_ids"].max() < vocab_size:
-        raise ValueError("token id out of the vocabulary")
-    if len(cols["label_rel"]) and not 1 <= cols["label_rel"].min() <= cols["label_rel"].max() < num_class:
-        raise ValueError("relation id out of range")
-    doc_of_entity = np.repeat(np.arange(n_docs), cols["doc_n_entities"])
-    doc_of_mention = np.repeat(doc_of_entity, cols["entity_n_mentions"])
-    n_tok = cols["doc_n_tokens"].astype(np.int64)
-    if len(doc_of_mention) and not ((cols["mention_start"] >= 0) & (cols["mention_start"] < cols["mention_end"])
-                                    & (cols["mention_end"] <= n_tok[doc_of_mention])).all():
-        raise ValueError("mention span out of its document")
-    n_ent = cols["doc_n_entities"].astype(np.int64)
-    doc_of_label = np.repeat(np.arange(n_docs), cols["doc_n_labels"])
-    pair = cols["label_pair"]
-    if len(pair) and not ((pair >= 0) & (pair < (n_ent * (n_ent - 1))[doc_of_label])).all():
-        raise ValueError("label pair out of range")
+    consistent = (all(len(cols[k]) == n_docs for k in COLUMNS if k.startswith("doc_"))
+                  and cols["doc_n_tokens"].sum(dtype=np.int64) == len(cols["input_ids"])
+                  and cols["doc_n_entities"].sum(dtype=np.int64) == len(cols["entity_n_mentions"])
+                  and cols["entity_n_mentions"].sum(dtype=np.int64) == len(cols["mention_start"])
+                  and cols["doc_n_labels"].sum(dtype=np.int64) == len(cols["label_rel"]))
+    if not consistent:
+        raise ValueError("column lengths are inconsistent")
 
 
 def cache_key(file_sha256: str, enc: WordTokenizer, rel2id: Dict[str, int], max_seq_length: int,
@@ -685,13 +674,16 @@ def cache_key(file_sha256: str, enc: WordTokenizer, rel2id: Dict[str, int], max_
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _load_cache(folder: Path, key: str, vocab_size: int, num_class: int) -> DocREFeatures:
+def _load_cache(folder: Path, key: str) -> DocREFeatures:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     if meta.get("key") != key or meta.get("format_version") != FEATURE_FORMAT_VERSION:
         raise ValueError("its key does not match")
-    titles = json.loads((folder / "titles.json").read_text(encoding="utf-8"))
+    titles_bytes = (folder / "titles.json").read_bytes()
+    titles = json.loads(titles_bytes)
     cols = _open_columns(folder, meta)
-    _check_columns(cols, len(titles), vocab_size, num_class)
+    _check_columns(cols, meta, titles_bytes)
+    if len(titles) != len(cols["doc_n_tokens"]):
+        raise ValueError("titles and columns disagree")
     return DocREFeatures(cols, titles, meta["stats"], path=meta["source"], cache_path=str(folder))
 
 
@@ -766,7 +758,6 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
     if max_seq_length <= enc.n_prefix + enc.n_suffix:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text after the special tokens")
     text, digest = _read_text(path)
-    vocab_size, num_class = len(tokenizer), len(rel2id)
     if cache_dir is None:
         sink = _ColumnSink()
         titles, extra = _build(path, text, enc, rel2id, max_seq_length, entity_marker, sink, show_progress)
@@ -779,7 +770,7 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
     folder = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}"
     if folder.exists():
         try:
-            features = _load_cache(folder, key, vocab_size, num_class)
+            features = _load_cache(folder, key)
             _warn_truncation(path, features.stats)
             return features
         except Exception as e:  # any unreadable cache is rebuilt, never trusted
@@ -793,10 +784,12 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
         finally:
             sink.close()
         del text
-        meta = {"key": key, "format_version": FEATURE_FORMAT_VERSION, "source": path, "sizes": sink.sizes}
+        titles_bytes = json.dumps(titles, ensure_ascii=False).encode("utf-8")
+        meta = {"key": key, "format_version": FEATURE_FORMAT_VERSION, "source": path, "sizes": sink.sizes,
+                "crc32": sink.crc32, "crc32_titles": zlib.crc32(titles_bytes)}
         cols = _open_columns(tmp, meta)
         meta["stats"] = {**_compute_stats(cols, max_seq_length), **extra}
-        (tmp / "titles.json").write_text(json.dumps(titles, ensure_ascii=False), encoding="utf-8")
+        (tmp / "titles.json").write_bytes(titles_bytes)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")  # written last: marks complete
         del cols
         if folder.exists():
@@ -808,7 +801,7 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    features = _load_cache(folder, key, vocab_size, num_class)
+    features = _load_cache(folder, key)
     _warn_truncation(path, features.stats)
     return features
 

@@ -1,0 +1,558 @@
+"""prepro: label map, features (pairs, labels, markers, special tokens, truncation), cache, bad input."""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import prepro
+from conftest import shared_file
+from prepro import ValidationError, check_num_class, load_rel2id, read_docred
+
+REL2ID = {"Na": 0, "P17": 1, "P131": 2, "P27": 3}
+
+
+def make_doc(title="Doc A", labels=True):
+    """A small valid document: 3 entities, one with two mentions, 2 sentences."""
+    doc = {
+        "title": title,
+        "sents": [["Alice", "Smith", "was", "born", "in", "Paris", "."], ["She", "moved", "to", "France", "."]],
+        "vertexSet": [
+            [{"name": "Alice Smith", "pos": [0, 2], "sent_id": 0, "type": "PER"},
+             {"name": "She", "pos": [0, 1], "sent_id": 1, "type": "PER"}],
+            [{"name": "Paris", "pos": [5, 6], "sent_id": 0, "type": "LOC"}],
+            [{"name": "France", "pos": [3, 4], "sent_id": 1, "type": "LOC"}],
+        ],
+    }
+    if labels:
+        doc["labels"] = [{"h": 1, "t": 2, "r": "P17", "evidence": [0, 1]},
+                         {"h": 0, "t": 2, "r": "P27", "evidence": [1]}]
+    return doc
+
+
+def write(tmp_path: Path, docs, name="data.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(docs), encoding="utf-8")
+    return path
+
+
+def tokens(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+
+def gold_labels(doc, rel2id):
+    """{(pair index, relation id)} from a JSON document, as the contract orders hts."""
+    n = len(doc["vertexSet"])
+    hts = [(h, t) for h in range(n) for t in range(n) if h != t]
+    return {(hts.index((lab["h"], lab["t"])), rel2id[lab["r"]]) for lab in doc.get("labels", []) if lab["h"] != lab["t"]}
+
+
+def check_features(features, docs, rel2id, tokenizer, marker=True):
+    """The contract, document by document, against the JSON it came from."""
+    assert len(features) == len(docs)
+    for doc, f in zip(docs, features):
+        n = len(doc["vertexSet"])
+        assert f["title"] == doc["title"]
+        assert f["hts"].shape == (n * (n - 1), 2)
+        assert [tuple(p) for p in f["hts"].tolist()] == [(h, t) for h in range(n) for t in range(n) if h != t]
+        assert {tuple(x) for x in f["labels"].tolist()} == gold_labels(doc, rel2id)
+        assert len(f["labels"]) == len(gold_labels(doc, rel2id))  # no duplicates kept
+        assert len(f["entity_pos"]) == n == len(f["mention_sent_ids"])
+        toks = tokens(tokenizer, f["input_ids"])
+        for ent, spans, sent_ids in zip(doc["vertexSet"], f["entity_pos"], f["mention_sent_ids"]):
+            assert sent_ids == [m["sent_id"] for m in ent][:len(spans)]
+            for start, end in spans:
+                assert 0 <= start < end <= len(f["input_ids"])
+                if marker:
+                    assert toks[start].lstrip("Ġ▁") == "*" and toks[end - 1].lstrip("Ġ▁") == "*"
+
+
+# ----------------------------------------------------------------------------- label map
+
+
+def test_load_rel2id_prefers_file_then_rel_info_then_meta(tmp_path):
+    (tmp_path / "rel_info.json").write_text(json.dumps({"P9": "x", "P2": "y", "P5": "z"}))
+    assert load_rel2id(data_dir=str(tmp_path)) == {"Na": 0, "P9": 1, "P2": 2, "P5": 3}  # file order, not sorted
+    (tmp_path / "map.json").write_text(json.dumps({"Na": 0, "P5": 1}))
+    assert load_rel2id(data_dir=str(tmp_path), rel2id_file=str(tmp_path / "map.json")) == {"Na": 0, "P5": 1}
+    other = tmp_path / "other_info.json"
+    other.write_text(json.dumps({"P1": "a"}))
+    assert load_rel2id(rel_info_file=str(other)) == {"Na": 0, "P1": 1}
+    meta = load_rel2id(data_dir=str(tmp_path / "nowhere"))
+    assert meta["Na"] == 0 and len(meta) == 97 and meta["P6"] == 1 and meta["P17"] == 2
+
+
+def test_load_rel2id_rejects_a_bad_map(tmp_path):
+    (tmp_path / "map.json").write_text(json.dumps({"P5": 0, "Na": 1}))
+    with pytest.raises(ValueError, match="'Na'"):
+        load_rel2id(rel2id_file=str(tmp_path / "map.json"))
+    (tmp_path / "map.json").write_text(json.dumps({"Na": 0, "P5": 2}))
+    with pytest.raises(ValueError, match="0..1"):
+        load_rel2id(rel2id_file=str(tmp_path / "map.json"))
+
+
+def test_build_meta_writes_na_first_then_rel_info_order(tmp_path):
+    info = tmp_path / "rel_info.json"
+    info.write_text(json.dumps({"P17": "country", "P6": "head of government"}))
+    out = tmp_path / "meta" / "rel2id.json"
+    prepro.main(["--build_meta", "--rel_info", str(info), "--out", str(out)])
+    assert list(json.loads(out.read_text()).items()) == [("Na", 0), ("P17", 1), ("P6", 2)]
+
+
+def test_check_num_class():
+    assert check_num_class(REL2ID, None) == 4 and check_num_class(REL2ID, 4) == 4
+    with pytest.raises(ValueError, match="--num_class 97 does not match .* 4 classes"):
+        check_num_class(REL2ID, 97)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_hand_made_document(tmp_path, minilm_tokenizer):
+    docs = [make_doc(), make_doc("Doc B", labels=False)]
+    features = read_docred(write(tmp_path, docs), minilm_tokenizer, REL2ID)
+    check_features(features, docs, REL2ID, minilm_tokenizer)
+    f = features[0]
+    toks = tokens(minilm_tokenizer, f["input_ids"])
+    assert toks == ["[CLS]", "*", "alice", "smith", "*", "was", "born", "in", "*", "paris", "*", ".",
+                    "*", "she", "*", "moved", "to", "*", "france", "*", ".", "[SEP]"]
+    assert f["entity_pos"] == [[(1, 5), (12, 15)], [(8, 11)], [(17, 20)]]
+    assert f["mention_sent_ids"] == [[0, 1], [0], [0 + 1]]
+    assert f["labels"].tolist() == [[3, 1], [1, 3]]  # (1, 2) is pair 3, (0, 2) is pair 1
+    assert features[1]["labels"].shape == (0, 2)
+    assert features.stats["documents"] == 2 and features.stats["positive_pairs"] == 2
+    assert features.stats["negative_pairs"] == 2 * 6 - 2
+
+
+def test_markers_off_point_at_the_first_word_piece(tmp_path, minilm_tokenizer):
+    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
+    toks = tokens(minilm_tokenizer, f["input_ids"])
+    assert "*" not in toks
+    assert [toks[s:e] for s, e in f["entity_pos"][0]] == [["alice", "smith"], ["she"]]
+
+
+def test_overlapping_and_shared_boundaries_get_one_marker_per_word(tmp_path, minilm_tokenizer):
+    doc = make_doc()
+    doc["vertexSet"].append([{"name": "Smith", "pos": [1, 2], "sent_id": 0, "type": "PER"}])  # ends with Alice Smith
+    features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)
+    check_features(features, [doc], REL2ID, minilm_tokenizer)
+    toks = tokens(minilm_tokenizer, features[0]["input_ids"])
+    assert toks[:7] == ["[CLS]", "*", "alice", "*", "smith", "*", "was"]
+
+
+def test_documents_with_fewer_than_two_entities_have_no_pairs(tmp_path, minilm_tokenizer):
+    one, none = make_doc("one", labels=False), make_doc("none", labels=False)
+    one["vertexSet"] = one["vertexSet"][:1]
+    none["vertexSet"] = []
+    features = read_docred(write(tmp_path, [one, none]), minilm_tokenizer, REL2ID)
+    assert [f["hts"].shape for f in features] == [(0, 2), (0, 2)]
+    assert len(features[0]["entity_pos"]) == 1 and features[1]["entity_pos"] == []
+    from utils import Collator
+
+    batch = Collator(len(REL2ID))(list(features))
+    assert batch["hts"].shape == (0, 2) and batch["labels"].shape == (0, 4)
+
+
+def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, caplog):
+    doc = make_doc()
+    filler = ["word"] * 60
+    doc["sents"].insert(1, filler)  # France (sentence 2 now) falls past the end; "She" too
+    for ent in doc["vertexSet"]:
+        for m in ent:
+            m["sent_id"] += m["sent_id"] >= 1
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID, max_seq_length=40)
+    f = features[0]
+    assert len(f["input_ids"]) == 40 and tokens(minilm_tokenizer, f["input_ids"][-1:]) == ["[SEP]"]
+    assert f["entity_pos"] == [[(1, 5)], [(8, 11)], []]  # Alice keeps one mention, France none
+    assert f["mention_sent_ids"] == [[0], [0], []]
+    assert f["n_truncated_mentions"] == 2
+    s = features.stats
+    assert (s["truncated_documents"], s["truncated_mentions"], s["truncated_entities"]) == (1, 2, 1)
+    assert s["token_length_max"] > 40
+    assert "2 mention(s) fell past the end" in caplog.text and "1 entit" in caplog.text
+
+
+def test_synthetic_corpus(synthetic_dir, minilm_tokenizer):
+    rel2id = load_rel2id(data_dir=str(synthetic_dir))
+    for name in ("train_annotated.json", "dev.json", "test.json"):
+        docs = json.loads((synthetic_dir / name).read_text())
+        features = read_docred(synthetic_dir / name, minilm_tokenizer, rel2id)
+        check_features(features, docs, rel2id, minilm_tokenizer)
+        if name == "test.json":
+            assert all(f["labels"].shape == (0, 2) for f in features)
+        else:
+            assert features.stats["positive_pairs"] > 0
+
+
+def test_features_batch_through_the_collator(synthetic_dir, minilm_tokenizer):
+    from utils import Collator
+
+    rel2id = load_rel2id(data_dir=str(synthetic_dir))
+    features = read_docred(synthetic_dir / "dev.json", minilm_tokenizer, rel2id)
+    batch = Collator(len(rel2id), minilm_tokenizer.pad_token_id)(features[:4])
+    assert batch["labels"].shape == (sum(len(f["hts"]) for f in features[:4]), len(rel2id))
+    assert batch["labels"][:, 1:].sum() == sum(len(f["labels"]) for f in features[:4])
+    ids = batch["input_ids"][batch["mention_doc"], batch["mention_pos"]]
+    assert (ids == minilm_tokenizer.convert_tokens_to_ids("*")).all()
+
+
+def test_real_dev_file(minilm_tokenizer):
+    path = shared_file("redocred", "dev_revised.json")
+    rel2id = load_rel2id(rel2id_file=str(shared_file("docred-meta", "rel2id.json")))
+    docs = json.loads(path.read_text())
+    features = read_docred(path, minilm_tokenizer, rel2id)
+    check_features(features, docs, rel2id, minilm_tokenizer)
+    assert features.stats["documents"] == 500 and features.stats["truncated_mentions"] == 0
+    # the batch-of-distinct-words tokenization equals tokenizing each whole document
+    for doc, f in zip(docs[:100], features):
+        words = prepro._mark_words(doc, "*")[0]
+        assert f["input_ids"].tolist() == minilm_tokenizer(words, is_split_into_words=True)["input_ids"]
+
+
+def test_special_tokens_and_markers_of_each_tokenizer(tmp_path, tiny_encoder_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+    docs = [make_doc(), make_doc("Doc B")]
+    features = read_docred(write(tmp_path, docs), tokenizer, REL2ID)
+    check_features(features, docs, REL2ID, tokenizer)
+    specials = tokenizer("x")["input_ids"]
+    content = tokenizer("x", add_special_tokens=False)["input_ids"]
+    n_prefix = specials.index(content[0])
+    ids = features[0]["input_ids"].tolist()
+    assert ids[:n_prefix] == specials[:n_prefix] and ids[len(ids) - (len(specials) - n_prefix - 1):] == \
+        specials[n_prefix + 1:]
+    assert ids[0] in (tokenizer.cls_token_id, tokenizer.bos_token_id)
+    assert ids[-1] in (tokenizer.sep_token_id, tokenizer.eos_token_id)
+
+
+def test_byte_level_words_get_their_leading_space(tmp_path, tiny_roberta_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    assert not tokenizer.backend_tokenizer.pre_tokenizer.add_prefix_space
+    doc = make_doc()
+    f = read_docred(write(tmp_path, [doc]), tokenizer, REL2ID)[0]
+    # exactly the tokens of the running text " * Alice Smith * was born ...", every word with its space
+    words = prepro._mark_words(doc, "*")[0]
+    assert f["input_ids"][1:-1].tolist() == tokenizer(" " + " ".join(words), add_special_tokens=False)["input_ids"]
+    assert tokens(tokenizer, f["input_ids"][1:4]) == ["Ġ*", "ĠAlice", "Ġ"]
+
+
+def test_slow_tokenizer_fallback_matches_the_fast_path(tmp_path, minilm_tokenizer):
+    class SlowWrapper:
+        """A tokenizer without a Rust backend (is_fast False), delegating to MiniLM."""
+
+        is_fast = False
+        name_or_path = "slow-minilm"
+
+        def __init__(self, tok):
+            self.tok = tok
+
+        def __call__(self, *args, **kwargs):
+            return self.tok(*args, **kwargs)
+
+        def __len__(self):
+            return len(self.tok)
+
+        def build_inputs_with_special_tokens(self, ids):  # what a transformers PythonBackend BERT does
+            return [self.tok.cls_token_id] + list(ids) + [self.tok.sep_token_id]
+
+        def get_vocab(self):
+            return self.tok.get_vocab()
+
+    path = write(tmp_path, [make_doc(), make_doc("Doc B")])
+    fast = read_docred(path, minilm_tokenizer, REL2ID)
+    slow = read_docred(path, SlowWrapper(minilm_tokenizer), REL2ID, cache_dir=tmp_path / "cache")
+    assert_same_features(fast, slow)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def assert_same_features(a, b):
+    assert len(a) == len(b)
+    for fa, fb in zip(a, b):
+        assert fa.keys() == fb.keys()
+        for key in fa:
+            if isinstance(fa[key], np.ndarray):
+                assert fa[key].dtype == fb[key].dtype and np.array_equal(fa[key], fb[key]), key
+            else:
+                assert fa[key] == fb[key], key
+
+
+def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_tokenizer, tmp_path, monkeypatch):
+    rel2id = load_rel2id(data_dir=str(synthetic_dir))
+    path = synthetic_dir / "train_annotated.json"
+    fresh = read_docred(path, minilm_tokenizer, rel2id)
+    built = read_docred(path, minilm_tokenizer, rel2id, cache_dir=tmp_path)
+    assert built.cache_path and Path(built.cache_path).parent == tmp_path
+    assert_same_features(fresh, built)
+    assert built.stats == fresh.stats
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(prepro, "_featurize_chunk", fail)
+    reloaded = read_docred(path, minilm_tokenizer, rel2id, cache_dir=tmp_path)
+    assert isinstance(reloaded.cols["input_ids"], np.memmap)
+    assert_same_features(fresh, reloaded)
+    assert_same_features(fresh, pickle.loads(pickle.dumps(reloaded)))
+
+
+def test_cache_key_changes_with_every_input(tmp_path, minilm_tokenizer, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    path = write(tmp_path, [make_doc()])
+    cache = tmp_path / "cache"
+    base = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path
+    variants = [
+        read_docred(path, minilm_tokenizer, REL2ID, max_seq_length=512, cache_dir=cache),
+        read_docred(path, minilm_tokenizer, REL2ID, entity_marker=None, cache_dir=cache),
+        read_docred(path, minilm_tokenizer, REL2ID, entity_marker="#", cache_dir=cache),
+        read_docred(path, AutoTokenizer.from_pretrained(tiny_bert_dir), REL2ID, cache_dir=cache),
+        read_docred(path, minilm_tokenizer, {**REL2ID, "P1": 4}, cache_dir=cache),
+    ]
+    doc = make_doc()
+    doc["sents"][0][0] = "Alicia"
+    write(tmp_path, [doc])
+    changed = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert "alicia" in tokens(minilm_tokenizer, changed[0]["input_ids"])
+    paths = {base, changed.cache_path, *(v.cache_path for v in variants)}
+    assert len(paths) == 7
+    assert len(variants[0][0]["input_ids"]) == len(changed[0]["input_ids"])
+
+
+@pytest.mark.parametrize("damage", ["truncate_column", "garble_meta", "drop_meta", "bad_token_id", "bad_offsets"])
+def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path, minilm_tokenizer, caplog, damage):
+    path = write(tmp_path, [make_doc(), make_doc("Doc B")])
+    cache = tmp_path / "cache"
+    fresh = read_docred(path, minilm_tokenizer, REL2ID)
+    folder = Path(read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path)
+    if damage == "truncate_column":
+        data = (folder / "input_ids.bin").read_bytes()
+        (folder / "input_ids.bin").write_bytes(data[:-4])
+    elif damage == "garble_meta":
+        (folder / "meta.json").write_text('{"key": "abc", "siz')
+    elif damage == "drop_meta":  # what a half-written cache from an older, non-atomic writer would look like
+        (folder / "meta.json").unlink()
+    elif damage == "bad_token_id":
+        ids = np.fromfile(folder / "input_ids.bin", dtype=np.int32)
+        ids[3] = 10**9
+        ids.tofile(folder / "input_ids.bin")
+    else:
+        counts = np.fromfile(folder / "entity_n_mentions.bin", dtype=np.int32)
+        counts[0], counts[1] = counts[0] + 1, counts[1] - 1
+        counts.tofile(folder / "entity_n_mentions.bin")
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        rebuilt = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert "corrupted or incomplete" in caplog.text and "rebuilding" in caplog.text
+    assert_same_features(fresh, rebuilt)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert "corrupted" not in caplog.text
+
+
+def test_a_failed_build_leaves_no_cache_behind(tmp_path, minilm_tokenizer, monkeypatch):
+    path = write(tmp_path, [make_doc()])
+    cache = tmp_path / "cache"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepro, "_featurize_chunk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys):
+    write(tmp_path, [make_doc(), make_doc("Doc B")], "dev.json")
+    (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
+    stats = prepro.main(["--data_dir", str(tmp_path), "--file", "dev.json", "--model_name_or_path", tiny_bert_dir,
+                         "--max_seq_length", "64"])
+    out = capsys.readouterr().out
+    for word in ("documents 2", "positive pairs 4", "negative pairs 8", "token length mean", "p95", "max",
+                 "truncated", "docs/s"):
+        assert word in out
+    assert stats["documents"] == 2 and len(list((tmp_path / ".cache").iterdir())) == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def read_bad(tmp_path, docs, tokenizer, **kwargs):
+    path = write(tmp_path, docs)
+    with pytest.raises(ValidationError) as info:
+        read_docred(path, tokenizer, REL2ID, **kwargs)
+    return str(info.value), str(path)
+
+
+def assert_names(message, path, index, title, field, value=None):
+    assert path in message
+    assert f"document {index} (title {title!r})" in message
+    assert f"field {field}" in message
+    if value is not None:
+        assert value in message
+
+
+def test_validation_error_is_a_value_error():
+    assert issubclass(ValidationError, ValueError)
+
+
+@pytest.mark.parametrize("key", ["title", "sents", "vertexSet"])
+def test_missing_key(tmp_path, minilm_tokenizer, key):
+    doc = make_doc("T")
+    del doc[key]
+    msg, path = read_bad(tmp_path, [make_doc(), doc], minilm_tokenizer)
+    assert_names(msg, path, 1, None if key == "title" else "T", key, "missing key")
+
+
+def test_missing_mention_key(tmp_path, minilm_tokenizer):
+    doc = make_doc("T")
+    del doc["vertexSet"][1][0]["pos"]
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "vertexSet[1][0].pos", "missing key")
+
+
+@pytest.mark.parametrize("field, edit, value", [
+    ("title", lambda d: d.update(title=7), "7"),
+    ("sents", lambda d: d.update(sents="Alice was born"), "'Alice was born'"),
+    ("sents[1]", lambda d: d["sents"][1].__setitem__(2, 5), "5"),
+    ("vertexSet[0][1].sent_id", lambda d: d["vertexSet"][0][1].update(sent_id="1"), "'1'"),
+    ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[3.0, 4.0]), "[3.0, 4.0]"),
+    ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[True, 4]), "[True, 4]"),
+    ("vertexSet[1][0].name", lambda d: d["vertexSet"][1][0].update(name=None), "None"),
+    ("labels[0].h", lambda d: d["labels"][0].update(h="1"), "'1'"),
+    ("labels", lambda d: d.update(labels={"h": 1}), "{'h': 1}"),
+    ("vertexSet", lambda d: d.update(vertexSet={}), "{}"),
+], ids=["title", "sents", "word", "sent_id", "pos_float", "pos_bool", "name", "label_h", "labels", "vertexSet"])
+def test_wrong_types(tmp_path, minilm_tokenizer, field, edit, value):
+    doc = make_doc("T")
+    edit(doc)
+    msg, path = read_bad(tmp_path, [make_doc(), make_doc(), doc], minilm_tokenizer)
+    assert_names(msg, path, 2, doc["title"], field, value)
+
+
+def test_document_not_an_object(tmp_path, minilm_tokenizer):
+    msg, path = read_bad(tmp_path, [make_doc(), ["not", "a", "doc"]], minilm_tokenizer)
+    assert_names(msg, path, 1, None, "<document>", "list")
+
+
+def test_sent_id_out_of_range(tmp_path, minilm_tokenizer):
+    doc = make_doc("T")
+    doc["vertexSet"][0][1]["sent_id"] = 2
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "vertexSet[0][1].sent_id", "the document has 2 sentences (got 2)")
+
+
+@pytest.mark.parametrize("pos", [[5, 8], [-1, 1], [3, 3], [4, 2]], ids=["past_end", "negative", "empty", "reversed"])
+def test_pos_outside_its_sentence_or_reversed(tmp_path, minilm_tokenizer, pos):
+    doc = make_doc("T")
+    doc["vertexSet"][2][0]["pos"] = pos
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "vertexSet[2][0].pos", str(pos))
+    assert "length of sentence 1" in msg
+
+
+@pytest.mark.parametrize("key, value", [("h", 3), ("t", -1), ("t", 99)])
+def test_label_entity_out_of_range(tmp_path, minilm_tokenizer, key, value):
+    doc = make_doc("T")
+    doc["labels"][1][key] = value
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", f"labels[1].{key}", f"[0, 3) (got {value})")
+
+
+@pytest.mark.parametrize("rel", ["P999", "Na", 17])
+def test_relation_not_in_the_label_map(tmp_path, minilm_tokenizer, rel):
+    doc = make_doc("T")
+    doc["labels"][0]["r"] = rel
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "labels[0].r", repr(rel))
+
+
+@pytest.mark.parametrize("sents", [[], [[], []]], ids=["no_sentences", "no_words"])
+def test_empty_document(tmp_path, minilm_tokenizer, sents):
+    doc = make_doc("T", labels=False)
+    doc["sents"], doc["vertexSet"] = sents, []
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "sents")
+
+
+def test_entity_without_mentions(tmp_path, minilm_tokenizer):
+    doc = make_doc("T")
+    doc["vertexSet"][1] = []
+    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
+    assert_names(msg, path, 0, "T", "vertexSet[1]", "non-empty list of mentions")
+
+
+def test_non_utf8_bytes(tmp_path, minilm_tokenizer):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps([make_doc("Caf\u00e9")], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValidationError, match="not valid UTF-8") as info:
+        read_docred(path, minilm_tokenizer, REL2ID)
+    assert str(path) in str(info.value) and "line 1" in str(info.value)
+
+
+def test_truncated_json(tmp_path, minilm_tokenizer):
+    path = tmp_path / "cut.json"
+    text = json.dumps([make_doc(), make_doc("second")], indent=1)
+    path.write_text(text[: len(text) * 3 // 4])
+    with pytest.raises(ValidationError) as info:
+        read_docred(path, minilm_tokenizer, REL2ID)
+    msg = str(info.value)
+    assert str(path) in msg and "document 1" in msg and "line" in msg and "truncated" in msg
+
+
+@pytest.mark.parametrize("top", [{"title": "x"}, "docs", 3])
+def test_top_level_not_a_list(tmp_path, minilm_tokenizer, top):
+    path = write(tmp_path, top)
+    with pytest.raises(ValidationError, match=f"JSON list of documents, got {type(top).__name__}") as info:
+        read_docred(path, minilm_tokenizer, REL2ID)
+    assert str(path) in str(info.value)
+
+
+def test_all_problems_are_collected_first_twenty_listed(tmp_path, minilm_tokenizer):
+    docs = [make_doc(f"doc{i}") for i in range(25)]
+    for doc in docs:
+        doc["labels"][0]["r"] = "P0"
+    msg, path = read_bad(tmp_path, docs, minilm_tokenizer)
+    assert msg.count("field labels[0].r") == 20 and "doc19" in msg and "doc20" not in msg
+    assert "25 problem(s)" in msg and "... and 5 more problem(s)" in msg
+
+
+def test_h_equals_t_and_duplicate_labels_warn_and_drop(tmp_path, minilm_tokenizer, caplog):
+    doc = make_doc("T")
+    doc["labels"] += [{"h": 1, "t": 1, "r": "P17"}, dict(doc["labels"][0])]
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)
+    assert features[0]["labels"].tolist() == [[3, 1], [1, 3]]
+    assert features.stats["dropped_labels"] == 2
+    assert "dropped 2 label(s)" in caplog.text and "document 0 (title 'T')" in caplog.text
+    assert "labels[2]: h == t" in caplog.text and "labels[3]: duplicate" in caplog.text
+
+
+def test_labels_in_a_test_file_are_fine_and_missing_labels_too(tmp_path, minilm_tokenizer):
+    features = read_docred(write(tmp_path, [make_doc(labels=False), make_doc()]), minilm_tokenizer, REL2ID)
+    assert features[0]["labels"].shape == (0, 2) and len(features[1]["labels"]) == 2
+
+
+def test_same_pair_with_two_relations_is_multi_label(tmp_path, minilm_tokenizer):
+    doc = make_doc("T")
+    doc["labels"].append({"h": 1, "t": 2, "r": "P131"})
+    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)[0]
+    assert sorted(f["labels"].tolist()) == [[1, 3], [3, 1], [3, 2]]
+
+
+def test_bad_marker_and_length_are_refused(tmp_path, minilm_tokenizer):
+    path = write(tmp_path, [make_doc()])
+    with pytest.raises(ValueError, match="entity_marker"):
+        read_docred(path, minilm_tokenizer, REL2ID, entity_marker="")
+    with pytest.raises(ValueError, match="max_seq_length=2"):
+        read_docred(path, minilm_tokenizer, REL2ID, max_seq_length=2)
