@@ -1,0 +1,596 @@
+"""Dialogue relation extraction on DialogRE (Yu et al., ACL 2020) with BCE, ATL or NCRL.
+
+Data: a JSON list of `[turns, instances]`; each instance `{"x", "y", "x_type", "y_type", "r", "rid", "t"}`
+with relation ids 1..37, 37 = "unanswerable". The model sees the BERT_s input of Yu et al.
+
+    [CLS] dialogue [SEP] x x_type [SEP] y y_type [SEP]
+
+where every speaker that is argument x (y) becomes the token [S1] ([S2]): BERT's `[unused1]`/`[unused2]`,
+or tokens added to other vocabularies. A linear layer on the [CLS] vector gives 37 logits; column 0 is
+"unanswerable" (the none class of losses.py) and column c is relation id c for c = 1..36.
+
+Scores follow the dataset's reference scorer (bert/evaluate.py of the DialogRE repository):
+F1 over instances with "unanswerable" left out of predictions and gold, and F1c, which runs the model on
+every prefix of the dialogue and counts a relation at a prefix only once both arguments and, for a gold
+relation, its trigger have appeared (everything counts at the last turn).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+import train
+import utils
+
+logger = logging.getLogger("docre")
+
+UNANSWERABLE = 37  # the dataset's id of the none class
+NUM_CLASS = 37  # logit columns: 0 = unanswerable, 1..36 = relation ids 1..36
+RID2COL = {rid: (0 if rid == UNANSWERABLE else rid) for rid in range(1, UNANSWERABLE + 1)}
+COL2RID = {col: rid for rid, col in RID2COL.items()}
+T2_GRID = tuple(np.round(np.arange(0.0, 0.51, 0.01), 2).tolist())  # the reference scorer's grid for T2
+_SPEAKER = re.compile(r"\bspeaker\s+(\d+)\b", re.IGNORECASE)
+_BERT_MARKERS = ("[unused1]", "[unused2]")
+_ADDED_MARKERS = ("[S1]", "[S2]")
+
+Piece = Union[List[int], int]  # token ids of a text span, or the number N of a "Speaker N"
+
+
+# ----------------------------------------------------------------------------- reading
+def _where(path: str, i: int, turns: Any, j: Optional[int] = None) -> str:
+    """`file: dialogue i ("first turn...")[, instance j]` for error messages."""
+    head = turns[0][:40] if isinstance(turns, list) and turns and isinstance(turns[0], str) else ""
+    return f"{path}: dialogue {i} ({head!r})" + (f", instance {j}" if j is not None else "")
+
+
+def _check_instance(inst: Any, where: str) -> None:
+    if not isinstance(inst, dict):
+        raise ValueError(f"{where}: an instance must be an object, got {type(inst).__name__}")
+    for key in ("x", "y"):
+        if not isinstance(inst.get(key), str) or not inst[key].strip():
+            raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {inst.get(key)!r}")
+    rids = inst.get("rid")
+    if not isinstance(rids, list) or not rids or not all(isinstance(r, int) and r in RID2COL for r in rids):
+        raise ValueError(f"{where}: field 'rid' must be a non-empty list of ids 1..{UNANSWERABLE}, got {rids!r}")
+    if UNANSWERABLE in rids and len(rids) > 1:
+        raise ValueError(f"{where}: field 'rid' mixes {UNANSWERABLE} (unanswerable) with relations: {rids}")
+    if "t" in inst and (not isinstance(inst["t"], list) or len(inst["t"]) != len(rids)):
+        raise ValueError(f"{where}: field 't' must be a list of one trigger per id in 'rid', got {inst['t']!r}")
+
+
+def load_dialogre(path: str, limit: Optional[int] = None) -> List[list]:
+    """The dialogues of a DialogRE file (the first `limit` ones), checked field by field."""
+    data = train.load_json_file(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of [turns, instances], got {type(data).__name__}")
+    data = data[:limit] if limit is not None and limit >= 0 else data
+    for i, item in enumerate(data):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise ValueError(f"{_where(path, i, None)}: expected a pair [turns, instances]")
+        turns, instances = item
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+            raise ValueError(f"{_where(path, i, turns)}: field 'turns' must be a non-empty list of strings")
+        if not isinstance(instances, list):
+            raise ValueError(f"{_where(path, i, turns)}: field 'instances' must be a list")
+        for j, inst in enumerate(instances):
+            _check_instance(inst, _where(path, i, turns, j))
+    return data
+
+
+def gold_matrix(data: Sequence[list]) -> np.ndarray:
+    """Multi-hot gold `[n_instances, 37]` (column 0 = unanswerable) in file order."""
+    rows = [[RID2COL[r] for r in inst["rid"]] for _, instances in data for inst in instances]
+    gold = np.zeros((len(rows), NUM_CLASS), dtype=bool)
+    for i, cols in enumerate(rows):
+        gold[i, cols] = True
+    return gold
+
+
+# ----------------------------------------------------------------------------- BERT_s inputs
+def speaker_number(arg: str) -> Optional[int]:
+    """N when the argument is exactly "Speaker N" (any case), else None."""
+    m = _SPEAKER.fullmatch(arg.strip())
+    return int(m.group(1)) if m else None
+
+
+def speaker_roles(x: str, y: str) -> Dict[int, int]:
+    """{speaker number: marker (1 for x, 2 for y)} for the arguments that are speakers."""
+    roles = {}
+    nx, ny = speaker_number(x), speaker_number(y)
+    if nx is not None:
+        roles[nx] = 1
+    if ny is not None and ny != nx:
+        roles[ny] = 2
+    return roles
+
+
+def split_speakers(text: str) -> List[Union[str, int]]:
+    """`text` cut into strings and speaker numbers, e.g. "Speaker 1: hi" -> [1, ": hi"]."""
+    pieces: List[Union[str, int]] = []
+    last = 0
+    for m in _SPEAKER.finditer(text):
+        if m.start() > last:
+            pieces.append(text[last:m.start()])
+        pieces.append(int(m.group(1)))
+        last = m.end()
+    if last < len(text):
+        pieces.append(text[last:])
+    return pieces
+
+
+def speaker_marker_ids(tokenizer) -> Tuple[Tuple[int, int], bool]:
+    """Ids of [S1] and [S2]: BERT's [unused1]/[unused2] when in the vocabulary, else added special tokens.
+
+    Returns the ids and whether tokens were added (then the encoder's embeddings must be resized).
+    """
+    vocab = tokenizer.get_vocab()
+    if all(m in vocab for m in _BERT_MARKERS):
+        return (vocab[_BERT_MARKERS[0]], vocab[_BERT_MARKERS[1]]), False
+    added = tokenizer.add_tokens(list(_ADDED_MARKERS), special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(list(_ADDED_MARKERS))
+    return (ids[0], ids[1]), added > 0
+
+
+@dataclass
+class PrefixSet:
+    """The inputs of every dialogue prefix, for F1c.
+
+    Row m of `source`/`instance`/`visible` is prefix k of some instance (instances in file order, k = 1..n);
+    `features[source[m]]` is its input (prefixes whose truncated input repeats the previous one share it).
+    """
+    features: List[dict]
+    source: np.ndarray  # [M] index into features
+    instance: np.ndarray  # [M] instance index
+    visible: np.ndarray  # [M, 37] bool: relation columns that count at this prefix
+
+
+@dataclass
+class DialogRESplit:
+    """One DialogRE file: its dialogues, one feature per instance, gold labels, optional prefix inputs."""
+    path: str
+    data: List[list]
+    features: List[dict]
+    gold: np.ndarray  # [N, 37] bool
+    prefixes: Optional[PrefixSet] = None
+
+
+class DialogREEncoder:
+    """Turns DialogRE instances into token ids: the BERT_s input with optional argument types."""
+
+    def __init__(self, tokenizer, markers: Tuple[int, int], max_seq_length: int = 512, entity_types: bool = True):
+        self.tokenizer, self.markers = tokenizer, markers
+        self.max_seq_length, self.entity_types = max_seq_length, entity_types
+        cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if cls is None or sep is None:
+            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP] (or <s>/</s>) token")
+        self.cls, self.sep = cls, sep
+        self._speaker_ids: Dict[int, List[int]] = {}
+
+    def tokenize(self, texts: Sequence[str]) -> List[List[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def speaker_ids(self, n: int) -> List[int]:
+        """Token ids of the words "Speaker n" (cached)."""
+        if n not in self._speaker_ids:
+            self._speaker_ids[n] = self.tokenize([f"Speaker {n}"])[0]
+        return self._speaker_ids[n]
+
+    def dialogue_pieces(self, turns: Sequence[str]) -> List[List[Piece]]:
+        """Per turn, its text tokenized once, with speaker names kept apart for substitution."""
+        split = [split_speakers(t) for t in turns]
+        texts = [p for pieces in split for p in pieces if isinstance(p, str)]
+        ids = iter(self.tokenize(texts))
+        return [[next(ids) if isinstance(p, str) else p for p in pieces] for pieces in split]
+
+    def turn_ids(self, pieces: Sequence[List[Piece]], roles: Dict[int, int]) -> List[np.ndarray]:
+        """Token ids of each turn with the speakers in `roles` replaced by [S1]/[S2]."""
+        out = []
+        for turn in pieces:
+            ids: List[int] = []
+            for p in turn:
+                if isinstance(p, list):
+                    ids += p
+                elif p in roles:
+                    ids.append(self.markers[roles[p] - 1])
+                else:
+                    ids += self.speaker_ids(p)
+            out.append(np.asarray(ids, dtype=np.int64))
+        return out
+
+    def argument_ids(self, inst: dict, roles: Dict[int, int]) -> Tuple[List[int], List[int]]:
+        """Token ids of x and y: a speaker argument becomes its marker; types follow when enabled."""
+        out = []
+        for key in ("x", "y"):
+            n = speaker_number(inst[key])
+            ids = [self.markers[roles[n] - 1]] if n in roles else self.tokenize([inst[key].strip()])[0]
+            if self.entity_types and inst.get(f"{key}_type"):
+                ids = ids + self.tokenize([inst[f"{key}_type"]])[0]
+            out.append(ids)
+        return out[0], out[1]
+
+    def assemble(self, dialogue: np.ndarray, x: List[int], y: List[int], where: str) -> dict:
+        """`[CLS] dialogue [SEP] x [SEP] y [SEP]`, the dialogue cut from the end to fit max_seq_length."""
+        budget = self.max_seq_length - 4 - len(x) - len(y)
+        if budget < 0:
+            raise ValueError(f"{where}: the arguments alone ({len(x)} + {len(y)} tokens) do not fit in "
+                             f"--max_seq_length {self.max_seq_length}")
+        kept = dialogue[:budget]
+        ids = np.concatenate([[self.cls], kept, [self.sep], x, [self.sep], y, [self.sep]]).astype(np.int64)
+        return {"input_ids": ids, "n_first": len(kept) + 2, "n_truncated": len(dialogue) - len(kept)}
+
+
+# ----------------------------------------------------------------------------- F1c visibility
+def _seen(needle: str, turns_lower: Sequence[str]) -> np.ndarray:
+    """[n_turns] bool: `needle` occurred in some turn up to and including this one."""
+    return np.logical_or.accumulate(np.array([needle in t for t in turns_lower], dtype=bool))
+
+
+def visibility(turns: Sequence[str], inst: dict) -> np.ndarray:
+    """`[n_turns, 37]` bool: which relation columns count at prefix k (the reference scorer's rule).
+
+    A column counts once x and y have appeared (case-insensitive substrings of the turns so far); a gold
+    relation also needs its trigger, and one without a trigger counts only at the last turn, as in the
+    reference scorer. Everything counts at the last turn. Column 0 (unanswerable) never counts.
+    """
+    lower = [t.lower() for t in turns]
+    n = len(turns)
+    args = _seen(inst["x"].lower().strip(), lower) & _seen(inst["y"].lower().strip(), lower)  # [n]
+    rel_ok = np.ones((n, NUM_CLASS), dtype=bool)
+    for rid, trigger in zip(inst["rid"], inst.get("t", [""] * len(inst["rid"]))):
+        if rid != UNANSWERABLE:
+            trigger = trigger.lower().strip()
+            rel_ok[:, RID2COL[rid]] = _seen(trigger, lower) if trigger else np.zeros(n, dtype=bool)
+    vis = args[:, None] & rel_ok
+    vis[-1] = True
+    vis[:, 0] = False
+    return vis
+
+
+# ----------------------------------------------------------------------------- features
+def build_split(path: str, encoder: DialogREEncoder, limit: Optional[int] = None,
+                with_prefixes: bool = False) -> DialogRESplit:
+    """Read a DialogRE file into instance features (and, for F1c, the prefix inputs)."""
+    data = load_dialogre(path, limit)
+    features: List[dict] = []
+    pre_feats: List[dict] = []
+    source, instance, visible = [], [], []
+    for i, (turns, instances) in enumerate(data):
+        pieces = encoder.dialogue_pieces(turns)
+        for j, inst in enumerate(instances):
+            where = _where(path, i, turns, j)
+            roles = speaker_roles(inst["x"], inst["y"])
+            per_turn = encoder.turn_ids(pieces, roles)
+            dialogue = np.concatenate(per_turn)
+            x, y = encoder.argument_ids(inst, roles)
+            feat = encoder.assemble(dialogue, x, y, where)
+            feat.update(labels=np.array([RID2COL[r] for r in inst["rid"] if r != UNANSWERABLE], dtype=np.int64),
+                        dialogue=i, instance=j)
+            features.append(feat)
+            if with_prefixes:
+                ends = np.cumsum([len(t) for t in per_turn])  # [n_turns] dialogue length of each prefix
+                budget = len(dialogue) - feat["n_truncated"]  # tokens of dialogue that fit
+                n_unique = int(np.searchsorted(ends, budget, side="left")) + 1  # later prefixes repeat it
+                n_unique = min(n_unique, len(turns))
+                base = len(pre_feats)
+                pre_feats += [encoder.assemble(dialogue[:ends[k]], x, y, where) for k in range(n_unique)]
+                source.append(base + np.minimum(np.arange(len(turns)), n_unique - 1))
+                instance.append(np.full(len(turns), len(features) - 1))
+                visible.append(visibility(turns, inst))
+    prefixes = None
+    if with_prefixes:
+        cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape, dtype=np.int64)  # noqa: E731
+        prefixes = PrefixSet(pre_feats, cat(source, (0,)), cat(instance, (0,)),
+                             np.concatenate(visible) if visible else np.zeros((0, NUM_CLASS), dtype=bool))
+    truncated = sum(f["n_truncated"] > 0 for f in features)
+    logger.info("%s: %d dialogues, %d instances (%d with the dialogue truncated)%s", path, len(data),
+                len(features), truncated, f", {len(pre_feats)} prefix inputs" if with_prefixes else "")
+    return DialogRESplit(path, data, features, gold_matrix(data), prefixes)
+
+
+class DialogRECollator:
+    """Pad instance features into `input_ids`, `attention_mask`, `token_type_ids` `[B, L]` and `labels` `[B, 37]`."""
+
+    def __init__(self, num_class: int = NUM_CLASS, pad_token_id: int = 0):
+        self.num_class, self.pad_token_id = num_class, pad_token_id
+
+    def __call__(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(f["input_ids"]) for f in features])  # [B]
+        input_ids = torch.full((len(features), int(lengths.max())), self.pad_token_id, dtype=torch.long)
+        for i, f in enumerate(features):
+            input_ids[i, :len(f["input_ids"])] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+        positions = torch.arange(input_ids.shape[1])[None, :]  # [1, L]
+        attention_mask = (positions < lengths[:, None]).long()  # [B, L]
+        n_first = torch.tensor([f["n_first"] for f in features])  # [B]
+        token_type_ids = ((positions >= n_first[:, None]) & attention_mask.bool()).long()  # [B, L]
+        labels = torch.zeros((len(features), self.num_class))  # [B, 37]
+        rows = torch.cat([torch.full((len(f["labels"]),), i) for i, f in enumerate(features)])
+        cols = torch.cat([torch.as_tensor(f["labels"], dtype=torch.long).reshape(-1) for f in features])
+        labels[rows.long(), cols] = 1.0
+        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                "labels": labels}
+
+
+# ----------------------------------------------------------------------------- model
+class DialogREModel(nn.Module):
+    """An encoder and a classifier (dropout + linear) on its last-layer [CLS] vector; returns logits."""
+
+    def __init__(self, encoder: nn.Module, num_class: int = NUM_CLASS, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.use_token_types = getattr(encoder.config, "type_vocab_size", 0) > 1
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_class)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if self.use_token_types and token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.classifier(self.dropout(hidden[:, 0]))  # [B, 37]
+
+
+# ----------------------------------------------------------------------------- metrics
+def _prf(correct: np.ndarray, n_pred: np.ndarray, n_gold: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Precision, recall, F1 as fractions with the reference's conventions (P = 1 without predictions)."""
+    correct, n_pred, n_gold = (np.asarray(a, dtype=np.float64) for a in (correct, n_pred, n_gold))
+    p = np.where(n_pred > 0, correct / np.maximum(n_pred, 1), 1.0)
+    r = np.where(n_gold > 0, correct / np.maximum(n_gold, 1), 0.0)
+    f = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return p, r, f
+
+
+def _percent(p: float, r: float, f: float) -> Dict[str, float]:
+    return {"precision": 100 * float(p), "recall": 100 * float(r), "f1": 100 * float(f)}
+
+
+def f1_score(pred: np.ndarray, gold: np.ndarray) -> Dict[str, float]:
+    """DialogRE F1 (percent) of multi-hot predictions `[N, 37]` against gold `[N, 37]`, column 0 left out."""
+    pred, gold = np.asarray(pred, dtype=bool)[:, 1:], np.asarray(gold, dtype=bool)[:, 1:]
+    return _percent(*_prf((pred & gold).sum(), pred.sum(), gold.sum()))
+
+
+def f1c_score(pred: np.ndarray, gold: np.ndarray, instance: np.ndarray, visible: np.ndarray) -> Dict[str, float]:
+    """DialogRE F1c (percent): per-instance precision and recall over its prefixes, averaged over instances.
+
+    pred `[M, 37]` and visible `[M, 37]` are per prefix, instance `[M]` maps a prefix to its row of gold `[N, 37]`.
+    """
+    pred = np.asarray(pred, dtype=bool)[:, 1:]
+    vis = np.asarray(visible, dtype=bool)[:, 1:]
+    gold_rows = np.asarray(gold, dtype=bool)[instance][:, 1:]  # [M, 36]
+    n = len(gold)
+    per = lambda m: np.bincount(instance, weights=m.sum(1), minlength=n)  # noqa: E731  [N] sums over prefixes
+    p, r, _ = _prf(per(pred & gold_rows & vis), per(pred & vis), per(gold_rows & vis))
+    p, r = (float(p.mean()), float(r.mean())) if n else (1.0, 0.0)
+    f = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return _percent(p, r, f)
+
+
+def dialogre_rule(probs: torch.Tensor, t1: float, t2: float) -> torch.Tensor:
+    """The reference rule for independent sigmoids `[N, 36]`: p > t1, else the arg-max if > t2; multi-hot `[N, 37]`."""
+    above = probs > t1  # [N, 36]
+    top, arg = probs.max(dim=1)  # [N]
+    fallback = ~above.any(dim=1) & (top > t2)  # [N]
+    above[fallback, arg[fallback]] = True
+    return torch.cat([~above.any(dim=1, keepdim=True), above], dim=1).float()
+
+
+def tune_dialogre_rule(probs: torch.Tensor, gold: np.ndarray, t1_grid: Sequence[float],
+                       t2_grid: Sequence[float] = T2_GRID) -> Tuple[float, float, float]:
+    """(t1, t2, F1 percent) maximising F1 of `dialogre_rule`; the first best in grid order wins."""
+    probs = probs.numpy()
+    g = np.asarray(gold, dtype=bool)[:, 1:]  # [N, 36]
+    t2s = np.asarray(t2_grid)
+    top, arg = probs.max(1), probs.argmax(1)  # [N]
+    hit = g[np.arange(len(g)), arg]  # [N] the arg-max is gold
+    best = (t1_grid[0], t2_grid[0], -1.0)
+    for t1 in t1_grid:
+        above = probs > t1  # [N, 36]
+        fallback = ~above.any(1)[None, :] & (top[None, :] > t2s[:, None])  # [T2, N]
+        _, _, f = _prf((above & g).sum() + (fallback & hit).sum(1), above.sum() + fallback.sum(1), g.sum())
+        k = int(np.argmax(f))
+        if 100 * f[k] > best[2]:
+            best = (float(t1), float(t2s[k]), 100 * float(f[k]))
+    return best
+
+
+def rids_of(pred: torch.Tensor) -> List[List[int]]:
+    """Dataset relation ids of multi-hot predictions `[N, 37]`; an empty row becomes [37]."""
+    rows = [np.flatnonzero(row).tolist() for row in np.asarray(pred[:, 1:]) > 0.5]
+    return [[COL2RID[c + 1] for c in cols] or [UNANSWERABLE] for cols in rows]
+
+
+# ----------------------------------------------------------------------------- the task
+class DialogRETask:
+    """Prediction, decoding and scoring of DialogRE splits for one loss."""
+
+    def __init__(self, args: argparse.Namespace, encoder: DialogREEncoder, decision: Dict[str, Any]):
+        self.args, self.encoder = args, encoder
+        self.decision = decision  # {"t1", "t2"} of the reference rule (BCE), saved in every checkpoint
+        self.collate = DialogRECollator(NUM_CLASS, encoder.tokenizer.pad_token_id or 0)
+
+    def read(self, path: str, limit: Optional[int], with_prefixes: bool = False) -> DialogRESplit:
+        return build_split(path, self.encoder, limit, with_prefixes)
+
+    def predict(self, model: nn.Module, features: Sequence[dict], desc: str) -> torch.Tensor:
+        """Logits `[N, 37]` in the order of `features`, batching inputs of similar length together."""
+        if not features:
+            return torch.zeros(0, NUM_CLASS)
+        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+        device = next(model.parameters()).device
+        logits = train.predict_logits(model, [features[i] for i in order], self.collate, self.args.test_batch_size,
+                                      device, utils.amp_dtype(device, self.args.amp), desc,
+                                      not self.args.no_progress)
+        out = torch.empty_like(logits)
+        out[torch.from_numpy(order)] = logits
+        return out
+
+    def uses_reference_rule(self, loss_fn: Any) -> bool:
+        return getattr(loss_fn, "tunes_threshold", False) and self.args.bce_rule == "dialogre"
+
+    def decode(self, logits: torch.Tensor, loss_fn: Any) -> torch.Tensor:
+        """Multi-hot predictions `[N, 37]`: the loss's own rule, or the reference rule for BCE."""
+        if self.uses_reference_rule(loss_fn):
+            return dialogre_rule(torch.sigmoid(logits[:, 1:]), self.decision["t1"], self.decision["t2"])
+        return loss_fn.get_label(logits, num_labels=self.args.num_labels)
+
+    def evaluate(self, model: nn.Module, split: DialogRESplit, loss_fn: Any, tune: bool) -> Dict[str, float]:
+        """F1 on `split`; with `tune`, BCE's global threshold and the reference rule's (t1, t2) are set first."""
+        logits = self.predict(model, split.features, "dev")
+        extra: Dict[str, float] = {}
+        if getattr(loss_fn, "tunes_threshold", False):
+            import losses
+
+            if tune:
+                f1s = {t: f1_score(loss_fn.get_label(logits, self.args.num_labels, threshold=t), split.gold)["f1"]
+                       for t in losses.THRESHOLD_GRID}
+                loss_fn.threshold = max(f1s, key=f1s.get)
+                t1, t2, _ = tune_dialogre_rule(torch.sigmoid(logits[:, 1:]), split.gold, losses.THRESHOLD_GRID)
+                self.decision.update(t1=t1, t2=t2)
+            global_f1 = f1_score(loss_fn.get_label(logits, self.args.num_labels), split.gold)["f1"]
+            rule = dialogre_rule(torch.sigmoid(logits[:, 1:]), self.decision["t1"], self.decision["t2"])
+            extra = {"f1_global": global_f1, "f1_rule": f1_score(rule, split.gold)["f1"],
+                     "threshold": float(loss_fn.threshold), "t1": self.decision["t1"], "t2": self.decision["t2"]}
+        return {**f1_score(self.decode(logits, loss_fn), split.gold), **extra}
+
+    def write_outputs(self, model: nn.Module, loss_fn: Any, run: train.RunDirectory,
+                      splits: Dict[str, DialogRESplit]) -> Dict[str, float]:
+        """<split>_pred.json, <split>_pred_f1c.json and scores.json (F1, F1c per split, percent)."""
+        scores: Dict[str, float] = {}
+        for name, split in splits.items():
+            pred = self.decode(self.predict(model, split.features, name), loss_fn)
+            run.write_json(f"{name}_pred.json", rids_of(pred))
+            scores.update({f"{name}_{k}": v for k, v in f1_score(pred, split.gold).items()})
+            if split.prefixes is not None:
+                pre = split.prefixes
+                pred_c = self.decode(self.predict(model, pre.features, f"{name} prefixes"), loss_fn)[pre.source]
+                per_prefix = rids_of(pred_c)
+                ends = np.cumsum(np.bincount(pre.instance, minlength=len(split.features))).tolist()
+                run.write_json(f"{name}_pred_f1c.json", [per_prefix[a:b] for a, b in zip([0] + ends[:-1], ends)])
+                c = f1c_score(pred_c.numpy(), split.gold, pre.instance, pre.visible)
+                scores.update({f"{name}_{k}c": v for k, v in c.items()})
+            logger.info("%s: F1 %.2f%s", name, scores[f"{name}_f1"],
+                        f"  F1c {scores[f'{name}_f1c']:.2f}" if f"{name}_f1c" in scores else "")
+        run.write_json("scores.json", scores)
+        return scores
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_dialogre_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of the DialogRE task."""
+    g = parser.add_argument_group("dialogre")
+    g.add_argument("--data_dir", default="./dataset/dialogre")
+    g.add_argument("--train_file", default="train.json")
+    g.add_argument("--dev_file", default="dev.json")
+    g.add_argument("--test_file", default="test.json", help="'' to skip the test set")
+    g.add_argument("--max_seq_length", type=int, default=512)
+    g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
+    g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
+                   help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
+    g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
+    g.add_argument("--train_limit", type=int, default=None, help="use only the first N training dialogues")
+    g.add_argument("--dev_limit", type=int, default=None, help="use only the first N dev dialogues")
+    g.add_argument("--test_limit", type=int, default=None, help="use only the first N test dialogues")
+    g.add_argument("--select_metric", default="f1", choices=["f1"])
+    # BERT_s settings of Yu et al. (2020); the shared defaults are DocRED's
+    parser.set_defaults(learning_rate=3e-5, classifier_lr=3e-5, train_batch_size=24, test_batch_size=32,
+                        num_train_epochs=20.0, warmup_ratio=0.1, num_labels=-1)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_dialogre_args(train.add_training_args(parser))
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        args.output_dir = train.default_output_dir(args)
+    return args
+
+
+def data_path(args: argparse.Namespace, name: str) -> Optional[str]:
+    if not name:
+        return None
+    return name if os.path.isabs(name) or os.path.exists(name) else os.path.join(args.data_dir, name)
+
+
+def load_checkpoint(path: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    """A DialogRE checkpoint, refused when it was trained with another encoder or label columns."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    train.check_checkpoint(ckpt, path, args, {})
+    saved = {int(k): v for k, v in ckpt.get("rid2col", {}).items()}
+    if saved != RID2COL:
+        raise SystemExit(f"--load_path {path} is not a DialogRE checkpoint of this version (its relation-id to "
+                         f"column map is {saved or 'missing'})")
+    return ckpt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    args = parse_args(argv)
+    run = train.RunDirectory(args.output_dir)
+    train.setup_logging(run)
+    utils.set_seed(args.seed)
+    device = utils.select_device(args.device)
+    tokenizer, encoder = train.load_encoder_and_tokenizer(args)
+    markers, added = speaker_marker_ids(tokenizer)
+    if added:
+        encoder.resize_token_embeddings(len(tokenizer))
+    if args.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
+    decision = {"t1": 0.5, "t2": 0.4}  # the reference scorer's defaults until tuned on dev
+    task = DialogRETask(args, DialogREEncoder(tokenizer, markers, args.max_seq_length, not args.no_entity_type),
+                        decision)
+    run.write_json("args.json", {**vars(args), "num_class": NUM_CLASS, "device": str(device),
+                                 "speaker_markers": tokenizer.convert_ids_to_tokens(list(markers))})
+    model = DialogREModel(encoder, NUM_CLASS, args.dropout).to(device)
+    loss_fn = train.build_loss_from_args(args)
+    extra_state = {"task": "dialogre", "rid2col": RID2COL, "decision": decision}
+    if args.load_path:
+        ckpt = load_checkpoint(args.load_path, args, device)
+        model.load_state_dict(ckpt["model"])
+        if not args.do_train:
+            decision.update(ckpt.get("decision", {}))
+            if ckpt.get("threshold") is not None:
+                loss_fn.threshold = ckpt["threshold"]
+        logger.info("loaded weights from %s", args.load_path)
+
+    with_f1c = not args.no_f1c
+    splits = {name: task.read(path, limit, with_f1c) for name, path, limit in
+              (("dev", data_path(args, args.dev_file), args.dev_limit),
+               ("test", data_path(args, args.test_file), args.test_limit)) if path}
+    if args.do_train or not args.load_path:
+        if "dev" not in splits:
+            raise SystemExit("training needs --dev_file for evaluation and checkpoint selection")
+        train_split = task.read(data_path(args, args.train_file), args.train_limit)
+        trainer = train.Trainer(args, model, loss_fn, train_split.features, task.collate,
+                                lambda m: task.evaluate(m, splits["dev"], loss_fn, tune=True), run,
+                                extra_state=extra_state)
+        logger.info("training on %d instances: %d optimizer steps, loss %s, device %s", len(train_split.features),
+                    trainer.total_steps, loss_fn.name, device)
+        start = time.time()
+        trainer.train()
+        logger.info("training took %.1f s", time.time() - start)
+        best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
+        model.load_state_dict(best["model"])
+        decision.update(best.get("decision", {}))
+        if best.get("threshold") is not None:
+            loss_fn.threshold = best["threshold"]
+        if args.save_path:
+            utils.atomic_torch_save(best, args.save_path)
+        run.plot_curves(args.select_metric)
+    return task.write_outputs(model, loss_fn, run, splits)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""DialogRE: BERT_s inputs, the reference F1 and F1c on hand-built dialogues, decision rules, end-to-end runs."""
+import collections
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import dialogre
+import losses
+from conftest import shared_file
+
+TURNS = ["Speaker 1: Hi Joey!",
+         "Speaker 2: Hey. This is my sister Mary.",
+         "Speaker 1: Nice to meet you, Mary.",
+         "Speaker 2: We are roommates now."]
+INSTANCES = [  # A: two relations, one without a trigger; B: the trigger appears only in the last turn; C: none
+    {"x": "Speaker 2", "y": "Mary", "rid": [5, 7], "r": ["a", "b"], "t": ["sister", ""], "x_type": "PER",
+     "y_type": "PER"},
+    {"x": "Speaker 1", "y": "Speaker 2", "rid": [9], "r": ["c"], "t": ["roommates"], "x_type": "PER",
+     "y_type": "PER"},
+    {"x": "Speaker 1", "y": "Joey", "rid": [37], "r": ["unanswerable"], "t": [""], "x_type": "PER",
+     "y_type": "PER"},
+]
+# predicted relation ids of each instance at prefixes 1..4
+PREFIX_PREDS = [[[5], [5, 7], [12], [5, 7]],
+                [[9], [9], [37], [9, 3]],
+                [[37], [4], [37], [37]]]
+
+
+def multi_hot(rows):
+    out = np.zeros((len(rows), dialogre.NUM_CLASS), dtype=bool)
+    for i, rids in enumerate(rows):
+        out[i, [dialogre.RID2COL[r] for r in rids]] = True
+    return out
+
+
+def write_dialogre(path, dialogues):
+    path.write_text(json.dumps(dialogues))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_f1_leaves_unanswerable_out_of_predictions_and_gold():
+    gold = multi_hot([[1, 2], [37], [3]])
+    scores = dialogre.f1_score(multi_hot([[1], [5], [37]]), gold)
+    assert scores["precision"] == pytest.approx(50.0)  # 1 of the predictions {1, 5} is right
+    assert scores["recall"] == pytest.approx(100 / 3)  # 1 of the gold {1, 2, 3} is found
+    assert scores["f1"] == pytest.approx(40.0)
+    nothing = dialogre.f1_score(multi_hot([[37], [37], [37]]), gold)
+    assert (nothing["precision"], nothing["recall"], nothing["f1"]) == (100.0, 0.0, 0.0)
+
+
+def test_visibility_needs_both_arguments_and_the_gold_trigger():
+    vis = [dialogre.visibility(TURNS, inst) for inst in INSTANCES]
+    assert vis[0][:, 5].tolist() == [False, True, True, True]  # trigger "sister" with Mary in turn 2
+    assert vis[0][:, 7].tolist() == [False, False, False, True]  # no trigger: only at the last turn
+    assert vis[0][:, 12].tolist() == [False, True, True, True]  # not gold: once both arguments appeared
+    assert vis[1][:, 9].tolist() == [False, False, False, True]  # trigger "roommates" only in the last turn
+    assert vis[1][:, 4].tolist() == [False, True, True, True]
+    assert vis[2][:, 4].tolist() == [True, True, True, True]  # "joey" and "speaker 1" are in turn 1
+    assert not any(v[:, 0].any() for v in vis)  # unanswerable never counts
+
+
+def test_f1c_on_hand_built_dialogue():
+    visible = np.concatenate([dialogre.visibility(TURNS, inst) for inst in INSTANCES])
+    pred = multi_hot([p for preds in PREFIX_PREDS for p in preds])
+    instance = np.repeat(np.arange(3), len(TURNS))
+    scores = dialogre.f1c_score(pred, multi_hot([i["rid"] for i in INSTANCES]), instance, visible)
+    # A: correct 3, predicted 4, gold 4; B: 1, 2, 1; C: 0, 1, 0 -> P = (3/4 + 1/2 + 0)/3, R = (3/4 + 1 + 0)/3
+    p, r = (0.75 + 0.5) / 3, 1.75 / 3
+    assert scores["precision"] == pytest.approx(100 * p)
+    assert scores["recall"] == pytest.approx(100 * r)
+    assert scores["f1"] == pytest.approx(100 * 2 * p * r / (p + r))  # 48.61
+    last = dialogre.f1_score(multi_hot([preds[-1] for preds in PREFIX_PREDS]), multi_hot([i["rid"] for i in INSTANCES]))
+    assert last["f1"] == pytest.approx(100 * 2 * 0.75 / 1.75)  # plain F1 of the full dialogues: P 3/4, R 1
+
+
+def test_reference_rule_and_its_tuning():
+    probs = torch.zeros(3, 36)
+    probs[0, [0, 1]] = torch.tensor([0.6, 0.7])  # two above t1
+    probs[1, [0, 1]] = torch.tensor([0.3, 0.45])  # none above t1, arg-max above t2
+    probs[2, [0, 1, 2]] = torch.tensor([0.2, 0.3, 0.35])  # arg-max below t2: unanswerable
+    pred = dialogre.dialogre_rule(probs, 0.5, 0.4)
+    assert dialogre.rids_of(pred) == [[1, 2], [2], [37]]
+    assert pred[2, 0] == 1 and pred[0, 0] == 0
+
+    rng = np.random.default_rng(0)
+    probs = torch.from_numpy(rng.random((40, 36)) ** 4).float()
+    gold = multi_hot([[int(rng.integers(1, 38))] for _ in range(40)])
+    t1, t2, f1 = dialogre.tune_dialogre_rule(probs, gold, losses.THRESHOLD_GRID)
+    brute = {(a, b): dialogre.f1_score(dialogre.dialogre_rule(probs, a, b).numpy(), gold)["f1"]
+             for a in losses.THRESHOLD_GRID for b in dialogre.T2_GRID}
+    assert f1 == pytest.approx(max(brute.values()))
+    assert brute[(t1, t2)] == pytest.approx(f1)
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_speakers_become_markers_and_arguments_survive_truncation(minilm_tokenizer):
+    markers, added = dialogre.speaker_marker_ids(minilm_tokenizer)
+    assert not added and minilm_tokenizer.convert_ids_to_tokens(list(markers)) == ["[unused1]", "[unused2]"]
+    enc = dialogre.DialogREEncoder(minilm_tokenizer, markers, max_seq_length=512)
+    turns = ["Speaker 1: Hi", "Speaker 2, Speaker 10: yo Speaker 1"]
+    inst = {"x": "Speaker 1", "y": "Speaker 10", "rid": [37], "x_type": "PER", "y_type": "PER"}
+    roles = dialogre.speaker_roles(inst["x"], inst["y"])
+    dialogue = np.concatenate(enc.turn_ids(enc.dialogue_pieces(turns), roles))
+    x, y = enc.argument_ids(inst, roles)
+    feat = enc.assemble(dialogue, x, y, "test")
+    tokens = minilm_tokenizer.convert_ids_to_tokens(feat["input_ids"].tolist())
+    assert " ".join(tokens) == ("[CLS] [unused1] : hi speaker 2 , [unused2] : yo [unused1] [SEP] "
+                                "[unused1] per [SEP] [unused2] per [SEP]")
+    assert feat["n_first"] == tokens.index("[SEP]") + 1
+
+    short = dialogre.DialogREEncoder(minilm_tokenizer, markers, max_seq_length=10, entity_types=False)
+    feat = short.assemble(dialogue, *short.argument_ids(inst, roles), "test")
+    tokens = minilm_tokenizer.convert_ids_to_tokens(feat["input_ids"].tolist())
+    assert tokens == ["[CLS]", "[unused1]", ":", "hi", "speaker", "[SEP]", "[unused1]", "[SEP]", "[unused2]", "[SEP]"]
+    assert feat["n_truncated"] == len(dialogue) - 4
+    with pytest.raises(ValueError, match="do not fit"):
+        dialogre.DialogREEncoder(minilm_tokenizer, markers, max_seq_length=5).assemble(dialogue, x, y, "doc 0")
+
+
+def test_other_tokenizers_get_added_marker_tokens(tiny_roberta_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
+    size = len(tok)
+    markers, added = dialogre.speaker_marker_ids(tok)
+    assert added and min(markers) >= size and tok.convert_ids_to_tokens(list(markers)) == ["[S1]", "[S2]"]
+    assert dialogre.speaker_marker_ids(tok) == (markers, False)  # idempotent
+    assert tok.tokenize("[S1] : hi")[0] == "[S1]"
+    encoder = AutoModel.from_pretrained(tiny_roberta_dir)
+    encoder.resize_token_embeddings(len(tok))
+    model = dialogre.DialogREModel(encoder)
+    ids = torch.tensor([[tok.cls_token_id, markers[0], markers[1], tok.sep_token_id]])
+    assert model(ids, torch.ones_like(ids), torch.zeros_like(ids)).shape == (1, 37)
+
+
+def test_collate_puts_unanswerable_in_column_zero_and_arguments_in_segment_one(tmp_path, minilm_tokenizer):
+    path = write_dialogre(tmp_path / "d.json", [[TURNS, INSTANCES]])
+    enc = dialogre.DialogREEncoder(minilm_tokenizer, dialogre.speaker_marker_ids(minilm_tokenizer)[0])
+    split = dialogre.build_split(path, enc, with_prefixes=True)
+    batch = dialogre.DialogRECollator()(split.features)
+    assert batch["labels"].shape == (3, 37)
+    assert batch["labels"][0].nonzero().flatten().tolist() == [5, 7]
+    assert batch["labels"][2].nonzero().flatten().tolist() == [0]
+    assert (batch["labels"].numpy() > 0).tolist() == split.gold.tolist()
+    assert batch["attention_mask"].sum(1).tolist() == [len(f["input_ids"]) for f in split.features]
+    n_args = (batch["token_type_ids"] == 1).sum(1)
+    assert n_args.tolist() == [len(f["input_ids"]) - f["n_first"] for f in split.features]
+    pre = split.prefixes
+    assert len(pre.source) == 3 * len(TURNS) and pre.instance.tolist() == np.repeat(np.arange(3), 4).tolist()
+    assert pre.features[pre.source[-1]]["input_ids"].tolist() == split.features[-1]["input_ids"].tolist()
+
+
+def test_prefixes_past_the_truncation_point_share_one_input(tmp_path, minilm_tokenizer):
+    path = write_dialogre(tmp_path / "d.json", [[TURNS, INSTANCES[:1]]])
+    enc = dialogre.DialogREEncoder(minilm_tokenizer, dialogre.speaker_marker_ids(minilm_tokenizer)[0],
+                                   max_seq_length=30)
+    pre = dialogre.build_split(path, enc, with_prefixes=True).prefixes
+    # turns of 6, 10, 10, 7 tokens and room for 30 - 4 - 4 = 22: the budget is filled from turn 3 on
+    assert pre.source.tolist() == [0, 1, 2, 2]
+    assert [len(f["input_ids"]) for f in pre.features] == [14, 24, 30]
+
+
+def test_bad_input_names_file_dialogue_and_field(tmp_path):
+    bad = [[TURNS, [dict(INSTANCES[0], rid=[5, 37])]]]
+    with pytest.raises(ValueError, match=r"d\.json: dialogue 0 .*instance 0: field 'rid' mixes"):
+        dialogre.load_dialogre(write_dialogre(tmp_path / "d.json", bad))
+    bad = [[TURNS, [dict(INSTANCES[0], t=["sister"])]]]
+    with pytest.raises(ValueError, match="field 't'"):
+        dialogre.load_dialogre(write_dialogre(tmp_path / "d.json", bad))
+    with pytest.raises(ValueError, match="field 'rid'"):
+        dialogre.load_dialogre(write_dialogre(tmp_path / "d.json", [[TURNS, [dict(INSTANCES[0], rid=[38])]]]))
+
+
+# ----------------------------------------------------------------------------- end to end
+def small_corpus(tmp_path):
+    """Hand-built train/dev/test files (the same dialogues, which is enough for a smoke run)."""
+    dialogues = [[TURNS, INSTANCES], [TURNS[:2], INSTANCES[2:]]]
+    for name in ("train", "dev", "test"):
+        write_dialogre(tmp_path / f"{name}.json", dialogues)
+    return tmp_path
+
+
+def run_args(data_dir, model_dir, out, *extra):
+    return ["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--output_dir", str(out),
+            "--max_seq_length", "64", "--train_batch_size", "2", "--no_progress", "--logging_steps", "1",
+            *map(str, extra)]
+
+
+def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_bert_dir):
+    data = small_corpus(tmp_path)
+    out = tmp_path / "run"
+    scores = dialogre.main(run_args(data, tiny_bert_dir, out, "--loss", "bce", "--max_steps", "2"))
+    assert {"dev_f1", "dev_f1c", "test_f1", "test_f1c"} <= set(scores)
+    assert json.loads((out / "scores.json").read_text()) == scores
+    dev_pred = json.loads((out / "dev_pred.json").read_text())
+    assert len(dev_pred) == 4 and all(p and all(1 <= r <= 37 for r in p) for p in dev_pred)
+    f1c = json.loads((out / "dev_pred_f1c.json").read_text())
+    assert [len(p) for p in f1c] == [4, 4, 4, 2]  # one prediction per dialogue prefix
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["rid2col"][37] == 0 and ckpt["rid2col"][5] == 5 and set(ckpt["decision"]) == {"t1", "t2"}
+
+    again = tmp_path / "test-mode"
+    assert dialogre.main(run_args(data, tiny_bert_dir, again, "--loss", "bce", "--load_path",
+                                  out / "best.pt")) == pytest.approx(scores)
+    assert json.loads((again / "test_pred_f1c.json").read_text()) == json.loads((out / "test_pred_f1c.json").read_text())
+
+
+def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_roberta_dir):
+    data = small_corpus(tmp_path)
+    dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
+    with pytest.raises(SystemExit, match="encoder"):
+        dialogre.main(run_args(data, tiny_roberta_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
+
+
+# ----------------------------------------------------------------------------- real data
+def test_real_dialogue_speaker_substitution(minilm_tokenizer):
+    data = dialogre.load_dialogre(str(shared_file("dialogre", "dev.json")), limit=20)
+    markers = dialogre.speaker_marker_ids(minilm_tokenizer)[0]
+    turns, inst = next((t, i) for t, ins in data for i in ins
+                       if dialogre.speaker_number(i["x"]) and dialogre.speaker_number(i["y"]))
+    nx, ny = dialogre.speaker_number(inst["x"]), dialogre.speaker_number(inst["y"])
+    mentions = collections.Counter(int(n) for t in turns for n in re.findall(r"Speaker (\d+)", t))
+    for length in (512, 64):
+        enc = dialogre.DialogREEncoder(minilm_tokenizer, markers, max_seq_length=length)
+        roles = dialogre.speaker_roles(inst["x"], inst["y"])
+        feat = enc.assemble(np.concatenate(enc.turn_ids(enc.dialogue_pieces(turns), roles)),
+                            *enc.argument_ids(inst, roles), "dev")
+        ids = feat["input_ids"].tolist()
+        assert len(ids) <= length
+        assert ids[feat["n_first"] - 1:] == [enc.sep, markers[0], *enc.tokenize(["PER"])[0], enc.sep, markers[1],
+                                             *enc.tokenize(["PER"])[0], enc.sep]  # the arguments always fit
+        if feat["n_truncated"] == 0:
+            dialogue = ids[1:feat["n_first"] - 1]
+            assert dialogue.count(markers[0]) == mentions[nx] and dialogue.count(markers[1]) == mentions[ny]
+            text = minilm_tokenizer.decode(dialogue)
+            assert not re.search(rf"speaker {nx}\b|speaker {ny}\b", text)
+    assert feat["n_truncated"] > 0
+
+
+def majority_f1(train_data, test_data):
+    """F1 of predicting the most frequent relation of the training dialogues for every test instance."""
+    counts = collections.Counter(r for _, ins in train_data for i in ins for r in i["rid"] if r != 37)
+    gold = dialogre.gold_matrix(test_data)
+    pred = np.zeros_like(gold)
+    pred[:, dialogre.RID2COL[counts.most_common(1)[0][0]]] = True
+    return dialogre.f1_score(pred, gold)["f1"]
