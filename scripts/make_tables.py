@@ -1,0 +1,525 @@
+"""Tables of a seed sweep: mean ± standard deviation over seeds per configuration, as in the NCRL paper.
+
+    python scripts/make_tables.py SWEEP_DIR [--paper] [--latex] [--plot]
+
+Reads every run directory under SWEEP_DIR (any depth; a folder with an `args.json`), groups the runs by
+configuration (task, encoder, training regime, loss and its options; the seed is what varies) and writes
+`tables.md` (and `tables.tex` with --latex, `sweep_curves.png` with --plot, `summary.json` always) into
+SWEEP_DIR. Standard deviations are sample standard deviations (ddof=1, numpy's `std(ddof=1)`); a row
+with one seed shows its value alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+import utils  # noqa: E402
+
+PAPER_FILE = Path(__file__).resolve().parent / "paper_results.json"
+ABLATION_ORDER = ["NCRL", "NCRL -margin reg", "NCRL -margin shift", "NCRL -both", "BCE", "BCE + P-shift"]
+TRAINING_ORDER = ["annotated", "+ distant", "distant (stage 1)"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How one task's runs are scored and shown."""
+    name: str
+    title: str
+    columns: Tuple[Tuple[str, str], ...]  # (score key, column header)
+    select: str  # dev score that names the best run of a row
+    curve: str  # metrics.jsonl key drawn by --plot
+
+
+TASKS: Dict[str, TaskSpec] = {
+    "docred": TaskSpec("docred", "DocRED (Table 1 of the NCRL paper)",
+                       (("dev_ign_f1", "Dev Ign F1"), ("dev_f1", "Dev F1"), ("test_ign_f1", "Test Ign F1"),
+                        ("test_f1", "Test F1")), "dev_ign_f1", "dev_f1"),
+    "dialogre": TaskSpec("dialogre", "DialogRE (Table 2 of the NCRL paper)",
+                         (("dev_f1", "Dev F1"), ("dev_f1c", "Dev F1c"), ("test_f1", "Test F1"),
+                          ("test_f1c", "Test F1c")), "dev_f1", "dev_f1"),
+    "goemotions": TaskSpec("goemotions", "GoEmotions (Table 3 of the NCRL paper)",
+                           (("dev_map", "Dev mAP"), ("test_map", "Test mAP"), ("test_lrap", "Test LRAP"),
+                            ("test_macro_f1", "Test macro-F1")), "dev_map", "dev_map"),
+}
+
+
+@dataclass(frozen=True, order=True)
+class Config:
+    """One row of a table: everything that identifies a run except its seed."""
+    task: str
+    encoder: str
+    training: str  # "annotated", "+ distant" (fine-tuned from a checkpoint) or "distant (stage 1)"
+    loss: str  # e.g. "NCRL", "NCRL -margin reg", "BCE + P-shift", "ATL"
+    detail: str = ""  # the loss option's value, e.g. "γ=0.05"
+
+    @property
+    def loss_label(self) -> str:
+        return f"{self.loss} ({self.detail})" if self.detail else self.loss
+
+
+@dataclass
+class Run:
+    """One run directory and what it scored."""
+    path: Path
+    name: str  # path relative to the sweep folder
+    args: Dict[str, Any]
+    config: Config
+    scores: Dict[str, float]  # flat: dev_f1, dev_ign_f1, test_f1, ... (empty while unfinished)
+    finished: bool
+
+    @property
+    def seed(self) -> Any:
+        return self.args.get("seed")
+
+
+@dataclass
+class Row:
+    """The finished runs of one configuration."""
+    config: Config
+    runs: List[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> List[float]:
+        return [r.scores[key] for r in self.runs if key in r.scores]
+
+    def stats(self, key: str) -> Tuple[Optional[float], Optional[float], int]:
+        """(mean, sample std or None for fewer than two values, number of values) of one score."""
+        return mean_std(self.values(key))
+
+    def best(self) -> Optional[Run]:
+        """The run with the highest dev score of its task (the one to submit)."""
+        key = TASKS[self.config.task].select
+        scored = [r for r in self.runs if key in r.scores]
+        return max(scored, key=lambda r: r.scores[key]) if scored else None
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float], int]:
+    """Mean and sample standard deviation (ddof=1) of `values`; std is None below two values."""
+    if not values:
+        return None, None, 0
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return statistics.fmean(values), std, len(values)
+
+
+# ----------------------------------------------------------------------------- reading runs
+read_json = train.load_json_file  # ValueError naming the file
+
+
+def read_metrics(path: Path) -> List[Dict[str, Any]]:
+    """The records of a run's metrics.jsonl (none when absent); a torn last line is ignored."""
+    file = path / "metrics.jsonl"
+    if not file.exists():
+        return []
+    records = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a run still writing its log
+    return records
+
+
+def encoder_name(model: str) -> str:
+    """A short encoder name: the folder or hub name, `minilm` for the packaged encoder."""
+    model = str(model or "")
+    if model.lower() in utils.DEFAULT_ENCODER_ALIASES:
+        return "minilm"
+    try:
+        if Path(model).resolve() == Path(utils.default_encoder_path()).resolve():
+            return "minilm"
+    except ImportError:
+        pass
+    return Path(model.rstrip("/")).name or model
+
+
+def training_regime(args: Dict[str, Any]) -> str:
+    """annotated, + distant (fine-tuned from a loaded checkpoint) or distant (stage 1)."""
+    if args.get("load_path") and args.get("do_train"):
+        return "+ distant"
+    if "distant" in Path(str(args.get("train_file") or "")).name:
+        return "distant (stage 1)"
+    return "annotated"
+
+
+def loss_config(args: Dict[str, Any]) -> Tuple[str, str]:
+    """The loss's row label (the ablation names of Table 4) and its option value."""
+    loss = str(args.get("loss", "")).lower()
+    if loss == "ncrl":
+        shift, reg = float(args.get("shift") or 0.0), not args.get("no_margin_reg", False)
+        name = {(True, True): "NCRL", (True, False): "NCRL -margin reg", (False, True): "NCRL -margin shift",
+                (False, False): "NCRL -both"}[(shift > 0, reg)]
+        return name, f"γ={shift:g}" if shift > 0 else ""
+    if loss == "bce":
+        m = float(args.get("prob_shift") or 0.0)
+        return ("BCE + P-shift", f"m={m:g}") if m > 0 else ("BCE", "")
+    return {"atl": "ATL"}.get(loss, loss.upper() or "?"), ""
+
+
+def detect_task(path: Path, args: Dict[str, Any]) -> Optional[str]:
+    """The task of a run: args.json's `task`, else the score files it wrote, else DocRED's flags."""
+    task = str(args.get("task") or "").lower()
+    if task in TASKS:
+        return task
+    if (path / "dev_scores.json").exists():
+        return "docred"
+    if (path / "scores.json").exists():
+        keys = set(read_json(path / "scores.json"))
+        if "dev_map" in keys:
+            return "goemotions"
+        if "dev_f1c" in keys:
+            return "dialogre"
+    if "bce_rule" in args:  # flags only dialogre.py has, for runs without a score file yet
+        return "dialogre"
+    if "hf_dataset" in args or "label_names" in args:
+        return "goemotions"
+    if "rel_info" in args and "train_file" in args:
+        return "docred"
+    return None
+
+
+def read_scores(path: Path, task: str) -> Tuple[Dict[str, float], bool]:
+    """Flat numeric scores of a run and whether it finished (its final score file exists)."""
+    numeric = lambda d, prefix="": {prefix + k: float(v) for k, v in d.items()  # noqa: E731
+                                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if task == "docred":
+        if not (path / "dev_scores.json").exists():
+            return {}, False
+        scores = numeric(read_json(path / "dev_scores.json"), "dev_")
+        if (path / "test_scores.json").exists():
+            scores.update(numeric(read_json(path / "test_scores.json"), "test_"))
+        return scores, True
+    if not (path / "scores.json").exists():
+        return {}, False
+    return numeric(read_json(path / "scores.json")), True
+
+
+def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
+    """Every run under `sweep_dir` (hidden folders excluded) and notes on the folders left out."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"{sweep_dir}: no such sweep folder")
+    runs, notes = [], []
+    for args_file in sorted(sweep_dir.rglob("args.json")):
+        path = args_file.parent
+        rel = path.relative_to(sweep_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        args = read_json(args_file)
+        if not isinstance(args, dict):
+            raise ValueError(f"{args_file}: expected a JSON object of flags, got {type(args).__name__}")
+        task = detect_task(path, args)
+        name = str(rel) if str(rel) != "." else path.name
+        if task is None:
+            notes.append(f"{name}: unknown task (no `task` in args.json and no score file), left out")
+            continue
+        if task == "docred" and args.get("load_path") and not args.get("do_train"):
+            notes.append(f"{name}: a test-mode run (--load_path without --do_train), left out")
+            continue
+        scores, finished = read_scores(path, task)
+        config = Config(task, encoder_name(args.get("model_name_or_path")), training_regime(args),
+                        *loss_config(args))
+        runs.append(Run(path, name, args, config, scores, finished))
+    return runs, notes
+
+
+def group_runs(runs: Sequence[Run]) -> List[Row]:
+    """One row per configuration, of the finished runs, in a stable order (task, encoder, training, loss)."""
+    rows: Dict[Config, Row] = {}
+    for run in runs:
+        if run.finished:
+            rows.setdefault(run.config, Row(run.config)).runs.append(run)
+    for row in rows.values():
+        row.runs.sort(key=lambda r: (str(r.seed), r.name))
+
+    def order(c: Config):
+        tr = TRAINING_ORDER.index(c.training) if c.training in TRAINING_ORDER else len(TRAINING_ORDER)
+        ab = ABLATION_ORDER.index(c.loss) if c.loss in ABLATION_ORDER else -1
+        return list(TASKS).index(c.task), c.encoder, tr, ab, c.loss, c.detail
+
+    return [rows[c] for c in sorted(rows, key=order)]
+
+
+IGNORED_FLAGS = {"seed", "output_dir", "run_name", "device", "save_path", "resume", "no_progress", "wandb",
+                 "wandb_project", "cache_dir", "num_workers", "test_batch_size", "load_path", "data_dir"}
+
+
+def differing_flags(row: Row) -> List[str]:
+    """Flags (other than the seed and bookkeeping) whose values differ between the runs of a row."""
+    keys = set().union(*(r.args for r in row.runs)) - IGNORED_FLAGS
+    return sorted(k for k in keys if len({json.dumps(r.args.get(k), sort_keys=True) for r in row.runs}) > 1)
+
+
+# ----------------------------------------------------------------------------- the paper's numbers
+def load_paper(path: str | Path) -> List[Dict[str, Any]]:
+    """The published rows of the NCRL paper (and its baselines) with their sources."""
+    data = read_json(Path(path))
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"{path}: expected an object with a `rows` list")
+    return data["rows"]
+
+
+def paper_row(config: Config, paper: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The published row of the same task, training regime and loss whose encoder names ours."""
+    for p in paper:
+        if (p.get("task") == config.task and p.get("training", "annotated") == config.training
+                and str(p.get("loss", "")).lower() == config.loss.lower()
+                and str(p.get("encoder", "")).lower() in config.encoder.lower()):
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------- tables
+def fmt(mean: Optional[float], std: Optional[float], n: int, n_row: int) -> str:
+    """`61.23 ± 0.15`; a lone value without ±; `(n=k)` when only k of the row's runs have the score."""
+    if mean is None:
+        return "–"
+    text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return text if n == n_row else f"{text} (n={n})"
+
+
+def best_cell(row: Row) -> str:
+    best = row.best()
+    if best is None:
+        return "–"
+    key = TASKS[row.config.task].select
+    zip_note = f", {best.name}/result.zip" if (best.path / "result.zip").exists() else ""
+    return f"{best.name} ({best.scores[key]:.2f}{zip_note})"
+
+
+def score_cells(row: Row, columns: Sequence[Tuple[str, str]]) -> List[str]:
+    return [fmt(*row.stats(key), len(row.runs)) for key, _ in columns]
+
+
+def filled_columns(rows: Sequence[Row], spec: TaskSpec) -> List[Tuple[str, str]]:
+    """The task's score columns that some run has (no test columns when the test file has no labels)."""
+    return [(k, h) for k, h in spec.columns if any(row.values(k) for row in rows)]
+
+
+def seeds_cell(row: Row) -> str:
+    seeds = [r.seed for r in row.runs]
+    dup = " (repeated seeds!)" if len(set(map(str, seeds))) < len(seeds) else ""
+    return f"{len(row.runs)}{dup}"
+
+
+def main_table(rows: Sequence[Row], columns: Sequence[Tuple[str, str]],
+               paper: Optional[Sequence[Dict[str, Any]]]) -> Tuple[List[str], List[List[str]]]:
+    """Table-1 style: one row per configuration, a row of published numbers beneath where they exist."""
+    header = ["Encoder", "Training", "Loss", "Seeds", *[h for _, h in columns], "Best run (dev score)"]
+    body = []
+    for row in rows:
+        c = row.config
+        body.append([c.encoder, c.training, c.loss_label, seeds_cell(row), *score_cells(row, columns),
+                     best_cell(row)])
+        published = paper_row(c, paper) if paper is not None else None
+        if published is not None:
+            values = [f"{published[k]:.2f}" if isinstance(published.get(k), (int, float)) else "–"
+                      for k, _ in columns]
+            body.append(["", "", f"↳ paper: {published.get('cite', 'published')}", "", *values, ""])
+    return header, body
+
+
+def ablation_tables(rows: Sequence[Row], spec: TaskSpec, columns: Sequence[Tuple[str, str]]
+                    ) -> List[Tuple[str, List[str], List[List[str]]]]:
+    """Table-4 style, per encoder and training regime holding at least two of the ablation rows."""
+    groups: Dict[Tuple[str, str], List[Row]] = {}
+    for row in rows:
+        if row.config.loss in ABLATION_ORDER:
+            groups.setdefault((row.config.encoder, row.config.training), []).append(row)
+    tables = []
+    for (encoder, training), members in groups.items():
+        if len({r.config.loss for r in members}) < 2:
+            continue
+        members.sort(key=lambda r: (ABLATION_ORDER.index(r.config.loss), r.config.detail))
+        ref = next((r for r in members if r.config.loss == "NCRL"), None)
+        ref_mean = ref.stats(spec.select)[0] if ref is not None else None
+        select = dict(spec.columns)[spec.select]
+        header = ["Variant", "Seeds", *[h for _, h in columns], f"Δ {select} vs NCRL"]
+        body = []
+        for r in members:
+            mean = r.stats(spec.select)[0]
+            delta = f"{mean - ref_mean:+.2f}" if mean is not None and ref_mean is not None else "–"
+            body.append([r.config.loss_label, seeds_cell(r), *score_cells(r, columns), delta])
+        tables.append((f"Ablation ({encoder}, {training})", header, body))
+    return tables
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+LATEX_SUBS = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+              ("±", r"$\pm$"), ("γ", r"$\gamma$"), ("Δ", r"$\Delta$"), ("↳", r"$\hookrightarrow$"), ("–", "--")]
+
+
+def latex_escape(text: str) -> str:
+    for old, new in LATEX_SUBS:
+        text = text.replace(old, new)
+    return text
+
+
+def latex_table(title: str, header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A booktabs table."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + "l" * len(header) + "}",
+             r"\toprule", " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in cells) + r" \\" for cells in body]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(title) + "}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def incomplete_lines(runs: Sequence[Run]) -> List[str]:
+    """Unfinished runs with their last dev score: still running, killed or failed."""
+    lines = []
+    for run in runs:
+        if run.finished:
+            continue
+        key = TASKS[run.config.task].curve
+        evals = [r for r in read_metrics(run.path) if key in r]
+        last = f"last {key} {evals[-1][key]:.2f} at step {evals[-1].get('step')}" if evals else "no evaluation yet"
+        lines.append(f"- {run.name} ({run.config.loss_label}, seed {run.seed}): unfinished, {last}")
+    return lines
+
+
+def failed_lines(sweep_dir: Path) -> List[str]:
+    """Runs the sweep runner recorded as failed (sweep_status.json), with their logs."""
+    status_file = sweep_dir / "sweep_status.json"
+    if not status_file.exists():
+        return []
+    status = read_json(status_file)
+    return [f"- {name}: failed with exit status {s.get('rc')} (log: {s.get('log', '?')})"
+            for name, s in sorted(status.items()) if s.get("rc") != 0]
+
+
+@dataclass
+class Report:
+    """Everything make_tables writes."""
+    markdown: str
+    latex: str
+    summary: Dict[str, Any]
+
+
+def build_report(sweep_dir: str | Path, paper_file: Optional[str | Path] = None) -> Report:
+    """Tables of the sweep in Markdown and LaTeX, and a JSON summary; `paper_file` adds published rows."""
+    sweep_dir = Path(sweep_dir)
+    runs, notes = collect_runs(sweep_dir)
+    rows = group_runs(runs)
+    paper = load_paper(paper_file) if paper_file else None
+    md = [f"# Sweep {sweep_dir.name}", "",
+          f"{sum(r.finished for r in runs)} finished runs in {len(rows)} configurations. Cells are mean ± "
+          "sample standard deviation (ddof=1) over seeds (DocRED in percent); `(n=k)`: only k runs have that score."]
+    tex, summary_rows = [], []
+    for task, spec in TASKS.items():
+        task_rows = [r for r in rows if r.config.task == task]
+        if not task_rows:
+            continue
+        columns = filled_columns(task_rows, spec)
+        header, body = main_table(task_rows, columns, paper)
+        md += ["", f"## {spec.title}", "", markdown_table(header, body)]
+        tex.append(latex_table(spec.title, header, body))
+        for title, a_header, a_body in ablation_tables(task_rows, spec, columns):
+            md += ["", f"### {title}", "", markdown_table(a_header, a_body)]
+            tex.append(latex_table(title, a_header, a_body))
+        for row in task_rows:
+            diff = differing_flags(row)
+            if diff:
+                notes.append(f"{row.config.loss_label} ({row.config.encoder}): its runs differ in {', '.join(diff)}")
+            summary_rows.append({**vars(row.config), "runs": [r.name for r in row.runs],
+                                 "seeds": [r.seed for r in row.runs],
+                                 "best_run": getattr(row.best(), "name", None),
+                                 **{k: dict(zip(("mean", "std", "n"), row.stats(k))) for k, _ in spec.columns}})
+    if paper is not None:
+        md += ["", f"Published numbers: {paper_file} (sources in that file)."]
+    extra = incomplete_lines(runs) + failed_lines(sweep_dir) + [f"- {n}" for n in notes]
+    if extra:
+        md += ["", "## Not in the tables", "", *extra]
+    summary = {"sweep_dir": str(sweep_dir), "std": "sample (ddof=1)", "rows": summary_rows}
+    return Report("\n".join(md) + "\n", "\n\n".join(tex) + "\n", summary)
+
+
+# ----------------------------------------------------------------------------- curves
+def curve(run: Run, key: str) -> Tuple[List[int], List[float]]:
+    records = [r for r in read_metrics(run.path) if key in r and "step" in r]
+    return [r["step"] for r in records], [r[key] for r in records]
+
+
+def plot_curves(sweep_dir: str | Path, out: str | Path) -> Optional[Path]:
+    """sweep_curves.png: the dev curve of every finished run (thin) and each configuration's mean (thick)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = group_runs(collect_runs(sweep_dir)[0])
+    tasks = [t for t in TASKS if any(r.config.task == t for r in rows)]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_rows = [r for r in rows if r.config.task == task]
+        key = TASKS[task].curve
+        vary = [f for f in ("encoder", "training") if len({getattr(r.config, f) for r in task_rows}) > 1]
+        for i, row in enumerate(task_rows):
+            color = plt.cm.tab10(i % 10)
+            by_step: Dict[int, List[float]] = {}
+            for run in row.runs:
+                steps, values = curve(run, key)
+                ax.plot(steps, values, color=color, lw=0.8, alpha=0.35)
+                for s, v in zip(steps, values):
+                    by_step.setdefault(s, []).append(v)
+            steps = sorted(by_step)
+            label = ", ".join([getattr(row.config, f) for f in vary] + [row.config.loss_label])
+            ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps], "o-", color=color, lw=2.2, ms=3,
+                    label=f"{label} (mean of {len(row.runs)})")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{key} (%)")
+        ax.set_title(TASKS[task].title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    with utils.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="folder holding the run directories (e.g. runs/sweep-<time>)")
+    parser.add_argument("--paper", action="store_true", help="add the paper's published numbers beneath our rows")
+    parser.add_argument("--paper_file", default=str(PAPER_FILE), help="published numbers (JSON, with sources)")
+    parser.add_argument("--latex", action="store_true", help="also print and write tables.tex")
+    parser.add_argument("--plot", action="store_true", help="also draw sweep_curves.png")
+    parser.add_argument("--out_dir", default=None, help="where to write the outputs (default: the sweep folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Report:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir or args.sweep_dir)
+    report = build_report(args.sweep_dir, args.paper_file if args.paper else None)
+    utils.atomic_write_text(out_dir / "tables.md", report.markdown)
+    utils.atomic_write_json(out_dir / "summary.json", report.summary, indent=2)
+    print(report.markdown)
+    if args.latex:
+        utils.atomic_write_text(out_dir / "tables.tex", report.latex)
+        print(report.latex)
+    if args.plot:
+        png = plot_curves(args.sweep_dir, out_dir / "sweep_curves.png")
+        print(f"curves: {png}" if png else "no finished runs to plot")
+    return report
+
+
+if __name__ == "__main__":
+    main()

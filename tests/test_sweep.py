@@ -1,0 +1,260 @@
+"""The seed sweep: the runner (skip finished runs, resume, report failures) and the table maker (mean ± std)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_tables  # noqa: E402
+import sweep  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- table maker
+@pytest.fixture(scope="module")
+def real_runs(synthetic_dir, tiny_bert_dir, tmp_path_factory):
+    """Two real (tiny, 2-step) DocRED runs, NCRL and BCE, to copy into fake sweeps."""
+    out = tmp_path_factory.mktemp("real-runs")
+    common = ["--data_dir", str(synthetic_dir), "--model_name_or_path", tiny_bert_dir, "--max_steps", "2",
+              "--cache_dir", "none", "--test_file", "", "--emb_size", "64", "--block_size", "16",
+              "--max_seq_length", "512", "--no_progress", "--logging_steps", "1", "--seed", "61"]
+    train.main([*common, "--loss", "ncrl", "--shift", "0.05", "--output_dir", str(out / "ncrl")])
+    train.main([*common, "--loss", "bce", "--output_dir", str(out / "bce")])
+    return out
+
+
+def clone(src: Path, dst: Path, dev=None, test=None, **flags) -> Path:
+    """Copy a run directory with other flags (e.g. seed) and known dev/test scores (ign_f1, f1)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt"))
+    args = json.loads((dst / "args.json").read_text())
+    (dst / "args.json").write_text(json.dumps({**args, **flags, "output_dir": str(dst)}))
+    for name, scores in (("dev_scores.json", dev), ("test_scores.json", test)):
+        if scores is not None:
+            ign, f1 = scores
+            (dst / name).write_text(json.dumps({"precision": 50.0, "recall": 50.0, "f1": f1, "ign_f1": ign}))
+    return dst
+
+
+NCRL_DEV = {61: (58.10, 60.40), 62: (59.30, 61.00), 63: (57.65, 59.90)}  # seed: (dev Ign F1, dev F1)
+NCRL_TEST = {61: (57.0, 59.5), 62: (58.2, 60.1)}  # seed 63 without test scores
+BCE_DEV = {61: (55.0, 57.5), 62: (56.5, 58.25)}
+
+
+@pytest.fixture
+def sweep_dir(real_runs, tmp_path):
+    d = tmp_path / "sweep"
+    for seed, dev in NCRL_DEV.items():
+        clone(real_runs / "ncrl", d / f"ncrl-seed{seed}", dev, NCRL_TEST.get(seed), seed=seed)
+    (d / "ncrl-seed62" / "result.zip").write_bytes(b"zip")
+    for seed, dev in BCE_DEV.items():
+        clone(real_runs / "bce", d / f"bce-seed{seed}", dev, seed=seed)
+    clone(real_runs / "ncrl", d / "ncrl-noreg-seed61", (57.0, 59.0), seed=61, no_margin_reg=True)
+    unfinished = clone(real_runs / "ncrl", d / "ncrl-seed64", seed=64)
+    (unfinished / "dev_scores.json").unlink()
+    clone(real_runs / "ncrl", d / "test-mode", (1.0, 1.0), load_path="x/best.pt", do_train=False)
+    for seed, (f1, f1c) in {1: (60.0, 55.0), 2: (62.0, 56.0)}.items():
+        run = d / "dialogre" / f"atl-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "args.json").write_text(json.dumps({"task": "dialogre", "loss": "atl", "seed": seed,
+                                                   "model_name_or_path": "bert-base-uncased"}))
+        (run / "scores.json").write_text(json.dumps({"dev_f1": f1, "dev_f1c": f1c, "test_f1": f1 - 1,
+                                                     "test_f1c": f1c - 1}))
+    run = d / "goemotions" / "ncrl-seed1"  # no `task` key: found by its scores
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"loss": "ncrl", "shift": 0.0, "seed": 1, "model_name_or_path": "x"}))
+    (run / "scores.json").write_text(json.dumps({"dev_map": 50.5, "test_map": 49.0, "test_lrap": 80.0,
+                                                 "test_macro_f1": 45.0, "n_comments": {"dev": 3}}))
+    return d
+
+
+def cell(values) -> str:
+    """The expected table cell: mean ± sample std (ddof=1), computed independently with numpy."""
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def table_rows(markdown: str, first_cell: str):
+    return [line for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def test_table_means_and_sample_stds_over_seeds(sweep_dir, tiny_bert_dir):
+    report = make_tables.main([str(sweep_dir), "--latex", "--plot"])
+    md = (sweep_dir / "tables.md").read_text()
+    assert md == report.markdown
+    encoder = Path(tiny_bert_dir).name
+    rows = table_rows(md, encoder)
+    ncrl = next(r for r in rows if "| NCRL (γ=0.05) |" in r)
+    ign, f1 = zip(*NCRL_DEV.values())
+    test_ign, test_f1 = zip(*NCRL_TEST.values())
+    assert ncrl == (f"| {encoder} | annotated | NCRL (γ=0.05) | 3 | {cell(ign)} | {cell(f1)} | "
+                    f"{cell(test_ign)} (n=2) | {cell(test_f1)} (n=2) | "
+                    f"ncrl-seed62 (59.30, ncrl-seed62/result.zip) |")
+    bce = next(r for r in rows if "| BCE |" in r)
+    ign, f1 = zip(*BCE_DEV.values())
+    assert bce == f"| {encoder} | annotated | BCE | 2 | {cell(ign)} | {cell(f1)} | – | – | bce-seed62 (56.50) |"
+    lone = next(r for r in rows if "| NCRL -margin reg (γ=0.05) |" in r)
+    assert "| 1 | 57.00 | 59.00 |" in lone  # one seed: no ±
+
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    row = next(r for r in summary["rows"] if r["loss"] == "NCRL")
+    assert row["seeds"] == [61, 62, 63]
+    assert row["dev_f1"]["mean"] == pytest.approx(np.mean([v[1] for v in NCRL_DEV.values()]))
+    assert row["dev_f1"]["std"] == pytest.approx(np.std([v[1] for v in NCRL_DEV.values()], ddof=1))
+
+    # ablation table: Δ of the mean dev Ign F1 against NCRL
+    ablation = md.split("### Ablation")[1].split("##")[0]
+    delta = np.mean([v[0] for v in BCE_DEV.values()]) - np.mean([v[0] for v in NCRL_DEV.values()])
+    assert f"| {delta:+.2f} |" in next(line for line in ablation.splitlines() if line.startswith("| BCE |"))
+    assert ablation.index("NCRL (γ") < ablation.index("NCRL -margin reg") < ablation.index("| BCE |")
+
+    # other tasks, unfinished and left-out runs
+    assert f"| bert-base-uncased | annotated | ATL | 2 | {cell([60, 62])} | {cell([55, 56])} |" in md
+    assert "| x | annotated | NCRL -margin shift | 1 | 50.50 | 49.00 | 80.00 | 45.00 |" in md
+    assert "ncrl-seed64 (NCRL (γ=0.05), seed 64): unfinished, last dev_f1" in md
+    assert "test-mode: a test-mode run" in md
+    assert "\\pm" in (sweep_dir / "tables.tex").read_text()
+    assert (sweep_dir / "sweep_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_rows_and_differing_flags(sweep_dir, tiny_bert_dir, tmp_path):
+    paper = tmp_path / "paper.json"
+    paper.write_text(json.dumps({"rows": [{"task": "docred", "encoder": "tiny-bert", "training": "annotated",
+                                           "loss": "NCRL", "dev_ign_f1": 61.5, "dev_f1": 63.25,
+                                           "cite": "NCRL (Zhou and Lee, 2022)"}]}))
+    json_args = sweep_dir / "bce-seed62" / "args.json"
+    json_args.write_text(json.dumps({**json.loads(json_args.read_text()), "learning_rate": 1.0}))
+    md = make_tables.main([str(sweep_dir), "--paper", "--paper_file", str(paper)]).markdown
+    lines = md.splitlines()
+    ncrl = next(i for i, line in enumerate(lines) if "| NCRL (γ=0.05) | 3 |" in line)
+    assert lines[ncrl + 1].startswith("|  |  | ↳ paper: NCRL (Zhou and Lee, 2022) |  | 61.50 | 63.25 | – | – |")
+    assert sum("↳ paper" in line for line in lines) == 1  # only the matching row
+    assert "BCE (" in md and "its runs differ in learning_rate" in md
+
+
+def test_shipped_paper_file_is_well_formed():
+    rows = make_tables.load_paper(make_tables.PAPER_FILE)
+    data = json.loads(make_tables.PAPER_FILE.read_text())
+    for row in rows:
+        assert row["task"] in make_tables.TASKS and row["source"] in data["sources"]
+        assert row["loss"] in make_tables.ABLATION_ORDER + ["ATL"]
+    atlop = make_tables.Config("docred", "roberta-large", "annotated", "ATL")
+    assert make_tables.paper_row(atlop, rows)["test_f1"] == 63.40
+
+
+def test_configuration_labels():
+    label = lambda **a: make_tables.loss_config(a)  # noqa: E731
+    assert label(loss="ncrl", shift=0.05) == ("NCRL", "γ=0.05")
+    assert label(loss="ncrl", shift=0.05, no_margin_reg=True)[0] == "NCRL -margin reg"
+    assert label(loss="ncrl", shift=0.0)[0] == "NCRL -margin shift"
+    assert label(loss="ncrl", shift=0.0, no_margin_reg=True)[0] == "NCRL -both"
+    assert label(loss="bce", prob_shift=0.05) == ("BCE + P-shift", "m=0.05")
+    assert label(loss="atl") == ("ATL", "")
+    regime = make_tables.training_regime
+    assert regime({"load_path": "a/best.pt", "do_train": True}) == "+ distant"
+    assert regime({"train_file": "train_distant.json"}) == "distant (stage 1)"
+    assert regime({"train_file": "train_annotated.json"}) == "annotated"
+    assert make_tables.encoder_name("minilm") == "minilm" and make_tables.encoder_name("/m/roberta-large/") == \
+        "roberta-large"
+
+
+def test_missing_sweep_folder_and_bad_json_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="no such sweep folder"):
+        make_tables.collect_runs(tmp_path / "absent")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"run/args.json: cannot read JSON"):
+        make_tables.collect_runs(tmp_path)
+
+
+# ----------------------------------------------------------------------------- runner
+FAKE_SCRIPT = """#!/usr/bin/env bash
+# A stand-in for a run script: records its call, writes a DocRED-like run directory, fails on request.
+set -euo pipefail
+echo "$LOSS $SEED $*" >> "{calls}"
+out=""
+args=("$@")
+for ((i = 0; i < ${{#args[@]}}; i++)); do [ "${{args[$i]}}" = --output_dir ] && out=${{args[$((i + 1))]}}; done
+mkdir -p "$out"
+echo "{{\\"loss\\": \\"$LOSS\\", \\"seed\\": $SEED, \\"model_name_or_path\\": \\"fake\\", \\"shift\\": 0.05}}" > "$out/args.json"
+if [ -f "{fail}" ] && [ "$LOSS-$SEED" = "$(cat "{fail}")" ]; then echo "boom: seed $SEED diverged" >&2; exit 3; fi
+echo "{{\\"f1\\": $SEED, \\"ign_f1\\": $SEED}}" > "$out/dev_scores.json"
+"""
+
+
+@pytest.fixture
+def fake_script(tmp_path):
+    script = tmp_path / "fake_run.sh"
+    script.write_text(FAKE_SCRIPT.format(calls=tmp_path / "calls.txt", fail=tmp_path / "fail"))
+    return script
+
+
+def calls(tmp_path):
+    path = tmp_path / "calls.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_runner_reports_a_failure_and_continues_then_skips_finished_runs(fake_script, tmp_path, capsys):
+    (tmp_path / "fail").write_text("ncrl-62")
+    out = tmp_path / "sweep"
+    argv = [str(fake_script), "--configs", "ncrl", "bce", "--seeds", "61", "62", "--sweep_dir", str(out),
+            "--", "--max_steps", "2"]
+    assert sweep.main(argv) == 1
+    assert len(calls(tmp_path)) == 4  # the failure did not stop the runs after it
+    printed = capsys.readouterr().out
+    assert "3 run, 0 skipped (finished earlier), 1 failed" in printed
+    assert "FAILED ncrl-seed62 (exit status 3)" in printed and "boom: seed 62 diverged" in printed
+    status = json.loads((out / "sweep_status.json").read_text())
+    assert status["ncrl-seed62"]["rc"] == 3 and status["bce-seed62"]["rc"] == 0
+    assert all("--max_steps 2" in c and "--output_dir" in c for c in calls(tmp_path))
+    assert "ncrl-seed62: failed with exit status 3" in make_tables.build_report(out).markdown
+
+    (tmp_path / "fail").unlink()
+    assert sweep.main(argv) == 0
+    assert calls(tmp_path)[4:] == [f"ncrl 62 --max_steps 2 --output_dir {out / 'ncrl-seed62'}"]  # only the failed one
+    assert "0 failed" in capsys.readouterr().out
+    assert len(list((out / ".attempts").iterdir())) == 1  # the failed attempt, moved aside
+    md = make_tables.build_report(out).markdown
+    assert "| fake | annotated | NCRL (γ=0.05) | 2 | 61.50 ± 0.71 |" in md and "failed" not in md
+
+
+def test_runner_resumes_interrupted_runs_and_passes_variant_flags(fake_script, tmp_path):
+    out = tmp_path / "sweep"
+    (out / "ncrl-noshift-seed5").mkdir(parents=True)
+    (out / "ncrl-noshift-seed5" / "last.pt").write_bytes(b"")
+    sweep.run_sweep(fake_script, ["ncrl-noshift", "bce-pshift"], [5], out, ["--shift", "0.3"], pshift=0.1)
+    assert calls(tmp_path) == [
+        f"ncrl 5 --shift 0.3 --shift 0 --resume --output_dir {out / 'ncrl-noshift-seed5'}",
+        f"bce 5 --shift 0.3 --prob_shift 0.1 --output_dir {out / 'bce-pshift-seed5'}"]
+
+
+def test_two_stage_scripts_get_their_folder_through_out(tmp_path):
+    script = tmp_path / "distant.sh"
+    script.write_text(f'echo "$LOSS $SEED $OUT $*" >> "{tmp_path / "calls.txt"}"\n')
+    sweep.run_sweep(script, ["atl"], [1], tmp_path / "sweep")
+    assert calls(tmp_path) == [f"atl 1 {tmp_path / 'sweep' / 'atl-seed1'} "]
+
+
+def test_plan_dry_run_and_refused_output_dir(fake_script, tmp_path, capsys):
+    jobs = sweep.plan(["ablation", "ncrl", "atl"], [1, 2])
+    assert [j.name for j in jobs[::2]] == [f"{c}-seed1" for c in sweep.ABLATION + ["atl"]]
+    sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", dry_run=True)
+    assert "LOSS=ncrl SEED=1" in capsys.readouterr().out and not calls(tmp_path)
+    with pytest.raises(SystemExit, match="--output_dir is set by the sweep"):
+        sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", ["--output_dir", "x"])
+
+
+def test_run_seeds_sh_sweeps_and_writes_tables(fake_script, tmp_path):
+    out = tmp_path / "sweep"
+    env = {"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent), "HF_HUB_OFFLINE": "1",
+           "LOSSES": "atl", "SEEDS": "7 8", "SWEEP_DIR": str(out)}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_seeds.sh"), str(fake_script)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| fake | annotated | ATL | 2 | 7.50 ± 0.71 | 7.50 ± 0.71 |" in (out / "tables.md").read_text()
