@@ -46,10 +46,8 @@ def _binary_nll(x: Tensor, y: Tensor, shift: float) -> Tensor:
 
 def _masked_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
     """Row-wise log Σ_{j: mask} exp(x_j) of `[N, C]`; -inf with zero gradient where a row's mask is empty."""
-    empty = ~mask.any(dim=1)  # [N]
-    # an all -inf row would give NaN gradients, so empty rows are computed on zeros and then replaced
-    filled = x.masked_fill(~mask, float("-inf")).masked_fill(empty[:, None], 0.0)
-    return torch.logsumexp(filled, dim=1).masked_fill(empty, float("-inf"))
+    # an all -inf row has NaN gradients inside logsumexp; masked_fill's backward zeroes them again
+    return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1)  # [N]
 
 
 def _multi_hot(scores: Tensor, above: Tensor, num_labels: int) -> Tensor:

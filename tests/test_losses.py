@@ -140,6 +140,11 @@ def test_margin_shift_zeroes_easy_negatives():
     assert logits.grad.abs().max().item() == 0.0
     # without the shift the same instance has loss sp(-3) + sp(-4) = 0.048587 + 0.018150
     assert NCRLoss(shift=0.0, margin_reg=False)(logits, labels).item() == pytest.approx(0.066737, abs=1e-5)
+    # the boundary σ(-m) = 1 - γ counts as easy too: m = 0, γ = 0.5
+    logits = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    loss = NCRLoss(shift=0.5, margin_reg=False)(logits, torch.tensor([[1.0, 0.0]]))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad.abs().max().item() == 0.0
 
 
 def test_margin_shift_applies_to_class_zero_term():
@@ -251,6 +256,8 @@ def test_bce_threshold_rule():
     assert loss_fn.get_label(logits).tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
     assert loss_fn.get_label(logits, threshold=0.5).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
     assert loss_fn.get_label(logits, threshold=0.2).tolist() == [[0, 1, 1, 1], [0, 1, 0, 0]]
+    # strictly above: σ(0) = 0.5 is not above 0.5
+    assert loss_fn.get_label(torch.zeros(1, 3), threshold=0.5).tolist() == [[1, 0, 0]]
     assert loss_fn.get_label(logits, num_labels=1).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
     loss_fn.threshold = 0.7  # train.py sets the tuned value on the object
     assert loss_fn.get_label(logits).tolist() == [[0, 0, 0, 1], [1, 0, 0, 0]]
