@@ -284,7 +284,8 @@ def build_split(path: str, encoder: DialogREEncoder, limit: Optional[int] = None
                 n_unique = int(np.searchsorted(ends, budget, side="left")) + 1  # later prefixes repeat it
                 n_unique = min(n_unique, len(turns))
                 base = len(pre_feats)
-                pre_feats += [encoder.assemble(dialogue[:ends[k]], x, y, where) for k in range(n_unique)]
+                pre_feats += [dict(encoder.assemble(dialogue[:ends[k]], x, y, where), labels=feat["labels"])
+                              for k in range(n_unique)]
                 source.append(base + np.minimum(np.arange(len(turns)), n_unique - 1))
                 instance.append(np.full(len(turns), len(features) - 1))
                 visible.append(visibility(turns, inst))
