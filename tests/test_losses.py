@@ -97,7 +97,7 @@ def test_gradcheck_float64(name, opts):
     assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (logits,))
 
 
-def _minimise_expected_loss(loss_fn, delta: torch.Tensor, steps: int = 300) -> torch.Tensor:
+def _minimise_expected_loss(loss_fn, delta: torch.Tensor, steps: int = 150) -> torch.Tensor:
     """Free scores f [K+1] minimising E_y[loss(f, y)] when relation i holds independently with probability Δ_i."""
     k = len(delta)
     draws = torch.tensor(list(itertools.product([0.0, 1.0], repeat=k)), dtype=torch.float64)  # [2^K, K]
