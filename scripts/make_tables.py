@@ -299,9 +299,12 @@ def score_cells(row: Row, columns: Sequence[Tuple[str, str]]) -> List[str]:
     return [fmt(*row.stats(key), len(row.runs)) for key, _ in columns]
 
 
-def filled_columns(rows: Sequence[Row], spec: TaskSpec) -> List[Tuple[str, str]]:
-    """The task's score columns that some run has (no test columns when the test file has no labels)."""
-    return [(k, h) for k, h in spec.columns if any(row.values(k) for row in rows)]
+def filled_columns(rows: Sequence[Row], spec: TaskSpec,
+                   paper: Optional[Sequence[Dict[str, Any]]] = None) -> List[Tuple[str, str]]:
+    """The task's score columns that some run or shown published row has (no test columns when the test
+    file has no labels, unless the paper's test scores are shown)."""
+    published = [p for p in (paper_row(r.config, paper) for r in rows) if p] if paper is not None else []
+    return [(k, h) for k, h in spec.columns if any(row.values(k) for row in rows) or any(k in p for p in published)]
 
 
 def seeds_cell(row: Row) -> str:
@@ -422,7 +425,7 @@ def build_report(sweep_dir: str | Path, paper_file: Optional[str | Path] = None)
         task_rows = [r for r in rows if r.config.task == task]
         if not task_rows:
             continue
-        columns = filled_columns(task_rows, spec)
+        columns = filled_columns(task_rows, spec, paper)
         header, body = main_table(task_rows, columns, paper)
         md += ["", f"## {spec.title}", "", markdown_table(header, body)]
         tex.append(latex_table(spec.title, header, body))

@@ -137,6 +137,13 @@ def test_paper_rows_and_differing_flags(sweep_dir, tiny_bert_dir, tmp_path):
     assert sum("↳ paper" in line for line in lines) == 1  # only the matching row
     assert "BCE (" in md and "its runs differ in learning_rate" in md
 
+    # test columns appear without labelled test runs only when a shown published row has them
+    bce = [r for r in make_tables.group_runs(make_tables.collect_runs(sweep_dir)[0]) if r.config.loss == "BCE"]
+    spec = make_tables.TASKS["docred"]
+    assert [k for k, _ in make_tables.filled_columns(bce, spec)] == ["dev_ign_f1", "dev_f1"]
+    published = [{"task": "docred", "encoder": "tiny-bert", "loss": "BCE", "test_f1": 60.0}]
+    assert [k for k, _ in make_tables.filled_columns(bce, spec, published)] == ["dev_ign_f1", "dev_f1", "test_f1"]
+
 
 def test_shipped_paper_file_is_well_formed():
     rows = make_tables.load_paper(make_tables.PAPER_FILE)
