@@ -480,7 +480,7 @@ class DialogRETask:
                 ends = np.cumsum(np.bincount(pre.instance, minlength=len(split.features))).tolist()
                 run.write_json(f"{name}_pred_f1c.json", [per_prefix[a:b] for a, b in zip([0] + ends[:-1], ends)])
                 c = f1c_score(pred_c.numpy(), split.gold, pre.instance, pre.visible)
-                scores.update({f"{name}_{k}c": v for k, v in c.items()})
+                scores.update({f"{name}_{k}_c" if k != "f1" else f"{name}_f1c": v for k, v in c.items()})
             logger.info("%s: F1 %.2f%s", name, scores[f"{name}_f1"],
                         f"  F1c {scores[f'{name}_f1c']:.2f}" if f"{name}_f1c" in scores else "")
         run.write_json("scores.json", scores)
