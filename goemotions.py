@@ -1,0 +1,406 @@
+"""GoEmotions with Neutral as the none class: data, a [CLS] classifier, ranking metrics and the CLI.
+
+The NCRL paper's Table 3 setting (Zhou & Lee, IJCAI 2022) on GoEmotions (Demszky et al., ACL 2020):
+Reddit comments labeled with 27 emotions or Neutral. Neutral becomes the none class (model column 0),
+the 27 emotions the classes 1..27; comments labeled Neutral *and* an emotion are dropped from every
+split. The headline metric is the class-wise mean average precision (mAP) over the 27 emotions;
+the per-instance label ranking average precision (LRAP), macro-F1 and Neutral accuracy come beside it.
+
+    python goemotions.py --data_dir dataset/goemotions --loss ncrl --output_dir runs/goemotions-ncrl
+
+Training reuses `train.Trainer` and `losses.py`; this file holds only what is specific to the task.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import train
+import utils
+
+logger = logging.getLogger("docre")
+
+NEUTRAL = "neutral"
+HF_DATASET, HF_CONFIG = "go_emotions", "simplified"
+SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+HF_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Comment:
+    """One comment; `labels` are ids into labels.txt (file order, not model columns)."""
+
+    text: str
+    labels: Tuple[int, ...]
+    id: str
+
+
+def read_label_names(path: str | os.PathLike) -> List[str]:
+    """The label names of labels.txt, one a line; one of them must be `neutral`."""
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the label names: {e}") from e
+    if NEUTRAL not in names:
+        raise ValueError(f"{path}: no label named {NEUTRAL!r} among {len(names)} names (it is the none class)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: repeated label names")
+    return names
+
+
+def check_labels(labels: Sequence[int], num_labels: int, where: str) -> Tuple[int, ...]:
+    """The label ids of one comment, or an error naming the comment when they are invalid."""
+    if len(labels) == 0:
+        raise ValueError(f"{where}: field 'labels' is empty")
+    if any(not 0 <= i < num_labels for i in labels):
+        raise ValueError(f"{where}: field 'labels' {list(labels)} has ids outside 0..{num_labels - 1}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}: field 'labels' {list(labels)} repeats a label")
+    return tuple(int(i) for i in labels)
+
+
+def read_tsv(path: str | os.PathLike, num_labels: int) -> List[Comment]:
+    """Comments of a GoEmotions TSV file: text, comma-separated label ids, comment id."""
+    comments = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != 3:
+                raise ValueError(f"{path} line {line_no}: expected 3 tab-separated fields (text, labels, id), "
+                                 f"got {len(fields)}")
+            text, label_field, comment_id = fields
+            where = f"{path} line {line_no} (comment {comment_id!r})"
+            try:
+                ids = [int(x) for x in label_field.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
+            comments.append(Comment(text, check_labels(ids, num_labels, where), comment_id))
+    return comments
+
+
+def comments_from_hf(split, name: str) -> List[Comment]:
+    """Comments of one split of the Hugging Face `go_emotions` (simplified) dataset."""
+    num_labels = split.features["labels"].feature.num_classes
+    return [Comment(ex["text"], check_labels(ex["labels"], num_labels, f"{name} row {i} (comment {ex['id']!r})"),
+                    ex["id"]) for i, ex in enumerate(split)]
+
+
+def is_ambiguous(labels: Sequence[int], neutral_id: int) -> bool:
+    """Labeled Neutral together with an emotion."""
+    return neutral_id in labels and len(labels) > 1
+
+
+def drop_ambiguous(comments: Sequence[Comment], neutral_id: int) -> Tuple[List[Comment], int]:
+    """The comments that are not ambiguous, and how many were dropped."""
+    kept = [c for c in comments if not is_ambiguous(c.labels, neutral_id)]
+    return kept, len(comments) - len(kept)
+
+
+class LabelOrder:
+    """Maps labels.txt ids to model columns: Neutral first (the none class), then the emotions in file order."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.neutral_id = self.names.index(NEUTRAL)
+        emotions = [i for i in range(len(names)) if i != self.neutral_id]
+        self.file_ids = np.array([self.neutral_id] + emotions)  # [C] labels.txt id of each model column
+        self.column = np.argsort(self.file_ids)  # [C] model column of each labels.txt id
+
+    @property
+    def num_class(self) -> int:
+        return len(self.names)
+
+    def multi_hot(self, comments: Sequence[Comment]) -> np.ndarray:
+        """Gold labels `[N, C]` in model columns."""
+        out = np.zeros((len(comments), self.num_class), dtype=np.float32)
+        rows = np.repeat(np.arange(len(comments)), [len(c.labels) for c in comments])
+        ids = np.array([i for c in comments for i in c.labels], dtype=np.int64)
+        out[rows, self.column[ids]] = 1.0
+        return out
+
+    def to_file_order(self, matrix: np.ndarray) -> np.ndarray:
+        """Columns of a `[N, C]` model-order matrix rearranged into labels.txt order."""
+        return matrix[:, self.column]
+
+
+def load_comments(args: argparse.Namespace) -> Tuple[List[str], Dict[str, List[Comment]]]:
+    """Label names and the three splits, from the TSV files in --data_dir or, with --hf_dataset, the hub."""
+    if not args.hf_dataset:
+        names = read_label_names(Path(args.data_dir) / "labels.txt")
+        return names, {s: read_tsv(Path(args.data_dir) / f, len(names)) for s, f in SPLIT_FILES.items()}
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(HF_DATASET, HF_CONFIG)
+    except Exception as e:  # the hub raises many types; all mean the same to the user
+        raise SystemExit(f"--hf_dataset: cannot load {HF_DATASET}/{HF_CONFIG} from the Hugging Face hub "
+                         f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}. Without network, put "
+                         f"train.tsv, dev.tsv, test.tsv and labels.txt in --data_dir instead.")
+    names = list(ds["train"].features["labels"].feature.names)
+    return names, {s: comments_from_hf(ds[hf], f"{HF_DATASET}/{hf}") for s, hf in HF_SPLITS.items()}
+
+
+def build_features(comments: Sequence[Comment], tokenizer, order: LabelOrder,
+                   max_seq_length: int) -> List[Dict[str, Any]]:
+    """One feature per comment: token ids with the tokenizer's special tokens, gold model columns."""
+    ids = tokenizer([c.text for c in comments], truncation=True, max_length=max_seq_length)["input_ids"]
+    return [{"id": c.id, "input_ids": x, "labels": order.column[list(c.labels)]} for c, x in zip(comments, ids)]
+
+
+class Collator:
+    """Pads features into input_ids / attention_mask `[B, L]` and multi-hot labels `[B, C]`."""
+
+    def __init__(self, num_class: int, pad_token_id: int = 0):
+        self.num_class, self.pad_token_id = num_class, pad_token_id
+
+    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        lengths = [len(f["input_ids"]) for f in features]
+        input_ids = torch.full((len(features), max(lengths)), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.zeros((len(features), self.num_class))
+        for i, f in enumerate(features):
+            input_ids[i, :lengths[i]] = torch.as_tensor(f["input_ids"])
+            attention_mask[i, :lengths[i]] = 1
+            labels[i, torch.as_tensor(f["labels"], dtype=torch.long)] = 1.0
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- model
+class EmotionClassifier(nn.Module):
+    """The encoder's first-token ([CLS]) vector, dropout, then a linear layer to C logits."""
+
+    def __init__(self, encoder: nn.Module, num_class: int, dropout: Optional[float] = None):
+        super().__init__()
+        self.encoder = encoder  # named `encoder` so the Trainer gives it --learning_rate
+        config = encoder.config
+        p = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, num_class)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        return self.classifier(self.dropout(hidden[:, 0]))  # [B, C]
+
+
+# ----------------------------------------------------------------------------- metrics
+def ranking_average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Average precision of each row's ranking of its columns `[R]`; NaN for rows without a positive.
+
+    A positive scoring s counts precision |positives scoring >= s| / |items scoring >= s|, so tied
+    items are ranked together (as scikit-learn does); the AP is the mean over the row's positives.
+    """
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0.5
+    if scores.ndim != 2 or scores.shape != positive.shape:
+        raise ValueError(f"scores {scores.shape} and labels {positive.shape} must be matrices of one shape")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    rows, n = scores.shape
+    if n == 0:
+        return np.full(rows, np.nan)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=1)  # [R, n] descending
+    y = np.take_along_axis(positive, order, axis=1)  # [R, n]
+    last_of_tie = np.ones_like(y)
+    last_of_tie[:, :-1] = s[:, :-1] != s[:, 1:]
+    # the position of the last item of each item's tie group: a reversed running minimum
+    marks = np.where(last_of_tie, np.arange(n), n)
+    group_end = np.minimum.accumulate(marks[:, ::-1], axis=1)[:, ::-1]  # [R, n]
+    hits = np.take_along_axis(np.cumsum(y, axis=1), group_end, axis=1)  # positives scoring >= s
+    precision = hits / (group_end + 1.0)
+    n_pos = y.sum(axis=1)
+    total = np.where(y, precision, 0.0).sum(axis=1)
+    return np.divide(total, n_pos, out=np.full(rows, np.nan), where=n_pos > 0)
+
+
+def class_wise_map(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes (columns with a positive) of the AP of ranking all instances by that class (%)."""
+    return 100.0 * float(np.nanmean(ranking_average_precision(np.asarray(scores).T, np.asarray(labels).T)))
+
+
+def label_ranking_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over instances (rows with a positive) of the AP of ranking that instance's classes (%)."""
+    return 100.0 * float(np.nanmean(ranking_average_precision(scores, labels)))
+
+
+def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Mean over columns of the F1 of multi-hot predictions (%); 0 for a column never gold nor predicted."""
+    pred, gold = np.asarray(pred) > 0.5, np.asarray(gold) > 0.5
+    tp = (pred & gold).sum(axis=0)
+    wrong = (pred ^ gold).sum(axis=0)  # false positives + false negatives
+    denom = 2 * tp + wrong
+    return 100.0 * float(np.mean(np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)))
+
+
+def decision_margins(logits: torch.Tensor, loss_fn: Any) -> torch.Tensor:
+    """Scores `[N, C]` in model columns, positive where the loss's decision rule predicts the class.
+
+    Emotions: f_i - f_0 for losses that threshold on the none class, f_i - logit(threshold) for BCE;
+    Neutral: minus the largest emotion margin. Ranking by these equals ranking by the loss's own scores.
+    """
+    logits = logits.float()
+    if getattr(loss_fn, "tunes_threshold", False):
+        emotions = logits[:, 1:] - math.log(loss_fn.threshold / (1.0 - loss_fn.threshold))  # [N, K]
+    else:
+        emotions = logits[:, 1:] - logits[:, :1]  # [N, K]
+    return torch.cat([-emotions.max(dim=1, keepdim=True).values, emotions], dim=1)  # [N, K+1]
+
+
+def score(logits: torch.Tensor, gold: np.ndarray, loss_fn: Any, num_labels: int = -1,
+          threshold: Optional[float] = None) -> Dict[str, float]:
+    """mAP, LRAP, macro-F1 over the emotion columns and Neutral accuracy (%), for model-order `gold`."""
+    margins = decision_margins(logits, loss_fn).numpy()
+    kw = {"threshold": threshold} if threshold is not None else {}
+    pred = loss_fn.get_label(logits, num_labels=num_labels, **kw).numpy()
+    return {"map": class_wise_map(margins[:, 1:], gold[:, 1:]), "lrap": label_ranking_ap(margins[:, 1:], gold[:, 1:]),
+            "macro_f1": macro_f1(pred[:, 1:], gold[:, 1:]),
+            "neutral_acc": 100.0 * float(np.mean((pred[:, 0] > 0.5) == (gold[:, 0] > 0.5)))}
+
+
+# ----------------------------------------------------------------------------- training and evaluation
+def add_goemotions_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of the GoEmotions task; NCRL defaults to the plain loss (no margin regularization, no shift)."""
+    g = parser.add_argument_group("goemotions")
+    g.add_argument("--data_dir", default="./dataset/goemotions", help="train.tsv, dev.tsv, test.tsv, labels.txt")
+    g.add_argument("--hf_dataset", action="store_true",
+                   help=f"load {HF_DATASET} ({HF_CONFIG}) through Hugging Face datasets instead (needs network)")
+    g.add_argument("--max_seq_length", type=int, default=128)
+    g.add_argument("--margin_reg", dest="no_margin_reg", action="store_false",
+                   help="NCRL with margin regularization (off for this task, as in the paper)")
+    for split in SPLIT_FILES:
+        g.add_argument(f"--{split}_limit", type=int, default=-1,
+                       help=f"use only the first N {split} comments left after the ambiguity filter (-1: all)")
+    parser.set_defaults(no_margin_reg=True, num_labels=-1, train_batch_size=16, test_batch_size=64,
+                        num_train_epochs=4.0, select_metric="map")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = add_goemotions_args(train.add_training_args(parser)).parse_args(argv)
+    if args.output_dir is None:
+        default = Path(train.default_output_dir(args))
+        args.output_dir = str(default.with_name("goemotions-" + default.name))
+    return args
+
+
+def predict(model: nn.Module, features: Sequence[dict], collate: Collator, args: argparse.Namespace,
+            desc: str) -> torch.Tensor:
+    """Logits `[N, C]` of `features` in their order, fp32 on the CPU."""
+    device = next(model.parameters()).device
+    # comments vary a lot in length: batching them sorted saves most of the padding
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    logits = train.predict_logits(model, [features[i] for i in order], collate, args.test_batch_size, device,
+                                  utils.amp_dtype(device, args.amp), desc, not args.no_progress)
+    return logits[torch.from_numpy(np.argsort(order))] if len(features) else logits
+
+
+def evaluate(logits: torch.Tensor, gold: np.ndarray, loss_fn: Any, args: argparse.Namespace,
+             tune_threshold: bool) -> Dict[str, float]:
+    """Scores of `logits`; for BCE with `tune_threshold`, first set loss_fn.threshold to the best dev macro-F1."""
+    import losses
+
+    if not getattr(loss_fn, "tunes_threshold", False):
+        return score(logits, gold, loss_fn, args.num_labels)
+    if tune_threshold:
+        trials = {t: score(logits, gold, loss_fn, args.num_labels, t)["macro_f1"] for t in losses.THRESHOLD_GRID}
+        loss_fn.threshold = max(trials, key=trials.get)
+    return {**score(logits, gold, loss_fn, args.num_labels), "threshold": loss_fn.threshold}
+
+
+def limited(comments: List[Comment], limit: int) -> List[Comment]:
+    return comments if limit < 0 else comments[:limit]
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, atomically."""
+    with utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def load_checkpoint(model: nn.Module, loss_fn: Any, args: argparse.Namespace, names: List[str],
+                    device: torch.device) -> None:
+    """Weights (and BCE's threshold) from --load_path, refusing another encoder or label set."""
+    ckpt = torch.load(args.load_path, map_location=device, weights_only=False)
+    train.check_checkpoint(ckpt, args.load_path, args, rel2id=None)
+    if ckpt.get("label_names", names) != names:
+        raise SystemExit(f"--load_path {args.load_path} was trained with the labels {ckpt['label_names']}, but "
+                         f"{args.data_dir} has {names}")
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("threshold") is not None and not args.do_train:
+        loss_fn.threshold = ckpt["threshold"]
+    logger.info("loaded weights from %s", args.load_path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """Train (unless only --load_path is given), then score dev and test and write the run directory."""
+    args = parse_args(argv)
+    run = train.RunDirectory(args.output_dir)
+    train.setup_logging(run)
+    utils.set_seed(args.seed)
+    device = utils.select_device(args.device)
+    names, splits = load_comments(args)
+    order = LabelOrder(names)
+    comments, dropped = {}, {}
+    for split, rows in splits.items():
+        kept, dropped[split] = drop_ambiguous(rows, order.neutral_id)
+        comments[split] = limited(kept, getattr(args, f"{split}_limit"))
+        logger.info("%s: %d comments, %d dropped as Neutral + emotion, %d used", split, len(rows), dropped[split],
+                    len(comments[split]))
+    tokenizer, encoder = train.load_encoder_and_tokenizer(args)
+    if args.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable()
+    features = {s: build_features(c, tokenizer, order, args.max_seq_length) for s, c in comments.items()}
+    gold = {s: order.multi_hot(c) for s, c in comments.items()}
+    collate = Collator(order.num_class, tokenizer.pad_token_id or 0)
+    run.write_json("args.json", {**vars(args), "task": "goemotions", "label_names": names, "dropped_ambiguous": dropped,
+                                 "n_comments": {s: len(c) for s, c in comments.items()}, "device": str(device)})
+    model = EmotionClassifier(encoder, order.num_class).to(device)
+    loss_fn = train.build_loss_from_args(args)
+    if args.load_path:
+        load_checkpoint(model, loss_fn, args, names, device)
+    if args.do_train or not args.load_path:
+        dev_eval = lambda m: evaluate(predict(m, features["dev"], collate, args, "dev"),  # noqa: E731
+                                      gold["dev"], loss_fn, args, tune_threshold=True)
+        trainer = train.Trainer(args, model, loss_fn, features["train"], collate, dev_eval, run,
+                                extra_state={"label_names": names})
+        logger.info("training on %d comments: %d optimizer steps, loss %s", len(features["train"]),
+                    trainer.total_steps, loss_fn)
+        start = time.time()
+        trainer.train()
+        logger.info("training took %.1f s", time.time() - start)
+        best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
+        model.load_state_dict(best["model"])
+        if best.get("threshold") is not None:
+            loss_fn.threshold = best["threshold"]
+        if args.save_path:
+            utils.atomic_torch_save(best, args.save_path)
+        run.plot_curves(args.select_metric)
+
+    dev = evaluate(predict(model, features["dev"], collate, args, "dev"), gold["dev"], loss_fn, args, False)
+    test_logits = predict(model, features["test"], collate, args, "test")
+    test = evaluate(test_logits, gold["test"], loss_fn, args, False)
+    save_npy(run.file("test_scores.npy"), order.to_file_order(decision_margins(test_logits, loss_fn).numpy()))
+    save_npy(run.file("test_labels.npy"), order.to_file_order(gold["test"]))
+    scores = {**{f"dev_{k}": v for k, v in dev.items() if k != "threshold"},
+              **{f"test_{k}": v for k, v in test.items() if k != "threshold"}, "dropped_ambiguous": dropped,
+              "n_comments": {s: len(c) for s, c in comments.items()}}
+    if "threshold" in test:
+        scores["threshold"] = test["threshold"]
+    run.write_json("scores.json", scores)
+    logger.info("dev %s | test %s", train.fmt_scores(dev), train.fmt_scores(test))
+    return scores
+
+
+if __name__ == "__main__":
+    main()
