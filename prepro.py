@@ -126,17 +126,21 @@ def _json_problem(path: str, err: json.JSONDecodeError, what: str) -> Validation
                                   f"(char {err.pos}): {err.msg}; is the file truncated?"])
 
 
-def _read_text(path: str | os.PathLike) -> Tuple[str, str]:
-    """(text, sha256 hex) of a UTF-8 file; a clear error for non-UTF-8 bytes."""
+def _file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, read in blocks (a cache hit never holds the file in memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file; a clear error for non-UTF-8 bytes."""
     data = Path(path).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ValidationError(path, [f"not valid UTF-8: byte {data[e.start:e.start + 1]!r} at offset {e.start} "
                                      f"(line {line}): {e.reason}"]) from None
-    return text, digest
 
 
 def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
@@ -216,6 +220,14 @@ def _mention_ok(m: Any, sent_lens: List[int]) -> bool:
             and 0 <= sent_id < len(sent_lens) and 0 <= start < end <= sent_lens[sent_id])
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_sents(sents: Any, bad: Callable[[str, str, Any], None]) -> Optional[List[int]]:
     """Sentence lengths, or None after reporting why `sents` is unusable."""
     if not isinstance(sents, list) or not sents:
@@ -229,6 +241,12 @@ def _check_sents(sents: Any, bad: Callable[[str, str, Any], None]) -> Optional[L
         return None
     if sum(lengths) == 0:
         bad("sents", "the document has no words", sents)
+        return None
+    if not _is_unicode("".join(chain.from_iterable(sents))):  # JSON escapes can smuggle in lone surrogates
+        for s_i, sent in enumerate(sents):
+            for w_i, word in enumerate(sent):
+                if not _is_unicode(word):
+                    bad(f"sents[{s_i}][{w_i}]", "not valid Unicode (a lone surrogate)", word)
         return None
     return lengths
 
@@ -310,8 +328,8 @@ def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[Lis
         bad(key, "missing key", sorted(doc))
     if missing:
         return problems, warns, labels
-    if not isinstance(title, str):
-        bad("title", "must be a string", title)
+    if not isinstance(title, str) or not _is_unicode(title):
+        bad("title", "must be a string of valid Unicode", title)
     sent_lens = _check_sents(doc["sents"], bad)
     if sent_lens is None:
         return problems, warns, labels
@@ -712,7 +730,7 @@ def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max
     if show_progress:
         from tqdm import tqdm
 
-        progress = tqdm(desc=f"reading {Path(path).name}", unit="doc")
+        progress = tqdm(desc=f"reading {Path(path).name}", unit="doc", mininterval=2.0)
     with _gc_paused():
         for i, doc in enumerate(iter_documents(path, text)):
             doc_problems, doc_warns, labels = validate_document(doc, i, rel2id)
@@ -748,6 +766,34 @@ def _warn_truncation(path: str, stats: Dict[str, Any]) -> None:
                        stats["truncated_mentions"], stats["truncated_entities"])
 
 
+def _write_cache(folder: Path, key: str, path: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
+                 marker: Optional[str], show_progress: bool) -> None:
+    """Build the features of `path` into a temporary folder beside `folder`, then rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        sink = _ColumnSink(tmp)
+        try:
+            titles, extra = _build(path, _read_text(path), enc, rel2id, max_len, marker, sink, show_progress)
+        finally:
+            sink.close()
+        titles_bytes = json.dumps(titles, ensure_ascii=False).encode("utf-8")
+        meta = {"key": key, "format_version": FEATURE_FORMAT_VERSION, "source": path, "sizes": sink.sizes,
+                "crc32": sink.crc32, "crc32_titles": zlib.crc32(titles_bytes)}
+        meta["stats"] = {**_compute_stats(_open_columns(tmp, meta), max_len), **extra}
+        (tmp / "titles.json").write_bytes(titles_bytes)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process (e.g. a DDP rank) renamed the same cache into place first
+            pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int], max_seq_length: int = 1024,
                 entity_marker: Optional[str] = "*", cache_dir: Optional[str | os.PathLike] = None,
                 show_progress: bool = False) -> DocREFeatures:
@@ -757,51 +803,25 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
     enc.check_marker(entity_marker)
     if max_seq_length <= enc.n_prefix + enc.n_suffix:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text after the special tokens")
-    text, digest = _read_text(path)
     if cache_dir is None:
         sink = _ColumnSink()
-        titles, extra = _build(path, text, enc, rel2id, max_seq_length, entity_marker, sink, show_progress)
+        titles, extra = _build(path, _read_text(path), enc, rel2id, max_seq_length, entity_marker, sink,
+                               show_progress)
         cols = sink.close()
-        stats = {**_compute_stats(cols, max_seq_length), **extra}
-        _warn_truncation(path, stats)
-        return DocREFeatures(cols, titles, stats, path=path)
-
-    key = cache_key(digest, enc, rel2id, max_seq_length, entity_marker)
+        features = DocREFeatures(cols, titles, {**_compute_stats(cols, max_seq_length), **extra}, path=path)
+        _warn_truncation(path, features.stats)
+        return features
+    key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker)
     folder = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}"
+    features = None
     if folder.exists():
         try:
             features = _load_cache(folder, key)
-            _warn_truncation(path, features.stats)
-            return features
         except Exception as e:  # any unreadable cache is rebuilt, never trusted
             logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=cache_dir))
-    try:
-        sink = _ColumnSink(tmp)
-        try:
-            titles, extra = _build(path, text, enc, rel2id, max_seq_length, entity_marker, sink, show_progress)
-        finally:
-            sink.close()
-        del text
-        titles_bytes = json.dumps(titles, ensure_ascii=False).encode("utf-8")
-        meta = {"key": key, "format_version": FEATURE_FORMAT_VERSION, "source": path, "sizes": sink.sizes,
-                "crc32": sink.crc32, "crc32_titles": zlib.crc32(titles_bytes)}
-        cols = _open_columns(tmp, meta)
-        meta["stats"] = {**_compute_stats(cols, max_seq_length), **extra}
-        (tmp / "titles.json").write_bytes(titles_bytes)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")  # written last: marks complete
-        del cols
-        if folder.exists():
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process (e.g. a DDP rank) finished the same cache first
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    features = _load_cache(folder, key)
+    if features is None:
+        _write_cache(folder, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress)
+        features = _load_cache(folder, key)
     _warn_truncation(path, features.stats)
     return features
 

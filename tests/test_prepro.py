@@ -425,6 +425,7 @@ def test_missing_mention_key(tmp_path, minilm_tokenizer):
     ("title", lambda d: d.update(title=7), "7"),
     ("sents", lambda d: d.update(sents="Alice was born"), "'Alice was born'"),
     ("sents[1]", lambda d: d["sents"][1].__setitem__(2, 5), "5"),
+    ("sents[0][2]", lambda d: d["sents"][0].__setitem__(2, "w\ud800s"), "'w\\ud800s'"),
     ("vertexSet[0][1].sent_id", lambda d: d["vertexSet"][0][1].update(sent_id="1"), "'1'"),
     ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[3.0, 4.0]), "[3.0, 4.0]"),
     ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[True, 4]), "[True, 4]"),
@@ -432,7 +433,7 @@ def test_missing_mention_key(tmp_path, minilm_tokenizer):
     ("labels[0].h", lambda d: d["labels"][0].update(h="1"), "'1'"),
     ("labels", lambda d: d.update(labels={"h": 1}), "{'h': 1}"),
     ("vertexSet", lambda d: d.update(vertexSet={}), "{}"),
-], ids=["title", "sents", "word", "sent_id", "pos_float", "pos_bool", "name", "label_h", "labels", "vertexSet"])
+], ids=["title", "sents", "word", "surrogate", "sent_id", "pos_float", "pos_bool", "name", "label_h", "labels", "vertexSet"])
 def test_wrong_types(tmp_path, minilm_tokenizer, field, edit, value):
     doc = make_doc("T")
     edit(doc)
