@@ -504,35 +504,32 @@ def build_loss_from_args(args: argparse.Namespace) -> Any:
         options = {"shift": args.shift, "margin_reg": not args.no_margin_reg}
     elif name == "bce":
         options = {"prob_shift": args.prob_shift}
+    ignored = [flag for flag, used in (("--shift", args.shift and name != "ncrl"),
+                                       ("--no_margin_reg", args.no_margin_reg and name != "ncrl"),
+                                       ("--prob_shift", args.prob_shift and name != "bce")) if used]
+    if ignored:
+        logger.warning("%s do(es) not apply to --loss %s and is ignored", ", ".join(ignored), name)
     return losses.build_loss(name, **options)
 
 
 def load_encoder_and_tokenizer(args: argparse.Namespace):
     """The tokenizer and encoder of --model_name_or_path, with a clear error when neither folder nor hub works."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from model import load_encoder
 
     path = utils.resolve_model_path(args.model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(utils.resolve_model_path(args.config_name) if args.config_name else path)
         tokenizer = AutoTokenizer.from_pretrained(
             utils.resolve_model_path(args.tokenizer_name) if args.tokenizer_name else path)
-        encoder = load_encoder(path, config)
+        encoder = load_encoder(path, config=config)
     except OSError as e:
         raise SystemExit(
             f"--model_name_or_path {args.model_name_or_path!r} is neither a local folder nor reachable on the "
             f"model hub (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Use "
             f"--model_name_or_path minilm for the packaged offline encoder, or download the model first. ({e})")
     return tokenizer, encoder
-
-
-def load_encoder(path: str, config) -> nn.Module:
-    """AutoModel with SDPA attention where the architecture has it, else eager."""
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_pretrained(path, config=config, attn_implementation="sdpa")
-    except (ValueError, ImportError):
-        return AutoModel.from_pretrained(path, config=config, attn_implementation="eager")
 
 
 def check_checkpoint(ckpt: Dict[str, Any], path: str, args: argparse.Namespace, rel2id: Dict[str, int]) -> None:
