@@ -6,6 +6,7 @@ importable so that the other tasks of the paper (dialogre.py, goemotions.py) reu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -15,10 +16,11 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -115,8 +117,20 @@ class RunDirectory:
     def __init__(self, path: str | os.PathLike, is_main: bool = True):
         self.path = Path(path)
         self.is_main = is_main
+        self.wandb = None
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
+
+    def enable_wandb(self, args: argparse.Namespace) -> None:
+        """Mirror metrics to Weights & Biases (imported only when --wandb is asked for)."""
+        if not self.is_main:
+            return
+        try:
+            import wandb
+        except ImportError as e:
+            raise SystemExit("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from e
+        self.wandb = wandb.init(project=args.wandb_project, name=args.run_name or self.path.name,
+                                config=vars(args), dir=str(self.path))
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -130,6 +144,8 @@ class RunDirectory:
         if self.is_main:
             with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.wandb is not None:
+                self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record.get("step"))
 
     def read_metrics(self) -> List[Dict[str, Any]]:
         path = self.file("metrics.jsonl")
@@ -178,11 +194,11 @@ class RunDirectory:
 
 
 def setup_logging(run: Optional[RunDirectory]) -> None:
-    """Log to the console and, on the main process, to <run>/train.log."""
+    """Log to the console and, on the main process, to <run>/train.log; other ranks log warnings only."""
     handlers: List[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if run is not None and run.is_main:
         handlers.append(logging.FileHandler(run.file("train.log"), encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+    logging.basicConfig(level=logging.INFO if run is None or run.is_main else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", handlers=handlers, force=True)
 
 
@@ -241,6 +257,37 @@ def set_rng_states(states: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def init_distributed(device: Optional[str] = None) -> Tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, utils.select_device(device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), world, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def world_info() -> Tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if world_info()[1] > 1:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def oom_message(args: argparse.Namespace) -> str:
     """What to change when the GPU runs out of memory."""
     return (f"CUDA out of memory at --train_batch_size {args.train_batch_size} and --max_seq_length "
@@ -260,13 +307,18 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, model: nn.Module, loss_fn: Any, train_features: Sequence[dict],
                  collate: Callable, evaluate: Callable[[nn.Module], Dict[str, float]], run: RunDirectory,
                  extra_state: Optional[Dict[str, Any]] = None, lengths: Optional[Sequence[int]] = None):
-        self.args, self.model, self.loss_fn, self.features = args, model, loss_fn, train_features
+        self.args, self.loss_fn, self.features = args, loss_fn, train_features
         self.collate, self.evaluate, self.run = collate, evaluate, run
         self.extra_state = extra_state or {}
         self.device = next(model.parameters()).device
         self.dtype = utils.amp_dtype(self.device, args.amp)
+        self.rank, self.world = world_info()
+        self.module = model  # unwrapped: checkpoints and evaluation
+        self.model = model if self.world == 1 else nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.lengths = lengths if lengths is not None else [len(f["input_ids"]) for f in train_features]
-        self.batches_per_epoch = math.ceil(len(train_features) / args.train_batch_size)
+        self.global_batch = args.train_batch_size * self.world
+        self.batches_per_epoch = math.ceil(len(train_features) / self.global_batch)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / args.gradient_accumulation_steps)
         total = int(math.ceil(self.steps_per_epoch * args.num_train_epochs))
         self.total_steps = min(total, args.max_steps) if args.max_steps > 0 else total
@@ -278,38 +330,63 @@ class Trainer:
 
     # -- checkpoints
     def checkpoint(self, full: bool) -> Dict[str, Any]:
-        ckpt = {"version": STATE_VERSION, "model": self.model.state_dict(), "args": vars(self.args),
+        ckpt = {"version": STATE_VERSION, "model": self.module.state_dict(), "args": vars(self.args),
                 "threshold": getattr(self.loss_fn, "threshold", None), "state": dict(self.state),
                 **self.extra_state}
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                        scaler=self.scaler.state_dict(), rng=rng_states())
+                        scaler=self.scaler.state_dict(), rng=self.gather(rng_states()))
         return ckpt
+
+    def gather(self, obj: Any) -> List[Any]:
+        """`obj` of every rank, in rank order (on rank 0; other ranks get their own only)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out if self.rank == 0 else [obj]
 
     def resume_from(self, path: Path) -> None:
         """Restore everything saved in last.pt."""
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(ckpt["model"])
+        self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if ckpt.get("threshold") is not None:
             self.loss_fn.threshold = ckpt["threshold"]
         self.state.update(ckpt["state"])
-        set_rng_states(ckpt["rng"])
+        rng = ckpt["rng"]
+        set_rng_states(rng[self.rank] if len(rng) == self.world else rng[0])
         self.run.truncate_metrics(self.state["step"])
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state["step"],
                     self.state["epoch"], self.state["batch_in_epoch"])
 
     # -- one optimizer step
-    def micro_step(self, batch: Dict[str, torch.Tensor], n_micro: int) -> float:
-        """Forward and backward one micro-batch; returns its loss."""
+    def micro_step(self, docs: List[int], n_micro: int, sync: bool) -> float:
+        """Forward and backward this rank's share of one global micro-batch; returns the batch's loss.
+
+        The loss is the mean over the instances of the whole global micro-batch (all ranks), so a run on
+        N processes takes the same steps as one process with an N times larger batch.
+        """
+        local = docs[self.rank * self.args.train_batch_size:(self.rank + 1) * self.args.train_batch_size]
+        batch = self.collate([self.features[i] for i in (local or docs[:1])])  # an empty share still syncs
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
-        with utils.autocast(self.device, self.dtype):
-            logits = self.model(**batch)
-        loss = self.loss_fn(logits.float(), labels)
-        self.scaler.scale(loss / n_micro).backward()
+        n_local = torch.tensor(float(labels.shape[0] if local else 0), device=self.device)
+        n_global = n_local.clone()
+        if self.world > 1:
+            dist.all_reduce(n_global)
+        weight = n_local * self.world / n_global.clamp(min=1)
+        context = self.model.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
+        with context:
+            with utils.autocast(self.device, self.dtype):
+                logits = self.model(**batch)
+            loss = self.loss_fn(logits.float(), labels) * weight
+            self.scaler.scale(loss / n_micro).backward()
+        loss = loss.detach() / self.world
+        if self.world > 1:
+            dist.all_reduce(loss)
         return loss.item()
 
     def optimizer_step(self, losses: List[float]) -> Dict[str, float]:
@@ -335,11 +412,16 @@ class Trainer:
         return {"loss": loss, "grad_norm": grad_norm, "skipped": not finite}
 
     # -- evaluation and checkpoints
-    def evaluate_and_save(self) -> Dict[str, float]:
-        self.model.eval()
-        scores = self.evaluate(self.model)
-        self.model.train()
+    def evaluate_and_save(self) -> Optional[Dict[str, float]]:
+        """Evaluate on dev (every rank predicts its shard; rank 0 scores), keep the best, save last.pt."""
+        self.module.eval()
+        scores = self.evaluate(self.module)
+        self.module.train()
         self.state["last_eval_step"] = self.state["step"]
+        if self.rank != 0:
+            self.save_last()  # joins the gathering of RNG states
+            barrier()
+            return None
         metric = self.args.select_metric
         score = scores[metric]
         improved = score > self.state["best_score"]
@@ -354,10 +436,12 @@ class Trainer:
                     self.state["best_score"], self.state["best_step"])
         self.save_last()
         self.run.plot_curves(metric)
+        barrier()
         return scores
 
     def save_last(self) -> None:
-        self.run.save("last.pt", self.checkpoint(full=True))
+        ckpt = self.checkpoint(full=True)  # every rank: it gathers the RNG states
+        self.run.save("last.pt", ckpt)
 
     # -- the loop
     def train(self) -> Dict[str, Any]:
@@ -368,16 +452,16 @@ class Trainer:
             self.resume_from(resume)
         self.model.train()
         n_epochs = math.ceil(args.num_train_epochs)
-        bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", disable=args.no_progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", dynamic_ncols=True,
+                   disable=args.no_progress or self.rank != 0)
         window: List[float] = []
         while state["epoch"] < n_epochs and state["step"] < self.total_steps:
-            batches = epoch_batches(self.lengths, args.train_batch_size, args.seed, state["epoch"],
+            batches = epoch_batches(self.lengths, self.global_batch, args.seed, state["epoch"],
                                     args.length_bucketing)
             while state["batch_in_epoch"] < len(batches) and state["step"] < self.total_steps:
                 start = state["batch_in_epoch"]
                 group = batches[start:start + args.gradient_accumulation_steps]
-                losses = [self.micro_step(self.collate([self.features[i] for i in b]), len(group)) for b in group]
+                losses = [self.micro_step(b, len(group), sync=j == len(group) - 1) for j, b in enumerate(group)]
                 state["batch_in_epoch"] += len(group)
                 out = self.optimizer_step(losses)
                 window.append(out["loss"])
@@ -413,19 +497,33 @@ class Trainer:
 @torch.no_grad()
 def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable, batch_size: int,
                    device: torch.device, dtype: Optional[torch.dtype], desc: str = "predict",
-                   progress: bool = True) -> torch.Tensor:
-    """Logits of every instance of `features`, in order, as fp32 on the CPU."""
+                   progress: bool = True) -> Optional[torch.Tensor]:
+    """Logits of every instance of `features`, in order, as fp32 on the CPU.
+
+    In a distributed run each rank predicts every world-th document and rank 0 gets all logits
+    back in document order; the other ranks get None.
+    """
+    rank, world = world_info()
+    mine = list(range(rank, len(features), world))
     was_training = model.training
     model.eval()
-    out = []
-    for i in tqdm(range(0, len(features), batch_size), desc=desc, disable=not progress, leave=False,
+    out: List[torch.Tensor] = []
+    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0, leave=False,
                   dynamic_ncols=True):
-        batch = collate([features[j] for j in range(i, min(i + batch_size, len(features)))])
+        docs = [features[j] for j in mine[i:i + batch_size]]
+        batch = collate(docs)
         batch.pop("labels", None)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with utils.autocast(device, dtype):
-            out.append(model(**batch).float().cpu())
+            logits = model(**batch).float().cpu()
+        out += list(logits.split([len(f["hts"]) for f in docs]))  # one block per document
     model.train(was_training)
+    if world > 1:
+        shards = [None] * world if rank == 0 else None
+        dist.gather_object(out, shards, dst=0)
+        if rank != 0:
+            return None
+        out = [shards[j % world][j // world] for j in range(len(features))]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -450,9 +548,21 @@ class DocREDTask:
         self.collate = utils.Collator(self.num_class, tokenizer.pad_token_id or 0)
         cache = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or
                                                                        os.path.join(args.data_dir, ".cache"))
-        self.read = lambda path: prepro.read_docred(
+        self.cache = cache
+        self._read = lambda path: prepro.read_docred(
             path, tokenizer, rel2id, max_seq_length=args.max_seq_length,
-            entity_marker=None if args.no_entity_marker else "*", cache_dir=cache, show_progress=True)
+            entity_marker=None if args.no_entity_marker else "*", cache_dir=cache,
+            show_progress=world_info()[0] == 0)
+
+    def read(self, path: str) -> Sequence[dict]:
+        """Features of a file; in a distributed run rank 0 builds the cache while the others wait."""
+        rank, world = world_info()
+        if world > 1 and self.cache and rank != 0:
+            barrier()
+        features = self._read(path)
+        if world > 1 and self.cache and rank == 0:
+            barrier()
+        return features
 
     def path(self, name: str) -> Optional[str]:
         if not name:
@@ -481,6 +591,8 @@ class DocREDTask:
         device = next(model.parameters()).device
         logits = predict_logits(model, features, self.collate, self.args.test_batch_size, device,
                                 utils.amp_dtype(device, self.args.amp), "dev", not self.args.no_progress)
+        if logits is None:  # not rank 0
+            return {"scores": {}, "preds": []}
         if tune_threshold and getattr(loss_fn, "tunes_threshold", False):
             trials = {t: self.score(logits, features, truth, loss_fn, t)
                       for t in np.round(np.arange(0.1, 0.95, 0.1), 1).tolist()}
@@ -554,15 +666,19 @@ def write_predictions(task: DocREDTask, model: nn.Module, loss_fn: Any, run: Run
     out: Dict[str, Any] = {}
     if dev is not None:
         res = task.evaluate(model, dev[0], dev[1], loss_fn, tune_threshold=False)
+        if not run.is_main:
+            res["scores"] = {}
         run.write_json("dev_pred.json", res["preds"])
         run.write_json("dev_scores.json", res["scores"])
         out["dev"] = res["scores"]
-        logger.info("best checkpoint on dev: %s", fmt_scores(res["scores"]))
+        logger.info("checkpoint on dev: %s", fmt_scores(res["scores"]))
     if test is not None:
         features, docs = test
         device = next(model.parameters()).device
         logits = predict_logits(model, features, task.collate, task.args.test_batch_size, device,
                                 utils.amp_dtype(device, task.args.amp), "test", not task.args.no_progress)
+        if logits is None:  # not rank 0
+            return out
         preds = evaluation.to_official(task.decode(logits, loss_fn), features, task.id2rel)
         evaluation.check_submission(preds, docs, set(task.rel2id) - {"Na"})
         run.write_json("result.json", preds)
@@ -588,15 +704,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import prepro
     from model import DocREModel
 
     args = parse_args(argv)
-    run = RunDirectory(args.output_dir)
+    rank, world, device = init_distributed(args.device)
+    if world > 1:
+        args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
+    run = RunDirectory(args.output_dir, is_main=rank == 0)
     setup_logging(run)
+    if args.wandb:
+        run.enable_wandb(args)
     utils.set_seed(args.seed)
-    device = utils.select_device(args.device)
     do_train = args.do_train or not args.load_path
     rel2id = prepro.load_rel2id(args.data_dir, rel2id_file=args.rel2id, rel_info_file=args.rel_info)
     if args.num_class is not None:
@@ -604,7 +731,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     tokenizer, encoder = load_encoder_and_tokenizer(args)
     task = DocREDTask(args, tokenizer, rel2id)
     run.write_json("args.json", {**vars(args), "num_class": task.num_class, "device": str(device),
-                                 "effective_batch_size": args.train_batch_size * args.gradient_accumulation_steps})
+                                 "world_size": world, "effective_batch_size":
+                                 args.train_batch_size * world * args.gradient_accumulation_steps})
     model = DocREModel(encoder, task.num_class, emb_size=args.emb_size, block_size=args.block_size,
                        tokenizer=tokenizer, max_seq_length=args.max_seq_length,
                        transformer_type=args.transformer_type,
@@ -632,12 +760,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         evaluate = lambda m: task.evaluate(m, dev[0], dev[1], loss_fn, tune_threshold=True)["scores"]  # noqa: E731
         trainer = Trainer(args, model, loss_fn, train_features, task.collate, evaluate, run,
                           extra_state={"rel2id": rel2id})
-        logger.info("training on %d documents: %d optimizer steps, effective batch %d, amp %s, device %s",
-                    len(train_features), trainer.total_steps,
-                    args.train_batch_size * args.gradient_accumulation_steps, trainer.dtype, device)
+        logger.info("training on %d documents: %d optimizer steps, effective batch %d (%d x %d processes x %d "
+                    "accumulation), amp %s, device %s", len(train_features), trainer.total_steps,
+                    args.train_batch_size * world * args.gradient_accumulation_steps, args.train_batch_size,
+                    world, args.gradient_accumulation_steps, trainer.dtype, device)
         start = time.time()
         trainer.train()
         logger.info("training took %.1f s", time.time() - start)
+        barrier()
         best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
         model.load_state_dict(best["model"])
         if best.get("threshold") is not None:
@@ -645,7 +775,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if args.save_path:
             utils.atomic_torch_save(best, args.save_path)
         run.plot_curves(args.select_metric)
-    return write_predictions(task, model, loss_fn, run, dev, test)
+    result = write_predictions(task, model, loss_fn, run, dev, test)
+    barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""torchrun with two CPU processes (gloo) takes the same steps as one process with twice the batch."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = ["args.json", "metrics.jsonl", "best.pt", "last.pt", "dev_pred.json", "dev_scores.json",
+             "result.json", "result.zip", "train.log"]
+
+
+def launch(nproc, data_dir, model_dir, out, *extra, timeout=600):
+    args = ["--data_dir", str(data_dir), "--model_name_or_path", str(model_dir), "--output_dir", str(out),
+            "--max_seq_length", "512", "--test_batch_size", "3", "--emb_size", "64", "--block_size", "16",
+            "--no_progress", "--learning_rate", "1e-3", "--classifier_lr",
+            "1e-3", "--logging_steps", "1", "--loss", "atl", "--device", "cpu", *map(str, extra)]
+    cmd = [sys.executable, str(ROOT / "train.py")] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+        str(ROOT / "train.py")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_two_processes_match_one_process_with_the_global_batch(synthetic_dir, tiny_bert_dir, tmp_path):
+    common = ["--num_train_epochs", "1", "--max_steps", "4", "--gradient_accumulation_steps", "2", "--seed", "3"]
+    one = launch(1, synthetic_dir, tiny_bert_dir, tmp_path / "one", "--train_batch_size", "4", *common)
+    two = launch(2, synthetic_dir, tiny_bert_dir, tmp_path / "two", "--train_batch_size", "2", *common)
+    a = torch.load(one / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(two / "last.pt", map_location="cpu", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 4
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=1e-5, msg=name)
+    assert len(b["rng"]) == 2  # every rank's RNG state, for resume
+    assert json.loads((one / "dev_pred.json").read_text()) == json.loads((two / "dev_pred.json").read_text())
+    args = json.loads((two / "args.json").read_text())
+    assert args["world_size"] == 2 and args["effective_batch_size"] == 2 * 2 * 2
+    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                          if "loss" in r]
+    assert losses(one) == __import__("pytest").approx(losses(two), abs=1e-5)
+
+
+def test_tiny_dev_set_and_a_single_run_directory(synthetic_dir, tiny_bert_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train_annotated.json", "rel_info.json", "test.json"):
+        shutil.copy(synthetic_dir / name, data / name)
+    dev = json.loads((synthetic_dir / "dev.json").read_text())[:1]  # fewer documents than ranks
+    (data / "dev.json").write_text(json.dumps(dev))
+    runs = tmp_path / "runs"
+    launch(2, data, tiny_bert_dir, runs / "run", "--train_batch_size", "2", "--max_steps", "2",
+           "--num_train_epochs", "1", timeout=300)
+    assert [p.name for p in runs.iterdir() if p.is_dir()] == ["run"]
+    for name in RUN_FILES:
+        assert (runs / "run" / name).exists(), name
+    preds = json.loads((runs / "run" / "result.json").read_text())
+    titles = {d["title"] for d in json.loads((data / "test.json").read_text())}
+    assert {p["title"] for p in preds} <= titles
