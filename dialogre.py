@@ -42,6 +42,7 @@ _SPEAKER = re.compile(r"\bspeaker\s+(\d+)\b", re.IGNORECASE)
 _BERT_MARKERS = ("[unused1]", "[unused2]")
 _ADDED_MARKERS = ("[S1]", "[S2]")
 
+_ONE_ROW = np.zeros((1, 2), dtype=np.int64)
 Piece = Union[List[int], int]  # token ids of a text span, or the number N of a "Speaker N"
 
 
@@ -430,9 +431,10 @@ class DialogRETask:
             return torch.zeros(0, NUM_CLASS)
         order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
         device = next(model.parameters()).device
-        logits = train.predict_logits(model, [features[i] for i in order], self.collate, self.args.test_batch_size,
-                                      device, utils.amp_dtype(device, self.args.amp), desc,
-                                      not self.args.no_progress)
+        # predict_logits splits the logits per feature by len(f["hts"]): one row per instance here
+        ordered = [{**features[i], "hts": _ONE_ROW} for i in order]
+        logits = train.predict_logits(model, ordered, self.collate, self.args.test_batch_size, device,
+                                      utils.amp_dtype(device, self.args.amp), desc, not self.args.no_progress)
         out = torch.empty_like(logits)
         out[torch.from_numpy(order)] = logits
         return out
