@@ -34,6 +34,7 @@ NEUTRAL = "neutral"
 HF_DATASET, HF_CONFIG = "go_emotions", "simplified"
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 HF_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+ONE_ROW = np.zeros((1, 2), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- data
@@ -295,21 +296,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def predict(model: nn.Module, features: Sequence[dict], collate: Collator, args: argparse.Namespace,
-            desc: str) -> torch.Tensor:
-    """Logits `[N, C]` of `features` in their order, fp32 on the CPU."""
+            desc: str) -> Optional[torch.Tensor]:
+    """Logits `[N, C]` of `features` in their order, fp32 on the CPU (None on ranks other than 0)."""
     device = next(model.parameters()).device
     # comments vary a lot in length: batching them sorted saves most of the padding
     order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-    logits = train.predict_logits(model, [features[i] for i in order], collate, args.test_batch_size, device,
+    # predict_logits splits its output per feature by len(f["hts"]) (DocRED's pairs): one row per comment
+    ordered = [{**features[i], "hts": ONE_ROW} for i in order]
+    logits = train.predict_logits(model, ordered, collate, args.test_batch_size, device,
                                   utils.amp_dtype(device, args.amp), desc, not args.no_progress)
-    return logits[torch.from_numpy(np.argsort(order))] if len(features) else logits
+    if logits is None or not len(features):
+        return logits
+    return logits[torch.from_numpy(np.argsort(order))]
 
 
-def evaluate(logits: torch.Tensor, gold: np.ndarray, loss_fn: Any, args: argparse.Namespace,
+def evaluate(logits: Optional[torch.Tensor], gold: np.ndarray, loss_fn: Any, args: argparse.Namespace,
              tune_threshold: bool) -> Dict[str, float]:
     """Scores of `logits`; for BCE with `tune_threshold`, first set loss_fn.threshold to the best dev macro-F1."""
     import losses
 
+    if logits is None:  # a rank other than 0 in a distributed run: rank 0 scores
+        return {}
     if not getattr(loss_fn, "tunes_threshold", False):
         return score(logits, gold, loss_fn, args.num_labels)
     if tune_threshold:
@@ -345,10 +352,12 @@ def load_checkpoint(model: nn.Module, loss_fn: Any, args: argparse.Namespace, na
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Train (unless only --load_path is given), then score dev and test and write the run directory."""
     args = parse_args(argv)
-    run = train.RunDirectory(args.output_dir)
+    rank, world, device = train.init_distributed(args.device)
+    if world > 1:
+        args.output_dir = train.broadcast_object(args.output_dir)  # one run directory, named by rank 0
+    run = train.RunDirectory(args.output_dir, is_main=rank == 0)
     train.setup_logging(run)
     utils.set_seed(args.seed)
-    device = utils.select_device(args.device)
     names, splits = load_comments(args)
     order = LabelOrder(names)
     comments, dropped = {}, {}
@@ -363,8 +372,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     features = {s: build_features(c, tokenizer, order, args.max_seq_length) for s, c in comments.items()}
     gold = {s: order.multi_hot(c) for s, c in comments.items()}
     collate = Collator(order.num_class, tokenizer.pad_token_id or 0)
-    run.write_json("args.json", {**vars(args), "task": "goemotions", "label_names": names, "dropped_ambiguous": dropped,
-                                 "n_comments": {s: len(c) for s, c in comments.items()}, "device": str(device)})
+    run.write_json("args.json", {**vars(args), "task": "goemotions", "label_names": names,
+                                 "dropped_ambiguous": dropped, "n_comments": {s: len(c) for s, c in comments.items()},
+                                 "device": str(device), "world_size": world})
     model = EmotionClassifier(encoder, order.num_class).to(device)
     loss_fn = train.build_loss_from_args(args)
     if args.load_path:
@@ -389,6 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
 
     dev = evaluate(predict(model, features["dev"], collate, args, "dev"), gold["dev"], loss_fn, args, False)
     test_logits = predict(model, features["test"], collate, args, "test")
+    if test_logits is None:  # not rank 0
+        return {}
     test = evaluate(test_logits, gold["test"], loss_fn, args, False)
     save_npy(run.file("test_scores.npy"), order.to_file_order(decision_margins(test_logits, loss_fn).numpy()))
     save_npy(run.file("test_labels.npy"), order.to_file_order(gold["test"]))
