@@ -119,11 +119,21 @@ class ValidationError(ValueError):
 
 
 _WS = re.compile(r"[ \t\n\r]*")
+_TITLE = re.compile(r'"title"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 def _json_problem(path: str, err: json.JSONDecodeError, what: str) -> ValidationError:
     return ValidationError(path, [f"invalid JSON while reading {what}, at line {err.lineno} column {err.colno} "
                                   f"(char {err.pos}): {err.msg}; is the file truncated?"])
+
+
+def _partial_title(text: str) -> str:
+    """` (title '...')` from the JSON text of a document that does not parse, or ` (title unknown)`."""
+    found = _TITLE.search(text)
+    try:
+        return f" (title {json.loads(found.group(1))!r})" if found else " (title unknown)"
+    except json.JSONDecodeError:
+        return " (title unknown)"
 
 
 def _file_sha256(path: str | os.PathLike) -> str:
@@ -133,18 +143,59 @@ def _file_sha256(path: str | os.PathLike) -> str:
 
 
 def _read_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 file; a clear error for non-UTF-8 bytes."""
+    """The text of a UTF-8 file; a clear error for non-UTF-8 bytes, naming the document and field holding them."""
     data = Path(path).read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ValidationError(path, [f"not valid UTF-8: byte {data[e.start:e.start + 1]!r} at offset {e.start} "
-                                     f"(line {line}): {e.reason}"]) from None
+        where = _locate_bad_bytes(path, data, e.start)
+        raise ValidationError(path, [f"{where}not valid UTF-8: byte {data[e.start:e.start + 1]!r} at offset "
+                                     f"{e.start} (line {line}): {e.reason}; re-save the file as UTF-8"]) from None
+
+
+def _is_escaped_byte(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _field_of(obj: Any, accept: Callable[[str], bool], field: str = "") -> Optional[str]:
+    """The field (e.g. `sents[0][2]`, `vertexSet[1][0].name`) of the first string in `obj` that `accept` takes."""
+    if isinstance(obj, str):
+        return field if accept(obj) else None
+    items = ([(f"{field}.{k}" if field else k, k, v) for k, v in obj.items()] if isinstance(obj, dict)
+             else [(f"{field}[{i}]", "", v) for i, v in enumerate(obj)] if isinstance(obj, list) else [])
+    for sub, key, value in items:
+        found = sub if accept(key) else _field_of(value, accept, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _locate_bad_bytes(path: str | os.PathLike, data: bytes, offset: int) -> str:
+    """`document i (title ...): field f: ` of the bytes at `offset`, or "" when the JSON around them is broken."""
+    position = len(data[:offset].decode("utf-8-sig"))  # in characters; the bytes before `offset` are valid
+    text = data.decode("utf-8-sig", errors="surrogateescape")  # each bad byte becomes one lone surrogate
+    try:
+        for i, (doc, start, end) in enumerate(_iter_spans(path, text)):
+            if start <= position < end:
+                title = doc.get("title") if isinstance(doc, dict) else None
+                if isinstance(title, str):
+                    title = title.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                field = _field_of(doc, _is_escaped_byte) or "<document>"
+                return f"document {i} (title {title!r}): field {field}: "
+    except ValidationError:
+        pass
+    return ""
 
 
 def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
     """Yield the elements of the top-level JSON list in `text` one by one (never holding all parsed documents)."""
+    for doc, _, _ in _iter_spans(path, text):
+        yield doc
+
+
+def _iter_spans(path: str | os.PathLike, text: str) -> Iterator[Tuple[Any, int, int]]:
+    """(document, start, end) of each element of the top-level JSON list in `text`, parsed one by one."""
     path = str(path)
     decoder = json.JSONDecoder()
     idx = _WS.match(text, 0).end()
@@ -160,12 +211,12 @@ def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
     i = 0
     while True:
         try:
-            doc, idx = decoder.raw_decode(text, idx)
+            doc, end = decoder.raw_decode(text, idx)
         except json.JSONDecodeError as e:
-            raise _json_problem(path, e, f"document {i}") from None
-        yield doc
+            raise _json_problem(path, e, f"document {i}{_partial_title(text[idx:e.pos])}") from None
+        yield doc, idx, end
         i += 1
-        idx = _WS.match(text, idx).end()
+        idx = _WS.match(text, end).end()
         sep = text[idx:idx + 1]
         if sep == "]":
             if _WS.match(text, idx + 1).end() != len(text):
@@ -173,7 +224,8 @@ def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
             return
         if sep != ",":
             err = json.JSONDecodeError("expected ',' or ']' after a document", text, idx)
-            raise _json_problem(path, err, f"document {i - 1}")
+            title = doc.get("title") if isinstance(doc, dict) else None
+            raise _json_problem(path, err, f"document {i - 1} (title {title!r})")
         idx = _WS.match(text, idx + 1).end()
 
 
@@ -758,12 +810,20 @@ def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max
     return titles, {"dropped_labels": len(dropped)}
 
 
-def _warn_truncation(path: str, stats: Dict[str, Any]) -> None:
-    if stats["truncated_mentions"]:
-        logger.warning("%s: %d of %d documents are longer than max_seq_length=%d; %d mention(s) fell past the end "
-                       "and are not pooled, %d entit(ies) lost every mention and get a zero embedding",
-                       path, stats["truncated_documents"], stats["documents"], stats["max_seq_length"],
-                       stats["truncated_mentions"], stats["truncated_entities"])
+def _warn_truncation(path: str, features: DocREFeatures, shown: int = 3) -> None:
+    """Warn about documents cut at max_seq_length, naming the first few, and about the mentions lost with them."""
+    stats = features.stats
+    if not stats["truncated_documents"]:
+        return
+    lengths, lost = features.cols["doc_length"], features.cols["doc_n_truncated_mentions"]
+    cut = np.flatnonzero(lengths > stats["max_seq_length"])
+    named = "; ".join(f"document {i} (title {features.titles[i]!r}): field sents: {lengths[i]} tokens, "
+                      f"{lost[i]} mention(s) cut" for i in cut[:shown])
+    more = f"; ... and {len(cut) - shown} more" if len(cut) > shown else ""
+    logger.warning("%s: %d of %d documents are longer than max_seq_length=%d and were truncated (%s%s); %d mention(s) "
+                   "fell past the end and are not pooled, %d entit(ies) lost every mention and get a zero embedding",
+                   path, stats["truncated_documents"], stats["documents"], stats["max_seq_length"], named, more,
+                   stats["truncated_mentions"], stats["truncated_entities"])
 
 
 def _write_cache(folder: Path, key: str, path: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
@@ -809,7 +869,7 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
                                show_progress)
         cols = sink.close()
         features = DocREFeatures(cols, titles, {**_compute_stats(cols, max_seq_length), **extra}, path=path)
-        _warn_truncation(path, features.stats)
+        _warn_truncation(path, features)
         return features
     key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker)
     folder = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}"
@@ -822,7 +882,7 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
     if features is None:
         _write_cache(folder, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress)
         features = _load_cache(folder, key)
-    _warn_truncation(path, features.stats)
+    _warn_truncation(path, features)
     return features
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -14,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+settings.register_profile("long", max_examples=2000)  # deeper fuzzing: pytest --hypothesis-profile=long
 
 
 def shared_file(*parts: str) -> Path:
@@ -24,12 +27,37 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run tiny models on one thread: faster for them, and far faster when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     """A small synthetic DocRED-format corpus written by scripts/make_synthetic.py."""
     out = tmp_path_factory.mktemp("synthetic")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), "--out", str(out), "--seed", "0",
                     "--n_train", "40", "--n_dev", "16", "--n_test", "16"], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_synthetic_dir(synthetic_dir, tmp_path_factory) -> Path:
+    """8 training, 4 dev and 4 test documents of the synthetic corpus: enough for a run of a few steps."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("small-synthetic")
+    shutil.copy(synthetic_dir / "rel_info.json", out)
+    for name, n in (("train_annotated.json", 8), ("dev.json", 4), ("test.json", 4)):
+        docs = json.loads((synthetic_dir / name).read_text(encoding="utf-8"))[:n]
+        (out / name).write_text(json.dumps(docs), encoding="utf-8")
     return out
 
 

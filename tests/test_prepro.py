@@ -11,7 +11,7 @@ import pytest
 
 import prepro
 from conftest import shared_file
-from prepro import ValidationError, check_num_class, load_rel2id, read_docred
+from prepro import check_num_class, load_rel2id, read_docred
 
 REL2ID = {"Na": 0, "P17": 1, "P131": 2, "P27": 3}
 
@@ -142,19 +142,6 @@ def test_overlapping_and_shared_boundaries_get_one_marker_per_word(tmp_path, min
     check_features(features, [doc], REL2ID, minilm_tokenizer)
     toks = tokens(minilm_tokenizer, features[0]["input_ids"])
     assert toks[:7] == ["[CLS]", "*", "alice", "*", "smith", "*", "was"]
-
-
-def test_documents_with_fewer_than_two_entities_have_no_pairs(tmp_path, minilm_tokenizer):
-    one, none = make_doc("one", labels=False), make_doc("none", labels=False)
-    one["vertexSet"] = one["vertexSet"][:1]
-    none["vertexSet"] = []
-    features = read_docred(write(tmp_path, [one, none]), minilm_tokenizer, REL2ID)
-    assert [f["hts"].shape for f in features] == [(0, 2), (0, 2)]
-    assert len(features[0]["entity_pos"]) == 1 and features[1]["entity_pos"] == []
-    from utils import Collator
-
-    batch = Collator(len(REL2ID))(list(features))
-    assert batch["hts"].shape == (0, 2) and batch["labels"].shape == (0, 4)
 
 
 def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, caplog):
@@ -384,164 +371,8 @@ def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys
     assert stats["documents"] == 2 and len(list((tmp_path / ".cache").iterdir())) == 1
 
 
-# ----------------------------------------------------------------------------- bad input
-
-
-def read_bad(tmp_path, docs, tokenizer, **kwargs):
-    path = write(tmp_path, docs)
-    with pytest.raises(ValidationError) as info:
-        read_docred(path, tokenizer, REL2ID, **kwargs)
-    return str(info.value), str(path)
-
-
-def assert_names(message, path, index, title, field, value=None):
-    assert path in message
-    assert f"document {index} (title {title!r})" in message
-    assert f"field {field}" in message
-    if value is not None:
-        assert value in message
-
-
-def test_validation_error_is_a_value_error():
-    assert issubclass(ValidationError, ValueError)
-
-
-@pytest.mark.parametrize("key", ["title", "sents", "vertexSet"])
-def test_missing_key(tmp_path, minilm_tokenizer, key):
-    doc = make_doc("T")
-    del doc[key]
-    msg, path = read_bad(tmp_path, [make_doc(), doc], minilm_tokenizer)
-    assert_names(msg, path, 1, None if key == "title" else "T", key, "missing key")
-
-
-def test_missing_mention_key(tmp_path, minilm_tokenizer):
-    doc = make_doc("T")
-    del doc["vertexSet"][1][0]["pos"]
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "vertexSet[1][0].pos", "missing key")
-
-
-@pytest.mark.parametrize("field, edit, value", [
-    ("title", lambda d: d.update(title=7), "7"),
-    ("sents", lambda d: d.update(sents="Alice was born"), "'Alice was born'"),
-    ("sents[1]", lambda d: d["sents"][1].__setitem__(2, 5), "5"),
-    ("sents[0][2]", lambda d: d["sents"][0].__setitem__(2, "w\ud800s"), "'w\\ud800s'"),
-    ("vertexSet[0][1].sent_id", lambda d: d["vertexSet"][0][1].update(sent_id="1"), "'1'"),
-    ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[3.0, 4.0]), "[3.0, 4.0]"),
-    ("vertexSet[2][0].pos", lambda d: d["vertexSet"][2][0].update(pos=[True, 4]), "[True, 4]"),
-    ("vertexSet[1][0].name", lambda d: d["vertexSet"][1][0].update(name=None), "None"),
-    ("labels[0].h", lambda d: d["labels"][0].update(h="1"), "'1'"),
-    ("labels", lambda d: d.update(labels={"h": 1}), "{'h': 1}"),
-    ("vertexSet", lambda d: d.update(vertexSet={}), "{}"),
-], ids=["title", "sents", "word", "surrogate", "sent_id", "pos_float", "pos_bool", "name", "label_h", "labels", "vertexSet"])
-def test_wrong_types(tmp_path, minilm_tokenizer, field, edit, value):
-    doc = make_doc("T")
-    edit(doc)
-    msg, path = read_bad(tmp_path, [make_doc(), make_doc(), doc], minilm_tokenizer)
-    assert_names(msg, path, 2, doc["title"], field, value)
-
-
-def test_document_not_an_object(tmp_path, minilm_tokenizer):
-    msg, path = read_bad(tmp_path, [make_doc(), ["not", "a", "doc"]], minilm_tokenizer)
-    assert_names(msg, path, 1, None, "<document>", "list")
-
-
-def test_sent_id_out_of_range(tmp_path, minilm_tokenizer):
-    doc = make_doc("T")
-    doc["vertexSet"][0][1]["sent_id"] = 2
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "vertexSet[0][1].sent_id", "the document has 2 sentences (got 2)")
-
-
-@pytest.mark.parametrize("pos", [[5, 8], [-1, 1], [3, 3], [4, 2]], ids=["past_end", "negative", "empty", "reversed"])
-def test_pos_outside_its_sentence_or_reversed(tmp_path, minilm_tokenizer, pos):
-    doc = make_doc("T")
-    doc["vertexSet"][2][0]["pos"] = pos
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "vertexSet[2][0].pos", str(pos))
-    assert "length of sentence 1" in msg
-
-
-@pytest.mark.parametrize("key, value", [("h", 3), ("t", -1), ("t", 99)])
-def test_label_entity_out_of_range(tmp_path, minilm_tokenizer, key, value):
-    doc = make_doc("T")
-    doc["labels"][1][key] = value
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", f"labels[1].{key}", f"[0, 3) (got {value})")
-
-
-@pytest.mark.parametrize("rel", ["P999", "Na", 17])
-def test_relation_not_in_the_label_map(tmp_path, minilm_tokenizer, rel):
-    doc = make_doc("T")
-    doc["labels"][0]["r"] = rel
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "labels[0].r", repr(rel))
-
-
-@pytest.mark.parametrize("sents", [[], [[], []]], ids=["no_sentences", "no_words"])
-def test_empty_document(tmp_path, minilm_tokenizer, sents):
-    doc = make_doc("T", labels=False)
-    doc["sents"], doc["vertexSet"] = sents, []
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "sents")
-
-
-def test_entity_without_mentions(tmp_path, minilm_tokenizer):
-    doc = make_doc("T")
-    doc["vertexSet"][1] = []
-    msg, path = read_bad(tmp_path, [doc], minilm_tokenizer)
-    assert_names(msg, path, 0, "T", "vertexSet[1]", "non-empty list of mentions")
-
-
-def test_non_utf8_bytes(tmp_path, minilm_tokenizer):
-    path = tmp_path / "latin1.json"
-    path.write_bytes(json.dumps([make_doc("Caf\u00e9")], ensure_ascii=False).encode("latin-1"))
-    with pytest.raises(ValidationError, match="not valid UTF-8") as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
-    assert str(path) in str(info.value) and "line 1" in str(info.value)
-
-
-def test_truncated_json(tmp_path, minilm_tokenizer):
-    path = tmp_path / "cut.json"
-    text = json.dumps([make_doc(), make_doc("second")], indent=1)
-    path.write_text(text[: len(text) * 3 // 4])
-    with pytest.raises(ValidationError) as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
-    msg = str(info.value)
-    assert str(path) in msg and "document 1" in msg and "line" in msg and "truncated" in msg
-
-
-@pytest.mark.parametrize("top", [{"title": "x"}, "docs", 3])
-def test_top_level_not_a_list(tmp_path, minilm_tokenizer, top):
-    path = write(tmp_path, top)
-    with pytest.raises(ValidationError, match=f"JSON list of documents, got {type(top).__name__}") as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
-    assert str(path) in str(info.value)
-
-
-def test_all_problems_are_collected_first_twenty_listed(tmp_path, minilm_tokenizer):
-    docs = [make_doc(f"doc{i}") for i in range(25)]
-    for doc in docs:
-        doc["labels"][0]["r"] = "P0"
-    msg, path = read_bad(tmp_path, docs, minilm_tokenizer)
-    assert msg.count("field labels[0].r") == 20 and "doc19" in msg and "doc20" not in msg
-    assert "25 problem(s)" in msg and "... and 5 more problem(s)" in msg
-
-
-def test_h_equals_t_and_duplicate_labels_warn_and_drop(tmp_path, minilm_tokenizer, caplog):
-    doc = make_doc("T")
-    doc["labels"] += [{"h": 1, "t": 1, "r": "P17"}, dict(doc["labels"][0])]
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)
-    assert features[0]["labels"].tolist() == [[3, 1], [1, 3]]
-    assert features.stats["dropped_labels"] == 2
-    assert "dropped 2 label(s)" in caplog.text and "document 0 (title 'T')" in caplog.text
-    assert "labels[2]: h == t" in caplog.text and "labels[3]: duplicate" in caplog.text
-
-
-def test_labels_in_a_test_file_are_fine_and_missing_labels_too(tmp_path, minilm_tokenizer):
-    features = read_docred(write(tmp_path, [make_doc(labels=False), make_doc()]), minilm_tokenizer, REL2ID)
-    assert features[0]["labels"].shape == (0, 2) and len(features[1]["labels"]) == 2
+# ----------------------------------------------------------------------------- labels and arguments
+# (bad input: tests/test_bad_input.py)
 
 
 def test_same_pair_with_two_relations_is_multi_label(tmp_path, minilm_tokenizer):
