@@ -42,7 +42,6 @@ _SPEAKER = re.compile(r"\bspeaker\s+(\d+)\b", re.IGNORECASE)
 _BERT_MARKERS = ("[unused1]", "[unused2]")
 _ADDED_MARKERS = ("[S1]", "[S2]")
 
-_ONE_ROW = np.zeros((1, 2), dtype=np.int64)
 Piece = Union[List[int], int]  # token ids of a text span, or the number N of a "Speaker N"
 
 
@@ -431,8 +430,7 @@ class DialogRETask:
             return torch.zeros(0, NUM_CLASS)
         order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
         device = next(model.parameters()).device
-        # predict_logits splits the logits per feature by len(f["hts"]): one row per instance here
-        ordered = [{**features[i], "hts": _ONE_ROW} for i in order]
+        ordered = [features[i] for i in order]
         logits = train.predict_logits(model, ordered, self.collate, self.args.test_batch_size, device,
                                       utils.amp_dtype(device, self.args.amp), desc, not self.args.no_progress)
         out = torch.empty_like(logits)
@@ -541,10 +539,9 @@ def load_checkpoint(path: str, args: argparse.Namespace, device: torch.device) -
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    run = train.RunDirectory(args.output_dir)
-    train.setup_logging(run)
-    utils.set_seed(args.seed)
-    device = utils.select_device(args.device)
+    run, rank, world, device = train.start_run(args)
+    if world > 1:
+        raise SystemExit("dialogre.py runs on one device; launch it without torchrun")
     tokenizer, encoder = train.load_encoder_and_tokenizer(args)
     markers, added = speaker_marker_ids(tokenizer)
     if added:

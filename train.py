@@ -494,6 +494,11 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- prediction
+def instance_count(feature: dict) -> int:
+    """Rows of logits a feature yields: its entity pairs (DocRED), else one (a sentence, a dialogue)."""
+    return len(feature["hts"]) if "hts" in feature else 1
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable, batch_size: int,
                    device: torch.device, dtype: Optional[torch.dtype], desc: str = "predict",
@@ -516,7 +521,7 @@ def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with utils.autocast(device, dtype):
             logits = model(**batch).float().cpu()
-        out += list(logits.split([len(f["hts"]) for f in docs]))  # one block per document
+        out += list(logits.split([instance_count(f) for f in docs]))  # one block per feature
     model.train(was_training)
     if world > 1:
         shards = [None] * world if rank == 0 else None
@@ -711,11 +716,8 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    import prepro
-    from model import DocREModel
-
-    args = parse_args(argv)
+def start_run(args: argparse.Namespace) -> Tuple[RunDirectory, int, int, torch.device]:
+    """Join the process group (under torchrun), open the run directory, logging and wandb, seed everything."""
     rank, world, device = init_distributed(args.device)
     if world > 1:
         args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
@@ -724,6 +726,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.wandb:
         run.enable_wandb(args)
     utils.set_seed(args.seed)
+    return run, rank, world, device
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    import prepro
+    from model import DocREModel
+
+    args = parse_args(argv)
+    run, rank, world, device = start_run(args)
     do_train = args.do_train or not args.load_path
     rel2id = prepro.load_rel2id(args.data_dir, rel2id_file=args.rel2id, rel_info_file=args.rel_info)
     if args.num_class is not None:
