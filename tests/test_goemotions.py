@@ -240,19 +240,21 @@ def test_real_splits_drop_the_published_numbers_of_ambiguous_comments():
         assert ge.drop_ambiguous(comments, 27)[1] == n, split
 
 
-LEARNING_BAR = 2.0  # set from measurement, see test docstring
+# Measured (seed 1, this configuration): test mAP 9.71 against 4.78 ± 0.60 for random scores (max 6.37 over
+# 20 draws); the bar asks for about half of that gain.
+LEARNING_BAR = 2.5
 
 
 def test_minilm_learns_beyond_random_scores(minilm_path, tmp_path):
-    """Short NCRL run on real comments; its test mAP must beat random scores' by LEARNING_BAR points."""
+    """One epoch of NCRL on 800 real comments beats random scores' test mAP by LEARNING_BAR points."""
     data = shared_file("goemotions", "labels.txt").parent
     out = tmp_path / "run"
     scores = ge.main(["--data_dir", str(data), "--model_name_or_path", minilm_path, "--output_dir", str(out),
-                      "--loss", "ncrl", "--train_limit", "800", "--dev_limit", "400", "--test_limit", "400",
-                      "--max_seq_length", "48", "--num_train_epochs", "1", "--train_batch_size", "32",
-                      "--length_bucketing", "--learning_rate", "2e-4", "--classifier_lr", "2e-3",
+                      "--loss", "ncrl", "--train_limit", "800", "--dev_limit", "200", "--test_limit", "400",
+                      "--max_seq_length", "48", "--num_train_epochs", "1", "--train_batch_size", "8",
+                      "--length_bucketing", "--learning_rate", "1e-4", "--classifier_lr", "1e-3",
                       "--warmup_ratio", "0.1", "--seed", "1", "--no_progress"])
-    gold = np.load(out / "test_labels.npy")[:, :27]
+    gold = np.load(out / "test_labels.npy")[:, :27]  # labels.txt order: neutral is the last column
     rng = np.random.default_rng(0)
     random_map = np.mean([ge.class_wise_map(rng.random(gold.shape), gold) for _ in range(20)])
     assert scores["test_map"] > random_map + LEARNING_BAR, (scores["test_map"], random_map)
