@@ -288,9 +288,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def oom_message(args: argparse.Namespace) -> str:
-    """What to change when the GPU runs out of memory."""
-    return (f"CUDA out of memory at --train_batch_size {args.train_batch_size} and --max_seq_length "
+def oom_message(args: argparse.Namespace, batch_shape: Optional[Sequence[int]] = None) -> str:
+    """What to change when the GPU runs out of memory in training on a batch of `batch_shape` (documents, tokens)."""
+    batch = f" on a batch of {batch_shape[0]} documents x {batch_shape[1]} tokens" if batch_shape else ""
+    return (f"CUDA out of memory{batch} at --train_batch_size {args.train_batch_size} and --max_seq_length "
             f"{getattr(args, 'max_seq_length', '?')}. Lower memory with --gradient_checkpointing, a smaller "
             f"--train_batch_size with more --gradient_accumulation_steps (same effective batch), or a "
             f"smaller --max_seq_length.")
@@ -379,11 +380,14 @@ class Trainer:
             dist.all_reduce(n_global)
         weight = n_local * self.world / n_global.clamp(min=1)
         context = self.model.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
-        with context:
-            with utils.autocast(self.device, self.dtype):
-                logits = self.model(**batch)
-            loss = self.loss_fn(logits.float(), labels) * weight
-            self.scaler.scale(loss / n_micro).backward()
+        try:
+            with context:
+                with utils.autocast(self.device, self.dtype):
+                    logits = self.model(**batch)
+                loss = self.loss_fn(logits.float(), labels) * weight
+                self.scaler.scale(loss / n_micro).backward()
+        except torch.cuda.OutOfMemoryError as e:
+            raise torch.cuda.OutOfMemoryError(oom_message(self.args, tuple(batch["input_ids"].shape))) from e
         loss = loss.detach() / self.world
         if self.world > 1:
             dist.all_reduce(loss)
@@ -405,10 +409,6 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
-        if self.state["bad_steps"] >= self.args.max_bad_steps:
-            raise FloatingPointError(
-                f"{self.state['bad_steps']} optimizer steps in a row had a non-finite loss or gradient "
-                f"(last loss {loss}, grad norm {grad_norm}); try a lower --learning_rate or --amp off")
         return {"loss": loss, "grad_norm": grad_norm, "skipped": not finite}
 
     # -- evaluation and checkpoints
@@ -487,6 +487,10 @@ class Trainer:
                                   "lr": self.scheduler.get_last_lr()[0], "grad_norm": out["grad_norm"],
                                   "skipped_steps": state["skipped_steps"]})
             window.clear()
+        if state["bad_steps"] >= args.max_bad_steps:  # after logging, so metrics.jsonl shows every skipped step
+            raise FloatingPointError(
+                f"{state['bad_steps']} optimizer steps in a row had a non-finite loss or gradient "
+                f"(last loss {out['loss']}, grad norm {out['grad_norm']}); try a lower --learning_rate or --amp off")
         if args.evaluation_steps > 0 and step % args.evaluation_steps == 0:
             self.evaluate_and_save()
         elif args.save_steps > 0 and step % args.save_steps == 0:
@@ -519,8 +523,14 @@ def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable
         batch = collate(docs)
         batch.pop("labels", None)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with utils.autocast(device, dtype):
-            logits = model(**batch).float().cpu()
+        try:
+            with utils.autocast(device, dtype):
+                logits = model(**batch).float().cpu()
+        except torch.cuda.OutOfMemoryError as e:
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory predicting a batch of {len(docs)} documents x {batch['input_ids'].shape[1]} "
+                f"tokens (--test_batch_size {batch_size}). Lower memory with a smaller --test_batch_size or "
+                f"--max_seq_length.") from e
         out += list(logits.split([instance_count(f) for f in docs]))  # one block per feature
     model.train(was_training)
     if world > 1:
@@ -636,6 +646,10 @@ def load_encoder_and_tokenizer(args: argparse.Namespace):
     from model import load_encoder
 
     path = utils.resolve_model_path(args.model_name_or_path)
+    if os.path.isdir(path) and not args.config_name and not os.path.exists(os.path.join(path, "config.json")):
+        raise SystemExit(f"--model_name_or_path {args.model_name_or_path!r} is a folder without a model (no "
+                         f"config.json in it): point it at a folder written by save_pretrained, or use "
+                         f"--model_name_or_path minilm for the packaged offline encoder.")
     try:
         config = AutoConfig.from_pretrained(utils.resolve_model_path(args.config_name) if args.config_name else path)
         tokenizer = AutoTokenizer.from_pretrained(
