@@ -1,0 +1,653 @@
+"""Speed and memory of preprocessing, training and evaluation, each phase in a fresh process.
+
+    # the packaged MiniLM encoder on real documents (BENCHMARKS.md, first table)
+    python scripts/benchmark.py --data ../shared/data/redocred/dev_revised.json --model minilm --docs 48 --json
+    # a random roberta-base-shaped encoder on synthetic 1024-token documents, our path vs ATLOP's
+    python scripts/benchmark.py --encoder_config roberta-base --synthetic_tokens 1024 --docs 2 --batch_size 2
+    python scripts/benchmark.py --encoder_config roberta-base --synthetic_tokens 1024 --docs 2 --batch_size 2 \
+        --attention eager-all-layers
+    # time and memory against document length and entity count, with scaling.png
+    python scripts/benchmark.py --model minilm --scaling --plot scaling.png
+
+Each phase (prepro, train, eval) runs in its own Python process, so one phase's peak memory never hides
+another's; every phase first runs a warm-up that is not timed. Peak memory is the process's high-water
+resident set (VmHWM; `ru_maxrss` would include the parent's peak) and, on a GPU,
+`torch.cuda.max_memory_allocated`. Times are wall-clock; CPU seconds are reported beside them because a
+shared machine slows wall-clock time but hardly the CPU time a phase needs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import utils  # noqa: E402
+from random_encoders import ENCODER_SHAPES  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+PHASES = ("prepro", "train", "eval")
+ATTENTION_PATHS = ("ours", "eager-all-layers")
+# vocabulary sizes of the published checkpoints, so embedding and optimizer memory match the real models
+PUBLISHED_VOCAB = {"bert": 30522, "roberta": 50265, "deberta": 128100}
+REQUIRED_KEYS = ("prepro_docs_per_s", "train_docs_per_s", "train_s_per_step", "eval_docs_per_s",
+                 "prepro_peak_rss_mb", "train_peak_rss_mb", "eval_peak_rss_mb")
+
+
+# ----------------------------------------------------------------------------- flags
+def int_list(text: str) -> List[int]:
+    """'256,512' -> [256, 512]."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data and encoder")
+    g.add_argument("--data", default=None, help="a DocRED JSON file (needed for the prepro phase)")
+    g.add_argument("--rel2id", default=None, help="label map (default: <data dir>/rel_info.json, else meta/)")
+    g.add_argument("--model", default=None, help="encoder name or folder; `minilm` is the packaged one (default)")
+    g.add_argument("--encoder_config", default=None, choices=sorted(ENCODER_SHAPES),
+                   help="a randomly initialised encoder of this published shape, with a tokenizer trained on "
+                        "the data's text (no download)")
+    g.add_argument("--tokenizer_vocab", type=int, default=8000, help="vocabulary of that synthetic tokenizer")
+    g.add_argument("--docs", type=int, default=48, help="documents trained and evaluated on (the file's first)")
+    g.add_argument("--prepro_docs", type=int, default=0, help="documents preprocessed (0: the whole file)")
+    g.add_argument("--synthetic_tokens", type=int, default=None,
+                   help="train and evaluate on synthetic documents of this many tokens instead of --data's")
+    g.add_argument("--synthetic_entities", type=int, default=20, help="entities per synthetic document")
+    g = p.add_argument_group("run")
+    g.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of prepro,train,eval")
+    g.add_argument("--batch_size", type=int, default=4, help="documents per training step")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="documents per forward in eval "
+                                                                     "(default --batch_size)")
+    g.add_argument("--max_seq_length", type=int, default=1024)
+    g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    g.add_argument("--threads", type=int, default=2, help="torch (and tokenizer) threads")
+    g.add_argument("--loss", default="ncrl", help="the loss trained with (see losses.py)")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    g.add_argument("--attention", default="ours", choices=ATTENTION_PATHS,
+                   help="ours: SDPA encoder, attention rows of the mentions only; eager-all-layers: ATLOP's path, "
+                        "eager attention returning every layer's weights")
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--warmup_steps", type=int, default=1, help="untimed batches before each timed phase")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("scaling")
+    g.add_argument("--scaling", action="store_true",
+                   help="time train and eval on synthetic documents of growing length and entity count")
+    g.add_argument("--scaling_lengths", type=int_list, default=[256, 512, 1024, 2048])
+    g.add_argument("--scaling_entities", type=int_list, default=[10, 20, 40, 80])
+    g.add_argument("--scaling_base_tokens", type=int, default=512, help="document length of the entity sweep")
+    g.add_argument("--scaling_base_entities", type=int, default=20, help="entity count of the length sweep")
+    g.add_argument("--scaling_docs", type=int, default=4, help="documents per scaling point")
+    g.add_argument("--plot", default="scaling.png", help="where --scaling draws its figure")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
+    g.add_argument("--output", default=None, help="also write the JSON object to this file")
+    p.add_argument("--_phase_spec", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args._phase_spec:
+        return args
+    phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown or not phases:
+        parser.error(f"--phases takes a comma-separated subset of {','.join(PHASES)}, got {args.phases!r}")
+    args.phases = [x for x in PHASES if x in phases]
+    if args.model and args.encoder_config:
+        parser.error("pass either --model or --encoder_config, not both")
+    if args.model is None and args.encoder_config is None:
+        args.model = "minilm"
+    if args.scaling:
+        args.phases = [x for x in args.phases if x != "prepro"]
+    elif args.synthetic_tokens is None and args.data is None:
+        parser.error("--data is required unless --synthetic_tokens or --scaling is given")
+    elif "prepro" in args.phases and args.data is None:
+        args.phases.remove("prepro")  # synthetic documents have no text to preprocess
+    if not args.phases:
+        parser.error("no phase left to run")
+    for name in ("docs", "batch_size", "threads", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.synthetic_entities < 2 or min(args.scaling_entities) < 2:
+        parser.error("synthetic documents need at least 2 entities (one pair)")
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    return args
+
+
+# ----------------------------------------------------------------------------- measuring
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MiB (the high-water mark of its own address space)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def current_rss_mb() -> float:
+    """This process's resident set now, in MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@contextlib.contextmanager
+def timed(device) -> Iterator[Dict[str, float]]:
+    """Wall-clock and process CPU seconds of the block (GPU work finished before each reading)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    out: Dict[str, float] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield out
+    sync()
+    out["wall_s"] = time.perf_counter() - wall
+    out["cpu_s"] = time.process_time() - cpu
+
+
+def machine_info() -> Dict[str, Any]:
+    """CPU, memory, GPU and library versions of this machine."""
+    import tokenizers
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__}
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or None
+    return info
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average, or None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- synthetic documents
+def synthetic_features(n_docs: int, n_tokens: int, n_entities: int, tokenizer: Any, num_class: int,
+                       seed: int = 0) -> List[Dict[str, Any]]:
+    """Features (see ARCHITECTURE.md) of random documents of exactly `n_tokens` tokens and `n_entities`
+    entities of 1-3 mentions each, with about one positive relation per entity."""
+    import prepro
+
+    specials = np.asarray(tokenizer.all_special_ids, dtype=np.int64)
+    words = np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), specials)
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    slots = np.arange(1, n_tokens - 2)  # a mention covers [s, s + 2) inside the special tokens
+    if n_tokens < 4 or len(slots) < n_entities:
+        raise ValueError(f"{n_tokens} tokens leave no room for {n_entities} entities")
+    rng = np.random.default_rng(seed)
+    hts = prepro.pair_index(n_entities)  # [n_pairs, 2]
+    features = []
+    for d in range(n_docs):
+        counts = rng.integers(1, 4, n_entities)
+        counts = np.minimum(counts, max(1, len(slots) // n_entities))
+        starts = rng.choice(slots, int(counts.sum()), replace=False)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        n_pos = min(n_entities, len(hts))
+        labels = np.stack([rng.choice(len(hts), n_pos, replace=False),
+                           rng.integers(1, num_class, n_pos) if num_class > 1 else np.ones(n_pos, np.int64)], 1)
+        features.append({
+            "title": f"synthetic-{d}",
+            "input_ids": np.concatenate([[start], rng.choice(words, n_tokens - 2), [end]]).astype(np.int64),
+            "entity_pos": [[(int(s), int(s) + 2) for s in starts[a:b]] for a, b in zip(bounds[:-1], bounds[1:])],
+            "mention_sent_ids": [[0] * int(c) for c in counts],
+            "hts": hts.copy(),
+            "labels": labels.astype(np.int64),  # [n_pos, 2]
+        })
+    return features
+
+
+def scaling_points(args: argparse.Namespace) -> List[Tuple[int, int]]:
+    """(tokens, entities) of the length sweep, then of the entity sweep, without repeats."""
+    points = [(n, args.scaling_base_entities) for n in args.scaling_lengths]
+    points += [(args.scaling_base_tokens, e) for e in args.scaling_entities]
+    return list(dict.fromkeys(points))
+
+
+# ----------------------------------------------------------------------------- encoder and model
+def load_tokenizer(spec: Dict[str, Any]):
+    """The tokenizer of --model, or the synthetic one the parent trained for --encoder_config."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec["tokenizer_dir"] or utils.resolve_model_path(spec["args"]["model"]))
+
+
+def build_encoder(args: Dict[str, Any], tokenizer):
+    """The encoder: loaded from --model, or random of --encoder_config's shape; eager for ATLOP's path."""
+    import torch
+
+    eager = args["attention"] == "eager-all-layers"
+    if args["encoder_config"]:
+        from random_encoders import build_random_encoder
+
+        family = ENCODER_SHAPES[args["encoder_config"]][0]
+        vocab = len(tokenizer)
+        if not args["encoder_config"].startswith("tiny"):
+            vocab = max(vocab, PUBLISHED_VOCAB[family])
+        torch.manual_seed(args["seed"])
+        encoder = build_random_encoder(args["encoder_config"], vocab, pad_token_id=tokenizer.pad_token_id)
+        if eager:
+            encoder.set_attn_implementation("eager")
+    elif eager:
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(utils.resolve_model_path(args["model"]), attn_implementation="eager")
+    else:
+        from model import load_encoder
+
+        encoder = load_encoder(utils.resolve_model_path(args["model"]))
+    if eager:
+        encoder.config.output_attentions = True  # every layer returns its weights, as in ATLOP
+    return encoder
+
+
+def build_model(args: Dict[str, Any], tokenizer, num_class: int, max_seq_length: int):
+    """DocREModel over the encoder; ATLOP's path reads the last layer's eager weights of a padded batch."""
+    import torch
+
+    from model import DocREModel
+
+    encoder = build_encoder(args, tokenizer)
+    torch.manual_seed(args["seed"])
+    extra = {"attention_rows": "eager", "unpad": False} if args["attention"] == "eager-all-layers" else {}
+    return DocREModel(encoder, num_class, tokenizer=tokenizer, max_seq_length=max_seq_length,
+                      gradient_checkpointing=args["gradient_checkpointing"], **extra)
+
+
+def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
+    """train.py's optimisation and loss defaults, with this run's loss."""
+    import train
+
+    hp = train.add_training_args(argparse.ArgumentParser()).parse_args([])
+    hp.loss = args["loss"]
+    return hp
+
+
+# ----------------------------------------------------------------------------- phases (child process)
+def read_features(path: str, tokenizer, rel2id: Dict[str, int], max_seq_length: int):
+    """Features of a DocRED file, without the cache."""
+    import prepro
+
+    return prepro.read_docred(path, tokenizer, rel2id, max_seq_length=max_seq_length, cache_dir=None)
+
+
+def phase_prepro(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int], device) -> Dict[str, Any]:
+    """Documents per second of read_docred (tokenizing, validating, building features; cache off)."""
+    max_len = spec["args"]["max_seq_length"]
+    read_features(spec["warmup_file"], tokenizer, rel2id, max_len)
+    with timed(device) as t:
+        features = read_features(spec["prepro_file"], tokenizer, rel2id, max_len)
+    n = len(features)
+    return {"prepro_docs": n, "prepro_docs_per_s": n / t["wall_s"], "prepro_wall_s": t["wall_s"],
+            "prepro_cpu_s": t["cpu_s"], "prepro_tokens_mean": float(features.stats["token_length_mean"])}
+
+
+def phase_features(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int]) -> List[Dict[str, Any]]:
+    """The documents trained and evaluated on: synthetic ones, or the first --docs of --data."""
+    if spec.get("tokens"):
+        return synthetic_features(spec["n_docs"], spec["tokens"], spec["entities"], tokenizer, len(rel2id),
+                                  spec["args"]["seed"])
+    return list(read_features(spec["docs_file"], tokenizer, rel2id, spec["args"]["max_seq_length"]))
+
+
+def train_step(model, loss_fn, optimizer, scaler, batch: Dict[str, Any], device, dtype,
+               max_grad_norm: float) -> float:
+    """Forward, loss, backward, clipping and one AdamW step on one batch, as train.Trainer does."""
+    import torch
+
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    with utils.autocast(device, dtype):
+        logits = model(**batch)  # [P, K+1]
+    loss = loss_fn(logits.float(), labels)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype) -> Dict[str, Any]:
+    """Documents per second and seconds per optimizer step of training."""
+    import torch
+
+    import train
+
+    args = spec["args"]
+    hp = training_defaults(args)
+    loss_fn = train.build_loss_from_args(hp)
+    optimizer = train.build_optimizer(model, hp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    bs = args["batch_size"]
+    batches = [collate(features[i:i + bs]) for i in range(0, len(features), bs)]
+    model.train()
+    rss_start = current_rss_mb()
+    for batch in batches[:args["warmup_steps"]]:
+        train_step(model, loss_fn, optimizer, scaler, dict(batch), device, dtype, hp.max_grad_norm)
+    with timed(device) as t:
+        losses = [train_step(model, loss_fn, optimizer, scaler, dict(batch), device, dtype, hp.max_grad_norm)
+                  for batch in batches]
+    return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / t["wall_s"],
+            "train_s_per_step": t["wall_s"] / len(batches), "train_wall_s": t["wall_s"], "train_cpu_s": t["cpu_s"],
+            "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1]}
+
+
+def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
+               rel2id: Dict[str, int]) -> Dict[str, Any]:
+    """Documents per second of prediction: forward passes, decoding and official records."""
+    import torch
+
+    import evaluation
+    import train
+
+    args = spec["args"]
+    loss_fn = train.build_loss_from_args(training_defaults(args))
+    id2rel = {v: k for k, v in rel2id.items()}
+    bs = args["eval_batch_size"]
+    model.eval()
+    rss_start = current_rss_mb()
+    with torch.no_grad():
+        for i in range(min(args["warmup_steps"], -(-len(features) // bs))):
+            batch = collate(features[i * bs:(i + 1) * bs])
+            batch.pop("labels")
+            with utils.autocast(device, dtype):
+                model(**{k: v.to(device) for k, v in batch.items()})
+    with timed(device) as t:
+        logits = train.predict_logits(model, features, collate, bs, device, dtype, progress=False)  # [P, K+1]
+        preds = loss_fn.get_label(logits, num_labels=training_defaults(args).num_labels)
+        records = evaluation.to_official(preds, features, id2rel)
+    return {"eval_docs": len(features), "eval_docs_per_s": len(features) / t["wall_s"], "eval_wall_s": t["wall_s"],
+            "eval_cpu_s": t["cpu_s"], "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records)}
+
+
+def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one phase in this (fresh) process and return its figures, peak memory included."""
+    import torch
+
+    import prepro
+
+    args = spec["args"]
+    torch.set_num_threads(args["threads"])
+    device = utils.select_device(args["device"])
+    dtype = utils.amp_dtype(device, args["amp"])
+    utils.set_seed(args["seed"])
+    rel2id = prepro.load_rel2id(str(Path(args["data"]).parent) if args["data"] else None, args["rel2id"])
+    tokenizer = load_tokenizer(spec)
+    phase = spec["phase"]
+    if phase == "prepro":
+        out = phase_prepro(spec, tokenizer, rel2id, device)
+    else:
+        features = phase_features(spec, tokenizer, rel2id)
+        max_len = max(args["max_seq_length"], max(len(f["input_ids"]) for f in features))
+        model = build_model(args, tokenizer, len(rel2id), max_len).to(device)
+        collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
+        if phase == "train":
+            out = phase_train(spec, model, features, collate, device, dtype)
+        else:
+            out = phase_eval(spec, model, features, collate, device, dtype, rel2id)
+        lengths = [len(f["input_ids"]) for f in features]
+        out[f"{phase}_tokens_mean"] = float(np.mean(lengths))
+        out[f"{phase}_pairs_per_doc"] = float(np.mean([len(f["hts"]) for f in features]))
+        if device.type == "cuda":
+            out[f"{phase}_peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    out[f"{phase}_peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ----------------------------------------------------------------------------- driver (parent process)
+def child_env(threads: int) -> Dict[str, str]:
+    """The environment of a phase process: offline, and every thread pool held to --threads."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               RAYON_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
+    return env
+
+
+def spawn_phase(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
+    """Run one phase in a fresh Python process and return its figures."""
+    tag = f"{spec['phase']}-{spec.get('tokens') or 'data'}-{spec.get('entities') or 'data'}"
+    spec = dict(spec, out=str(workdir / f"result-{tag}.json"))
+    spec_file = workdir / f"spec-{tag}.json"
+    spec_file.write_text(json.dumps(spec), encoding="utf-8")
+    logger.info("phase %s%s ...", spec["phase"],
+                f" ({spec['tokens']} tokens, {spec['entities']} entities)" if spec.get("tokens") else "")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_phase_spec", str(spec_file)],
+                          env=child_env(spec["args"]["threads"]), stdout=sys.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark phase {spec['phase']!r} failed with exit status {proc.returncode} "
+                         f"(its messages are above)")
+    return json.loads(Path(spec["out"]).read_text(encoding="utf-8"))
+
+
+def load_documents(path: str) -> List[Any]:
+    """The documents of a DocRED JSON file, with an error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            docs = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--data {path}: cannot read it as JSON: {e}")
+    if not isinstance(docs, list) or not docs:
+        raise SystemExit(f"--data {path}: expected a non-empty JSON list of DocRED documents")
+    return docs
+
+
+def document_texts(docs: Sequence[Any]) -> Iterator[str]:
+    """One line of text per sentence, to train a synthetic tokenizer on."""
+    for doc in docs:
+        for sent in doc.get("sents", []) if isinstance(doc, dict) else []:
+            yield " ".join(str(w) for w in sent)
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    """Files every phase reads: the document subsets and, for --encoder_config, the synthetic tokenizer."""
+    spec: Dict[str, Any] = {"args": vars(args), "tokenizer_dir": None}
+    docs = load_documents(args.data) if args.data else None
+    if docs is not None:
+        for name, subset in (("docs_file", docs[:args.docs]), ("warmup_file", docs[:2]),
+                             ("prepro_file", docs[:args.prepro_docs] if args.prepro_docs else None)):
+            if subset is None:
+                spec[name] = str(Path(args.data).resolve())
+                continue
+            spec[name] = str(workdir / f"{name}.json")
+            Path(spec[name]).write_text(json.dumps(subset), encoding="utf-8")
+    if args.encoder_config:
+        from random_encoders import train_tokenizer
+
+        texts = list(document_texts(docs)) if docs else None
+        tokenizer = train_tokenizer(ENCODER_SHAPES[args.encoder_config][0], texts or None, args.tokenizer_vocab)
+        tokenizer.model_max_length = max(args.max_seq_length, max(args.scaling_lengths), args.synthetic_tokens or 0)
+        spec["tokenizer_dir"] = str(workdir / "tokenizer")
+        tokenizer.save_pretrained(spec["tokenizer_dir"])
+    return spec
+
+
+def settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The settings a reader needs to reproduce the figures."""
+    keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
+            "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
+            "gradient_checkpointing", "warmup_steps", "seed")
+    out = {k: getattr(args, k) for k in keys}
+    out["model"] = utils.resolve_model_path(args.model) if args.model else None
+    if not args.synthetic_tokens:
+        out.pop("synthetic_entities")
+    if args.encoder_config:
+        out["tokenizer_vocab"] = args.tokenizer_vocab
+    if args.scaling:
+        out.update({k: getattr(args, k) for k in ("scaling_lengths", "scaling_entities", "scaling_base_tokens",
+                                                   "scaling_base_entities", "scaling_docs")})
+    return out
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> Dict[str, Any]:
+    """Figures of each phase of --phases on --data (or synthetic documents)."""
+    spec = prepare(args, workdir)
+    figures: Dict[str, Any] = {}
+    for phase in args.phases:
+        extra = ({"tokens": args.synthetic_tokens, "entities": args.synthetic_entities, "n_docs": args.docs}
+                 if args.synthetic_tokens and phase != "prepro" else {})
+        figures.update(spawn_phase({**spec, **extra, "phase": phase}, workdir))
+    return figures
+
+
+def scaling(args: argparse.Namespace, workdir: Path) -> List[Dict[str, Any]]:
+    """Per (tokens, entities) point: seconds per document and peak memory of train and eval."""
+    spec = prepare(args, workdir)
+    rows = []
+    for tokens, entities in scaling_points(args):
+        row: Dict[str, Any] = {"tokens": tokens, "entities": entities, "pairs_per_doc": entities * (entities - 1)}
+        for phase in args.phases:
+            out = spawn_phase({**spec, "phase": phase, "tokens": tokens, "entities": entities,
+                               "n_docs": args.scaling_docs}, workdir)
+            row[f"{phase}_s_per_doc"] = 1.0 / out[f"{phase}_docs_per_s"]
+            row[f"{phase}_cpu_s_per_doc"] = out[f"{phase}_cpu_s"] / out[f"{phase}_docs"]
+            for key in (f"{phase}_peak_rss_mb", f"{phase}_peak_cuda_mb"):
+                if key in out:
+                    row[key] = out[key]
+        rows.append(row)
+    return rows
+
+
+def scaling_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """The scaling rows as a Markdown table."""
+    columns = [k for k in rows[0] if k not in ("tokens", "entities", "pairs_per_doc")]
+    head = ["tokens", "entities", "pairs/doc"] + [c.replace("_", " ") for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r["tokens"]), str(r["entities"]), str(r["pairs_per_doc"])]
+        cells += [f"{r[c]:.3f}" if c.endswith("per_doc") else f"{r[c]:.0f}" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_scaling(rows: Sequence[Dict[str, Any]], args: argparse.Namespace, path: str) -> None:
+    """Seconds per document and peak memory against tokens (left) and entities (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweeps = [("tokens", "entities", args.scaling_base_entities, "tokens per document"),
+              ("entities", "tokens", args.scaling_base_tokens, "entities per document")]
+    memory = "peak_cuda_mb" if any("train_peak_cuda_mb" in r or "eval_peak_cuda_mb" in r for r in rows) \
+        else "peak_rss_mb"
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), squeeze=False)
+    for col, (x_key, fixed_key, fixed, label) in enumerate(sweeps):
+        sweep = sorted((r for r in rows if r[fixed_key] == fixed), key=lambda r: r[x_key])
+        xs = [r[x_key] for r in sweep]
+        for phase in args.phases:
+            axes[0][col].plot(xs, [r[f"{phase}_s_per_doc"] for r in sweep], "o-", label=phase)
+            axes[1][col].plot(xs, [r[f"{phase}_{memory}"] for r in sweep], "o-", label=phase)
+        axes[0][col].set_title(f"{fixed} {fixed_key}")
+        axes[0][col].set_ylabel("seconds per document")
+        axes[1][col].set_ylabel("peak GPU MiB" if memory == "peak_cuda_mb" else "peak RSS MiB")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend()
+    encoder = args.encoder_config or Path(str(args.model)).name
+    fig.suptitle(f"{encoder}, batch {args.batch_size}, {args.threads} threads, {args.device}")
+    fig.tight_layout()
+    with utils.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+def summary(result: Dict[str, Any]) -> str:
+    """The figures as aligned lines for a person to read."""
+    lines = [f"{k:<28} {v:.3f}" if isinstance(v, float) else f"{k:<28} {v}" for k, v in result.items()
+             if not isinstance(v, (dict, list))]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args._phase_spec:
+        spec = json.loads(Path(args._phase_spec).read_text(encoding="utf-8"))
+        out = run_phase(spec)
+        utils.atomic_write_json(spec["out"], out)
+        return out
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    import torch
+
+    args.device = args.device or utils.select_device().type
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    result: Dict[str, Any] = {"machine": machine_info(), "threads": args.threads}
+    result["torch"], result["transformers"] = result["machine"]["torch"], result["machine"]["transformers"]
+    result["settings"] = settings(args)
+    load_start = load_average()
+    with tempfile.TemporaryDirectory(prefix="docre-benchmark-") as tmp:
+        if args.scaling:
+            rows = scaling(args, Path(tmp))
+            result["scaling"] = rows
+            plot_scaling(rows, args, args.plot)
+            result["plot"] = str(args.plot)
+        else:
+            result.update(benchmark(args, Path(tmp)))
+    result["machine"]["load_avg_1min"] = [load_start, load_average()]
+    if args.output:
+        utils.atomic_write_json(args.output, result, indent=1)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(scaling_table(result["scaling"]) if args.scaling else summary(result))
+    if args.scaling:
+        logger.info("scaling plot written to %s", args.plot)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""scripts/benchmark.py: the JSON it prints, synthetic documents, both attention paths, the scaling run."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import prepro
+import utils
+from random_encoders import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """scripts/benchmark.py as a module."""
+    spec = importlib.util.spec_from_file_location("docre_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def roberta_tokenizer():
+    return train_tokenizer("roberta")
+
+
+def run_script(*args: str) -> dict:
+    """Run the benchmark with --json on one thread and return the object it prints."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--json", "--threads", "1"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_benchmark_json_on_four_documents(small_synthetic_dir, bench):
+    out = run_script("--data", str(small_synthetic_dir / "dev.json"), "--encoder_config", "tiny-bert",
+                     "--docs", "4", "--batch_size", "2", "--device", "cpu")
+    for key in bench.REQUIRED_KEYS:
+        assert isinstance(out[key], float) and out[key] > 0, key
+    figures = {k: v for k, v in out.items() if k.endswith(("_per_s", "_per_step", "_mb", "_wall_s", "_cpu_s"))}
+    assert len(figures) >= 15 and all(v > 0 for v in figures.values()), figures
+    assert not any(k.endswith("_peak_cuda_mb") for k in out)
+    assert (out["prepro_docs"], out["train_docs"], out["eval_docs"], out["train_steps"]) == (4, 4, 4, 2)
+    assert out["train_s_per_step"] == pytest.approx(out["train_wall_s"] / 2)
+    assert out["train_docs_per_s"] == pytest.approx(4 / out["train_wall_s"])
+    assert out["train_peak_rss_mb"] >= out["train_rss_at_start_mb"] * 0.99
+    assert out["threads"] == 1 and out["torch"] == torch.__version__
+    assert out["machine"]["cpu_count"] >= 1 and out["machine"]["transformers"]
+    assert out["settings"]["encoder_config"] == "tiny-bert" and out["settings"]["batch_size"] == 2
+    assert out["settings"]["phases"] == ["prepro", "train", "eval"]
+
+
+def test_synthetic_features_follow_the_feature_contract(bench, roberta_tokenizer):
+    tok = roberta_tokenizer
+    feats = bench.synthetic_features(3, 64, 5, tok, num_class=7, seed=1)
+    assert len(feats) == 3
+    for f in feats:
+        ids = f["input_ids"]
+        assert len(ids) == 64 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        assert not np.isin(ids[1:-1], tok.all_special_ids).any()
+        assert len(f["entity_pos"]) == 5 and all(1 <= len(m) <= 3 for m in f["entity_pos"])
+        starts = [s for m in f["entity_pos"] for s, _ in m]
+        ends = [e for m in f["entity_pos"] for _, e in m]
+        assert len(set(starts)) == len(starts) and min(starts) >= 1 and max(ends) <= 63
+        np.testing.assert_array_equal(f["hts"], prepro.pair_index(5))
+        assert f["labels"].shape == (5, 2) and len(set(f["labels"][:, 0])) == 5
+        assert f["labels"][:, 0].max() < 20 and 1 <= f["labels"][:, 1].min() and f["labels"][:, 1].max() < 7
+    again = bench.synthetic_features(3, 64, 5, tok, num_class=7, seed=1)
+    np.testing.assert_array_equal(again[2]["input_ids"], feats[2]["input_ids"])
+    batch = utils.Collator(7, tok.pad_token_id)(feats)
+    assert batch["labels"].shape == (60, 7) and batch["labels"][:, 1:].sum() == 15
+    with pytest.raises(ValueError, match="no room"):
+        bench.synthetic_features(1, 8, 10, tok, num_class=7)
+
+
+def test_attention_paths_compute_the_same_logits(bench, roberta_tokenizer, one_thread):
+    tok = roberta_tokenizer
+    feats = bench.synthetic_features(2, 40, 4, tok, num_class=5, seed=0)
+    batch = utils.Collator(5, tok.pad_token_id)(feats)
+    batch.pop("labels")
+    logits = {}
+    for path in bench.ATTENTION_PATHS:
+        args = vars(bench.parse_args(["--encoder_config", "tiny-roberta", "--synthetic_tokens", "40",
+                                      "--attention", path]))
+        model = bench.build_model(args, tok, num_class=5, max_seq_length=64).eval()
+        eager = path == "eager-all-layers"
+        assert model.attention_rows == ("eager" if eager else "recompute")
+        assert model.encoder.config.output_attentions == eager
+        assert model.encoder.config._attn_implementation == ("eager" if eager else "sdpa")
+        with torch.no_grad():
+            logits[path] = model(**batch)
+    assert logits["ours"].shape == (24, 5) and torch.isfinite(logits["ours"]).all()
+    torch.testing.assert_close(logits["ours"], logits["eager-all-layers"], atol=1e-4, rtol=1e-4)
+
+
+def test_scaling_points_and_argument_errors(bench):
+    args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20"])
+    assert bench.scaling_points(args) == [(256, 20), (512, 20), (512, 10)]
+    assert args.phases == ["train", "eval"] and args.model == "minilm"
+    for argv in (["--model", "minilm", "--encoder_config", "tiny-bert", "--data", "x.json"],
+                 ["--model", "minilm"],  # no data and nothing synthetic
+                 ["--data", "x.json", "--phases", "prepro,predict"],
+                 ["--scaling", "--scaling_lengths", "256,0"],
+                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+
+
+def test_scaling_table_and_plot_show_both_sweeps(bench, tmp_path):
+    args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20",
+                             "--phases", "train,eval"])
+    rows = [{"tokens": t, "entities": e, "pairs_per_doc": e * (e - 1), "train_s_per_doc": t / 100 + e,
+             "train_cpu_s_per_doc": 1.0, "train_peak_rss_mb": 900.0 + t, "eval_s_per_doc": 0.5,
+             "eval_cpu_s_per_doc": 0.5, "eval_peak_rss_mb": 700.0} for t, e in bench.scaling_points(args)]
+    table = bench.scaling_table(rows).splitlines()
+    assert table[0].startswith("| tokens | entities | pairs/doc | train s per doc |") and len(table) == 2 + 3
+    assert table[2].startswith("| 256 | 20 | 380 | 22.560 |")
+    bench.plot_scaling(rows, args, str(tmp_path / "scaling.png"))
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_run_end_to_end(tmp_path):
+    plot = tmp_path / "scaling.png"
+    out = run_script("--scaling", "--encoder_config", "tiny-bert", "--scaling_lengths", "48",
+                     "--scaling_entities", "4", "--scaling_base_tokens", "48", "--scaling_base_entities", "4",
+                     "--scaling_docs", "2", "--batch_size", "2", "--phases", "eval", "--plot", str(plot))
+    assert [(r["tokens"], r["entities"], r["pairs_per_doc"]) for r in out["scaling"]] == [(48, 4, 12)]
+    row = out["scaling"][0]
+    assert row["eval_s_per_doc"] > 0 and row["eval_cpu_s_per_doc"] > 0 and row["eval_peak_rss_mb"] > 0
+    assert not any(k.startswith("train_") for k in row)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out["plot"] == str(plot)
