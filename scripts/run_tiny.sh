@@ -17,5 +17,5 @@ $LAUNCH train.py \
   --max_seq_length 512 --train_batch_size 4 --test_batch_size 16 \
   --learning_rate 5e-5 --classifier_lr 1e-4 --warmup_ratio 0.06 \
   --num_train_epochs "${EPOCHS:-6}" --num_labels 4 \
-  --loss "${LOSS:-ncrl}" --seed "${SEED:-66}" \
+  --loss "${LOSS:-ncrl}" --shift "${SHIFT:-0.05}" --seed "${SEED:-66}" \
   "$@"
