@@ -34,7 +34,6 @@ NEUTRAL = "neutral"
 HF_DATASET, HF_CONFIG = "go_emotions", "simplified"
 SPLIT_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 HF_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
-ONE_ROW = np.zeros((1, 2), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- data
@@ -301,8 +300,7 @@ def predict(model: nn.Module, features: Sequence[dict], collate: Collator, args:
     device = next(model.parameters()).device
     # comments vary a lot in length: batching them sorted saves most of the padding
     order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-    # predict_logits splits its output per feature by len(f["hts"]) (DocRED's pairs): one row per comment
-    ordered = [{**features[i], "hts": ONE_ROW} for i in order]
+    ordered = [features[i] for i in order]
     logits = train.predict_logits(model, ordered, collate, args.test_batch_size, device,
                                   utils.amp_dtype(device, args.amp), desc, not args.no_progress)
     if logits is None or not len(features):
@@ -352,12 +350,7 @@ def load_checkpoint(model: nn.Module, loss_fn: Any, args: argparse.Namespace, na
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Train (unless only --load_path is given), then score dev and test and write the run directory."""
     args = parse_args(argv)
-    rank, world, device = train.init_distributed(args.device)
-    if world > 1:
-        args.output_dir = train.broadcast_object(args.output_dir)  # one run directory, named by rank 0
-    run = train.RunDirectory(args.output_dir, is_main=rank == 0)
-    train.setup_logging(run)
-    utils.set_seed(args.seed)
+    run, rank, world, device = train.start_run(args)
     names, splits = load_comments(args)
     order = LabelOrder(names)
     comments, dropped = {}, {}
