@@ -13,7 +13,8 @@ Each phase (prepro, train, eval) runs in its own Python process, so one phase's 
 another's; every phase first runs a warm-up that is not timed. Peak memory is the process's high-water
 resident set (VmHWM; `ru_maxrss` would include the parent's peak) and, on a GPU,
 `torch.cuda.max_memory_allocated`. Times are wall-clock; CPU seconds are reported beside them because a
-shared machine slows wall-clock time but hardly the CPU time a phase needs.
+shared machine slows wall-clock time more than the CPU time a phase needs; `--repeat R` times every batch
+R times and keeps each batch's fastest run, which drops most stalls caused by other processes.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "eager attention returning every layer's weights")
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--warmup_steps", type=int, default=1, help="untimed batches before each timed phase")
+    g.add_argument("--repeat", type=int, default=1,
+                   help="time every batch this many times and keep the fastest (steadier on a shared machine)")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("scaling")
     g.add_argument("--scaling", action="store_true",
@@ -132,7 +135,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.phases.remove("prepro")  # synthetic documents have no text to preprocess
     if not args.phases:
         parser.error("no phase left to run")
-    for name in ("docs", "batch_size", "threads", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
+    for name in ("docs", "batch_size", "threads", "repeat", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
     if args.synthetic_entities < 2 or min(args.scaling_entities) < 2:
@@ -162,19 +165,25 @@ def current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-@contextlib.contextmanager
-def timed(device) -> Iterator[Dict[str, float]]:
-    """Wall-clock and process CPU seconds of the block (GPU work finished before each reading)."""
+def fastest(run: Callable[[int], Any], n_items: int, repeat: int, device) -> Tuple[float, float]:
+    """(wall, CPU) seconds of `run(0) ... run(n_items - 1)`, each item's time the fastest of `repeat` runs.
+
+    GPU work is finished before each clock reading. Taking each item's minimum drops the stalls that other
+    processes cause on a shared machine without hiding a consistently slow item.
+    """
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    out: Dict[str, float] = {}
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield out
-    sync()
-    out["wall_s"] = time.perf_counter() - wall
-    out["cpu_s"] = time.process_time() - cpu
+    wall = np.full((repeat, n_items), np.inf)
+    cpu = np.full((repeat, n_items), np.inf)
+    for r in range(repeat):
+        for i in range(n_items):
+            sync()
+            w0, c0 = time.perf_counter(), time.process_time()
+            run(i)
+            sync()
+            wall[r, i], cpu[r, i] = time.perf_counter() - w0, time.process_time() - c0
+    return float(wall.min(0).sum()), float(cpu.min(0).sum())
 
 
 def machine_info() -> Dict[str, Any]:
@@ -322,11 +331,12 @@ def phase_prepro(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int], device
     """Documents per second of read_docred (tokenizing, validating, building features; cache off)."""
     max_len = spec["args"]["max_seq_length"]
     read_features(spec["warmup_file"], tokenizer, rel2id, max_len)
-    with timed(device) as t:
-        features = read_features(spec["prepro_file"], tokenizer, rel2id, max_len)
-    n = len(features)
-    return {"prepro_docs": n, "prepro_docs_per_s": n / t["wall_s"], "prepro_wall_s": t["wall_s"],
-            "prepro_cpu_s": t["cpu_s"], "prepro_tokens_mean": float(features.stats["token_length_mean"])}
+    out: List[Any] = [None]
+    wall, cpu = fastest(lambda i: out.__setitem__(0, read_features(spec["prepro_file"], tokenizer, rel2id, max_len)),
+                        1, spec["args"]["repeat"], device)
+    n = len(out[0])
+    return {"prepro_docs": n, "prepro_docs_per_s": n / wall, "prepro_wall_s": wall, "prepro_cpu_s": cpu,
+            "prepro_tokens_mean": float(out[0].stats["token_length_mean"])}
 
 
 def phase_features(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int]) -> List[Dict[str, Any]]:
@@ -373,11 +383,14 @@ def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, 
     rss_start = current_rss_mb()
     for batch in batches[:args["warmup_steps"]]:
         train_step(model, loss_fn, optimizer, scaler, dict(batch), device, dtype, hp.max_grad_norm)
-    with timed(device) as t:
-        losses = [train_step(model, loss_fn, optimizer, scaler, dict(batch), device, dtype, hp.max_grad_norm)
-                  for batch in batches]
-    return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / t["wall_s"],
-            "train_s_per_step": t["wall_s"] / len(batches), "train_wall_s": t["wall_s"], "train_cpu_s": t["cpu_s"],
+    losses = [0.0] * len(batches)
+
+    def step(i: int) -> None:
+        losses[i] = train_step(model, loss_fn, optimizer, scaler, dict(batches[i]), device, dtype, hp.max_grad_norm)
+
+    wall, cpu = fastest(step, len(batches), args["repeat"], device)
+    return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
+            "train_s_per_step": wall / len(batches), "train_wall_s": wall, "train_cpu_s": cpu,
             "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1]}
 
 
@@ -390,23 +403,28 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
     import train
 
     args = spec["args"]
-    loss_fn = train.build_loss_from_args(training_defaults(args))
+    hp = training_defaults(args)
+    loss_fn = train.build_loss_from_args(hp)
     id2rel = {v: k for k, v in rel2id.items()}
     bs = args["eval_batch_size"]
-    model.eval()
+    chunks = [features[i:i + bs] for i in range(0, len(features), bs)]
+    predict = lambda docs: train.predict_logits(model, docs, collate, bs, device, dtype, progress=False)  # noqa: E731
     rss_start = current_rss_mb()
-    with torch.no_grad():
-        for i in range(min(args["warmup_steps"], -(-len(features) // bs))):
-            batch = collate(features[i * bs:(i + 1) * bs])
-            batch.pop("labels")
-            with utils.autocast(device, dtype):
-                model(**{k: v.to(device) for k, v in batch.items()})
-    with timed(device) as t:
-        logits = train.predict_logits(model, features, collate, bs, device, dtype, progress=False)  # [P, K+1]
-        preds = loss_fn.get_label(logits, num_labels=training_defaults(args).num_labels)
-        records = evaluation.to_official(preds, features, id2rel)
-    return {"eval_docs": len(features), "eval_docs_per_s": len(features) / t["wall_s"], "eval_wall_s": t["wall_s"],
-            "eval_cpu_s": t["cpu_s"], "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records)}
+    for docs in chunks[:args["warmup_steps"]]:
+        predict(docs)
+    logits: List[Optional[torch.Tensor]] = [None] * len(chunks)
+    records: List[Any] = []
+
+    def item(i: int) -> None:
+        if i < len(chunks):
+            logits[i] = predict(chunks[i])  # [P_i, K+1]
+        else:  # decoding the whole set into official records
+            preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.num_labels)
+            records[:] = evaluation.to_official(preds, features, id2rel)
+
+    wall, cpu = fastest(item, len(chunks) + 1, args["repeat"], device)
+    return {"eval_docs": len(features), "eval_docs_per_s": len(features) / wall, "eval_wall_s": wall,
+            "eval_cpu_s": cpu, "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records)}
 
 
 def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -514,7 +532,7 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings a reader needs to reproduce the figures."""
     keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
             "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
-            "gradient_checkpointing", "warmup_steps", "seed")
+            "gradient_checkpointing", "warmup_steps", "repeat", "seed")
     out = {k: getattr(args, k) for k in keys}
     out["model"] = utils.resolve_model_path(args.model) if args.model else None
     if not args.synthetic_tokens:

@@ -100,6 +100,23 @@ def test_attention_paths_compute_the_same_logits(bench, roberta_tokenizer, one_t
     torch.testing.assert_close(logits["ours"], logits["eager-all-layers"], atol=1e-4, rtol=1e-4)
 
 
+def test_fastest_keeps_each_items_quickest_run(bench, monkeypatch):
+    durations = iter([3.0, 1.0, 2.0, 5.0])  # repeat 0: items 0, 1; repeat 1: items 0, 1
+    clock = {"now": 0.0, "start": True}
+
+    def fake_clock():
+        if not clock["start"]:
+            clock["now"] += next(durations)
+        clock["start"] = not clock["start"]
+        return clock["now"]
+
+    monkeypatch.setattr(bench.time, "perf_counter", fake_clock)
+    monkeypatch.setattr(bench.time, "process_time", lambda: 0.0)
+    calls = []
+    wall, cpu = bench.fastest(calls.append, 2, 2, torch.device("cpu"))
+    assert calls == [0, 1, 0, 1] and wall == 2.0 + 1.0 and cpu == 0.0
+
+
 def test_scaling_points_and_argument_errors(bench):
     args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20"])
     assert bench.scaling_points(args) == [(256, 20), (512, 20), (512, 10)]
@@ -130,9 +147,10 @@ def test_scaling_run_end_to_end(tmp_path):
     plot = tmp_path / "scaling.png"
     out = run_script("--scaling", "--encoder_config", "tiny-bert", "--scaling_lengths", "48",
                      "--scaling_entities", "4", "--scaling_base_tokens", "48", "--scaling_base_entities", "4",
-                     "--scaling_docs", "2", "--batch_size", "2", "--phases", "eval", "--plot", str(plot))
+                     "--scaling_docs", "2", "--batch_size", "2", "--phases", "eval", "--repeat", "2", "--plot", str(plot))
     assert [(r["tokens"], r["entities"], r["pairs_per_doc"]) for r in out["scaling"]] == [(48, 4, 12)]
     row = out["scaling"][0]
     assert row["eval_s_per_doc"] > 0 and row["eval_cpu_s_per_doc"] > 0 and row["eval_peak_rss_mb"] > 0
     assert not any(k.startswith("train_") for k in row)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out["plot"] == str(plot)
+    assert out["settings"]["repeat"] == 2 and out["settings"]["scaling_docs"] == 2
