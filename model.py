@@ -73,13 +73,13 @@ def plan_windows(length: int, window: int, n_start: int, n_end: int, min_overlap
     """
     if length <= window:
         return [(0, length)]
-    inner = window - n_start - n_end  # content of a middle window
+    first, inner = window - n_end, window - n_start - n_end  # content of the first and of a middle window
     if inner - min_overlap <= 0:
         raise ValueError(f"window {window} too small for overlap {min_overlap} and {n_start + n_end} special tokens")
     last_start = length - (window - n_start)
-    n = -(-last_start // (inner - min_overlap)) + 1
+    n = 2 if last_start <= first - min_overlap else -(-last_start // (inner - min_overlap)) + 1
     starts = [round(i * last_start / (n - 1)) for i in range(n)]
-    return [(a, length if i == n - 1 else (window - n_end if i == 0 else a + inner)) for i, a in enumerate(starts)]
+    return [(a, length if i == n - 1 else (first if i == 0 else a + inner)) for i, a in enumerate(starts)]
 
 
 def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -94,40 +94,47 @@ def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.
 
 # ----------------------------------------------------------------------------- group bilinear
 class GroupBilinearFunction(torch.autograd.Function):
-    """sum_g x_g^T W_cg y_g, one group at a time, recomputing the outer products in backward."""
+    """sum_g x_g^T W_cg y_g one group at a time, in one reused [P, bs*bs] buffer; backward recomputes it."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int) -> torch.Tensor:
-        n, c, bs = x.shape[0], weight.shape[0], block_size
-        groups = x.shape[1] // bs
-        xs, ys = x.view(n, groups, bs), y.view(n, groups, bs)  # [P, G, bs]
-        w = weight.view(c, groups, bs * bs)  # [K+1, G, bs*bs]
-        out = torch.zeros(n, c, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        xs, ys, w = _group_views(x, y, weight, block_size)
+        n = x.shape[0]
+        out = torch.zeros(n, weight.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        outer = x.new_empty(n, block_size, block_size)  # reused: fresh big tensors cost page faults on CPU
         for g in range(xs.shape[1]):
-            outer = (xs[:, g, :, None] * ys[:, g, None, :]).view(n, bs * bs)  # [P, bs*bs]
-            out += outer @ w[:, g].t()
+            torch.mul(xs[:, g, :, None], ys[:, g, None, :], out=outer)
+            out += outer.view(n, block_size * block_size) @ w[:, g].t()
         ctx.save_for_backward(x, y, weight)
-        ctx.block_size = bs
-        return out
+        ctx.block_size = block_size
+        return out  # [P, K+1]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, y, weight = ctx.saved_tensors
-        n, c, bs = x.shape[0], weight.shape[0], ctx.block_size
-        groups = x.shape[1] // bs
-        xs, ys = x.view(n, groups, bs), y.view(n, groups, bs)
-        w = weight.view(c, groups, bs * bs)
+        bs = ctx.block_size
+        xs, ys, w = _group_views(x, y, weight, bs)
+        n, groups = xs.shape[:2]
         grad = grad.to(x.dtype)
-        gx, gy, gw = torch.zeros_like(xs), torch.zeros_like(ys), torch.zeros_like(w)
-        for g in range(xs.shape[1]):
+        gx, gy = torch.zeros_like(xs), torch.zeros_like(ys)
+        gw = weight.new_zeros(groups, weight.shape[0], bs * bs)
+        buf = x.new_empty(n, bs, bs)
+        for g in range(groups):
             if ctx.needs_input_grad[2]:
-                outer = (xs[:, g, :, None] * ys[:, g, None, :]).view(n, bs * bs)
-                gw[:, g] = grad.t() @ outer
+                torch.mul(xs[:, g, :, None], ys[:, g, None, :], out=buf)
+                torch.mm(grad.t(), buf.view(n, bs * bs), out=gw[g])
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                g_outer = (grad @ w[:, g]).view(n, bs, bs)  # [P, bs, bs]
-                gx[:, g] = torch.bmm(g_outer, ys[:, g, :, None]).squeeze(-1)
-                gy[:, g] = torch.bmm(xs[:, g, None, :], g_outer).squeeze(1)
-        return gx.view_as(x), gy.view_as(y), gw.view_as(weight), None
+                torch.mm(grad, w[:, g], out=buf.view(n, bs * bs))  # d logits / d outer
+                gx[:, g] = torch.bmm(buf, ys[:, g, :, None]).squeeze(-1)
+                gy[:, g] = torch.bmm(xs[:, g, None, :], buf).squeeze(1)
+        return gx.view_as(x), gy.view_as(y), gw.transpose(0, 1).reshape_as(weight), None
+
+
+def _group_views(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int):
+    """x, y as [P, G, bs] and the bilinear weight as [K+1, G, bs*bs]."""
+    n, groups = x.shape[0], x.shape[1] // block_size
+    return (x.view(n, groups, block_size), y.view(n, groups, block_size),
+            weight.view(weight.shape[0], groups, block_size * block_size))
 
 
 def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_size: int) -> torch.Tensor:
@@ -152,8 +159,9 @@ class DocREModel(nn.Module):
     def __init__(self, encoder: PreTrainedModel, num_class: int, emb_size: int = 768, block_size: int = 64,
                  tokenizer=None, max_seq_length: int = 1024, transformer_type: Optional[str] = None,
                  gradient_checkpointing: bool = False, attention_rows: str = "auto",
-                 window_size: Optional[int] = None, window_overlap: int = 64,
-                 start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None):
+                 window_size: Optional[int] = None, window_overlap: int = 16,
+                 start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None,
+                 unpad: Optional[bool] = None):
         super().__init__()
         if emb_size % block_size:
             raise ValueError(f"emb_size {emb_size} must be a multiple of block_size {block_size}")
@@ -169,6 +177,7 @@ class DocREModel(nn.Module):
         self.transformer_type = transformer_type or config.model_type
         self.window_size = window_size or encoder_max_length(encoder)
         self.window_overlap = window_overlap
+        self.unpad = unpad  # None: encode documents one by one (no padding) on CPU, as one batch elsewhere
         if tokenizer is not None and start_token_ids is None:
             start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
             end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
@@ -228,14 +237,34 @@ class DocREModel(nn.Module):
             for h in handles:
                 h.remove()
 
-    def _run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Last hidden states [N, W, H] and what the last attention module left behind."""
+    def _encoder_call(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """One encoder pass: last hidden states and what the last attention module left behind."""
         with self._capture_last_attention() as store:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.attention_rows == "eager" and store.get("weights") is None:
             raise RuntimeError(f"{type(self.attention).__name__} returned no attention weights; load the encoder "
                                f"with attn_implementation='eager' or use attention_rows='recompute'")
+        return hidden, store
+
+    def _run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Last hidden states [N, W, H] and the last attention module's input [N, W, H] or weights
+        [N, heads, W, W]; with `unpad`, each sequence is encoded alone at its own length."""
+        unpad = self.unpad if self.unpad is not None else input_ids.device.type == "cpu"
+        if not unpad or len(input_ids) == 1:
+            return self._encoder_call(input_ids, attention_mask)
+        width = input_ids.shape[1]
+        parts = [self._encoder_call(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
+                 for i, n in enumerate(attention_mask.sum(1).tolist())]
+        hidden = torch.cat([nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
+        store = {}
+        if "input" in parts[0][1]:
+            store["input"] = torch.cat([nn.functional.pad(s["input"], (0, 0, 0, width - s["input"].shape[1]))
+                                        for _, s in parts])
+        if "weights" in parts[0][1]:
+            store["weights"] = torch.cat([nn.functional.pad(s["weights"], (0, width - s["weights"].shape[-1]) * 2)
+                                          for _, s in parts])
         return hidden, store
 
     def _attention_rows(self, store: Dict[str, torch.Tensor], key_mask: torch.Tensor, win: torch.Tensor,
@@ -351,7 +380,7 @@ class DocREModel(nn.Module):
         q = torch.einsum("bihl,bjhl->bijl", att, att) / att.shape[2]  # [B, E_max, E_max, L]
         q = q / (q.sum(-1, keepdim=True) + 1e-5)
         ctx = torch.matmul(q.view(b, e_max * e_max, length), hidden.to(q.dtype))  # [B, E_max^2, H]
-        ctx = ctx.view(b, e_max, e_max, -1)
+        ctx = ctx.view(b, e_max, e_max, hidden.shape[-1])  # -1 is ambiguous when no document has entities
         return ctx[pair_doc, local[hts[:, 0]], local[hts[:, 1]]]
 
     def classify(self, head: torch.Tensor, tail: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

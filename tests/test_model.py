@@ -87,9 +87,10 @@ def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor
     return torch.stack(out) if out else torch.zeros(0, NUM_CLASS)
 
 
+@pytest.mark.parametrize("unpad", [False, True])
 @torch.no_grad()
-def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok):
-    model = tiny_model(tiny_bert_dir)
+def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad):
+    model = tiny_model(tiny_bert_dir, unpad=unpad)
     eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
     feats = mixed_features(bert_tok)
     logits = model(**batch_of(feats, bert_tok))
@@ -98,11 +99,13 @@ def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok):
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("unpad", [False, True])
 @torch.no_grad()
-def test_attention_rows_match_eager_full_attention(tiny_encoder_dir):
-    """Our rows (SDPA + recomputed rows, or DeBERTa's last-layer weights) equal all-layer eager attentions."""
+def test_attention_rows_match_eager_full_attention(tiny_encoder_dir, unpad):
+    """Our rows (SDPA + recomputed rows, or DeBERTa's last-layer weights) equal all-layer eager attentions,
+    whether the batch is encoded padded or document by document."""
     tok = AutoTokenizer.from_pretrained(tiny_encoder_dir)
-    model = tiny_model(tiny_encoder_dir)
+    model = tiny_model(tiny_encoder_dir, unpad=unpad)
     expected_mode = "eager" if model.encoder.config.model_type.startswith("deberta") else "recompute"
     assert model.attention_rows == expected_mode
     batch = batch_of(mixed_features(tok), tok)
@@ -119,9 +122,10 @@ def test_attention_rows_match_eager_full_attention(tiny_encoder_dir):
 
 
 # ----------------------------------------------------------------------------- windows
-@pytest.mark.parametrize("length", [5, 511, 512, 513, 900, 1024, 1500, 2048, 5000])
-def test_plan_windows_cover_with_overlap(length):
-    window, overlap = 512, 64
+@pytest.mark.parametrize("length", [5, 511, 512, 513, 900, 990, 1000, 1024, 1500, 2048, 5000])
+@pytest.mark.parametrize("overlap", [0, 16, 64])
+def test_plan_windows_cover_with_overlap(length, overlap):
+    window = 512
     spans = plan_windows(length, window, 1, 1, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == length
     if length <= window:
@@ -132,12 +136,18 @@ def test_plan_windows_cover_with_overlap(length):
         assert 0 < b - a and b - a + added <= window
     for (a0, b0), (a1, b1) in zip(spans, spans[1:]):
         assert a0 < a1 and b0 - a1 >= overlap
+    fewer = [(0, 511), (length - 511, length)] if len(spans) == 3 else None  # ATLOP's two windows, when they do
+    assert fewer is None or fewer[0][1] - fewer[1][0] < overlap
 
 
+def test_plan_windows_two_like_atlop():
+    assert plan_windows(1000, 512, 1, 1, 16) == [(0, 511), (489, 1000)]
+
+@pytest.mark.parametrize("unpad", [False, True])
 @torch.no_grad()
-def test_window_path_with_one_window_equals_direct_path(tiny_roberta_dir):
+def test_window_path_with_one_window_equals_direct_path(tiny_roberta_dir, unpad):
     tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
-    model = tiny_model(tiny_roberta_dir)
+    model = tiny_model(tiny_roberta_dir, unpad=unpad)
     batch = batch_of(mixed_features(tok), tok)
     args = [batch[k] for k in ("input_ids", "attention_mask", "mention_pos", "mention_doc")]
     hidden, att = model.encode(*args)
@@ -147,9 +157,10 @@ def test_window_path_with_one_window_equals_direct_path(tiny_roberta_dir):
     torch.testing.assert_close(w_att, att, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("unpad", [False, True])
 @torch.no_grad()
-def test_long_document_windows_merge(tiny_bert_dir, bert_tok):
-    model = tiny_model(tiny_bert_dir, max_seq_length=2048)
+def test_long_document_windows_merge(tiny_bert_dir, bert_tok, unpad):
+    model = tiny_model(tiny_bert_dir, max_seq_length=2048, unpad=unpad)
     feat = make_feature(bert_tok, 6, 1500, seed=7)
     feat["entity_pos"][0] = [(1300, 1301), (1450, 1451)]  # an entity entirely past 512
     short = make_feature(bert_tok, 3, 100, seed=8)
