@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -578,17 +577,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                                 extra_state=extra_state)
         logger.info("training on %d instances: %d optimizer steps, loss %s, device %s", len(train_split.features),
                     trainer.total_steps, loss_fn.name, device)
-        start = time.time()
-        trainer.train()
-        logger.info("training took %.1f s", time.time() - start)
-        best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(best["model"])
+        best = train.train_and_restore_best(trainer, model, loss_fn, args, run, device)
         decision.update(best.get("decision", {}))
-        if best.get("threshold") is not None:
-            loss_fn.threshold = best["threshold"]
-        if args.save_path:
-            utils.atomic_torch_save(best, args.save_path)
-        run.plot_curves(args.select_metric)
     return task.write_outputs(model, loss_fn, run, splits)
 
 

@@ -16,7 +16,6 @@ import argparse
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -379,16 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                                 extra_state={"label_names": names})
         logger.info("training on %d comments: %d optimizer steps, loss %s", len(features["train"]),
                     trainer.total_steps, loss_fn)
-        start = time.time()
-        trainer.train()
-        logger.info("training took %.1f s", time.time() - start)
-        best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(best["model"])
-        if best.get("threshold") is not None:
-            loss_fn.threshold = best["threshold"]
-        if args.save_path:
-            utils.atomic_torch_save(best, args.save_path)
-        run.plot_curves(args.select_metric)
+        train.train_and_restore_best(trainer, model, loss_fn, args, run, device)
 
     dev = evaluate(predict(model, features["dev"], collate, args, "dev"), gold["dev"], loss_fn, args, False)
     test_logits = predict(model, features["test"], collate, args, "test")

@@ -714,6 +714,23 @@ def fmt_scores(scores: Dict[str, Any]) -> str:
     return " ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, float))
 
 
+def train_and_restore_best(trainer: "Trainer", model: nn.Module, loss_fn: Any, args: argparse.Namespace,
+                           run: RunDirectory, device: torch.device) -> Dict[str, Any]:
+    """Run the training loop, then load the best checkpoint (weights, BCE threshold) into `model`."""
+    start = time.time()
+    trainer.train()
+    logger.info("training took %.1f s", time.time() - start)
+    barrier()
+    best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
+    model.load_state_dict(best["model"])
+    if best.get("threshold") is not None:
+        loss_fn.threshold = best["threshold"]
+    if args.save_path and run.is_main:
+        utils.atomic_torch_save(best, args.save_path)
+    run.plot_curves(args.select_metric)
+    return best
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_docred_args(add_training_args(parser))
@@ -789,17 +806,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     "accumulation), amp %s, device %s", len(train_features), trainer.total_steps,
                     args.train_batch_size * world * args.gradient_accumulation_steps, args.train_batch_size,
                     world, args.gradient_accumulation_steps, trainer.dtype, device)
-        start = time.time()
-        trainer.train()
-        logger.info("training took %.1f s", time.time() - start)
-        barrier()
-        best = torch.load(run.file("best.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(best["model"])
-        if best.get("threshold") is not None:
-            loss_fn.threshold = best["threshold"]
-        if args.save_path:
-            utils.atomic_torch_save(best, args.save_path)
-        run.plot_curves(args.select_metric)
+        train_and_restore_best(trainer, model, loss_fn, args, run, device)
     result = write_predictions(task, model, loss_fn, run, dev, test)
     barrier()
     if world > 1:

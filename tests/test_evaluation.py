@@ -1,7 +1,6 @@
 """Tests for evaluation.py: official DocRED arithmetic, Ign F1, analysis tables, Codalab files and the CLI."""
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
