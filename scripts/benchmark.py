@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -463,8 +464,8 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- driver (parent process)
 def child_env(threads: int) -> Dict[str, str]:
-    """The environment of a phase process: offline, and every thread pool held to --threads."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+    """The environment of a phase process: this one's, with every thread pool held to --threads."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                RAYON_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
     return env
@@ -478,8 +479,14 @@ def spawn_phase(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     logger.info("phase %s%s ...", spec["phase"],
                 f" ({spec['tokens']} tokens, {spec['entities']} entities)" if spec.get("tokens") else "")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_phase_spec", str(spec_file)],
-                          env=child_env(spec["args"]["threads"]), stdout=sys.stderr)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_phase_spec", str(spec_file)],
+                            env=child_env(spec["args"]["threads"]), stdout=sys.stderr)
+    try:
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: a phase left running would skew whatever is measured next
+            proc.kill()
+            proc.wait()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark phase {spec['phase']!r} failed with exit status {proc.returncode} "
                          f"(its messages are above)")
@@ -630,7 +637,6 @@ def summary(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args._phase_spec:
         spec = json.loads(Path(args._phase_spec).read_text(encoding="utf-8"))
         out = run_phase(spec)
@@ -638,6 +644,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the phase process
     import torch
 
     args.device = args.device or utils.select_device().type
