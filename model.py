@@ -35,6 +35,41 @@ def load_encoder(model_name_or_path: str, **kwargs) -> PreTrainedModel:
         return AutoModel.from_pretrained(model_name_or_path, attn_implementation="eager", **kwargs)
 
 
+# Name under which `checkpointed_sdpa` is registered with transformers' attention and mask interfaces.
+CHECKPOINTED_SDPA = "sdpa_checkpointed_dropout"
+
+
+def checkpointed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0, **kwargs):
+    """transformers' SDPA attention, recomputed in backward where it would keep [B, heads, T, T] tensors.
+
+    PyTorch's fused CPU attention kernel has no dropout, so training on CPU runs the math path, which keeps
+    the attention probabilities and the dropout mask of every layer for backward (most of the activation
+    memory of a small encoder). Checkpointing the attention core keeps only q, k, v; the recomputation
+    replays the same dropout mask, so the gradients are unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if dropout > 0 and query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+        return checkpoint(sdpa_attention_forward, module, query, key, value, attention_mask, dropout=dropout,
+                          use_reentrant=False, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
+
+
+def use_checkpointed_sdpa(encoder: PreTrainedModel, enable: bool = True) -> bool:
+    """Switch an SDPA encoder to `checkpointed_sdpa` (same masks, same outputs), or back; False if not SDPA."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if getattr(encoder.config, "_attn_implementation", None) not in ("sdpa", CHECKPOINTED_SDPA):
+        return False
+    AttentionInterface.register(CHECKPOINTED_SDPA, checkpointed_sdpa)
+    AttentionMaskInterface.register(CHECKPOINTED_SDPA, sdpa_mask)
+    encoder.set_attn_implementation(CHECKPOINTED_SDPA if enable else "sdpa")
+    return True
+
+
 def build_model(model_name_or_path: str, num_class: int, tokenizer=None, **kwargs) -> "DocREModel":
     """A DocREModel over the encoder at `model_name_or_path`; `kwargs` go to DocREModel."""
     return DocREModel(load_encoder(model_name_or_path), num_class, tokenizer=tokenizer, **kwargs)
@@ -154,6 +189,7 @@ class DocREModel(nn.Module):
     `attention_rows` chooses how the last layer's attention rows of the mention starts are obtained:
     "recompute" from the last layer's input (the encoder may then use SDPA), "eager" from the last
     attention module's own weights (needs eager attention there, e.g. DeBERTa), or "auto".
+    `checkpoint_attention` switches an SDPA encoder to `checkpointed_sdpa` (less memory in CPU training).
     """
 
     def __init__(self, encoder: PreTrainedModel, num_class: int, emb_size: int = 768, block_size: int = 64,
@@ -161,7 +197,7 @@ class DocREModel(nn.Module):
                  gradient_checkpointing: bool = False, attention_rows: str = "auto",
                  window_size: Optional[int] = None, window_overlap: int = 16,
                  start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None,
-                 unpad: Optional[bool] = None):
+                 unpad: Optional[bool] = None, checkpoint_attention: bool = True):
         super().__init__()
         if emb_size % block_size:
             raise ValueError(f"emb_size {emb_size} must be a multiple of block_size {block_size}")
@@ -196,6 +232,8 @@ class DocREModel(nn.Module):
             logger.info("%s: switching the encoder to eager attention to read its attention weights",
                         config.model_type)
             encoder.set_attn_implementation("eager")
+        else:
+            use_checkpointed_sdpa(encoder, checkpoint_attention)
         if gradient_checkpointing:
             enable = getattr(encoder, "activation_checkpointing_enable", None)
             if enable is not None:

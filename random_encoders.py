@@ -77,14 +77,15 @@ def train_tokenizer(family: str, texts: Optional[Iterable[str]] = None,
 
 
 def build_random_encoder(shape: str, vocab_size: int, pad_token_id: int = 0,
-                         max_position_embeddings: int = 512) -> PreTrainedModel:
-    """A randomly initialised encoder of a shape from ENCODER_SHAPES."""
+                         max_position_embeddings: int = 512, dropout: float = 0.0) -> PreTrainedModel:
+    """A randomly initialised encoder of a shape from ENCODER_SHAPES (dropout off unless asked: tests compare
+    outputs; the published checkpoints train with 0.1)."""
     if shape not in ENCODER_SHAPES:
         raise ValueError(f"unknown encoder shape {shape!r}; choose from {sorted(ENCODER_SHAPES)}")
     family, hidden, layers, heads, inter = ENCODER_SHAPES[shape]
     common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=inter, pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0)
+                  intermediate_size=inter, pad_token_id=pad_token_id, hidden_dropout_prob=dropout,
+                  attention_probs_dropout_prob=dropout)
     if family == "bert":
         config = BertConfig(max_position_embeddings=max_position_embeddings, **common)
     elif family == "roberta":

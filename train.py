@@ -210,7 +210,9 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, encoder_prefix: 
         if p.requires_grad:
             (encoder if name.startswith(encoder_prefix) else head).append(p)
     groups = [{"params": encoder, "lr": args.learning_rate}, {"params": head, "lr": args.classifier_lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], eps=args.adam_epsilon, weight_decay=0.0)
+    # fused: one kernel per step, no parameter-sized temporaries (the foreach default briefly needs a few)
+    return torch.optim.AdamW([g for g in groups if g["params"]], eps=args.adam_epsilon, weight_decay=0.0,
+                             fused=True)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int,
@@ -643,7 +645,7 @@ def load_encoder_and_tokenizer(args: argparse.Namespace):
     """The tokenizer and encoder of --model_name_or_path, with a clear error when neither folder nor hub works."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from model import load_encoder
+    from model import load_encoder, use_checkpointed_sdpa
 
     path = utils.resolve_model_path(args.model_name_or_path)
     if os.path.isdir(path) and not args.config_name and not os.path.exists(os.path.join(path, "config.json")):
@@ -655,6 +657,7 @@ def load_encoder_and_tokenizer(args: argparse.Namespace):
         tokenizer = AutoTokenizer.from_pretrained(
             utils.resolve_model_path(args.tokenizer_name) if args.tokenizer_name else path)
         encoder = load_encoder(path, config=config)
+        use_checkpointed_sdpa(encoder)
     except OSError as e:
         raise SystemExit(
             f"--model_name_or_path {args.model_name_or_path!r} is neither a local folder nor reachable on the "

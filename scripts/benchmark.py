@@ -282,7 +282,10 @@ def build_encoder(args: Dict[str, Any], tokenizer):
         if not args["encoder_config"].startswith("tiny"):
             vocab = max(vocab, PUBLISHED_VOCAB[family])
         torch.manual_seed(args["seed"])
-        encoder = build_random_encoder(args["encoder_config"], vocab, pad_token_id=tokenizer.pad_token_id)
+        # the published checkpoints' dropout: it decides which attention kernel training runs
+        dropout = 0.0 if args["encoder_config"].startswith("tiny") else 0.1
+        encoder = build_random_encoder(args["encoder_config"], vocab, pad_token_id=tokenizer.pad_token_id,
+                                       dropout=dropout)
         if eager:
             encoder.set_attn_implementation("eager")
     elif eager:

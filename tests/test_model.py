@@ -257,12 +257,49 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_bert_dir, bert_tok):
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
 
 
+def _saved_bytes_and_grads(model: DocREModel, batch: dict):
+    """Bytes autograd keeps for backward in one forward pass, the logits and the encoder's gradients."""
+    saved = []
+
+    def pack(t: torch.Tensor):
+        saved.append(t.numel() * t.element_size())
+        return t
+    torch.manual_seed(1)  # the same dropout masks for every model
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(**batch)
+    logits.pow(2).mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.encoder.parameters() if p.grad is not None])
+    return sum(saved), logits.detach(), grads
+
+
+def test_checkpointed_attention_keeps_less_and_gives_same_gradients(tiny_bert_dir, bert_tok):
+    feats = [make_feature(bert_tok, 6, 200, 0), make_feature(bert_tok, 4, 150, 1)]
+    batch = batch_of(feats, bert_tok)
+    results = []
+    for checkpoint_attention in (False, True):
+        model = tiny_model(tiny_bert_dir, checkpoint_attention=checkpoint_attention, unpad=False).train()
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.2  # attention dropout is what sends CPU training to the math kernel
+        assert (model.encoder.config._attn_implementation == "sdpa_checkpointed_dropout") == checkpoint_attention
+        results.append(_saved_bytes_and_grads(model, batch))
+    (plain_bytes, plain_logits, plain_grads), (ckpt_bytes, ckpt_logits, ckpt_grads) = results
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(**batch), ckpt_logits)  # dropout was on
+    torch.testing.assert_close(ckpt_logits, plain_logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ckpt_grads, plain_grads, atol=1e-6, rtol=1e-5)
+    # each layer's [B, heads, T, T] probabilities and dropout mask are no longer kept
+    n_layers, n_heads = model.encoder.config.num_hidden_layers, model.encoder.config.num_attention_heads
+    per_layer = 2 * n_heads * 200 * 200 * 4
+    assert plain_bytes - ckpt_bytes > n_layers * per_layer
+
+
 def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_deberta_dir):
     tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
     model = build_model(tiny_roberta_dir, NUM_CLASS, tok, emb_size=32, block_size=8)
     assert (model.start_token_ids, model.end_token_ids) == ([tok.cls_token_id], [tok.sep_token_id])
     assert model.transformer_type == "roberta" and model.window_size == 512
-    assert model.encoder.config._attn_implementation == "sdpa" and model.attention_rows == "recompute"
+    assert model.encoder.config._attn_implementation == "sdpa_checkpointed_dropout" and model.attention_rows == "recompute"
     deberta = build_model(tiny_deberta_dir, NUM_CLASS, None, emb_size=32, block_size=8)
     assert deberta.attention_rows == "eager" and deberta.start_token_ids is None
     with pytest.raises(ValueError, match="multiple of block_size"):
