@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,8 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import train
+import engine
+import losses
 import utils
+from engine import Decision, Split
+from utils import UserError
 
 logger = logging.getLogger("docre")
 
@@ -53,33 +55,33 @@ def _where(path: str, i: int, turns: Any, j: Optional[int] = None) -> str:
 
 def _check_instance(inst: Any, where: str) -> None:
     if not isinstance(inst, dict):
-        raise ValueError(f"{where}: an instance must be an object, got {type(inst).__name__}")
+        raise UserError(f"{where}: an instance must be an object, got {type(inst).__name__}")
     for key in ("x", "y"):
         if not isinstance(inst.get(key), str) or not inst[key].strip():
-            raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {inst.get(key)!r}")
+            raise UserError(f"{where}: field {key!r} must be a non-empty string, got {inst.get(key)!r}")
     rids = inst.get("rid")
     if not isinstance(rids, list) or not rids or not all(isinstance(r, int) and r in RID2COL for r in rids):
-        raise ValueError(f"{where}: field 'rid' must be a non-empty list of ids 1..{UNANSWERABLE}, got {rids!r}")
+        raise UserError(f"{where}: field 'rid' must be a non-empty list of ids 1..{UNANSWERABLE}, got {rids!r}")
     if UNANSWERABLE in rids and len(rids) > 1:
-        raise ValueError(f"{where}: field 'rid' mixes {UNANSWERABLE} (unanswerable) with relations: {rids}")
+        raise UserError(f"{where}: field 'rid' mixes {UNANSWERABLE} (unanswerable) with relations: {rids}")
     if "t" in inst and (not isinstance(inst["t"], list) or len(inst["t"]) != len(rids)):
-        raise ValueError(f"{where}: field 't' must be a list of one trigger per id in 'rid', got {inst['t']!r}")
+        raise UserError(f"{where}: field 't' must be a list of one trigger per id in 'rid', got {inst['t']!r}")
 
 
 def load_dialogre(path: str, limit: Optional[int] = None) -> List[list]:
     """The dialogues of a DialogRE file (the first `limit` ones), checked field by field."""
-    data = train.load_json_file(path)
+    data = utils.read_json(path)
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of [turns, instances], got {type(data).__name__}")
+        raise UserError(f"{path}: expected a list of [turns, instances], got {type(data).__name__}")
     data = data[:limit] if limit is not None and limit >= 0 else data
     for i, item in enumerate(data):
         if not (isinstance(item, list) and len(item) == 2):
-            raise ValueError(f"{_where(path, i, None)}: expected a pair [turns, instances]")
+            raise UserError(f"{_where(path, i, None)}: expected a pair [turns, instances]")
         turns, instances = item
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
-            raise ValueError(f"{_where(path, i, turns)}: field 'turns' must be a non-empty list of strings")
+            raise UserError(f"{_where(path, i, turns)}: field 'turns' must be a non-empty list of strings")
         if not isinstance(instances, list):
-            raise ValueError(f"{_where(path, i, turns)}: field 'instances' must be a list")
+            raise UserError(f"{_where(path, i, turns)}: field 'instances' must be a list")
         for j, inst in enumerate(instances):
             _check_instance(inst, _where(path, i, turns, j))
     return data
@@ -171,7 +173,7 @@ class DialogREEncoder:
         cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         if cls is None or sep is None:
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP] (or <s>/</s>) token")
+            raise UserError(f"tokenizer {type(tokenizer).__name__} has no [CLS]/[SEP] (or <s>/</s>) token")
         self.cls, self.sep = cls, sep
         self._speaker_ids: Dict[int, List[int]] = {}
 
@@ -223,7 +225,7 @@ class DialogREEncoder:
         """`[CLS] dialogue [SEP] x [SEP] y [SEP]`, the dialogue cut from the end to fit max_seq_length."""
         budget = self.max_seq_length - 4 - len(x) - len(y)
         if budget < 0:
-            raise ValueError(f"{where}: the arguments alone ({len(x)} + {len(y)} tokens) do not fit in "
+            raise UserError(f"{where}: the arguments alone ({len(x)} + {len(y)} tokens) do not fit in "
                              f"--max_seq_length {self.max_seq_length}")
         kept = dialogue[:budget]
         ids = np.concatenate([[self.cls], kept, [self.sep], x, [self.sep], y, [self.sep]]).astype(np.int64)
@@ -412,175 +414,120 @@ def rids_of(pred: torch.Tensor) -> List[List[int]]:
 
 
 # ----------------------------------------------------------------------------- the task
-class DialogRETask:
-    """Prediction, decoding and scoring of DialogRE splits for one loss."""
+class DialogRE(engine.Task):
+    """DialogRE on the shared engine: BERT_s inputs, a [CLS] classifier, F1 and F1c, BCE's (t1, t2) rule."""
+    name = "dialogre"
+    unit = "instances"
 
-    def __init__(self, args: argparse.Namespace, encoder: DialogREEncoder, decision: Dict[str, Any]):
-        self.args, self.encoder = args, encoder
-        self.decision = decision  # {"t1", "t2"} of the reference rule (BCE), saved in every checkpoint
-        self.collate = DialogRECollator(NUM_CLASS, encoder.tokenizer.pad_token_id or 0)
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("dialogre")
+        g.add_argument("--data_dir", default="./dataset/dialogre")
+        g.add_argument("--train_file", default="train.json")
+        g.add_argument("--dev_file", default="dev.json")
+        g.add_argument("--test_file", default="test.json", help="'' to skip the test set")
+        g.add_argument("--max_seq_length", type=int, default=512)
+        g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
+        g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
+        g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
+                       help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
+        g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
+        g.add_argument("--train_limit", type=int, default=None, help="use only the first N training dialogues")
+        g.add_argument("--dev_limit", type=int, default=None, help="use only the first N dev dialogues")
+        g.add_argument("--test_limit", type=int, default=None, help="use only the first N test dialogues")
+        g.add_argument("--select_metric", default="f1", choices=["f1"])
+        # BERT_s settings of Yu et al. (2020); the shared defaults are DocRED's
+        parser.set_defaults(learning_rate=3e-5, classifier_lr=3e-5, train_batch_size=24, test_batch_size=32,
+                            num_train_epochs=20.0, warmup_ratio=0.1, top_k=-1)
 
-    def read(self, path: str, limit: Optional[int], with_prefixes: bool = False) -> DialogRESplit:
-        return build_split(path, self.encoder, limit, with_prefixes)
+    def default_decision(self, args: argparse.Namespace) -> Decision:
+        """The reference scorer's (t1, t2) until tuned on dev."""
+        return super().default_decision(args).replace(params={"t1": 0.5, "t2": 0.4})
 
-    def predict(self, model: nn.Module, features: Sequence[dict], desc: str) -> torch.Tensor:
-        """Logits `[N, 37]` in the order of `features`, batching inputs of similar length together."""
-        if not features:
-            return torch.zeros(0, NUM_CLASS)
-        order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-        device = next(model.parameters()).device
-        ordered = [features[i] for i in order]
-        logits = train.predict_logits(model, ordered, self.collate, self.args.test_batch_size, device,
-                                      utils.amp_dtype(device, self.args.amp), desc, not self.args.no_progress)
-        out = torch.empty_like(logits)
-        out[torch.from_numpy(order)] = logits
-        return out
+    def build_model(self, args: argparse.Namespace, tokenizer: Any, encoder: nn.Module,
+                    meta: Optional[Dict[str, Any]]) -> nn.Module:
+        markers, added = speaker_marker_ids(tokenizer)
+        if added:
+            encoder.resize_token_embeddings(len(tokenizer))
+        self.encoder = DialogREEncoder(tokenizer, markers, args.max_seq_length, not args.no_entity_type)
+        self.markers = tokenizer.convert_ids_to_tokens(list(markers))
+        self._collate = DialogRECollator(NUM_CLASS, tokenizer.pad_token_id or 0)
+        return DialogREModel(encoder, NUM_CLASS, args.dropout)
+
+    def meta(self) -> Dict[str, Any]:
+        return {"rid2col": RID2COL, "speaker_markers": self.markers}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"num_class": NUM_CLASS, "speaker_markers": self.markers}
+
+    def check_meta(self, meta: Dict[str, Any], path: str) -> None:
+        saved = {int(k): v for k, v in meta.get("rid2col", {}).items()}
+        if saved != RID2COL:
+            raise UserError(f"--load_path {path} is not a DialogRE checkpoint of this version (its relation-id to "
+                            f"column map is {saved or 'missing'})")
+
+    def read(self, split: str) -> Optional[Split]:
+        a = self.args
+        name = {"train": a.train_file, "dev": a.dev_file, "test": a.test_file}[split]
+        path = utils.data_path(a.data_dir, name)
+        if path is None:
+            return None
+        data = build_split(path, self.encoder, getattr(a, f"{split}_limit"), split != "train" and not a.no_f1c)
+        aux = {"prefixes": data.prefixes.features} if data.prefixes is not None else {}
+        return Split(split, data.features, data, aux)
+
+    def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
+        return self._collate(features)
 
     def uses_reference_rule(self, loss_fn: Any) -> bool:
-        return getattr(loss_fn, "tunes_threshold", False) and self.args.bce_rule == "dialogre"
+        return loss_fn.tunes_threshold and self.args.bce_rule == "dialogre"
 
-    def decode(self, logits: torch.Tensor, loss_fn: Any) -> torch.Tensor:
+    def decode(self, logits: torch.Tensor, loss_fn: Any, decision: Decision) -> torch.Tensor:
         """Multi-hot predictions `[N, 37]`: the loss's own rule, or the reference rule for BCE."""
         if self.uses_reference_rule(loss_fn):
-            return dialogre_rule(torch.sigmoid(logits[:, 1:]), self.decision["t1"], self.decision["t2"])
-        return loss_fn.get_label(logits, num_labels=self.args.num_labels)
+            return dialogre_rule(torch.sigmoid(logits[:, 1:]), decision.params["t1"], decision.params["t2"])
+        return decision.labels(loss_fn, logits)
 
-    def evaluate(self, model: nn.Module, split: DialogRESplit, loss_fn: Any, tune: bool) -> Dict[str, float]:
-        """F1 on `split`; with `tune`, BCE's global threshold and the reference rule's (t1, t2) are set first."""
-        logits = self.predict(model, split.features, "dev")
+    def tune(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Decision:
+        """BCE: the global threshold by dev F1, and the reference rule's (t1, t2) by dev F1."""
+        if not loss_fn.tunes_threshold:
+            return decision
+        gold = split.gold.gold
+        threshold = engine.best_of(losses.THRESHOLD_GRID,
+                                   lambda t: f1_score(decision.labels(loss_fn, logits, t), gold)["f1"])
+        t1, t2, _ = tune_dialogre_rule(torch.sigmoid(logits[:, 1:]), gold, losses.THRESHOLD_GRID)
+        return decision.replace(threshold=threshold, params={"t1": t1, "t2": t2})
+
+    def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        gold = split.gold.gold
         extra: Dict[str, float] = {}
-        if getattr(loss_fn, "tunes_threshold", False):
-            import losses
+        if loss_fn.tunes_threshold:  # both BCE rules, whichever decides
+            extra = {"f1_global": f1_score(decision.labels(loss_fn, logits), gold)["f1"],
+                     "f1_rule": f1_score(dialogre_rule(torch.sigmoid(logits[:, 1:]), decision.params["t1"],
+                                                       decision.params["t2"]), gold)["f1"]}
+        return {**f1_score(self.decode(logits, loss_fn, decision), gold), **extra}
 
-            if tune:
-                f1s = {t: f1_score(loss_fn.get_label(logits, self.args.num_labels, threshold=t), split.gold)["f1"]
-                       for t in losses.THRESHOLD_GRID}
-                loss_fn.threshold = max(f1s, key=f1s.get)
-                t1, t2, _ = tune_dialogre_rule(torch.sigmoid(logits[:, 1:]), split.gold, losses.THRESHOLD_GRID)
-                self.decision.update(t1=t1, t2=t2)
-            global_f1 = f1_score(loss_fn.get_label(logits, self.args.num_labels), split.gold)["f1"]
-            rule = dialogre_rule(torch.sigmoid(logits[:, 1:]), self.decision["t1"], self.decision["t2"])
-            extra = {"f1_global": global_f1, "f1_rule": f1_score(rule, split.gold)["f1"],
-                     "threshold": float(loss_fn.threshold), "t1": self.decision["t1"], "t2": self.decision["t2"]}
-        return {**f1_score(self.decode(logits, loss_fn), split.gold), **extra}
-
-    def write_outputs(self, model: nn.Module, loss_fn: Any, run: train.RunDirectory,
-                      splits: Dict[str, DialogRESplit]) -> Dict[str, float]:
-        """<split>_pred.json, <split>_pred_f1c.json and scores.json (F1, F1c per split, percent)."""
-        scores: Dict[str, float] = {}
-        for name, split in splits.items():
-            pred = self.decode(self.predict(model, split.features, name), loss_fn)
-            run.write_json(f"{name}_pred.json", rids_of(pred))
-            scores.update({f"{name}_{k}": v for k, v in f1_score(pred, split.gold).items()})
-            if split.prefixes is not None:
-                pre = split.prefixes
-                pred_c = self.decode(self.predict(model, pre.features, f"{name} prefixes"), loss_fn)[pre.source]
-                per_prefix = rids_of(pred_c)
-                ends = np.cumsum(np.bincount(pre.instance, minlength=len(split.features))).tolist()
-                run.write_json(f"{name}_pred_f1c.json", [per_prefix[a:b] for a, b in zip([0] + ends[:-1], ends)])
-                c = f1c_score(pred_c.numpy(), split.gold, pre.instance, pre.visible)
-                scores.update({f"{name}_{k}_c" if k != "f1" else f"{name}_f1c": v for k, v in c.items()})
-            logger.info("%s: F1 %.2f%s", name, scores[f"{name}_f1"],
-                        f"  F1c {scores[f'{name}_f1c']:.2f}" if f"{name}_f1c" in scores else "")
-        run.write_json("scores.json", scores)
+    def write(self, run: engine.RunDirectory, split: Split, logits: torch.Tensor, aux: Dict[str, torch.Tensor],
+              loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        """<split>_pred.json and <split>_pred_f1c.json; returns F1 (and F1c) in percent."""
+        data: DialogRESplit = split.gold
+        pred = self.decode(logits, loss_fn, decision)
+        run.write_json(f"{split.name}_pred.json", rids_of(pred))
+        scores = f1_score(pred, data.gold)
+        if "prefixes" in aux:
+            pre = data.prefixes
+            pred_c = self.decode(aux["prefixes"], loss_fn, decision)[pre.source]
+            per_prefix = rids_of(pred_c)
+            ends = np.cumsum(np.bincount(pre.instance, minlength=len(data.features))).tolist()
+            run.write_json(f"{split.name}_pred_f1c.json", [per_prefix[a:b] for a, b in zip([0] + ends[:-1], ends)])
+            c = f1c_score(pred_c.numpy(), data.gold, pre.instance, pre.visible)
+            scores.update({f"{k}_c" if k != "f1" else "f1c": v for k, v in c.items()})
         return scores
 
 
-# ----------------------------------------------------------------------------- CLI
-def add_dialogre_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of the DialogRE task."""
-    g = parser.add_argument_group("dialogre")
-    g.add_argument("--data_dir", default="./dataset/dialogre")
-    g.add_argument("--train_file", default="train.json")
-    g.add_argument("--dev_file", default="dev.json")
-    g.add_argument("--test_file", default="test.json", help="'' to skip the test set")
-    g.add_argument("--max_seq_length", type=int, default=512)
-    g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
-    g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
-                   help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
-    g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
-    g.add_argument("--train_limit", type=int, default=None, help="use only the first N training dialogues")
-    g.add_argument("--dev_limit", type=int, default=None, help="use only the first N dev dialogues")
-    g.add_argument("--test_limit", type=int, default=None, help="use only the first N test dialogues")
-    g.add_argument("--select_metric", default="f1", choices=["f1"])
-    # BERT_s settings of Yu et al. (2020); the shared defaults are DocRED's
-    parser.set_defaults(learning_rate=3e-5, classifier_lr=3e-5, train_batch_size=24, test_batch_size=32,
-                        num_train_epochs=20.0, warmup_ratio=0.1, num_labels=-1)
-    return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_dialogre_args(train.add_training_args(parser))
-    args = parser.parse_args(argv)
-    if args.output_dir is None:
-        args.output_dir = train.default_output_dir(args)
-    return args
-
-
-def data_path(args: argparse.Namespace, name: str) -> Optional[str]:
-    if not name:
-        return None
-    return name if os.path.isabs(name) or os.path.exists(name) else os.path.join(args.data_dir, name)
-
-
-def load_checkpoint(path: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    """A DialogRE checkpoint, refused when it was trained with another encoder or label columns."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    train.check_checkpoint(ckpt, path, args, {})
-    saved = {int(k): v for k, v in ckpt.get("rid2col", {}).items()}
-    if saved != RID2COL:
-        raise SystemExit(f"--load_path {path} is not a DialogRE checkpoint of this version (its relation-id to "
-                         f"column map is {saved or 'missing'})")
-    return ckpt
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
-    args = parse_args(argv)
-    run, rank, world, device = train.start_run(args)
-    if world > 1:
-        raise SystemExit("dialogre.py runs on one device; launch it without torchrun")
-    tokenizer, encoder = train.load_encoder_and_tokenizer(args)
-    markers, added = speaker_marker_ids(tokenizer)
-    if added:
-        encoder.resize_token_embeddings(len(tokenizer))
-    if args.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
-    decision = {"t1": 0.5, "t2": 0.4}  # the reference scorer's defaults until tuned on dev
-    task = DialogRETask(args, DialogREEncoder(tokenizer, markers, args.max_seq_length, not args.no_entity_type),
-                        decision)
-    run.write_json("args.json", {**vars(args), "num_class": NUM_CLASS, "device": str(device),
-                                 "speaker_markers": tokenizer.convert_ids_to_tokens(list(markers))})
-    model = DialogREModel(encoder, NUM_CLASS, args.dropout).to(device)
-    loss_fn = train.build_loss_from_args(args)
-    extra_state = {"task": "dialogre", "rid2col": RID2COL, "decision": decision}
-    if args.load_path:
-        ckpt = load_checkpoint(args.load_path, args, device)
-        model.load_state_dict(ckpt["model"])
-        if not args.do_train:
-            decision.update(ckpt.get("decision", {}))
-            if ckpt.get("threshold") is not None:
-                loss_fn.threshold = ckpt["threshold"]
-        logger.info("loaded weights from %s", args.load_path)
-
-    with_f1c = not args.no_f1c
-    splits = {name: task.read(path, limit, with_f1c) for name, path, limit in
-              (("dev", data_path(args, args.dev_file), args.dev_limit),
-               ("test", data_path(args, args.test_file), args.test_limit)) if path}
-    if args.do_train or not args.load_path:
-        if "dev" not in splits:
-            raise SystemExit("training needs --dev_file for evaluation and checkpoint selection")
-        train_split = task.read(data_path(args, args.train_file), args.train_limit)
-        trainer = train.Trainer(args, model, loss_fn, train_split.features, task.collate,
-                                lambda m: task.evaluate(m, splits["dev"], loss_fn, tune=True), run,
-                                extra_state=extra_state)
-        logger.info("training on %d instances: %d optimizer steps, loss %s, device %s", len(train_split.features),
-                    trainer.total_steps, loss_fn.name, device)
-        best = train.train_and_restore_best(trainer, model, loss_fn, args, run, device)
-        decision.update(best.get("decision", {}))
-    return task.write_outputs(model, loss_fn, run, splits)
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Train on DialogRE (unless only --load_path is given), then score dev and test (F1 and F1c)."""
+    return engine.run(DialogRE(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
-    main()
+    utils.cli(main)

@@ -8,7 +8,8 @@ the per-instance label ranking average precision (LRAP), macro-F1 and Neutral ac
 
     python goemotions.py --data_dir dataset/goemotions --loss ncrl --output_dir runs/goemotions-ncrl
 
-Training reuses `train.Trainer` and `losses.py`; this file holds only what is specific to the task.
+Training, prediction and the run directory are the engine's (engine.py); this file holds only what is specific
+to the task.
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import train
+import engine
+import losses
 import utils
+from engine import Decision, Split
+from utils import UserError
 
 logger = logging.getLogger("docre")
 
@@ -50,48 +54,48 @@ def read_label_names(path: str | os.PathLike) -> List[str]:
     try:
         names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the label names: {e}") from e
+        raise UserError(f"{path}: cannot read the label names: {e}") from e
     if NEUTRAL not in names:
-        raise ValueError(f"{path}: no label named {NEUTRAL!r} among {len(names)} names (it is the none class)")
+        raise UserError(f"{path}: no label named {NEUTRAL!r} among {len(names)} names (it is the none class)")
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: repeated label names")
+        raise UserError(f"{path}: repeated label names")
     return names
 
 
-def check_labels(labels: Sequence[int], num_labels: int, where: str) -> Tuple[int, ...]:
+def check_labels(labels: Sequence[int], num_names: int, where: str) -> Tuple[int, ...]:
     """The label ids of one comment, or an error naming the comment when they are invalid."""
     if len(labels) == 0:
-        raise ValueError(f"{where}: field 'labels' is empty")
-    if any(not 0 <= i < num_labels for i in labels):
-        raise ValueError(f"{where}: field 'labels' {list(labels)} has ids outside 0..{num_labels - 1}")
+        raise UserError(f"{where}: field 'labels' is empty")
+    if any(not 0 <= i < num_names for i in labels):
+        raise UserError(f"{where}: field 'labels' {list(labels)} has ids outside 0..{num_names - 1}")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"{where}: field 'labels' {list(labels)} repeats a label")
+        raise UserError(f"{where}: field 'labels' {list(labels)} repeats a label")
     return tuple(int(i) for i in labels)
 
 
-def read_tsv(path: str | os.PathLike, num_labels: int) -> List[Comment]:
+def read_tsv(path: str | os.PathLike, num_names: int) -> List[Comment]:
     """Comments of a GoEmotions TSV file: text, comma-separated label ids, comment id."""
     comments = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != 3:
-                raise ValueError(f"{path} line {line_no}: expected 3 tab-separated fields (text, labels, id), "
+                raise UserError(f"{path} line {line_no}: expected 3 tab-separated fields (text, labels, id), "
                                  f"got {len(fields)}")
             text, label_field, comment_id = fields
             where = f"{path} line {line_no} (comment {comment_id!r})"
             try:
                 ids = [int(x) for x in label_field.split(",") if x.strip()]
             except ValueError:
-                raise ValueError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
-            comments.append(Comment(text, check_labels(ids, num_labels, where), comment_id))
+                raise UserError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
+            comments.append(Comment(text, check_labels(ids, num_names, where), comment_id))
     return comments
 
 
 def comments_from_hf(split, name: str) -> List[Comment]:
     """Comments of one split of the Hugging Face `go_emotions` (simplified) dataset."""
-    num_labels = split.features["labels"].feature.num_classes
-    return [Comment(ex["text"], check_labels(ex["labels"], num_labels, f"{name} row {i} (comment {ex['id']!r})"),
+    num_names = split.features["labels"].feature.num_classes
+    return [Comment(ex["text"], check_labels(ex["labels"], num_names, f"{name} row {i} (comment {ex['id']!r})"),
                     ex["id"]) for i, ex in enumerate(split)]
 
 
@@ -143,7 +147,7 @@ def load_comments(args: argparse.Namespace) -> Tuple[List[str], Dict[str, List[C
     try:
         ds = datasets.load_dataset(HF_DATASET, HF_CONFIG)
     except Exception as e:  # the hub raises many types; all mean the same to the user
-        raise SystemExit(f"--hf_dataset: cannot load {HF_DATASET}/{HF_CONFIG} from the Hugging Face hub "
+        raise UserError(f"--hf_dataset: cannot load {HF_DATASET}/{HF_CONFIG} from the Hugging Face hub "
                          f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): {e}. Without network, put "
                          f"train.tsv, dev.tsv, test.tsv and labels.txt in --data_dir instead.")
     names = list(ds["train"].features["labels"].feature.names)
@@ -181,7 +185,7 @@ class EmotionClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_class: int, dropout: Optional[float] = None):
         super().__init__()
-        self.encoder = encoder  # named `encoder` so the Trainer gives it --learning_rate
+        self.encoder = encoder
         config = encoder.config
         p = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(p)
@@ -201,9 +205,9 @@ def ranking_average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndar
     """
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0.5
     if scores.ndim != 2 or scores.shape != positive.shape:
-        raise ValueError(f"scores {scores.shape} and labels {positive.shape} must be matrices of one shape")
+        raise UserError(f"scores {scores.shape} and labels {positive.shape} must be matrices of one shape")
     if np.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+        raise UserError("scores contain NaN")
     rows, n = scores.shape
     if n == 0:
         return np.full(rows, np.nan)
@@ -241,85 +245,27 @@ def macro_f1(pred: np.ndarray, gold: np.ndarray) -> float:
     return 100.0 * float(np.mean(np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)))
 
 
-def decision_margins(logits: torch.Tensor, loss_fn: Any) -> torch.Tensor:
+def decision_margins(logits: torch.Tensor, decision: Decision) -> torch.Tensor:
     """Scores `[N, C]` in model columns, positive where the loss's decision rule predicts the class.
 
     Emotions: f_i - f_0 for losses that threshold on the none class, f_i - logit(threshold) for BCE;
     Neutral: minus the largest emotion margin. Ranking by these equals ranking by the loss's own scores.
     """
     logits = logits.float()
-    if getattr(loss_fn, "tunes_threshold", False):
-        emotions = logits[:, 1:] - math.log(loss_fn.threshold / (1.0 - loss_fn.threshold))  # [N, K]
+    if decision.threshold is not None:
+        emotions = logits[:, 1:] - math.log(decision.threshold / (1.0 - decision.threshold))  # [N, K]
     else:
         emotions = logits[:, 1:] - logits[:, :1]  # [N, K]
     return torch.cat([-emotions.max(dim=1, keepdim=True).values, emotions], dim=1)  # [N, K+1]
 
 
-def score(logits: torch.Tensor, gold: np.ndarray, loss_fn: Any, num_labels: int = -1,
-          threshold: Optional[float] = None) -> Dict[str, float]:
+def score(logits: torch.Tensor, gold: np.ndarray, loss_fn: Any, decision: Decision) -> Dict[str, float]:
     """mAP, LRAP, macro-F1 over the emotion columns and Neutral accuracy (%), for model-order `gold`."""
-    margins = decision_margins(logits, loss_fn).numpy()
-    kw = {"threshold": threshold} if threshold is not None else {}
-    pred = loss_fn.get_label(logits, num_labels=num_labels, **kw).numpy()
+    margins = decision_margins(logits, decision).numpy()
+    pred = decision.labels(loss_fn, logits).numpy()
     return {"map": class_wise_map(margins[:, 1:], gold[:, 1:]), "lrap": label_ranking_ap(margins[:, 1:], gold[:, 1:]),
             "macro_f1": macro_f1(pred[:, 1:], gold[:, 1:]),
             "neutral_acc": 100.0 * float(np.mean((pred[:, 0] > 0.5) == (gold[:, 0] > 0.5)))}
-
-
-# ----------------------------------------------------------------------------- training and evaluation
-def add_goemotions_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of the GoEmotions task; NCRL defaults to the plain loss (no margin regularization, no shift)."""
-    g = parser.add_argument_group("goemotions")
-    g.add_argument("--data_dir", default="./dataset/goemotions", help="train.tsv, dev.tsv, test.tsv, labels.txt")
-    g.add_argument("--hf_dataset", action="store_true",
-                   help=f"load {HF_DATASET} ({HF_CONFIG}) through Hugging Face datasets instead (needs network)")
-    g.add_argument("--max_seq_length", type=int, default=128)
-    g.add_argument("--margin_reg", dest="no_margin_reg", action="store_false",
-                   help="NCRL with margin regularization (off for this task, as in the paper)")
-    for split in SPLIT_FILES:
-        g.add_argument(f"--{split}_limit", type=int, default=-1,
-                       help=f"use only the first N {split} comments left after the ambiguity filter (-1: all)")
-    parser.set_defaults(no_margin_reg=True, num_labels=-1, train_batch_size=16, test_batch_size=64,
-                        num_train_epochs=4.0, select_metric="map")
-    return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args = add_goemotions_args(train.add_training_args(parser)).parse_args(argv)
-    if args.output_dir is None:
-        default = Path(train.default_output_dir(args))
-        args.output_dir = str(default.with_name("goemotions-" + default.name))
-    return args
-
-
-def predict(model: nn.Module, features: Sequence[dict], collate: Collator, args: argparse.Namespace,
-            desc: str) -> Optional[torch.Tensor]:
-    """Logits `[N, C]` of `features` in their order, fp32 on the CPU (None on ranks other than 0)."""
-    device = next(model.parameters()).device
-    # comments vary a lot in length: batching them sorted saves most of the padding
-    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
-    ordered = [features[i] for i in order]
-    logits = train.predict_logits(model, ordered, collate, args.test_batch_size, device,
-                                  utils.amp_dtype(device, args.amp), desc, not args.no_progress)
-    if logits is None or not len(features):
-        return logits
-    return logits[torch.from_numpy(np.argsort(order))]
-
-
-def evaluate(logits: Optional[torch.Tensor], gold: np.ndarray, loss_fn: Any, args: argparse.Namespace,
-             tune_threshold: bool) -> Dict[str, float]:
-    """Scores of `logits`; for BCE with `tune_threshold`, first set loss_fn.threshold to the best dev macro-F1."""
-    import losses
-
-    if logits is None:  # a rank other than 0 in a distributed run: rank 0 scores
-        return {}
-    if not getattr(loss_fn, "tunes_threshold", False):
-        return score(logits, gold, loss_fn, args.num_labels)
-    if tune_threshold:
-        trials = {t: score(logits, gold, loss_fn, args.num_labels, t)["macro_f1"] for t in losses.THRESHOLD_GRID}
-        loss_fn.threshold = max(trials, key=trials.get)
-    return {**score(logits, gold, loss_fn, args.num_labels), "threshold": loss_fn.threshold}
 
 
 def limited(comments: List[Comment], limit: int) -> List[Comment]:
@@ -332,70 +278,86 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def load_checkpoint(model: nn.Module, loss_fn: Any, args: argparse.Namespace, names: List[str],
-                    device: torch.device) -> None:
-    """Weights (and BCE's threshold) from --load_path, refusing another encoder or label set."""
-    ckpt = torch.load(args.load_path, map_location=device, weights_only=False)
-    train.check_checkpoint(ckpt, args.load_path, args, rel2id=None)
-    if ckpt.get("label_names", names) != names:
-        raise SystemExit(f"--load_path {args.load_path} was trained with the labels {ckpt['label_names']}, but "
-                         f"{args.data_dir} has {names}")
-    model.load_state_dict(ckpt["model"])
-    if ckpt.get("threshold") is not None and not args.do_train:
-        loss_fn.threshold = ckpt["threshold"]
-    logger.info("loaded weights from %s", args.load_path)
+# ----------------------------------------------------------------------------- the task
+class GoEmotions(engine.Task):
+    """GoEmotions on the shared engine: the ambiguity filter, a [CLS] classifier, class-wise mAP."""
+    name = "goemotions"
+    unit = "comments"
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        """Flags of the task; NCRL defaults to the plain loss (no margin regularization, no shift), as in the paper."""
+        g = parser.add_argument_group("goemotions")
+        g.add_argument("--data_dir", default="./dataset/goemotions", help="train.tsv, dev.tsv, test.tsv, labels.txt")
+        g.add_argument("--hf_dataset", action="store_true",
+                       help=f"load {HF_DATASET} ({HF_CONFIG}) through Hugging Face datasets instead (needs network)")
+        g.add_argument("--max_seq_length", type=int, default=128)
+        for split in SPLIT_FILES:
+            g.add_argument(f"--{split}_limit", type=int, default=-1,
+                           help=f"use only the first N {split} comments left after the ambiguity filter (-1: all)")
+        g.add_argument("--select_metric", default="map", choices=["map"])
+        parser.set_defaults(margin_reg=False, top_k=-1, train_batch_size=16, test_batch_size=64,
+                            num_train_epochs=4.0)
+
+    def build_model(self, args: argparse.Namespace, tokenizer: Any, encoder: nn.Module,
+                    meta: Optional[Dict[str, Any]]) -> nn.Module:
+        names, splits = load_comments(args)
+        self.order = LabelOrder(names)
+        self.comments, self.dropped = {}, {}
+        for split, rows in splits.items():
+            kept, self.dropped[split] = drop_ambiguous(rows, self.order.neutral_id)
+            self.comments[split] = limited(kept, getattr(args, f"{split}_limit"))
+            logger.info("%s: %d comments, %d dropped as Neutral + emotion, %d used", split, len(rows),
+                        self.dropped[split], len(self.comments[split]))
+        self.tokenizer = tokenizer
+        self._collate = Collator(self.order.num_class, tokenizer.pad_token_id or 0)
+        return EmotionClassifier(encoder, self.order.num_class)
+
+    def meta(self) -> Dict[str, Any]:
+        return {"label_names": self.order.names}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"label_names": self.order.names, "dropped_ambiguous": self.dropped,
+                "n_comments": {s: len(c) for s, c in self.comments.items()}}
+
+    def check_meta(self, meta: Dict[str, Any], path: str) -> None:
+        names = read_label_names(Path(self.args.data_dir) / "labels.txt") if not self.args.hf_dataset else None
+        saved = meta.get("label_names")
+        if saved is not None and names is not None and saved != names:
+            raise UserError(f"--load_path {path} was trained with the labels {saved}, but {self.args.data_dir} has "
+                            f"{names}")
+
+    def read(self, split: str) -> Optional[Split]:
+        comments = self.comments[split]
+        return Split(split, build_features(comments, self.tokenizer, self.order, self.args.max_seq_length),
+                     self.order.multi_hot(comments))
+
+    def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
+        return self._collate(features)
+
+    def tune(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Decision:
+        """BCE: the global threshold with the best dev macro-F1."""
+        if not loss_fn.tunes_threshold:
+            return decision
+        best = engine.best_of(losses.THRESHOLD_GRID, lambda t: score(
+            logits, split.gold, loss_fn, decision.replace(threshold=t))["macro_f1"])
+        return decision.replace(threshold=best)
+
+    def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        return score(logits, split.gold, loss_fn, decision)
+
+    def write(self, run: engine.RunDirectory, split: Split, logits: torch.Tensor, aux: Dict[str, torch.Tensor],
+              loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        """test_scores.npy (decision margins) and test_labels.npy, columns in labels.txt order."""
+        if split.name == "test" and run.is_main:
+            save_npy(run.file("test_scores.npy"), self.order.to_file_order(decision_margins(logits, decision).numpy()))
+            save_npy(run.file("test_labels.npy"), self.order.to_file_order(split.gold))
+        return score(logits, split.gold, loss_fn, decision)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train (unless only --load_path is given), then score dev and test and write the run directory."""
-    args = parse_args(argv)
-    run, rank, world, device = train.start_run(args)
-    names, splits = load_comments(args)
-    order = LabelOrder(names)
-    comments, dropped = {}, {}
-    for split, rows in splits.items():
-        kept, dropped[split] = drop_ambiguous(rows, order.neutral_id)
-        comments[split] = limited(kept, getattr(args, f"{split}_limit"))
-        logger.info("%s: %d comments, %d dropped as Neutral + emotion, %d used", split, len(rows), dropped[split],
-                    len(comments[split]))
-    tokenizer, encoder = train.load_encoder_and_tokenizer(args)
-    if args.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
-    features = {s: build_features(c, tokenizer, order, args.max_seq_length) for s, c in comments.items()}
-    gold = {s: order.multi_hot(c) for s, c in comments.items()}
-    collate = Collator(order.num_class, tokenizer.pad_token_id or 0)
-    run.write_json("args.json", {**vars(args), "task": "goemotions", "label_names": names,
-                                 "dropped_ambiguous": dropped, "n_comments": {s: len(c) for s, c in comments.items()},
-                                 "device": str(device), "world_size": world})
-    model = EmotionClassifier(encoder, order.num_class).to(device)
-    loss_fn = train.build_loss_from_args(args)
-    if args.load_path:
-        load_checkpoint(model, loss_fn, args, names, device)
-    if args.do_train or not args.load_path:
-        dev_eval = lambda m: evaluate(predict(m, features["dev"], collate, args, "dev"),  # noqa: E731
-                                      gold["dev"], loss_fn, args, tune_threshold=True)
-        trainer = train.Trainer(args, model, loss_fn, features["train"], collate, dev_eval, run,
-                                extra_state={"label_names": names})
-        logger.info("training on %d comments: %d optimizer steps, loss %s", len(features["train"]),
-                    trainer.total_steps, loss_fn)
-        train.train_and_restore_best(trainer, model, loss_fn, args, run, device)
-
-    dev = evaluate(predict(model, features["dev"], collate, args, "dev"), gold["dev"], loss_fn, args, False)
-    test_logits = predict(model, features["test"], collate, args, "test")
-    if test_logits is None:  # not rank 0
-        return {}
-    test = evaluate(test_logits, gold["test"], loss_fn, args, False)
-    save_npy(run.file("test_scores.npy"), order.to_file_order(decision_margins(test_logits, loss_fn).numpy()))
-    save_npy(run.file("test_labels.npy"), order.to_file_order(gold["test"]))
-    scores = {**{f"dev_{k}": v for k, v in dev.items() if k != "threshold"},
-              **{f"test_{k}": v for k, v in test.items() if k != "threshold"}, "dropped_ambiguous": dropped,
-              "n_comments": {s: len(c) for s, c in comments.items()}}
-    if "threshold" in test:
-        scores["threshold"] = test["threshold"]
-    run.write_json("scores.json", scores)
-    logger.info("dev %s | test %s", train.fmt_scores(dev), train.fmt_scores(test))
-    return scores
+    return engine.run(GoEmotions(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":
-    main()
+    utils.cli(main)

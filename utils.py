@@ -1,18 +1,63 @@
-"""Small helpers shared by several modules: encoder path, seeding, atomic writes, batching, devices."""
+"""Small helpers shared by several modules: errors, JSON, encoder path, seeding, atomic writes, batching, devices.
+
+torch is imported inside the functions that use it, so tools that only read run files (sweep, tables) start
+without it.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 DEFAULT_ENCODER_ALIASES = ("minilm", "default")
+
+
+class UserError(ValueError):
+    """An expected failure (bad input, missing file, mismatched flags): the command line prints its message,
+    which names the culprit and what to do, and exits with status 2, without a traceback."""
+
+
+def cli(main: Callable[[], Any]) -> None:
+    """Run a command's `main`; a UserError prints one message (also into train.log, when open) and exits 2."""
+    try:
+        main()
+    except UserError as e:
+        logger = logging.getLogger("docre")
+        record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (e,), None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def data_path(data_dir: str, name: Optional[str]) -> Optional[str]:
+    """A bare file name is a file of --data_dir; a path with a folder part (absolute, ./, ../, a/b) stays as given."""
+    if not name:
+        return None
+    return name if os.path.dirname(name) else os.path.join(data_dir, name)
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """Read a JSON file with an error that names it (and `what` it is, e.g. "--dev_file")."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise UserError(f"{name}: no such file") from e
+    except IsADirectoryError as e:
+        raise UserError(f"{name} is a folder, not a JSON file") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{name}: cannot read JSON: {e}") from e
 
 
 def default_encoder_path() -> str:
@@ -36,6 +81,8 @@ def resolve_model_path(name_or_path: Optional[str]) -> str:
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all CUDA devices included)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -76,6 +123,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] =
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to `path` atomically, so a crash never leaves a half-written checkpoint."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -92,6 +141,8 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        import torch
+
         max_len = max(len(f["input_ids"]) for f in features)
         input_ids = torch.full((len(features), max_len), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(features), max_len), dtype=torch.long)
@@ -143,6 +194,8 @@ class Collator:
 
 def select_device(device: Optional[str] = None) -> torch.device:
     """`cuda` when available (or asked for), else `cpu`."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +203,8 @@ def select_device(device: Optional[str] = None) -> torch.device:
 
 def amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
     """The autocast dtype for `--amp` on `device`, or None for full fp32."""
+    import torch
+
     if amp == "off":
         return None
     if amp == "bf16":
@@ -167,4 +222,6 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> contextlib.A
     """`torch.autocast` for `dtype`, or a no-op context when dtype is None."""
     if dtype is None:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=dtype)

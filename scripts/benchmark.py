@@ -315,11 +315,11 @@ def build_model(args: Dict[str, Any], tokenizer, num_class: int, max_seq_length:
 
 
 def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
-    """train.py's optimisation and loss defaults, with this run's loss."""
-    import train
+    """train.py's optimisation and loss defaults, with this run's loss and batch size."""
+    import engine
 
-    hp = train.add_training_args(argparse.ArgumentParser()).parse_args([])
-    hp.loss = args["loss"]
+    hp = engine.add_training_args(argparse.ArgumentParser()).parse_args([])
+    hp.loss, hp.train_batch_size = args["loss"], args["batch_size"]
     return hp
 
 
@@ -351,46 +351,26 @@ def phase_features(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int]) -> L
     return list(read_features(spec["docs_file"], tokenizer, rel2id, spec["args"]["max_seq_length"]))
 
 
-def train_step(model, loss_fn, optimizer, scaler, batch: Dict[str, Any], device, dtype,
-               max_grad_norm: float) -> float:
-    """Forward, loss, backward, clipping and one AdamW step on one batch, as train.Trainer does."""
-    import torch
-
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    labels = batch.pop("labels")
-    with utils.autocast(device, dtype):
-        logits = model(**batch)  # [P, K+1]
-    loss = loss_fn(logits.float(), labels)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
-
-
 def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype) -> Dict[str, Any]:
-    """Documents per second and seconds per optimizer step of training."""
-    import torch
-
-    import train
+    """Documents per second and seconds per optimizer step of the engine's own training step
+    (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step."""
+    import engine
 
     args = spec["args"]
     hp = training_defaults(args)
-    loss_fn = train.build_loss_from_args(hp)
-    optimizer = train.build_optimizer(model, hp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    hp.amp = args["amp"]
+    trainer = engine.Trainer(hp, model, model.encoder, engine.build_loss_from_args(hp), features, collate,
+                             evaluate=None, run=None, metric="f1", checkpoint_meta={})
     bs = args["batch_size"]
-    batches = [collate(features[i:i + bs]) for i in range(0, len(features), bs)]
+    batches = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
     model.train()
     rss_start = current_rss_mb()
     for batch in batches[:args["warmup_steps"]]:
-        train_step(model, loss_fn, optimizer, scaler, dict(batch), device, dtype, hp.max_grad_norm)
+        trainer.step([batch])
     losses = [0.0] * len(batches)
 
     def step(i: int) -> None:
-        losses[i] = train_step(model, loss_fn, optimizer, scaler, dict(batches[i]), device, dtype, hp.max_grad_norm)
+        losses[i] = trainer.step([batches[i]])["loss"]
 
     wall, cpu = fastest(step, len(batches), args["repeat"], device)
     return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
@@ -403,16 +383,17 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
     """Documents per second of prediction: forward passes, decoding and official records."""
     import torch
 
+    import engine
     import evaluation
-    import train
 
     args = spec["args"]
     hp = training_defaults(args)
-    loss_fn = train.build_loss_from_args(hp)
+    loss_fn = engine.build_loss_from_args(hp)
     id2rel = {v: k for k, v in rel2id.items()}
     bs = args["eval_batch_size"]
     chunks = [features[i:i + bs] for i in range(0, len(features), bs)]
-    predict = lambda docs: train.predict_logits(model, docs, collate, bs, device, dtype, progress=False)  # noqa: E731
+    predict = lambda docs: engine.predict_logits(model, docs, collate, lambda f: len(f["hts"]), bs, dtype,  # noqa: E731
+                                                 progress=False)
     rss_start = current_rss_mb()
     for docs in chunks[:args["warmup_steps"]]:
         predict(docs)
@@ -423,7 +404,7 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
         if i < len(chunks):
             logits[i] = predict(chunks[i])  # [P_i, K+1]
         else:  # decoding the whole set into official records
-            preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.num_labels)
+            preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.top_k)
             records[:] = evaluation.to_official(preds, features, id2rel)
 
     wall, cpu = fastest(item, len(chunks) + 1, args["repeat"], device)

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
+import configs  # noqa: E402
 import utils  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_results.json"
-ABLATION_ORDER = ["NCRL", "NCRL -margin reg", "NCRL -margin shift", "NCRL -both", "BCE", "BCE + P-shift"]
+ABLATION_ORDER = [configs.CONFIGS[n].label for n in configs.ABLATION]
 TRAINING_ORDER = ["annotated", "+ distant", "distant (stage 1)"]
 
 
@@ -111,7 +111,7 @@ def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float],
 
 
 # ----------------------------------------------------------------------------- reading runs
-read_json = train.load_json_file  # ValueError naming the file
+read_json = utils.read_json  # UserError (a ValueError) naming the file
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
@@ -151,62 +151,34 @@ def training_regime(args: Dict[str, Any]) -> str:
 
 
 def loss_config(args: Dict[str, Any]) -> Tuple[str, str]:
-    """The loss's row label (the ablation names of Table 4) and its option value."""
-    loss = str(args.get("loss", "")).lower()
-    if loss == "ncrl":
-        shift, reg = float(args.get("shift") or 0.0), not args.get("no_margin_reg", False)
-        name = {(True, True): "NCRL", (True, False): "NCRL -margin reg", (False, True): "NCRL -margin shift",
-                (False, False): "NCRL -both"}[(shift > 0, reg)]
-        return name, f"γ={shift:g}" if shift > 0 else ""
-    if loss == "bce":
-        m = float(args.get("prob_shift") or 0.0)
-        return ("BCE + P-shift", f"m={m:g}") if m > 0 else ("BCE", "")
-    return {"atl": "ATL"}.get(loss, loss.upper() or "?"), ""
+    """The loss's row label (scripts/configs.py, the ablation names of Table 4) and its option value."""
+    name = configs.name_of(args)
+    if name in ("ncrl", "ncrl-noreg"):
+        return configs.label_of(args), f"γ={float(args['shift']):g}"
+    if name == "bce-pshift":
+        return configs.label_of(args), f"m={float(args['prob_shift']):g}"
+    return configs.label_of(args), ""
 
 
-def detect_task(path: Path, args: Dict[str, Any]) -> Optional[str]:
-    """The task of a run: args.json's `task`, else the score files it wrote, else DocRED's flags."""
+def detect_task(args: Dict[str, Any]) -> Optional[str]:
+    """The task a run's args.json names."""
     task = str(args.get("task") or "").lower()
-    if task in TASKS:
-        return task
-    if (path / "dev_scores.json").exists():
-        return "docred"
-    if (path / "scores.json").exists():
-        keys = set(read_json(path / "scores.json"))
-        if "dev_map" in keys:
-            return "goemotions"
-        if "dev_f1c" in keys:
-            return "dialogre"
-    if "bce_rule" in args:  # flags only dialogre.py has, for runs without a score file yet
-        return "dialogre"
-    if "hf_dataset" in args or "label_names" in args:
-        return "goemotions"
-    if "rel_info" in args and "train_file" in args:
-        return "docred"
-    return None
+    return task if task in TASKS else None
 
 
-def read_scores(path: Path, task: str) -> Tuple[Dict[str, float], bool]:
-    """Flat numeric scores of a run and whether it finished (its final score file exists)."""
-    numeric = lambda d, prefix="": {prefix + k: float(v) for k, v in d.items()  # noqa: E731
-                                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if task == "docred":
-        if not (path / "dev_scores.json").exists():
-            return {}, False
-        scores = numeric(read_json(path / "dev_scores.json"), "dev_")
-        if (path / "test_scores.json").exists():
-            scores.update(numeric(read_json(path / "test_scores.json"), "test_"))
-        return scores, True
+def read_scores(path: Path) -> Tuple[Dict[str, float], bool]:
+    """Flat numeric scores of a run (its scores.json, which every task writes last) and whether it finished."""
     if not (path / "scores.json").exists():
         return {}, False
-    return numeric(read_json(path / "scores.json")), True
+    return {k: float(v) for k, v in read_json(path / "scores.json").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}, True
 
 
 def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
     """Every run under `sweep_dir` (hidden folders excluded) and notes on the folders left out."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise SystemExit(f"{sweep_dir}: no such sweep folder")
+        raise utils.UserError(f"{sweep_dir}: no such sweep folder")
     runs, notes = [], []
     for args_file in sorted(sweep_dir.rglob("args.json")):
         path = args_file.parent
@@ -216,15 +188,15 @@ def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
         args = read_json(args_file)
         if not isinstance(args, dict):
             raise ValueError(f"{args_file}: expected a JSON object of flags, got {type(args).__name__}")
-        task = detect_task(path, args)
+        task = detect_task(args)
         name = str(rel) if str(rel) != "." else path.name
         if task is None:
-            notes.append(f"{name}: unknown task (no `task` in args.json and no score file), left out")
+            notes.append(f"{name}: unknown task (no `task` in args.json), left out")
             continue
         if task == "docred" and args.get("load_path") and not args.get("do_train"):
             notes.append(f"{name}: a test-mode run (--load_path without --do_train), left out")
             continue
-        scores, finished = read_scores(path, task)
+        scores, finished = read_scores(path)
         config = Config(task, encoder_name(args.get("model_name_or_path")), training_regime(args),
                         *loss_config(args))
         runs.append(Run(path, name, args, config, scores, finished))
@@ -249,7 +221,7 @@ def group_runs(runs: Sequence[Run]) -> List[Row]:
 
 
 IGNORED_FLAGS = {"seed", "output_dir", "run_name", "device", "save_path", "resume", "no_progress", "wandb",
-                 "wandb_project", "cache_dir", "num_workers", "test_batch_size", "load_path", "data_dir"}
+                 "wandb_project", "cache_dir", "test_batch_size", "load_path", "data_dir"}
 
 
 def differing_flags(row: Row) -> List[str]:
@@ -525,4 +497,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Report:
 
 
 if __name__ == "__main__":
-    main()
+    utils.cli(main)

@@ -26,23 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
 import utils  # noqa: E402
+from configs import ABLATION, CONFIGS, flags, loss_of, resolve  # noqa: E402
 
 DEFAULT_SEEDS = [61, 62, 63, 64, 65]
-# name -> (LOSS, extra train.py flags); the flags come after the script's own, so they win
-CONFIGS: Dict[str, tuple] = {
-    "ncrl": ("ncrl", []),  # the script's margin shifting (0.05 in the paper scripts) with margin regularization
-    "ncrl-noreg": ("ncrl", ["--no_margin_reg"]),
-    "ncrl-noshift": ("ncrl", ["--shift", "0"]),
-    "ncrl-noboth": ("ncrl", ["--shift", "0", "--no_margin_reg"]),
-    "bce": ("bce", []),
-    "bce-pshift": ("bce", ["--prob_shift", "{pshift}"]),
-    "atl": ("atl", []),
-}
-ABLATION = ["ncrl", "ncrl-noreg", "ncrl-noshift", "ncrl-noboth", "bce", "bce-pshift"]
-
-
 @dataclass
 class Job:
     """One run: a configuration and a seed."""
@@ -53,16 +40,14 @@ class Job:
 
 
 def expand_configs(names: Sequence[str], pshift: float) -> List[tuple]:
-    """(name, LOSS, flags) of each configuration; `ablation` stands for Table 4's six rows, any other
-    name is passed to the script as LOSS."""
+    """(name, LOSS, flags) of each configuration (scripts/configs.py); `ablation` stands for Table 4's six rows,
+    any other name is passed to the script as LOSS."""
     out, seen = [], set()
     for name in names:
-        for n in (ABLATION if name == "ablation" else [name]):
-            if n in seen:
-                continue
-            seen.add(n)
-            loss, flags = CONFIGS.get(n, (n, []))
-            out.append((n, loss, [f.format(pshift=pshift) for f in flags]))
+        for n in (ABLATION if name == "ablation" else [resolve(name)]):
+            if n not in seen:
+                seen.add(n)
+                out.append((n, loss_of(n), flags(n, None, pshift)))
     return out
 
 
@@ -82,9 +67,9 @@ def read_status(sweep_dir: Path) -> Dict[str, dict]:
     if not path.exists():
         return {}
     try:
-        return train.load_json_file(path)
+        return utils.read_json(path)
     except ValueError as e:
-        raise SystemExit(f"{e}; fix or delete the sweep status file")
+        raise utils.UserError(f"{e}; fix or delete the sweep status file")
 
 
 def is_finished(status: Dict[str, dict], sweep_dir: Path, job: Job) -> bool:
@@ -128,9 +113,9 @@ def run_sweep(script: str | Path, configs: Sequence[str], seeds: Sequence[int], 
     """Run every job not finished yet; returns the names of the runs done, skipped and failed."""
     script, sweep_dir = Path(script).resolve(), Path(sweep_dir).resolve()  # the scripts cd to the repository
     if not script.is_file():
-        raise SystemExit(f"{script}: no such run script")
+        raise utils.UserError(f"{script}: no such run script")
     if any(a == "--output_dir" or a.startswith("--output_dir=") for a in extra):
-        raise SystemExit("--output_dir is set by the sweep (SWEEP_DIR/<config>-seed<seed>); do not pass it")
+        raise utils.UserError("--output_dir is set by the sweep (SWEEP_DIR/<config>-seed<seed>); do not pass it")
     jobs = plan(configs, seeds, pshift)
     uses_out = script_uses_out(script)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -208,4 +193,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    utils.cli(lambda: sys.exit(main()))

@@ -15,6 +15,7 @@ import train
 from prepro import ValidationError, read_docred
 from test_prepro import REL2ID, make_doc, write
 from test_train import tiny_args
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -249,7 +250,7 @@ def test_same_train_and_dev_file_warns(same_file_run, small_synthetic_dir):
 def test_checkpoint_of_another_encoder_is_refused_naming_both(same_file_run, small_synthetic_dir, tiny_roberta_dir,
                                                               tiny_bert_dir, tmp_path):
     best = same_file_run / "best.pt"
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UserError) as info:
         train.main(run_args(small_synthetic_dir, tiny_roberta_dir, tmp_path / "run", "--load_path", best))
     msg = str(info.value)
     assert f"--load_path {best}" in msg and repr(tiny_bert_dir) in msg and repr(tiny_roberta_dir) in msg
@@ -264,7 +265,7 @@ def test_checkpoint_of_another_label_map_is_refused_naming_both(same_file_run, s
     smaller = {r: i for r, i in rel2id.items() if r != dropped}
     (tmp_path / "rel2id.json").write_text(json.dumps(smaller))
     best = same_file_run / "best.pt"
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UserError) as info:
         train.main(run_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", best,
                             "--rel2id", tmp_path / "rel2id.json"))
     msg = str(info.value)
@@ -276,7 +277,7 @@ def test_checkpoint_of_another_label_map_is_refused_naming_both(same_file_run, s
 def test_unreachable_model_suggests_the_offline_default(small_synthetic_dir, tmp_path, name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = str(tmp_path / name) if name == "missing-folder" else name
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UserError) as info:
         train.main(run_args(small_synthetic_dir, model, tmp_path / "run"))
     msg = str(info.value)
     assert f"--model_name_or_path {model!r} is neither a local folder nor reachable" in msg
@@ -287,7 +288,7 @@ def test_folder_without_a_model_is_named(small_synthetic_dir, tmp_path):
     """Needs /tmp/train_patch_reliability.diff (load_encoder_and_tokenizer)."""
     folder = tmp_path / "not-a-model"
     folder.mkdir()
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(UserError) as info:
         train.main(run_args(small_synthetic_dir, folder, tmp_path / "run"))
     msg = str(info.value)
     assert f"--model_name_or_path {str(folder)!r} is a folder without a model" in msg and "config.json" in msg

@@ -10,6 +10,7 @@ import torch
 import dialogre
 import losses
 from conftest import shared_file
+from utils import UserError
 
 TURNS = ["Speaker 1: Hi Joey!",
          "Speaker 2: Hey. This is my sister Mary.",
@@ -201,7 +202,8 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
     f1c = json.loads((out / "dev_pred_f1c.json").read_text())
     assert [len(p) for p in f1c] == [4, 4, 4, 2]  # one prediction per dialogue prefix
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    assert ckpt["rid2col"][37] == 0 and ckpt["rid2col"][5] == 5 and set(ckpt["decision"]) == {"t1", "t2"}
+    assert ckpt["meta"]["rid2col"][37] == 0 and ckpt["meta"]["rid2col"][5] == 5
+    assert set(ckpt["decision"]["params"]) == {"t1", "t2"}
 
     again = tmp_path / "test-mode"
     assert dialogre.main(run_args(data, tiny_bert_dir, again, "--loss", "bce", "--load_path",
@@ -212,7 +214,7 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
 def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_roberta_dir):
     data = small_corpus(tmp_path)
     dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
-    with pytest.raises(SystemExit, match="encoder"):
+    with pytest.raises(UserError, match="encoder"):
         dialogre.main(run_args(data, tiny_roberta_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
 
 

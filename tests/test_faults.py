@@ -66,10 +66,10 @@ def test_failed_checkpoint_write_keeps_the_previous_best(run_copy, small_synthet
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
     with pytest.raises(OSError, match="No space left"):  # a new run in the same folder dies writing its best.pt
-        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--max_steps", 1))
+        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--max_steps", 1, "--overwrite"))
     assert (run_copy / "best.pt").read_bytes() == before
     ckpt = torch.load(run_copy / "best.pt", map_location="cpu", weights_only=False)
-    assert ckpt["model"] and ckpt["rel2id"]["Na"] == 0
+    assert ckpt["model"] and ckpt["meta"]["rel2id"]["Na"] == 0
     assert leftovers(run_copy) == []
 
 
@@ -102,7 +102,8 @@ def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic
 
     monkeypatch.setattr(utils, "open", open_failing, raising=False)  # utils' writers see this `open`
     with pytest.raises(OSError, match="No space left"):  # test mode into the same folder dies writing result.json
-        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--load_path", run_copy / "best.pt"))
+        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--load_path", run_copy / "best.pt",
+                            "--overwrite"))
     assert (run_copy / "result.json").read_text(encoding="utf-8") == before
     assert (run_copy / "dev_scores.json").exists()  # written before the failure, through the same writer
     assert leftovers(run_copy) == []

@@ -1,5 +1,4 @@
 """GoEmotions: ranking metrics, the ambiguity filter, label order, the CLI's run directory, learning."""
-import argparse
 import json
 
 import numpy as np
@@ -7,9 +6,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
+import engine
 import goemotions as ge
 import losses
 from conftest import shared_file
+from utils import UserError
 
 NAMES = ["joy", "anger", "neutral", "fear"]  # neutral in the middle, so the reordering is visible
 NEUTRAL_ID = 2
@@ -77,11 +78,10 @@ def test_macro_f1_by_hand():
 @pytest.mark.parametrize("name", ["bce", "atl", "ncrl"])
 def test_decision_margins_are_positive_exactly_where_the_loss_predicts(name):
     loss_fn = losses.build_loss(name)
-    if name == "bce":
-        loss_fn.threshold = 0.3
+    decision = engine.Decision(threshold=0.3 if name == "bce" else None)
     logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(0)) * 3
-    margins = ge.decision_margins(logits, loss_fn)
-    pred = loss_fn.get_label(logits).bool()
+    margins = ge.decision_margins(logits, decision)
+    pred = decision.labels(loss_fn, logits).bool()
     assert torch.equal(margins[:, 1:] > 0, pred[:, 1:])
     assert torch.equal(margins[:, 0] >= 0, pred[:, 0])
     assert 0 < pred[:, 0].float().mean() < 1  # both decisions occur, so the check has teeth
@@ -158,8 +158,7 @@ class EchoModel(torch.nn.Module):
 def test_prediction_batches_by_length_but_returns_rows_in_input_order():
     lengths = np.random.default_rng(0).integers(1, 12, 50)
     features = [{"input_ids": [i] + [1] * int(n), "labels": np.array([0])} for i, n in enumerate(lengths)]
-    args = argparse.Namespace(test_batch_size=7, amp="off", no_progress=True)
-    logits = ge.predict(EchoModel(), features, ge.Collator(2), args, "test")
+    logits = engine.predict_logits(EchoModel(), features, ge.Collator(2), lambda f: 1, 7, None, progress=False)
     assert logits[:, 0].tolist() == list(range(50))
     assert logits[:, 1].tolist() == (lengths + 1).tolist()
 
@@ -201,7 +200,7 @@ def test_run_directory_holds_scores_in_file_order_and_test_mode_reproduces_them(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum("dev_map" in r for r in records) == 2  # evaluated at each epoch's end
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    assert ckpt["label_names"] == NAMES and ckpt["threshold"] == scores["threshold"]
+    assert ckpt["meta"]["label_names"] == NAMES and ckpt["decision"]["threshold"] == scores["threshold"]
 
     test_scores, test_labels = np.load(out / "test_scores.npy"), np.load(out / "test_labels.npy")
     expected = np.zeros((9, 4))
@@ -220,15 +219,14 @@ def test_run_directory_holds_scores_in_file_order_and_test_mode_reproduces_them(
 def test_checkpoint_with_other_labels_is_refused(tiny_goemotions, tiny_bert_dir, tmp_path):
     ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))
     (tiny_goemotions / "labels.txt").write_text("\n".join(reversed(NAMES)))
-    with pytest.raises(SystemExit, match="trained with the labels"):
+    with pytest.raises(UserError, match="trained with the labels"):
         ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
 
 
 def test_plain_ncrl_is_the_default_and_margin_regularization_can_be_turned_on():
-    args = ge.parse_args([])
-    assert (args.loss, args.shift, args.no_margin_reg, args.num_labels, args.select_metric) == ("ncrl", 0.0, True,
-                                                                                                 -1, "map")
-    assert ge.parse_args(["--margin_reg"]).no_margin_reg is False
+    args = engine.parse_args(ge.GoEmotions(), [], "")
+    assert (args.loss, args.shift, args.margin_reg, args.top_k, args.select_metric) == ("ncrl", 0.0, False, -1, "map")
+    assert engine.parse_args(ge.GoEmotions(), ["--margin_reg"], "").margin_reg is True
 
 
 # ----------------------------------------------------------------------------- real data

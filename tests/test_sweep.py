@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import train
+import utils
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -35,10 +36,14 @@ def clone(src: Path, dst: Path, dev=None, test=None, **flags) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt"))
     args = json.loads((dst / "args.json").read_text())
     (dst / "args.json").write_text(json.dumps({**args, **flags, "output_dir": str(dst)}))
-    for name, scores in (("dev_scores.json", dev), ("test_scores.json", test)):
+    flat = {}
+    for split, scores in (("dev", dev), ("test", test)):
         if scores is not None:
             ign, f1 = scores
-            (dst / name).write_text(json.dumps({"precision": 50.0, "recall": 50.0, "f1": f1, "ign_f1": ign}))
+            values = {"precision": 50.0, "recall": 50.0, "f1": f1, "ign_f1": ign}
+            (dst / f"{split}_scores.json").write_text(json.dumps(values))
+            flat.update({f"{split}_{k}": v for k, v in values.items()})
+    (dst / "scores.json").write_text(json.dumps(flat))
     return dst
 
 
@@ -55,9 +60,9 @@ def sweep_dir(real_runs, tmp_path):
     (d / "ncrl-seed62" / "result.zip").write_bytes(b"zip")
     for seed, dev in BCE_DEV.items():
         clone(real_runs / "bce", d / f"bce-seed{seed}", dev, seed=seed)
-    clone(real_runs / "ncrl", d / "ncrl-noreg-seed61", (57.0, 59.0), seed=61, no_margin_reg=True)
+    clone(real_runs / "ncrl", d / "ncrl-noreg-seed61", (57.0, 59.0), seed=61, margin_reg=False)
     unfinished = clone(real_runs / "ncrl", d / "ncrl-seed64", seed=64)
-    (unfinished / "dev_scores.json").unlink()
+    (unfinished / "scores.json").unlink()
     clone(real_runs / "ncrl", d / "test-mode", (1.0, 1.0), load_path="x/best.pt", do_train=False)
     for seed, (f1, f1c) in {1: (60.0, 55.0), 2: (62.0, 56.0)}.items():
         run = d / "dialogre" / f"atl-seed{seed}"
@@ -66,9 +71,10 @@ def sweep_dir(real_runs, tmp_path):
                                                    "model_name_or_path": "bert-base-uncased"}))
         (run / "scores.json").write_text(json.dumps({"dev_f1": f1, "dev_f1c": f1c, "test_f1": f1 - 1,
                                                      "test_f1c": f1c - 1}))
-    run = d / "goemotions" / "ncrl-seed1"  # no `task` key: found by its scores
+    run = d / "goemotions" / "ncrl-seed1"
     run.mkdir(parents=True)
-    (run / "args.json").write_text(json.dumps({"loss": "ncrl", "shift": 0.0, "seed": 1, "model_name_or_path": "x"}))
+    (run / "args.json").write_text(json.dumps({"task": "goemotions", "loss": "ncrl", "shift": 0.0, "seed": 1,
+                                               "model_name_or_path": "x"}))
     (run / "scores.json").write_text(json.dumps({"dev_map": 50.5, "test_map": 49.0, "test_lrap": 80.0,
                                                  "test_macro_f1": 45.0, "n_comments": {"dev": 3}}))
     return d
@@ -172,7 +178,7 @@ def test_configuration_labels():
 
 
 def test_missing_sweep_folder_and_bad_json_are_named(tmp_path):
-    with pytest.raises(SystemExit, match="no such sweep folder"):
+    with pytest.raises(utils.UserError, match="no such sweep folder"):
         make_tables.collect_runs(tmp_path / "absent")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "args.json").write_text("{oops")
@@ -189,9 +195,9 @@ out=""
 args=("$@")
 for ((i = 0; i < ${{#args[@]}}; i++)); do [ "${{args[$i]}}" = --output_dir ] && out=${{args[$((i + 1))]}}; done
 mkdir -p "$out"
-echo "{{\\"loss\\": \\"$LOSS\\", \\"seed\\": $SEED, \\"model_name_or_path\\": \\"fake\\", \\"shift\\": 0.05}}" > "$out/args.json"
+echo "{{\\"task\\": \\"docred\\", \\"loss\\": \\"$LOSS\\", \\"seed\\": $SEED, \\"model_name_or_path\\": \\"fake\\", \\"shift\\": 0.05}}" > "$out/args.json"
 if [ -f "{fail}" ] && [ "$LOSS-$SEED" = "$(cat "{fail}")" ]; then echo "boom: seed $SEED diverged" >&2; exit 3; fi
-echo "{{\\"f1\\": $SEED, \\"ign_f1\\": $SEED}}" > "$out/dev_scores.json"
+echo "{{\\"dev_f1\\": $SEED, \\"dev_ign_f1\\": $SEED}}" > "$out/scores.json"
 """
 
 
@@ -253,7 +259,7 @@ def test_plan_dry_run_and_refused_output_dir(fake_script, tmp_path, capsys):
     assert [j.name for j in jobs[::2]] == [f"{c}-seed1" for c in sweep.ABLATION + ["atl"]]
     sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", dry_run=True)
     assert "LOSS=ncrl SEED=1" in capsys.readouterr().out and not calls(tmp_path)
-    with pytest.raises(SystemExit, match="--output_dir is set by the sweep"):
+    with pytest.raises(utils.UserError, match="--output_dir is set by the sweep"):
         sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", ["--output_dir", "x"])
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import utils
-from train import epoch_batches, linear_schedule
+from engine import epoch_batches, linear_schedule
 
 
 def feature(n_tokens, ent_pos, labels=()):
