@@ -105,6 +105,9 @@ class Task:
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         """The task's own flags (and defaults of the shared ones, with `parser.set_defaults`)."""
 
+    def check_args(self, args: argparse.Namespace) -> None:
+        """Refuse flags that cannot work (a missing data folder, ...) before anything is loaded."""
+
     def default_decision(self, args: argparse.Namespace) -> Decision:
         return Decision(top_k=args.top_k, threshold=0.5 if losses.build_loss(args.loss).tunes_threshold else None)
 
@@ -821,6 +824,7 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     """
     args = parse_args(task, argv, description)
     task.args = args
+    task.check_args(args)
     run_dir, rank, world, device = start_run(args, task)
     do_train = args.do_train or not args.load_path
     tokenizer, encoder = load_encoder_and_tokenizer(args)
@@ -910,6 +914,9 @@ def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[
             logger.info("%s: %s", name, fmt_scores(out))
     scores.update(decision.report(), **task.summary())
     run_dir.write_json("scores.json", scores)
+    if run_dir.is_main:
+        logger.info("run directory %s: %s", run_dir.path, " ".join(sorted(p.name for p in run_dir.path.iterdir()
+                                                                          if not p.name.startswith("."))))
     barrier()
     if world > 1:
         dist.destroy_process_group()

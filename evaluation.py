@@ -215,15 +215,15 @@ def official_evaluate(
 ) -> Dict[str, float]:
     """The DocRED Codalab scorer's P, R, F1, Ign F1 (percent) on deduplicated predictions, evidence scores too.
 
-    Keys: precision, recall, f1, ign_f1 (equal to f1 without `train_annotated`), ign_f1_distant (with
-    `train_distant`), evi_precision/evi_recall/evi_f1 (when predictions carry "evidence"), n_pred, n_gold, n_correct.
+    Keys: precision, recall, f1, ign_f1 (None without `train_annotated`: nothing to ignore), ign_f1_distant
+    (with `train_distant`), evi_precision/evi_recall/evi_f1 (when predictions carry "evidence"), n_pred, n_gold,
+    n_correct.
     """
     pred = dedup_predictions(_as_list(pred, "prediction file")[0])
     truth, _ = _as_list(truth, "truth file")
     vertex_sets = _vertex_sets(truth)
     std, n_gold_evidence = gold_facts(truth)
-    # without an annotated training file nothing is ignored and Ign F1 equals F1
-    ignore = {"ign_f1": frozenset() if train_annotated is None else train_facts(train_annotated, fact_cache_dir)}
+    ignore = {} if train_annotated is None else {"ign_f1": train_facts(train_annotated, fact_cache_dir)}
     if train_distant is not None:
         ignore["ign_f1_distant"] = train_facts(train_distant, fact_cache_dir)
     n_correct = n_correct_evidence = n_pred_evidence = 0
@@ -242,6 +242,7 @@ def official_evaluate(
             in_train[name] += _in_train(vertex_sets[key[0]], key[2], key[3], key[1], facts)
     scores = prf(n_correct, len(pred), len(std))
     recall = _ratio(n_correct, len(std))
+    scores["ign_f1"] = None  # without the annotated training file, not 0 and not F1
     for name in ignore:
         p_ign = _ratio(n_correct - in_train[name], len(pred) - in_train[name])
         scores[name] = 100.0 * _f1(p_ign, recall)
@@ -349,6 +350,29 @@ def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_
             raise ValueError(f"{where} field 'evidence' must be a list of sentence ids in [0, {n_sent}), got {evi!r}")
 
 
+def check_predictions(pred: PathOrDocs, truth: PathOrDocs, rel_ids: Optional[Iterable[str]] = None,
+                      shown: int = 5) -> None:
+    """Raise ValueError when predictions name titles, entity indices or relations the truth (or label map) lacks,
+    or the truth has no labels to score against; the first `shown` problems are named."""
+    items, name = _as_list(pred, "prediction file")
+    docs, truth_name = _as_list(truth, "truth file")
+    if not any(isinstance(d, dict) and d.get("labels") for d in docs):
+        raise ValueError(f"{truth_name} has no labels in any document: score against a labelled file "
+                         f"(dev, or Re-DocRED's test)")
+    doc_of = {doc["title"]: doc for doc in docs}
+    rel_set = None if rel_ids is None else {r for r in rel_ids if r != "Na"}
+    problems = []
+    for i, item in enumerate(items):
+        try:
+            _check_item(item, i, doc_of, rel_set)
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
+        raise ValueError(f"{name}: {len(problems)} of {len(items)} predictions do not fit {truth_name}{more}: "
+                         + "; ".join(problems[:shown]))
+
+
 def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[Iterable[str]] = None) -> None:
     """Raise ValueError on the first malformed record of a Codalab submission (naming item and field)."""
     items, name = _as_list(pred, "submission")
@@ -385,7 +409,8 @@ def format_scores(scores: Mapping[str, float]) -> str:
     """Human-readable lines of the headline scores (percent, 2 decimals)."""
     names = [("precision", "P"), ("recall", "R"), ("f1", "F1"), ("ign_f1", "Ign F1"), ("ign_f1_distant", "Ign F1 (distant)"),
              ("evi_precision", "Evi P"), ("evi_recall", "Evi R"), ("evi_f1", "Evi F1")]
-    lines = [f"{label:<17}{scores[k]:6.2f}" for k, label in names if k in scores]
+    lines = [f"{label:<17}{scores[k]:6.2f}" if scores[k] is not None else f"{label:<17}   n/a"
+             for k, label in names if k in scores]
     lines.append(f"{'n_pred/gold/ok':<17}{scores['n_pred']}/{scores['n_gold']}/{scores['n_correct']}")
     return "\n".join(lines)
 
@@ -426,15 +451,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Score, check or zip predictions; an expected failure prints one message and returns 2."""
     args = parse_args(argv)
-    rel_info = load_json(args.rel_info, "rel_info file") if args.rel_info else None
     try:
+        rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None
+        rel_ids = None if rel_info is None else list(rel_info)
         if args.check_submission:
-            check_submission(args.check_submission, args.truth, None if rel_info is None else list(rel_info))
+            check_submission(args.check_submission, args.truth, rel_ids)
             print(f"{args.check_submission}: valid submission")
         if args.pred:
+            check_predictions(args.pred, args.truth, rel_ids)
             if not args.train_annotated:
-                print("note: no --train_annotated, so Ign F1 equals F1", file=sys.stderr)
+                print("note: no --train_annotated, so Ign F1 is not computed", file=sys.stderr)
             scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,
                                        args.fact_cache_dir)
             cats = score_by_category(args.pred, args.truth, rel_info) if args.per_relation else None
@@ -448,7 +476,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {write_codalab_zip(args.check_submission or args.pred, args.codalab_zip)}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

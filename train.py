@@ -61,6 +61,11 @@ class DocRED(engine.Task):
         g.add_argument("--transformer_type", default=None, help="accepted for ATLOP's scripts and ignored: special "
                                                                   "tokens come from the tokenizer")
 
+    def check_args(self, args: argparse.Namespace) -> None:
+        if not os.path.isdir(args.data_dir):
+            raise UserError(f"--data_dir {args.data_dir}: no such folder (it should hold the DocRED files: "
+                            f"{args.train_file}, {args.dev_file}, {args.test_file}, rel_info.json)")
+
     # -- label map, files
     def rel2id(self) -> Dict[str, int]:
         if self._rel2id is None:
@@ -165,12 +170,8 @@ class DocRED(engine.Task):
         return evaluation.to_official(decision.labels(loss_fn, logits, threshold), split.features, id2rel)
 
     def _score_preds(self, preds: List[dict], split: Split) -> Dict[str, Any]:
-        ign = self.ign_file()
-        scores = evaluation.official_evaluate(preds, split.gold, train_annotated=ign,
-                                              train_distant=self.path(self.args.train_distant))
-        if ign is None:
-            scores["ign_f1"] = None
-        return scores
+        return evaluation.official_evaluate(preds, split.gold, train_annotated=self.ign_file(),
+                                            train_distant=self.path(self.args.train_distant))
 
     def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
         return self._score_preds(self.predictions(logits, split, loss_fn, decision), split)

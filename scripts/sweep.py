@@ -58,8 +58,13 @@ def plan(configs: Sequence[str], seeds: Sequence[int], pshift: float = 0.05) -> 
 
 
 def script_uses_out(script: Path) -> bool:
-    """Two-stage scripts (run_*_distant.sh) take their folder from $OUT; --output_dir would reach both stages."""
-    return re.search(r"\$\{?OUT\b", script.read_text(encoding="utf-8")) is not None
+    """Two-stage scripts (run_*_distant.sh) take their folder from $OUT; --output_dir would reach both stages.
+    A wrapper counts as two-stage when a script it runs from the same folder is."""
+    text = script.read_text(encoding="utf-8")
+    if re.search(r"\$\{?OUT\b", text):
+        return True
+    called = {script.parent / m for m in re.findall(r"(run_\w+\.sh)", text)} - {script}
+    return any(s.is_file() and script_uses_out(s) for s in called)
 
 
 def read_status(sweep_dir: Path) -> Dict[str, dict]:

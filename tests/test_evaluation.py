@@ -79,7 +79,7 @@ def test_hand_case_precision_recall_f1_and_ign_f1():
 
 def test_no_train_file_means_no_ign_key_and_file_equals_list(tmp_path):
     no_train = ev.official_evaluate(PRED, TRUTH)
-    assert no_train["ign_f1"] == no_train["f1"] and "ign_f1_distant" not in no_train
+    assert no_train["ign_f1"] is None and "ign_f1_distant" not in no_train  # not F1, not 0: not computed
     train_path = tmp_path / "train_annotated.json"
     train_path.write_text(json.dumps(TRAIN))
     pred_path, truth_path = tmp_path / "pred.json", tmp_path / "truth.json"
@@ -366,14 +366,32 @@ def test_cli_check_submission_and_zip(hand_files, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([rec(0, 1, "P17"), rec(0, 1, "P6")]))
     res = run_cli("--check_submission", str(bad), "--truth", f["truth"], "--rel_info", f["rel_info"])
-    assert res.returncode == 1
+    assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "bad.json: item 1" in res.stderr and "'P6' is not a known relation id" in res.stderr
 
 
 def test_cli_names_a_missing_file(hand_files):
     res = run_cli("--pred", hand_files["pred"], "--truth", "/nonexistent/dev.json")
-    assert res.returncode == 1
+    assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "/nonexistent/dev.json" in res.stderr
+    res = run_cli("--pred", hand_files["pred"], "--truth", hand_files["truth"], "--rel_info", "/nonexistent/ri.json")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--rel_info file /nonexistent/ri.json" in res.stderr
+
+
+def test_cli_refuses_predictions_the_truth_lacks_and_an_unlabelled_truth(hand_files, tmp_path):
+    f = hand_files
+    truth = json.loads(open(f["truth"]).read())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([rec(0, 1, "P17"), {**rec(0, 1, "P17"), "title": "no such doc"},
+                               rec(0, 99, "P17"), rec(0, 1, "P6")]))
+    res = run_cli("--pred", str(bad), "--truth", f["truth"], "--rel_info", f["rel_info"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "3 of 4 predictions" in res.stderr and "'no such doc'" in res.stderr
+    assert "'t_idx' = 99 is out of range" in res.stderr and "'P6' is not a known relation id" in res.stderr
+    unlabelled = tmp_path / "test.json"
+    unlabelled.write_text(json.dumps([{k: v for k, v in d.items() if k != "labels"} for d in truth]))
+    res = run_cli("--pred", f["pred"], "--truth", str(unlabelled))
+    assert res.returncode == 2 and "has no labels in any document" in res.stderr
 
 
 # ---------------------------------------------------------------------------- corpora
