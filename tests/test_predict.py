@@ -273,6 +273,8 @@ def test_pipeline_outputs_in_input_order_with_names(fake_model, nlp, raw_doc):
             assert outputs[0]["text"][m["char_start"]:m["char_end"]] == m["text"]
     single = pipe("Marie Curie met Pierre Curie in Paris.")
     assert single["relations"][0]["relation"] == "country" and isinstance(pipe(["A text.", "B."]), list)
+    with pytest.raises(InputError, match="1 titles for 2 texts"):
+        pipe(["A text.", "B."], titles=["one"])
 
 
 def test_assemble_output_sorts_and_rejects_bad_predictions(raw_doc):
