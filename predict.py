@@ -1,0 +1,325 @@
+"""Use a trained model on DocRED JSON, raw text or `.jsonl`: `python predict.py --model RUN --input FILE`.
+
+    python predict.py --model runs/roberta-ncrl --input docs.txt --output pred.json --html pred.html
+    python predict.py --model runs/roberta-ncrl/best.pt --text "Marie Curie was born in Warsaw."
+
+Inputs and their conversion to DocRED documents are described in `text2doc.py`. The output is a JSON list, one object
+per input document in input order:
+    {"title", "text", "sent_spans": [[char_start, char_end]], "sents": [[tokens]],
+     "entities": [{"name", "type", "mentions": [{"sent_id", "pos": [start, end], "text", "char_start", "char_end"}]}],
+     "relations": [{"h_idx", "t_idx", "r", "relation", "score", "evidence": [sent ids]}]}
+`text` is the input text (for DocRED input: the tokens joined by single spaces, see `text2doc.join_sents`); every
+mention's `text == text[char_start:char_end]`; `pos` is [start, end) in tokens of sentence `sent_id`. An entity's
+`name` is its longest mention (the first on ties), its `type` its mentions' most frequent type. `r` is the relation
+id (e.g. "P17"), `relation` its name from the model's relation names or `--rel_info`; relations are sorted by
+descending score. Documents with fewer than two entities get no relations without running the model.
+
+From Python:
+    pipe = DocREPipeline.from_pretrained("runs/roberta-ncrl")
+    pipe("Marie Curie was born in Warsaw.")                # one output object
+    pipe(["text one", "text two"])                         # a list of them
+    pipe.predict_documents(text2doc.read_inputs(...))      # converted documents
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import text2doc
+from text2doc import InputError
+
+
+class Relation(NamedTuple):
+    """One predicted relation: head and tail entity indices into the vertexSet, relation id, score, evidence."""
+
+    h_idx: int
+    t_idx: int
+    r: str
+    score: float
+    evidence: List[int]
+
+
+# ----------------------------------------------------------------------------- the model seam (engine)
+# The engine implements these two functions; everything else here works on converted documents and Relations.
+# - load_model(path, device): a run directory (its best.pt), an exported model folder, or a best.pt file ->
+#   (bundle: weights, config, label map, tokenizer and the tuned decision, ready to predict; {relation id: name}).
+# - predict_docs(bundle, docs, batch_size): `docs` are converted documents (text2doc: DocRED `title`, `sents`,
+#   `vertexSet`, plus extra keys to ignore), each with at least two entities; returns one list per document, in
+#   order, of Relation(h_idx, t_idx, r, score, evidence): every (pair, relation) the bundle's decision predicts,
+#   h_idx != t_idx indexing the vertexSet, r a relation id of the label map other than Na (e.g. "P17"), score a float,
+#   higher = more confident (e.g. the margin f_r - f_0 for ATL/NCRL, the probability for BCE), evidence the
+#   sorted sentence ids the evidence head selects ([] without one). Long documents follow the bundle's settings.
+
+
+def load_model(path: str, device: Optional[str] = None) -> Tuple[Any, Dict[str, str]]:
+    """(model bundle, relation names {relation id: name}) of a run directory, exported model folder or best.pt."""
+    raise NotImplementedError("loading a trained model needs engine.py (not wired yet)")
+
+
+def predict_docs(model_bundle: Any, docs: Sequence[Dict[str, Any]], batch_size: int) -> List[List[Relation]]:
+    """Per document (converted, >= 2 entities, in order), its predicted relations under the bundle's decision."""
+    raise NotImplementedError("prediction needs engine.py (not wired yet)")
+
+
+# ----------------------------------------------------------------------------- output assembly
+
+
+def _entity_name(mentions: Sequence[Dict[str, Any]]) -> str:
+    """An entity's name: its longest mention, the first on ties."""
+    return max((m["name"] for m in mentions), key=len)
+
+
+def _output_entity(mentions: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One entity of the output object from its vertexSet mentions."""
+    return {"name": _entity_name(mentions), "type": text2doc.majority_type(mentions),
+            "mentions": [{"sent_id": m["sent_id"], "pos": list(m["pos"]), "text": m["name"],
+                          "char_start": m["char_start"], "char_end": m["char_end"]} for m in mentions]}
+
+
+def _output_relation(rel: Relation, doc: Dict[str, Any], rel_names: Dict[str, str]) -> Dict[str, Any]:
+    """One relation of the output object; a ValueError for indices or ids the document or names do not have."""
+    h, t, r, score, evidence = rel
+    n_ent, n_sent = len(doc["vertexSet"]), len(doc["sents"])
+    if not (0 <= h < n_ent and 0 <= t < n_ent) or r not in rel_names:
+        raise ValueError(f"document {doc['title']!r}: prediction {tuple(rel)!r} does not fit its {n_ent} entities "
+                         f"or the {len(rel_names)} relation names")
+    if any(not 0 <= s < n_sent for s in evidence):
+        raise ValueError(f"document {doc['title']!r}: evidence {evidence} outside its {n_sent} sentences")
+    return {"h_idx": int(h), "t_idx": int(t), "r": r, "relation": rel_names[r], "score": float(score),
+            "evidence": sorted(int(s) for s in evidence)}
+
+
+def assemble_output(doc: Dict[str, Any], relations: Sequence[Relation], rel_names: Dict[str, str]) -> Dict[str, Any]:
+    """The output object of one converted document and its predicted relations."""
+    rels = [_output_relation(Relation(*rel), doc, rel_names) for rel in relations]
+    rels.sort(key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"]))
+    return {"title": doc["title"], "text": doc["text"], "sent_spans": doc["sent_spans"], "sents": doc["sents"],
+            "entities": [_output_entity(ent) for ent in doc["vertexSet"]], "relations": rels}
+
+
+# ----------------------------------------------------------------------------- HTML
+
+TYPE_COLOURS = {"PER": "#ffd6a5", "ORG": "#bde0fe", "LOC": "#caffbf", "TIME": "#fdffb6", "NUM": "#e4c1f9",
+                "MISC": "#ffc6c6"}
+_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+.legend span, mark { padding: 0 .2em; border-radius: 3px; }
+.legend span { margin-right: .6em; }
+.text { white-space: pre-wrap; background: #fafafa; border: 1px solid #ddd; padding: .8em; }
+mark { color: inherit; cursor: default; }
+mark.on { outline: 2px solid #333; }
+.sent.evi { background: #fff3b0; box-shadow: 0 0 0 2px #fff3b0; }
+table { border-collapse: collapse; margin-top: .8em; }
+th, td { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
+td.score { text-align: right; font-variant-numeric: tabular-nums; }
+tr.rel { cursor: pointer; } tr.rel:hover { background: #f0f0f0; } tr.rel.on { background: #dde8ff; }
+"""
+_CSS += "".join(f"mark.t-{t}, .legend .t-{t} {{ background: {c}; }}\n" for t, c in TYPE_COLOURS.items())
+_SCRIPT = """
+document.querySelectorAll('tr.rel').forEach(function (row) {
+  row.addEventListener('click', function () {
+    var doc = row.closest('section');
+    doc.querySelectorAll('.on, .evi').forEach(function (el) { el.classList.remove('on', 'evi'); });
+    row.classList.add('on');
+    row.dataset.evidence.split(' ').filter(Boolean).forEach(function (s) {
+      doc.querySelector('.sent[data-sent="' + s + '"]').classList.add('evi');
+    });
+    [row.dataset.h, row.dataset.t].forEach(function (e) {
+      doc.querySelectorAll('mark[data-ent="' + e + '"]').forEach(function (m) { m.classList.add('on'); });
+    });
+  });
+});
+"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _sentence_html(text: str, span: Sequence[int], marks: Sequence[Tuple[int, int, int, str]]) -> str:
+    """One sentence's text with its mentions (start, end, entity index, type) highlighted; overlaps keep the first."""
+    pieces, pos = [], span[0]
+    for start, end, e_i, etype in sorted(marks):
+        if start < pos:
+            continue
+        pieces.append(_esc(text[pos:start]))
+        pieces.append(f'<mark class="t-{_esc(etype)}" data-ent="{e_i}" title="{_esc(etype)}, entity {e_i}">'
+                      f'{_esc(text[start:end])}</mark>')
+        pos = end
+    pieces.append(_esc(text[pos:span[1]]))
+    return "".join(pieces)
+
+
+def _text_html(out: Dict[str, Any]) -> str:
+    """A document's text, each sentence a span with data-sent, each mention a mark with its type and entity."""
+    marks: Dict[int, List[Tuple[int, int, int, str]]] = {}
+    for e_i, ent in enumerate(out["entities"]):
+        for m in ent["mentions"]:
+            marks.setdefault(m["sent_id"], []).append((m["char_start"], m["char_end"], e_i, ent["type"]))
+    text, pieces, pos = out["text"], [], 0
+    for s_i, span in enumerate(out["sent_spans"]):
+        pieces.append(_esc(text[pos:span[0]]))
+        pieces.append(f'<span class="sent" data-sent="{s_i}">{_sentence_html(text, span, marks.get(s_i, []))}</span>')
+        pos = span[1]
+    pieces.append(_esc(text[pos:]))
+    return "".join(pieces)
+
+
+def _relations_html(out: Dict[str, Any]) -> str:
+    """The relation table of one document; a row's data attributes name its entities and evidence sentences."""
+    names = [e["name"] for e in out["entities"]]
+    rows = [f'<tr class="rel" data-h="{r["h_idx"]}" data-t="{r["t_idx"]}" '
+            f'data-evidence="{" ".join(map(str, r["evidence"]))}"><td>{_esc(names[r["h_idx"]])}</td>'
+            f'<td>{_esc(r["relation"])} <small>({_esc(r["r"])})</small></td><td>{_esc(names[r["t_idx"]])}</td>'
+            f'<td class="score">{r["score"]:.3f}</td></tr>' for r in out["relations"]]
+    if not rows:
+        rows = ['<tr><td colspan="4">no relation predicted</td></tr>']
+    return ("<table><thead><tr><th>head</th><th>relation</th><th>tail</th><th>score</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def render_html(outputs: Sequence[Dict[str, Any]], title: str = "DocRE predictions") -> str:
+    """One self-contained HTML page (inline CSS and script) showing the output objects."""
+    legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
+    sections = [f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2><div class="text">{_text_html(out)}</div>'
+                f'{_relations_html(out)}</section>' for i, out in enumerate(outputs)]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>'
+            f'<p class="legend">Entity types: {legend} &middot; click a relation to highlight its evidence '
+            f'sentences and entities.</p>{"".join(sections)}<script>{_SCRIPT}</script></body></html>\n')
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def read_rel_info(path: str) -> Dict[str, str]:
+    """Relation names {id: name} of a rel_info.json; InputError when it is not such an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read relation names: {e}") from None
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise InputError(f"{path}: must be a JSON object {{relation id: name}}")
+    return names
+
+
+class DocREPipeline:
+    """Raw text or converted documents in, output objects (see the module docstring) out."""
+
+    def __init__(self, model_bundle: Any, rel_names: Dict[str, str], spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
+                 batch_size: int = 4, nlp: Any = None):
+        self.model_bundle, self.rel_names = model_bundle, rel_names
+        self.spacy_model, self.batch_size, self._nlp = spacy_model, batch_size, nlp
+
+    @classmethod
+    def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
+                        **kwargs: Any) -> "DocREPipeline":
+        """A pipeline over the trained model at `path` (run directory, model folder or best.pt)."""
+        bundle, rel_names = load_model(path, device)
+        return cls(bundle, read_rel_info(rel_info) if rel_info else rel_names, **kwargs)
+
+    @property
+    def nlp(self) -> Any:
+        """The spaCy pipeline, loaded on first use."""
+        if self._nlp is None:
+            self._nlp = text2doc.load_spacy(self.spacy_model)
+        return self._nlp
+
+    def predict_documents(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Output objects of converted documents, in order."""
+        runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
+        predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
+        if len(predicted) != len(runnable):
+            raise RuntimeError(f"predict_docs returned {len(predicted)} relation lists for {len(runnable)} documents")
+        relations: Dict[int, List[Relation]] = dict(zip(runnable, predicted))
+        return [assemble_output(doc, relations.get(i, []), self.rel_names) for i, doc in enumerate(docs)]
+
+    def __call__(self, texts: Union[str, Sequence[str]], titles: Optional[Sequence[str]] = None) -> Any:
+        """Output object of one text, or the list of output objects of a list of texts."""
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        titles = list(titles) if titles is not None else [f"text {i}" for i in range(len(batch))]
+        if len(titles) != len(batch):
+            raise InputError(f"{len(titles)} titles for {len(batch)} texts")
+        items = [(title, text, None, f"text {i} (title {title!r})")
+                 for i, (title, text) in enumerate(zip(titles, batch))]
+        outputs = self.predict_documents(text2doc.convert_texts(self.nlp, items))
+        return outputs[0] if isinstance(texts, str) else outputs
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Predict relations with a trained model on DocRED JSON, raw "
+                                                 "text (.txt, one document a line) or .jsonl ({\"title\", \"text\"} "
+                                                 "a line).")
+    parser.add_argument("--model", required=True, help="run directory, exported model folder, or best.pt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="a .json (DocRED), .txt or .jsonl file")
+    source.add_argument("--text", help="one document's text")
+    parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
+    parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL,
+                        help=f"spaCy pipeline for raw text (default {text2doc.DEFAULT_SPACY_MODEL}, else "
+                             f"{text2doc.FALLBACK_SPACY_MODEL})")
+    parser.add_argument("--rel_info", default=None, help="relation names (default: the model's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any]) -> List[Dict[str, Any]]:
+    """Converted documents of --input or --text."""
+    if args.text is not None:
+        return text2doc.convert_texts(nlp_loader(), [("text", args.text, None, "--text")])
+    return text2doc.read_inputs(args.input, nlp_loader, progress=not args.no_progress)
+
+
+def write_outputs(outputs: List[Dict[str, Any]], path: str, html_path: Optional[str]) -> None:
+    """Write the predictions JSON (to stdout for -) and the HTML page."""
+    from utils import atomic_write_text
+
+    body = json.dumps(outputs, ensure_ascii=False, indent=1)
+    if path == "-":
+        sys.stdout.write(body + "\n")
+    else:
+        atomic_write_text(path, body + "\n")
+    if html_path:
+        atomic_write_text(html_path, render_html(outputs))
+
+
+def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Read and convert the input, predict, write the outputs; return the output objects."""
+    if not Path(args.model).exists():
+        raise InputError(f"--model {args.model}: no such file or directory")
+    if args.batch_size < 1:
+        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
+    docs = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
+    pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, batch_size=args.batch_size)
+    outputs = pipe.predict_documents(docs)
+    write_outputs(outputs, args.output, args.html)
+    return outputs
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; bad input prints one error line and exits with status 2."""
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""How well the raw-text path recovers DocRED's entities (and, with a model, its relations) from plain text.
+
+    OMP_NUM_THREADS=1 python scripts/raw_text_eval.py --data ../shared/data/redocred/dev_revised.json
+
+Each gold document's sentences become plain text (`text2doc.join_sents`: tokens joined by single spaces, sentences
+too), which goes through the raw-text path (spaCy, DocRED types, mention grouping). Matching is by strings:
+- a mention's string is the text it covers, case-folded with runs of whitespace made one space; an entity's strings
+  are those of its mentions;
+- (a) entity recall: a gold entity is *found* when some predicted entity has a mention whose string is one of the
+  gold entity's strings; the figure is found gold entities / all gold entities, over all documents;
+- alignment (for relations): predicted entities in order each take the not yet taken gold entity sharing the most
+  strings with it (the lowest index on ties), so the map is one-to-one;
+- (b) relation counts: a predicted relation (h, t, r) becomes (gold of h, gold of t, r), or counts as a false
+  positive when h or t has no gold entity; TP, FP, FN compare the sets of such facts with the gold (h, t, r).
+NER speed is documents per second of the conversion (spaCy plus grouping), with the pipeline already loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import predict  # noqa: E402
+import text2doc  # noqa: E402
+
+
+def string_key(text: str) -> str:
+    """A mention string for matching: case-folded, runs of whitespace made one space."""
+    return " ".join(text.casefold().split())
+
+
+def entity_strings(out: Dict[str, Any]) -> List[Set[str]]:
+    """The strings of each entity of an output object."""
+    return [{string_key(m["text"]) for m in ent["mentions"]} for ent in out["entities"]]
+
+
+def entities_found(gold: Dict[str, Any], pred: Dict[str, Any]) -> Tuple[int, int]:
+    """(gold entities found, gold entities) of one document, as defined in the module docstring."""
+    predicted = set().union(*entity_strings(pred))
+    gold_strings = entity_strings(gold)
+    return sum(bool(s & predicted) for s in gold_strings), len(gold_strings)
+
+
+def align_entities(gold: Dict[str, Any], pred: Dict[str, Any]) -> Dict[int, int]:
+    """One-to-one map predicted entity index -> gold entity index by shared strings (see the module docstring)."""
+    gold_strings, taken, align = entity_strings(gold), set(), {}
+    for p_i, strings in enumerate(entity_strings(pred)):
+        shared = [(len(strings & g), -g_i) for g_i, g in enumerate(gold_strings) if g_i not in taken and strings & g]
+        if shared:
+            align[p_i] = -max(shared)[1]
+            taken.add(align[p_i])
+    return align
+
+
+def relation_counts(gold: Dict[str, Any], pred: Dict[str, Any]) -> Tuple[int, int, int]:
+    """(TP, FP, FN) of a predicted output object's relations against the gold's, entities aligned by name."""
+    align = align_entities(gold, pred)
+    facts = {(align.get(r["h_idx"], ("unaligned", r["h_idx"])), align.get(r["t_idx"], ("unaligned", r["t_idx"])),
+              r["r"]) for r in pred["relations"]}
+    truth = {(r["h_idx"], r["t_idx"], r["r"]) for r in gold["relations"]}
+    return len(facts & truth), len(facts - truth), len(truth - facts)
+
+
+def gold_output(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The output object of a gold DocRED document, its labels as relations of score 1."""
+    labels = doc.get("labels") or []
+    rels = [predict.Relation(lab["h"], lab["t"], lab["r"], 1.0, lab.get("evidence", [])) for lab in labels]
+    return predict.assemble_output(text2doc.with_char_offsets(doc), rels, {lab["r"]: lab["r"] for lab in labels})
+
+
+def plain_items(docs: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, None, str]]:
+    """(title, plain text, no user entities, where) of each gold document."""
+    return [(d["title"], text2doc.join_sents(d["sents"])[0], None, f"document {i}") for i, d in enumerate(docs)]
+
+
+def measure(path: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL, limit: Optional[int] = None) -> Dict[str, Any]:
+    """Entity recall (a), its one-to-one variant and type agreement, and the NER speed on a DocRED file."""
+    docs = json.loads(Path(path).read_text(encoding="utf-8"))[:limit]
+    nlp = text2doc.load_spacy(spacy_model)
+    items = plain_items(docs)
+    start = time.perf_counter()
+    converted = text2doc.convert_texts(nlp, items)
+    seconds = time.perf_counter() - start
+    found = total = aligned = same_type = n_pred = 0
+    for doc, conv in zip(docs, converted):
+        gold, pred = gold_output(doc), predict.assemble_output(conv, [], {})
+        f, t = entities_found(gold, pred)
+        align = align_entities(gold, pred)
+        found, total, aligned, n_pred = found + f, total + t, aligned + len(align), n_pred + len(pred["entities"])
+        same_type += sum(pred["entities"][p]["type"] == gold["entities"][g]["type"] for p, g in align.items())
+    return {"documents": len(docs), "gold_entities": total, "predicted_entities": n_pred,
+            "entity_recall": found / total, "aligned_recall": aligned / total,
+            "aligned_type_agreement": same_type / max(aligned, 1), "ner_seconds": seconds,
+            "ner_docs_per_s": len(docs) / seconds, "spacy_model": nlp.meta.get("name"),
+            "spacy_version": nlp.meta.get("version")}
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/redocred/dev_revised.json", help="a DocRED JSON file")
+    parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL)
+    parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
+    args = parser.parse_args(argv)
+    result = measure(args.data, args.spacy_model, args.limit)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

