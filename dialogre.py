@@ -473,7 +473,7 @@ class DialogRE(engine.Task):
             return None
         data = build_split(path, self.encoder, getattr(a, f"{split}_limit"), split != "train" and not a.no_f1c)
         aux = {"prefixes": data.prefixes.features} if data.prefixes is not None else {}
-        return Split(split, data.features, data, aux)
+        return Split(split, data.features, data, aux, source=path)
 
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
         return self._collate(features)

@@ -51,6 +51,7 @@ class Split:
     features: Sequence[dict]
     gold: Any = None  # whatever the task's score() needs; None when the split has no labels
     aux: Dict[str, Sequence[dict]] = field(default_factory=dict)  # e.g. DialogRE's dialogue prefixes for F1c
+    source: str = ""  # the file it was read from, for messages
 
 
 @dataclass(frozen=True)
@@ -843,6 +844,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     splits = {name: task.read(name) for name in (["dev", "test"] + (["train"] if do_train else []))}
     if do_train and splits["dev"] is None:
         raise UserError("training needs --dev_file for evaluation and checkpoint selection")
+    if do_train and not len(splits["train"].features):
+        raise UserError(f"--train_file {splits['train'].source}: no documents to train on")
 
     run_dir.open()
     if args.wandb:
@@ -865,8 +868,6 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
                            decision: Decision) -> Decision:
     """Run the training loop, then load best.pt into `model`; returns its decision."""
     dev, train_split = splits["dev"], splits["train"]
-    if train_split is None or not len(train_split.features):
-        raise UserError("the training set has no documents: nothing to train on (check --train_file)")
 
     def evaluate(m: nn.Module) -> Tuple[Dict[str, Any], Decision]:
         logits = predict(dev.features, "dev")

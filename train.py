@@ -154,7 +154,7 @@ class DocRED(engine.Task):
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
                             f"to select the best checkpoint")
-        return Split(split, features, docs)
+        return Split(split, features, docs, source=path)
 
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
         return self._collate(features)
