@@ -115,7 +115,7 @@ def test_missing_mention_key(tmp_path, minilm_tokenizer):
 def test_wrong_types(tmp_path, minilm_tokenizer, field, edit, value):
     doc = make_doc("T")
     edit(doc)
-    msg, path = read_bad(tmp_path, [make_doc(), make_doc(), doc], minilm_tokenizer)
+    msg, path = read_bad(tmp_path, [make_doc("A"), make_doc("B"), doc], minilm_tokenizer)
     assert_names(msg, path, 2, doc["title"], field, value)
 
 
@@ -219,7 +219,7 @@ def test_five_thousand_token_document_is_truncated_and_reported(tmp_path, minilm
 
 
 def test_labels_in_a_test_file_are_fine_and_missing_labels_too(tmp_path, minilm_tokenizer):
-    features = read_docred(write(tmp_path, [make_doc(labels=False), make_doc()]), minilm_tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, [make_doc("test doc", labels=False), make_doc()]), minilm_tokenizer, REL2ID)
     assert features[0]["labels"].shape == (0, 2) and len(features[1]["labels"]) == 2
 
 
