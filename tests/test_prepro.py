@@ -128,6 +128,31 @@ def test_hand_made_document(tmp_path, minilm_tokenizer):
     assert features.stats["negative_pairs"] == 2 * 6 - 2
 
 
+def sentence_tokens(tokenizer, f):
+    """The tokens of each sentence span of a feature."""
+    toks = tokens(tokenizer, f["input_ids"])
+    return [toks[start:end] for start, end in f["sent_pos"].tolist()]
+
+
+def test_sentence_spans_and_evidence(tmp_path, minilm_tokenizer):
+    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID)[0]
+    assert f["sent_pos"].dtype == np.int32 and f["sent_pos"].tolist() == [[1, 12], [12, 21]]
+    assert sentence_tokens(minilm_tokenizer, f) == [
+        ["*", "alice", "smith", "*", "was", "born", "in", "*", "paris", "*", "."],
+        ["*", "she", "*", "moved", "to", "*", "france", "*", "."]]
+    assert f["labels"].tolist() == [[3, 1], [1, 3]] and f["evidence"] == [[0, 1], [1]]  # one list per label row
+    plain = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
+    assert sentence_tokens(minilm_tokenizer, plain) == [["alice", "smith", "was", "born", "in", "paris", "."],
+                                                        ["she", "moved", "to", "france", "."]]
+
+
+def test_evidence_of_a_dropped_duplicate_and_of_a_label_without_evidence(tmp_path, minilm_tokenizer):
+    doc = make_doc()
+    doc["labels"] += [{"h": 1, "t": 2, "r": "P17", "evidence": [1]}, {"h": 2, "t": 0, "r": "P131"}]
+    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)[0]
+    assert f["labels"].tolist() == [[3, 1], [1, 3], [4, 2]] and f["evidence"] == [[0, 1], [1], []]
+
+
 def test_markers_off_point_at_the_first_word_piece(tmp_path, minilm_tokenizer):
     f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
     toks = tokens(minilm_tokenizer, f["input_ids"])
@@ -157,6 +182,8 @@ def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, c
     assert len(f["input_ids"]) == 40 and tokens(minilm_tokenizer, f["input_ids"][-1:]) == ["[SEP]"]
     assert f["entity_pos"] == [[(1, 5)], [(8, 11)], []]  # Alice keeps one mention, France none
     assert f["mention_sent_ids"] == [[0], [0], []]
+    assert f["sent_pos"].tolist() == [[1, 12], [12, 39], [39, 39]]  # cut at the [SEP]; past it: empty, kept
+    assert f["evidence"] == [[0, 1], [1]]  # the JSON's sentence ids, whether or not the sentence survived
     assert f["n_truncated_mentions"] == 2
     s = features.stats
     assert (s["truncated_documents"], s["truncated_mentions"], s["truncated_entities"]) == (1, 2, 1)
@@ -199,6 +226,17 @@ def test_real_dev_file(minilm_tokenizer):
     for doc, f in zip(docs[:100], features):
         words = prepro._mark_words(doc, "*")[0]
         assert f["input_ids"].tolist() == minilm_tokenizer(words, is_split_into_words=True)["input_ids"]
+    for doc, f in zip(docs, features):
+        n_sents, pos = len(doc["sents"]), f["sent_pos"]
+        assert pos.shape == (n_sents, 2) and pos[0, 0] == 1 and pos[-1, 1] == len(f["input_ids"]) - 1
+        assert (pos[1:, 0] == pos[:-1, 1]).all() and (pos[:, 0] < pos[:, 1]).all()
+        for spans, sent_ids in zip(f["entity_pos"], f["mention_sent_ids"]):
+            assert all(pos[s, 0] <= a < b <= pos[s, 1] for (a, b), s in zip(spans, sent_ids))
+        assert all(0 <= s < n_sents for evidence in f["evidence"] for s in evidence)
+        n = len(doc["vertexSet"])
+        gold = {(lab["h"] * (n - 1) + lab["t"] - (lab["t"] > lab["h"]), rel2id[lab["r"]]): lab["evidence"]
+                for lab in reversed(doc["labels"])}  # reversed: the first of duplicates wins, as in prepro
+        assert f["evidence"] == [gold[tuple(row)] for row in f["labels"].tolist()]
 
 
 def test_special_tokens_and_markers_of_each_tokenizer(tmp_path, tiny_encoder_dir):
@@ -290,6 +328,15 @@ def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_toke
     assert isinstance(reloaded.cols["input_ids"], np.memmap)
     assert_same_features(fresh, reloaded)
     assert_same_features(fresh, pickle.loads(pickle.dumps(reloaded)))
+
+
+def test_new_feature_format_gets_a_new_cache(tmp_path, minilm_tokenizer, monkeypatch):
+    path = write(tmp_path, [make_doc()])
+    current = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(prepro, "FEATURE_FORMAT_VERSION", prepro.FEATURE_FORMAT_VERSION - 1)
+    older = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    assert older.cache_path != current.cache_path
+    assert_same_features(current, older)
 
 
 def test_cache_key_changes_with_every_input(tmp_path, minilm_tokenizer, tiny_bert_dir):
