@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -406,6 +407,72 @@ def test_a_failed_build_leaves_no_cache_behind(tmp_path, minilm_tokenizer, monke
     assert list(cache.iterdir()) == []
 
 
+def cache_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "feature cache" in r.getMessage()]
+
+
+@pytest.mark.parametrize("how", ["under_a_file", "read_only_folder"])
+def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm_tokenizer, monkeypatch, caplog,
+                                                                 how):
+    path = write(tmp_path, [make_doc(), make_doc("Doc B")])
+    fresh = read_docred(path, minilm_tokenizer, REL2ID)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # nothing can be created under a regular file, not even by root
+    if how == "under_a_file":
+        cache = blocker / ".cache"
+    else:
+        cache = tmp_path / "read-only"
+        cache.mkdir()
+        cache.chmod(0o555)
+        try:
+            (cache / "probe").write_text("")
+            pytest.skip("chmod does not stop this user (root) from writing; the under_a_file case covers the fallback")
+        except PermissionError:
+            pass
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        moved = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert Path(moved.cache_path).parent == tmp_path / "user" / "docre"
+    [warning] = cache_warnings(caplog)
+    assert str(cache) in warning and f"caching features in {tmp_path / 'user' / 'docre'} instead" in warning
+    assert_same_features(fresh, moved)
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Path(read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path).parent == \
+        tmp_path / "home" / ".cache" / "docre"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "user"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        off = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert off.cache_path is None
+    [warning] = cache_warnings(caplog)
+    assert str(cache) in warning and str(blocker / "user" / "docre") in warning and "without a cache" in warning
+    assert_same_features(fresh, off)
+    if how == "read_only_folder":
+        cache.chmod(0o755)
+
+
+def test_an_existing_cache_in_a_read_only_folder_is_read(tmp_path, minilm_tokenizer, monkeypatch, caplog):
+    path = write(tmp_path, [make_doc()])
+    built = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(prepro, "_unwritable", lambda folder: "read-only file system")
+    monkeypatch.setattr(prepro, "_featurize_chunk", None)  # nothing may be built
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        again = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    assert again.cache_path == built.cache_path and not cache_warnings(caplog)
+
+
+def test_resolve_cache_dir_says_where_features_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    assert prepro.resolve_cache_dir(None) is None
+    assert prepro.resolve_cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
+    (tmp_path / "f").write_text("")
+    assert prepro.resolve_cache_dir(tmp_path / "f" / "c") == tmp_path / "user" / "docre"
+    assert os.listdir(tmp_path / "user" / "docre") == []  # the probe leaves nothing behind
+
+
 def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys):
     write(tmp_path, [make_doc(), make_doc("Doc B")], "dev.json")
     (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
@@ -416,6 +483,18 @@ def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys
                  "truncated", "docs/s"):
         assert word in out
     assert stats["documents"] == 2 and len(list((tmp_path / ".cache").iterdir())) == 1
+
+
+@pytest.mark.parametrize("flags", [["--no_entity_marker", "--cache_dir", "none"], ["--no_marker", "--no_cache"]],
+                         ids=["train_py_spelling", "old_spelling"])
+def test_cli_accepts_the_flags_of_train_py(tmp_path, tiny_bert_dir, capsys, flags):
+    write(tmp_path, [make_doc(), make_doc("Doc B")], "dev.json")
+    (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
+    args = ["--data_dir", str(tmp_path), "--file", "dev.json", "--model_name_or_path", tiny_bert_dir]
+    plain = prepro.main(args + flags)
+    assert "cache off" in capsys.readouterr().out and not (tmp_path / ".cache").exists()
+    marked = prepro.main(args + ["--cache_dir", "none"])
+    assert plain["token_length_mean"] < marked["token_length_mean"]  # no marker tokens
 
 
 # ----------------------------------------------------------------------------- labels and arguments
