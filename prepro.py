@@ -530,7 +530,7 @@ class DocREFeatures(Sequence):
             "input_ids": np.array(c["input_ids"][self.token_offsets[i]:self.token_offsets[i + 1]], dtype=np.int64),
             "entity_pos": entity_pos,
             "mention_sent_ids": mention_sent_ids,
-            "sent_pos": np.stack([c["sent_start"][s0:s1], c["sent_end"][s0:s1]], axis=1).astype(np.int32),  # [n_sents, 2]
+            "sent_pos": np.stack([c["sent_start"][s0:s1], c["sent_end"][s0:s1]], axis=1).astype(np.int32),  # [S, 2]
             "hts": self._hts[n].copy(),  # [n_pairs, 2]
             "labels": np.stack([c["label_pair"][l0:l1], c["label_rel"][l0:l1]], axis=1).astype(np.int64),  # [n_pos, 2]
             "evidence": [evidence_sents[a:b] for a, b in zip(v_bounds[:-1], v_bounds[1:])],  # per row of labels

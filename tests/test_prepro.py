@@ -408,7 +408,7 @@ def test_a_failed_build_leaves_no_cache_behind(tmp_path, minilm_tokenizer, monke
 
 
 def cache_warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "feature cache" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "feature cache" in r.message]
 
 
 @pytest.mark.parametrize("how", ["under_a_file", "read_only_folder"])
