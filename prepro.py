@@ -1,9 +1,16 @@
-"""Read DocRED JSON, validate it, and turn each document into entity-pair features (cached on disk on request).
+"""Read DocRED JSON, validate it (validation.py holds the rules), and turn each document into entity-pair features
+(cached on disk on request).
 
 One feature per document (see ARCHITECTURE.md, "feature"):
     title, input_ids (with the tokenizer's own special tokens), entity_pos (per entity: (start, end) token spans of
-    its kept mentions, start = the start marker), mention_sent_ids, hts [n_pairs, 2], labels [n_pos, 2] =
-    (pair index into hts, relation id >= 1), n_truncated_mentions.
+    its kept mentions, start = the start marker), mention_sent_ids, sent_pos [n_sents, 2] int32 (token span
+    [start, end) of each sentence), hts [n_pairs, 2], labels [n_pos, 2] = (pair index into hts, relation id >= 1),
+    evidence (per row of labels, its evidence sentence ids), n_truncated_mentions.
+
+sent_pos is in input_ids coordinates: a sentence's span holds the markers of its mentions and starts after the
+leading special tokens. Every sentence keeps its row (so sentence ids, mention_sent_ids and evidence agree): one
+cut by truncation at max_seq_length ends at the cut, one wholly past it gets the empty span [c, c), c the index of
+the trailing special tokens; so does a sentence whose words yield no token.
 
 Features are held column-wise in flat NumPy arrays (in memory, or memory-mapped from the cache), so 100k documents
 fit in a few hundred MB; `DocREFeatures[i]` assembles the dict of one document on access.
@@ -19,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import zlib
@@ -28,10 +36,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from validation import CorpusValidator, Labels, ValidationError, check_not_empty
+
 logger = logging.getLogger("prepro")
 
-FEATURE_FORMAT_VERSION = 1
-MAX_LISTED_PROBLEMS = 20
+FEATURE_FORMAT_VERSION = 2  # 2: sentence spans and evidence
 CHUNK_DOCS = 256  # documents tokenized per batch call
 
 # column name -> dtype of the flat arrays that hold a corpus of features
@@ -43,12 +52,17 @@ COLUMNS: Dict[str, str] = {
     "doc_n_labels": "int32",  # [D] positive (pair, relation) facts
     "doc_n_truncated_mentions": "int32",  # [D]
     "doc_n_truncated_entities": "int32",  # [D] entities with no mention left after truncation
+    "doc_n_sents": "int32",  # [D]
+    "sent_start": "int32",  # [S] token index of each sentence's first token (see sent_pos in the docstring)
+    "sent_end": "int32",  # [S] exclusive
     "entity_n_mentions": "int32",  # [E] kept mentions per entity
     "mention_start": "int32",  # [M] token index of the start marker (or first sub-token when markers are off)
     "mention_end": "int32",  # [M] exclusive end, after the end marker
     "mention_sent": "int32",  # [M] sentence id
     "label_pair": "int32",  # [L] index into the document's hts
     "label_rel": "int32",  # [L] relation id >= 1
+    "label_n_evidence": "int32",  # [L] evidence sentences of each label
+    "evidence_sent": "int32",  # [V] their sentence ids, label after label
 }
 _RAGGED = {k for k in COLUMNS if not k.startswith("doc_")}  # columns with a variable number of values per document
 
@@ -103,19 +117,7 @@ def check_num_class(rel2id: Dict[str, int], num_class: Optional[int]) -> int:
     return len(rel2id)
 
 
-# ----------------------------------------------------------------------------- reading and validation
-
-
-class ValidationError(ValueError):
-    """A DocRED file with problems; the message lists them (file, document index and title, field, value)."""
-
-    def __init__(self, path: str | os.PathLike, problems: List[str]):
-        self.path = str(path)
-        self.problems = list(problems)
-        listed = "\n  ".join(self.problems[:MAX_LISTED_PROBLEMS])
-        more = len(self.problems) - MAX_LISTED_PROBLEMS
-        tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
-        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in this DocRED file:\n  {listed}{tail}")
+# ----------------------------------------------------------------------------- reading
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -199,6 +201,8 @@ def _iter_spans(path: str | os.PathLike, text: str) -> Iterator[Tuple[Any, int, 
     path = str(path)
     decoder = json.JSONDecoder()
     idx = _WS.match(text, 0).end()
+    if idx == len(text):  # an empty file holds no documents (check_not_empty decides whether that is an error)
+        return
     if text[idx:idx + 1] != "[":
         try:
             top = json.loads(text)
@@ -227,169 +231,6 @@ def _iter_spans(path: str | os.PathLike, text: str) -> Iterator[Tuple[Any, int, 
             title = doc.get("title") if isinstance(doc, dict) else None
             raise _json_problem(path, err, f"document {i - 1} (title {title!r})")
         idx = _WS.match(text, idx + 1).end()
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _is_int(x: Any) -> bool:
-    return type(x) is int or isinstance(x, np.integer)
-
-
-def _check_mention(m: Any, sent_lens: List[int], field: str, bad: Callable[[str, str, Any], None]) -> None:
-    """Report every problem of one mention (the slow path, run only for mentions the fast check rejected)."""
-    if not isinstance(m, dict):
-        return bad(field, "a mention must be an object", m)
-    for key in ("name", "pos", "sent_id"):
-        if key not in m:
-            return bad(f"{field}.{key}", "missing key", sorted(m))
-    if not isinstance(m["name"], str):
-        bad(f"{field}.name", "must be a string", m["name"])
-    if not isinstance(m.get("type", ""), str):
-        bad(f"{field}.type", "must be a string", m["type"])
-    sent_id, pos = m["sent_id"], m["pos"]
-    if not _is_int(sent_id):
-        return bad(f"{field}.sent_id", "must be an integer", sent_id)
-    if not 0 <= sent_id < len(sent_lens):
-        return bad(f"{field}.sent_id", f"out of range: the document has {len(sent_lens)} sentences", sent_id)
-    if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(_is_int(p) for p in pos)):
-        return bad(f"{field}.pos", "must be a list [start, end) of two integers", pos)
-    if not 0 <= pos[0] < pos[1] <= sent_lens[sent_id]:
-        bad(f"{field}.pos", f"not a span 0 <= start < end <= {sent_lens[sent_id]} (length of sentence {sent_id})",
-            pos)
-
-
-def _mention_ok(m: Any, sent_lens: List[int]) -> bool:
-    """Fast check of one mention from a JSON file (plain ints and strings only)."""
-    try:
-        sent_id, (start, end), name = m["sent_id"], m["pos"], m["name"]
-    except (TypeError, KeyError, ValueError):
-        return False
-    return (type(sent_id) is int and type(start) is int and type(end) is int and type(name) is str
-            and type(m["pos"]) is list and type(m.get("type", "")) is str
-            and 0 <= sent_id < len(sent_lens) and 0 <= start < end <= sent_lens[sent_id])
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _check_sents(sents: Any, bad: Callable[[str, str, Any], None]) -> Optional[List[int]]:
-    """Sentence lengths, or None after reporting why `sents` is unusable."""
-    if not isinstance(sents, list) or not sents:
-        bad("sents", "must be a non-empty list of sentences", sents)
-        return None
-    lengths = [len(s) if type(s) is list else -1 for s in sents]
-    if -1 in lengths or set(map(type, chain.from_iterable(s for s in sents if type(s) is list))) - {str}:
-        for s_i, sent in enumerate(sents):
-            if not isinstance(sent, list) or not all(isinstance(w, str) for w in sent):
-                bad(f"sents[{s_i}]", "a sentence must be a list of strings", sent)
-        return None
-    if sum(lengths) == 0:
-        bad("sents", "the document has no words", sents)
-        return None
-    if not _is_unicode("".join(chain.from_iterable(sents))):  # JSON escapes can smuggle in lone surrogates
-        for s_i, sent in enumerate(sents):
-            for w_i, word in enumerate(sent):
-                if not _is_unicode(word):
-                    bad(f"sents[{s_i}][{w_i}]", "not valid Unicode (a lone surrogate)", word)
-        return None
-    return lengths
-
-
-def _check_entities(entities: Any, sent_lens: List[int], bad: Callable[[str, str, Any], None]) -> None:
-    if not isinstance(entities, list):
-        bad("vertexSet", "must be a list of entities", entities)
-        return
-    for e_i, ent in enumerate(entities):
-        if not isinstance(ent, list) or not ent:
-            bad(f"vertexSet[{e_i}]", "an entity must be a non-empty list of mentions", ent)
-            continue
-        for m_i, m in enumerate(ent):
-            if not _mention_ok(m, sent_lens):
-                _check_mention(m, sent_lens, f"vertexSet[{e_i}][{m_i}]", bad)
-
-
-def _check_label(lab: Any, field: str, n_ent: int, rel2id: Dict[str, int], bad: Callable[[str, str, Any], bool],
-                 warn: Callable[[str], None], seen: Dict[Tuple[int, int, int], None]) -> None:
-    """Report why one label cannot be kept (the slow path, run only for labels the fast check rejected)."""
-    if not isinstance(lab, dict) or not lab.keys() >= {"h", "t", "r"}:
-        bad(field, "a label must be an object with keys h, t, r", lab)
-        return
-    h, t, r = lab["h"], lab["t"], lab["r"]
-    ok = True
-    for key, val in (("h", h), ("t", t)):
-        if not (_is_int(val) and 0 <= val < n_ent):
-            ok = bad(f"{field}.{key}", f"must be an entity index in [0, {n_ent})", val)
-    if not (isinstance(r, str) and r in rel2id):
-        ok = bad(f"{field}.r", f"relation not in the label map ({len(rel2id)} classes)", r)
-    elif rel2id[r] == 0:
-        ok = bad(f"{field}.r", "the none class cannot be a positive label", r)
-    if ok and h == t:
-        warn(f"{field}: h == t == {h}; label dropped")
-    elif ok and (int(h), int(t), rel2id[r]) in seen:
-        warn(f"{field}: duplicate label {_short(lab)}; dropped")
-    elif ok:  # NumPy integers from a non-JSON source
-        seen[(int(h), int(t), rel2id[r])] = None
-
-
-def _check_labels(raw: Any, n_ent: int, rel2id: Dict[str, int], bad: Callable[[str, str, Any], bool],
-                  warn: Callable[[str], None]) -> np.ndarray:
-    """Kept labels [n, 3] of (h, t, relation id); h == t and duplicates are dropped with a warning."""
-    if not isinstance(raw, list):
-        bad("labels", "must be a list", raw)
-        return np.zeros((0, 3), dtype=np.int64)
-    seen: Dict[Tuple[int, int, int], None] = {}  # insertion-ordered set of kept labels
-    for l_i, lab in enumerate(raw):
-        try:
-            h, t, r = lab["h"], lab["t"], lab["r"]
-            key = (h, t, rel2id.get(r, 0) if type(r) is str else 0)
-        except (TypeError, KeyError):
-            key = None
-        if (key is not None and type(h) is int and type(t) is int and 0 <= h < n_ent and 0 <= t < n_ent
-                and h != t and key[2] > 0 and key not in seen):
-            seen[key] = None
-            continue
-        _check_label(lab, f"labels[{l_i}]", n_ent, rel2id, bad, warn, seen)
-    return np.asarray(list(seen), dtype=np.int64).reshape(-1, 3)
-
-
-def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[List[str], List[str], np.ndarray]:
-    """Check one document; return (problems, warnings, labels [n, 3] of kept (h, t, relation id))."""
-    problems: List[str] = []
-    warns: List[str] = []
-    labels = np.zeros((0, 3), dtype=np.int64)
-    title = doc.get("title") if isinstance(doc, dict) else None
-    where = f"document {index} (title {title!r})"
-
-    def bad(field: str, msg: str, value: Any) -> bool:
-        problems.append(f"{where}: field {field}: {msg} (got {_short(value)})")
-        return False
-
-    if not isinstance(doc, dict):
-        bad("<document>", "a document must be a JSON object", type(doc).__name__)
-        return problems, warns, labels
-    missing = [key for key in ("title", "sents", "vertexSet") if key not in doc]
-    for key in missing:
-        bad(key, "missing key", sorted(doc))
-    if missing:
-        return problems, warns, labels
-    if not isinstance(title, str) or not _is_unicode(title):
-        bad("title", "must be a string of valid Unicode", title)
-    sent_lens = _check_sents(doc["sents"], bad)
-    if sent_lens is None:
-        return problems, warns, labels
-    _check_entities(doc["vertexSet"], sent_lens, bad)
-    if doc.get("labels") is not None and isinstance(doc["vertexSet"], list):
-        labels = _check_labels(doc["labels"], len(doc["vertexSet"]), rel2id, bad,
-                               lambda msg: warns.append(f"{where}: field {msg}"))
-    return problems, warns, labels
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -501,15 +342,16 @@ def pair_index(n: int) -> np.ndarray:
 
 
 def _mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], np.ndarray, np.ndarray,
-                                                                        np.ndarray, np.ndarray]:
+                                                                        np.ndarray, np.ndarray, np.ndarray]:
     """The document's words with markers inserted as words of their own.
 
     Returns (words, first word slot of each mention, last word slot of each mention, sentence id of each mention,
-    number of mentions per entity). A start marker goes before every word that starts a mention and an end marker
-    after every word that ends one (once per word, however many mentions share it, as in ATLOP).
+    number of mentions per entity, first word slot of each sentence and the number of slots [n_sents + 1]). A start
+    marker goes before every word that starts a mention and an end marker after every word that ends one (once per
+    word, however many mentions share it, as in ATLOP); a word's markers belong to its sentence.
     """
     sents = doc["sents"]
-    sent_start = np.cumsum([0] + [len(s) for s in sents])
+    sent_start = np.cumsum([0] + [len(s) for s in sents])  # [n_sents + 1]
     words = [w for s in sents for w in s]
     mentions = [m for ent in doc["vertexSet"] for m in ent]
     counts = np.array([len(ent) for ent in doc["vertexSet"]], dtype=np.int64)
@@ -518,19 +360,21 @@ def _mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], 
     first_word = sent_start[sent_ids] + span[:, 0]  # [M]
     last_word = sent_start[sent_ids] + span[:, 1] - 1  # [M]
     if marker is None:
-        return words, first_word, last_word, sent_ids, counts
+        return words, first_word, last_word, sent_ids, counts, sent_start
     n = len(words)
     starts = np.zeros(n, dtype=np.int64)
     ends = np.zeros(n, dtype=np.int64)
     starts[first_word] = 1
     ends[last_word] = 1
     width = 1 + starts + ends
-    slot = np.cumsum(width) - width  # [n] first slot of each word (its start marker, if any)
-    marked = np.empty(int(width.sum()), dtype=object)
+    bound = np.concatenate([[0], np.cumsum(width)])  # [n + 1] first slot of each word (its start marker, if any)
+    slot = bound[:-1]
+    marked = np.empty(int(bound[-1]), dtype=object)
     marked[slot + starts] = words
     marked[slot[starts == 1]] = marker
     marked[(slot + width - 1)[ends == 1]] = marker
-    return marked.tolist(), slot[first_word], (slot + width - 1)[last_word], sent_ids, counts
+    return (marked.tolist(), slot[first_word], (slot + width - 1)[last_word], sent_ids, counts,
+            bound[sent_start])
 
 
 def _mention_spans(wid: np.ndarray, first_slot: np.ndarray, last_slot: np.ndarray,
@@ -573,17 +417,18 @@ class _ColumnSink:
         return {k: np.concatenate(v) if v else np.zeros(0, dtype=COLUMNS[k]) for k, v in self.parts.items()}
 
 
-def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[np.ndarray], enc: WordTokenizer, max_len: int,
+def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[Labels], enc: WordTokenizer, max_len: int,
                      marker: Optional[str], sink: _ColumnSink) -> None:
     """Tokenize a chunk of valid documents and append their feature columns to `sink`."""
     marked = [_mark_words(doc, marker) for doc in docs]
     encoded = enc.encode([m[0] for m in marked])
     budget = max_len - enc.n_prefix - enc.n_suffix  # content tokens that fit
     cols: Dict[str, List[Any]] = {k: [] for k in COLUMNS}
-    for (_, first, last, sent_ids, counts), (content, wid), lab in zip(marked, encoded, labels):
+    for (_, first, last, sent_ids, counts, sent_slot), (content, wid), (lab, evidence) in zip(marked, encoded, labels):
         start, end = _mention_spans(wid, first, last, marker is not None)
         kept = end <= budget  # [M] the whole mention, markers included, survives truncation
         ids = enc.with_special_tokens(content[:budget])
+        sent_bound = np.minimum(np.searchsorted(wid, sent_slot), budget) + enc.n_prefix  # [n_sents + 1]
         n = len(counts)
         kept_per_entity = np.bincount(np.repeat(np.arange(n), counts)[kept], minlength=n)  # [n_entities]
         h, t = lab[:, 0], lab[:, 1]
@@ -592,11 +437,16 @@ def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[np.ndarray], enc: 
         cols["mention_end"].append(end[kept] + enc.n_prefix)
         cols["mention_sent"].append(sent_ids[kept])
         cols["entity_n_mentions"].append(kept_per_entity)
+        cols["sent_start"].append(sent_bound[:-1])
+        cols["sent_end"].append(sent_bound[1:])
         cols["label_pair"].append(h * (n - 1) + t - (t > h))  # position of (h, t) in pair_index(n)
         cols["label_rel"].append(lab[:, 2])
+        cols["label_n_evidence"].append(np.fromiter(map(len, evidence), dtype=np.int64, count=len(evidence)))
+        cols["evidence_sent"].append(np.fromiter(chain.from_iterable(evidence), dtype=np.int64))
         cols["doc_n_tokens"].append(len(ids))
         cols["doc_length"].append(len(content) + enc.n_prefix + enc.n_suffix)
         cols["doc_n_entities"].append(n)
+        cols["doc_n_sents"].append(len(sent_slot) - 1)
         cols["doc_n_labels"].append(len(lab))
         cols["doc_n_truncated_mentions"].append(int((~kept).sum()))
         cols["doc_n_truncated_entities"].append(int((kept_per_entity == 0).sum()))
@@ -613,6 +463,7 @@ def _compute_stats(cols: Dict[str, np.ndarray], max_len: int) -> Dict[str, Any]:
     lengths = cols["doc_length"].astype(np.int64)
     return {
         "documents": n_docs,
+        "documents_without_entities": int((n_ent == 0).sum()),
         "entities": int(n_ent.sum()),
         "pairs": int((n_ent * (n_ent - 1)).sum()),
         "positive_pairs": int(positive),
@@ -643,6 +494,8 @@ class DocREFeatures(Sequence):
         self.entity_offsets = off(cols["doc_n_entities"])  # [D + 1]
         self.mention_offsets = off(cols["entity_n_mentions"])  # [E + 1]
         self.label_offsets = off(cols["doc_n_labels"])  # [D + 1]
+        self.sent_offsets = off(cols["doc_n_sents"])  # [D + 1]
+        self.evidence_offsets = off(cols["label_n_evidence"])  # [L + 1]
         self._hts: Dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -668,13 +521,19 @@ class DocREFeatures(Sequence):
         if n not in self._hts:
             self._hts[n] = pair_index(n)
         l0, l1 = self.label_offsets[i], self.label_offsets[i + 1]
+        s0, s1 = self.sent_offsets[i], self.sent_offsets[i + 1]
+        v_off = self.evidence_offsets[l0:l1 + 1]
+        evidence_sents = c["evidence_sent"][v_off[0]:v_off[-1]].tolist()
+        v_bounds = (v_off - v_off[0]).tolist()
         return {
             "title": self.titles[i],
             "input_ids": np.array(c["input_ids"][self.token_offsets[i]:self.token_offsets[i + 1]], dtype=np.int64),
             "entity_pos": entity_pos,
             "mention_sent_ids": mention_sent_ids,
+            "sent_pos": np.stack([c["sent_start"][s0:s1], c["sent_end"][s0:s1]], axis=1).astype(np.int32),  # [S, 2]
             "hts": self._hts[n].copy(),  # [n_pairs, 2]
             "labels": np.stack([c["label_pair"][l0:l1], c["label_rel"][l0:l1]], axis=1).astype(np.int64),  # [n_pos, 2]
+            "evidence": [evidence_sents[a:b] for a, b in zip(v_bounds[:-1], v_bounds[1:])],  # per row of labels
             "n_truncated_mentions": int(c["doc_n_truncated_mentions"][i]),
         }
 
@@ -723,7 +582,10 @@ def _check_columns(cols: Dict[str, np.ndarray], meta: Dict[str, Any], titles_byt
                   and cols["doc_n_tokens"].sum(dtype=np.int64) == len(cols["input_ids"])
                   and cols["doc_n_entities"].sum(dtype=np.int64) == len(cols["entity_n_mentions"])
                   and cols["entity_n_mentions"].sum(dtype=np.int64) == len(cols["mention_start"])
-                  and cols["doc_n_labels"].sum(dtype=np.int64) == len(cols["label_rel"]))
+                  and cols["doc_n_labels"].sum(dtype=np.int64) == len(cols["label_rel"])
+                  and cols["doc_n_sents"].sum(dtype=np.int64) == len(cols["sent_start"]) == len(cols["sent_end"])
+                  and cols["label_n_evidence"].sum(dtype=np.int64) == len(cols["evidence_sent"])
+                  and len(cols["label_n_evidence"]) == len(cols["label_rel"]))
     if not consistent:
         raise ValueError("column lengths are inconsistent")
 
@@ -773,11 +635,10 @@ def _gc_paused() -> Iterator[None]:
 def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
            marker: Optional[str], sink: _ColumnSink, show_progress: bool) -> Tuple[List[str], Dict[str, int]]:
     """Validate every document and featurize the valid ones chunk by chunk; raise ValidationError on problems."""
-    problems: List[str] = []
-    dropped: List[str] = []
+    validator = CorpusValidator(rel2id)
     titles: List[str] = []
     chunk: List[Dict[str, Any]] = []
-    chunk_labels: List[np.ndarray] = []
+    chunk_labels: List[Labels] = []
     progress = None
     if show_progress:
         from tqdm import tqdm
@@ -785,12 +646,10 @@ def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max
         progress = tqdm(desc=f"reading {Path(path).name}", unit="doc", mininterval=2.0)
     with _gc_paused():
         for i, doc in enumerate(iter_documents(path, text)):
-            doc_problems, doc_warns, labels = validate_document(doc, i, rel2id)
-            problems += doc_problems
-            dropped += doc_warns
+            labels = validator.check(doc, i)
             if progress is not None:
                 progress.update()
-            if problems:  # keep validating to report every problem, but stop building
+            if validator.problems:  # keep validating to report every problem, but stop building
                 continue
             titles.append(doc["title"])
             chunk.append(doc)
@@ -798,12 +657,13 @@ def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max
             if len(chunk) == CHUNK_DOCS:
                 _featurize_chunk(chunk, chunk_labels, enc, max_len, marker, sink)
                 chunk, chunk_labels = [], []
-        if chunk and not problems:
+        if chunk and not validator.problems:
             _featurize_chunk(chunk, chunk_labels, enc, max_len, marker, sink)
     if progress is not None:
         progress.close()
-    if problems:
-        raise ValidationError(path, problems)
+    if validator.problems:
+        raise ValidationError(path, validator.problems)
+    dropped = validator.warnings
     if dropped:
         shown = "; ".join(dropped[:5]) + (f"; ... and {len(dropped) - 5} more" if len(dropped) > 5 else "")
         logger.warning("%s: dropped %d label(s) (h == t or duplicates): %s", path, len(dropped), shown)
@@ -854,34 +714,86 @@ def _write_cache(folder: Path, key: str, path: str, enc: WordTokenizer, rel2id: 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def user_cache_dir() -> Path:
+    """The per-user feature cache folder: $XDG_CACHE_HOME/docre, else ~/.cache/docre."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "docre"
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why a cache cannot be built in `folder` (created if missing), or None when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe.", dir=folder))  # what _write_cache does first
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
+
+
+def resolve_cache_dir(cache_dir: Optional[str | os.PathLike]) -> Optional[Path]:
+    """Where to build features: `cache_dir` when it can be written, else the per-user cache folder, else None
+    (cache off); one warning when falling back. Call once per run and pass the result on to read_docred."""
+    if cache_dir is None:
+        return None
+    wanted = Path(cache_dir)
+    why = _unwritable(wanted)
+    if why is None:
+        return wanted
+    fallback = user_cache_dir()
+    why_not = _unwritable(fallback) if fallback != wanted else why
+    if why_not is None:
+        logger.warning("feature cache folder %s cannot be written (%s); caching features in %s instead",
+                       wanted, why, fallback)
+        return fallback
+    logger.warning("feature cache folder %s cannot be written (%s), nor the per-user folder %s (%s); features are "
+                   "built in memory, without a cache", wanted, why, fallback, why_not)
+    return None
+
+
+def _load_or_none(folder: Path, key: str) -> Optional[DocREFeatures]:
+    """The cache in `folder`, or None when it is absent or unreadable (then it is rebuilt, never trusted)."""
+    if not folder.exists():
+        return None
+    try:
+        return _load_cache(folder, key)
+    except Exception as e:
+        logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
+        return None
+
+
 def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int], max_seq_length: int = 1024,
                 entity_marker: Optional[str] = "*", cache_dir: Optional[str | os.PathLike] = None,
-                show_progress: bool = False) -> DocREFeatures:
-    """Validated features of a DocRED file, one per document; memory-mapped from `cache_dir` when given."""
+                show_progress: bool = False, allow_empty: bool = False) -> DocREFeatures:
+    """Validated features of a DocRED file, one per document; memory-mapped from `cache_dir` when given.
+
+    An existing cache is read from `cache_dir` even when the folder is read-only; a new one is built where
+    `resolve_cache_dir` says. A file without documents raises ValidationError unless `allow_empty`.
+    """
     path = str(path)
     enc = WordTokenizer(tokenizer)
     enc.check_marker(entity_marker)
     if max_seq_length <= enc.n_prefix + enc.n_suffix:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text after the special tokens")
-    if cache_dir is None:
+    features = None
+    if cache_dir is not None:
+        key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker)
+        name = f"{Path(path).stem}-{key[:16]}"
+        features = _load_or_none(Path(cache_dir) / name, key)
+        base = resolve_cache_dir(cache_dir) if features is None else None
+        if base is not None:
+            features = _load_or_none(base / name, key) if base != Path(cache_dir) else None
+            if features is None:
+                _write_cache(base / name, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress)
+                features = _load_cache(base / name, key)
+    if features is None:
         sink = _ColumnSink()
         titles, extra = _build(path, _read_text(path), enc, rel2id, max_seq_length, entity_marker, sink,
                                show_progress)
         cols = sink.close()
         features = DocREFeatures(cols, titles, {**_compute_stats(cols, max_seq_length), **extra}, path=path)
-        _warn_truncation(path, features)
-        return features
-    key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker)
-    folder = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}"
-    features = None
-    if folder.exists():
-        try:
-            features = _load_cache(folder, key)
-        except Exception as e:  # any unreadable cache is rebuilt, never trusted
-            logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
-    if features is None:
-        _write_cache(folder, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress)
-        features = _load_cache(folder, key)
+    if not allow_empty:
+        check_not_empty(path, len(features))
+    logger.info("%s: %d documents, %d without entities (no pairs)", path, len(features),
+                features.stats["documents_without_entities"])
     _warn_truncation(path, features)
     return features
 
@@ -889,50 +801,55 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Preprocess a DocRED file into cached features and print figures, "
                                                  "or (--build_meta) write meta/rel2id.json from a rel_info.json.")
     parser.add_argument("--data_dir", default="dataset/docred")
     parser.add_argument("--file", help="a DocRED JSON file, relative to --data_dir")
     parser.add_argument("--model_name_or_path", default="minilm", help="tokenizer folder, or `minilm` (packaged)")
     parser.add_argument("--max_seq_length", type=int, default=1024)
-    parser.add_argument("--cache_dir", default=None, help="default: <data_dir>/.cache")
+    parser.add_argument("--cache_dir", default=None, help="default: <data_dir>/.cache; 'none' to disable (as train.py)")
     parser.add_argument("--no_cache", action="store_true", help="do not read or write the feature cache")
-    parser.add_argument("--no_marker", action="store_true", help="no '*' entity markers around mentions")
+    parser.add_argument("--no_entity_marker", "--no_marker", dest="no_entity_marker", action="store_true",
+                        help="no '*' entity markers around mentions")
     parser.add_argument("--rel2id", default=None, help="label map JSON (default: from rel_info.json or meta/)")
     parser.add_argument("--rel_info", default=None, help="rel_info.json to build the label map from")
     parser.add_argument("--num_class", type=int, default=None, help="checked against the label map")
     parser.add_argument("--build_meta", action="store_true", help="write --out from --rel_info and exit")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "meta" / "rel2id.json"))
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    args = parse_args(argv)
+    """Run the CLI; bad input raises (ValidationError, ValueError, OSError), which `cli` turns into exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     from utils import atomic_write_json, resolve_model_path
 
     if args.build_meta:
         if args.rel_info is None:
-            raise SystemExit("--build_meta needs --rel_info FILE")
+            parser.error("--build_meta needs --rel_info FILE")
         rel2id = build_rel2id(args.rel_info)
         atomic_write_json(args.out, rel2id, indent=1)
         print(f"wrote {args.out}: Na -> 0 and {len(rel2id) - 1} relations in the order of {args.rel_info}")
         return {"classes": len(rel2id)}
     if args.file is None:
-        raise SystemExit("--file is required (or pass --build_meta)")
+        parser.error("--file is required (or pass --build_meta)")
     from transformers import AutoTokenizer
 
     rel2id = load_rel2id(args.data_dir, args.rel2id, args.rel_info)
     check_num_class(rel2id, args.num_class)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.model_name_or_path))
-    cache_dir = None if args.no_cache else (args.cache_dir or os.path.join(args.data_dir, ".cache"))
+    off = args.no_cache or (args.cache_dir or "").lower() == "none"
+    cache_dir = None if off else (args.cache_dir or os.path.join(args.data_dir, ".cache"))
     start = time.perf_counter()
     features = read_docred(os.path.join(args.data_dir, args.file), tokenizer, rel2id, args.max_seq_length,
-                           None if args.no_marker else "*", cache_dir=cache_dir, show_progress=True)
+                           None if args.no_entity_marker else "*", cache_dir=cache_dir, show_progress=True)
     seconds = time.perf_counter() - start
     s = dict(features.stats, seconds=round(seconds, 3), docs_per_s=round(len(features) / max(seconds, 1e-9), 1))
-    print(f"documents {s['documents']}  positive pairs {s['positive_pairs']}  negative pairs {s['negative_pairs']}")
+    print(f"documents {s['documents']} ({s['documents_without_entities']} without entities)  "
+          f"positive pairs {s['positive_pairs']}  negative pairs {s['negative_pairs']}")
     print(f"token length mean {s['token_length_mean']:.1f}  p95 {s['token_length_p95']:.0f}  "
           f"max {s['token_length_max']}  (max_seq_length {args.max_seq_length})")
     print(f"truncated documents {s['truncated_documents']}  mentions {s['truncated_mentions']}  "
@@ -941,5 +858,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return s
 
 
+def cli(argv: Optional[List[str]] = None) -> int:
+    """`python prepro.py`: main, with bad input (a ValidationError, a bad label map, a missing or unreadable file)
+    reported as one message on stderr and exit status 2, no traceback."""
+    try:
+        main(argv)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"prepro.py: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # ValidationError and the label map's checks
+        print(f"prepro.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
+import prepro
 import train
+from conftest import ROOT
 from prepro import ValidationError, read_docred
 from test_prepro import REL2ID, make_doc, write
 from test_train import tiny_args
@@ -76,6 +80,25 @@ def test_non_utf8_bytes(tmp_path, minilm_tokenizer, field, edit):
     assert_names(str(info.value), str(path), 1, title, field, "line 1")
 
 
+@pytest.mark.parametrize("text", ["", " \n", "[]", " [ ]\n"], ids=["empty", "blank", "empty_list", "spaced_list"])
+def test_a_file_without_documents_is_refused_unless_allowed(tmp_path, minilm_tokenizer, text):
+    path = tmp_path / "none.json"
+    path.write_text(text)
+    for cache_dir in (None, tmp_path / "cache"):
+        with pytest.raises(ValidationError, match="no documents") as info:
+            read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache_dir)
+        assert str(path) in str(info.value)
+        features = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache_dir, allow_empty=True)
+        assert len(features) == 0 and features.stats["documents"] == 0
+
+
+def test_duplicate_titles_name_both_documents(tmp_path, minilm_tokenizer):
+    msg, path = read_bad(tmp_path, [make_doc("A"), make_doc("B"), make_doc("A"), make_doc("A")], minilm_tokenizer)
+    assert_names(msg, path, 2, "A", "title", "the same title as document 0")
+    assert_names(msg, path, 3, "A", "title", "the same title as document 0")
+    assert "2 problem(s)" in msg and "document 1 " not in msg
+
+
 # ----------------------------------------------------------------------------- documents and fields
 
 
@@ -116,7 +139,7 @@ def test_missing_mention_key(tmp_path, minilm_tokenizer):
 def test_wrong_types(tmp_path, minilm_tokenizer, field, edit, value):
     doc = make_doc("T")
     edit(doc)
-    msg, path = read_bad(tmp_path, [make_doc(), make_doc(), doc], minilm_tokenizer)
+    msg, path = read_bad(tmp_path, [make_doc("A"), make_doc("B"), doc], minilm_tokenizer)
     assert_names(msg, path, 2, doc["title"], field, value)
 
 
@@ -170,6 +193,21 @@ def test_h_equals_t_and_duplicate_labels_warn_and_drop(tmp_path, minilm_tokenize
     assert "labels[2]: h == t" in caplog.text and "labels[3]: duplicate" in caplog.text
 
 
+@pytest.mark.parametrize("evidence, field, value", [
+    ([0, 2], "labels[1].evidence[1]", "[0, 2) (got 2)"),
+    ([-1], "labels[1].evidence[0]", "(got -1)"),
+    ([0, "1"], "labels[1].evidence[1]", "(got '1')"),
+    ([True], "labels[1].evidence[0]", "(got True)"),
+    (1, "labels[1].evidence", "list of sentence ids in [0, 2) (got 1)"),
+    (None, "labels[1].evidence", "(got None)"),
+], ids=["past_end", "negative", "string", "bool", "not_a_list", "null"])
+def test_evidence_must_be_sentence_ids(tmp_path, minilm_tokenizer, evidence, field, value):
+    doc = make_doc("T")
+    doc["labels"][1]["evidence"] = evidence
+    msg, path = read_bad(tmp_path, [make_doc(), doc], minilm_tokenizer)
+    assert_names(msg, path, 1, "T", field, value)
+
+
 @pytest.mark.parametrize("rel", ["P999", "Na", 17])
 def test_relation_not_in_the_label_map(tmp_path, minilm_tokenizer, rel):
     doc = make_doc("T")
@@ -187,6 +225,45 @@ def test_all_problems_are_collected_first_twenty_listed(tmp_path, minilm_tokeniz
     assert "25 problem(s)" in msg and "... and 5 more problem(s)" in msg
 
 
+# ----------------------------------------------------------------------------- prepro.py's command line
+
+
+def cli_args(tmp_path, model_dir, name="dev.json"):
+    (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
+    return ["--data_dir", str(tmp_path), "--file", name, "--model_name_or_path", model_dir, "--no_cache"]
+
+
+@pytest.mark.parametrize("case", ["invalid", "missing", "folder", "bad_label_map"])
+def test_cli_bad_input_is_one_message_and_exit_2(tmp_path, tiny_bert_dir, capsys, case):
+    args = cli_args(tmp_path, tiny_bert_dir)
+    doc = make_doc("T")
+    doc["labels"][0]["r"] = "P999"
+    write(tmp_path, [make_doc(), doc], "dev.json")
+    if case == "missing":
+        args[3] = "absent.json"
+    elif case == "folder":
+        (tmp_path / "sub.json").mkdir()
+        args[3] = "sub.json"
+    elif case == "bad_label_map":
+        (tmp_path / "rel2id.json").write_text(json.dumps({"Na": 1}))
+        args += ["--rel2id", str(tmp_path / "rel2id.json")]
+    assert prepro.cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("prepro.py: error: ") == 1 and "Traceback" not in err  # (after tqdm's progress line)
+    expected = {"invalid": "document 1 (title 'T'): field labels[0].r",
+                "missing": f"{tmp_path / 'absent.json'}: No such file or directory",
+                "folder": f"{tmp_path / 'sub.json'}: Is a directory", "bad_label_map": "'Na'"}[case]
+    assert expected in err
+
+
+def test_cli_as_a_script_exits_2_without_a_traceback(tmp_path, tiny_bert_dir):
+    args = cli_args(tmp_path, tiny_bert_dir, name="absent.json")
+    done = subprocess.run([sys.executable, str(ROOT / "prepro.py"), *args], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"prepro.py: error: {tmp_path / 'absent.json'}: No such file or " \
+                                                   "directory"
+
+
 # ----------------------------------------------------------------------------- accepted and reported
 
 
@@ -201,6 +278,15 @@ def test_documents_with_fewer_than_two_entities_have_no_pairs(tmp_path, minilm_t
 
     batch = Collator(len(REL2ID))(list(features))
     assert batch["hts"].shape == (0, 2) and batch["labels"].shape == (0, 4)
+
+
+def test_documents_without_entities_are_counted(tmp_path, minilm_tokenizer, caplog):
+    none = make_doc("none", labels=False)
+    none["vertexSet"] = []
+    with caplog.at_level(logging.INFO, logger="prepro"):
+        features = read_docred(write(tmp_path, [make_doc(), none]), minilm_tokenizer, REL2ID)
+    assert features.stats["documents_without_entities"] == 1
+    assert "2 documents, 1 without entities" in caplog.text
 
 
 def test_five_thousand_token_document_is_truncated_and_reported(tmp_path, minilm_tokenizer, caplog):
@@ -220,7 +306,7 @@ def test_five_thousand_token_document_is_truncated_and_reported(tmp_path, minilm
 
 
 def test_labels_in_a_test_file_are_fine_and_missing_labels_too(tmp_path, minilm_tokenizer):
-    features = read_docred(write(tmp_path, [make_doc(labels=False), make_doc()]), minilm_tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, [make_doc("test doc", labels=False), make_doc()]), minilm_tokenizer, REL2ID)
     assert features[0]["labels"].shape == (0, 2) and len(features[1]["labels"]) == 2
 
 

@@ -56,6 +56,11 @@ def documents(draw) -> Dict[str, Any]:
     return doc
 
 
+def corpora(min_size: int = 1, max_size: int = 4) -> st.SearchStrategy:
+    """Lists of valid documents with distinct titles."""
+    return st.lists(documents(), min_size=min_size, max_size=max_size, unique_by=lambda d: d["title"])
+
+
 def paths(obj: Any, prefix: Tuple = ()) -> Iterator[Tuple]:
     """The path (keys and indices) of every value inside `obj`, `obj` itself included."""
     yield prefix
@@ -67,7 +72,7 @@ def paths(obj: Any, prefix: Tuple = ()) -> Iterator[Tuple]:
 @st.composite
 def damaged_corpora(draw) -> List[Any]:
     """Valid documents with 1-3 random edits: a value replaced or deleted, an integer nudged, a relation renamed."""
-    docs = draw(st.lists(documents(), min_size=1, max_size=3))
+    docs = draw(corpora(max_size=3))
     for _ in range(draw(st.integers(1, 3))):
         if not docs:
             break
@@ -123,6 +128,12 @@ def check_consistent(docs: List[Dict[str, Any]], features: Any, tokenizer: Any, 
                     for lab in doc.get("labels") or [] if lab["h"] != lab["t"]}
         rows = [tuple(r) for r in f["labels"].tolist()]
         assert len(rows) == len(set(rows)) and set(rows) == expected
+        evidence = {}  # a duplicate label keeps the first one's evidence
+        for lab in doc.get("labels") or []:
+            if lab["h"] != lab["t"]:
+                evidence.setdefault((index[(lab["h"], lab["t"])], REL2ID[lab["r"]]), lab.get("evidence", []))
+        assert f["evidence"] == [evidence[r] for r in rows]
+        check_sent_pos(doc, f, len(specials) - 1, marker)
         assert len(f["entity_pos"]) == n == len(f["mention_sent_ids"])
         kept = 0
         for ent, spans, sent_ids in zip(doc["vertexSet"], f["entity_pos"], f["mention_sent_ids"]):
@@ -138,6 +149,19 @@ def check_consistent(docs: List[Dict[str, Any]], features: Any, tokenizer: Any, 
             assert f["n_truncated_mentions"] == 0
 
 
+def check_sent_pos(doc: Dict[str, Any], f: Dict[str, Any], n_specials: int, marker: bool) -> None:
+    """Sentence spans tile the content tokens in order (clipped at truncation) and hold their mentions (without
+    markers, a mention whose words yield no token points at the one token after them, maybe past its sentence)."""
+    pos = f["sent_pos"]
+    n_tokens = len(f["input_ids"])
+    assert pos.dtype == np.int32 and pos.shape == (len(doc["sents"]), 2)
+    assert (pos[:, 0] <= pos[:, 1]).all() and (pos[1:, 0] == pos[:-1, 1]).all()
+    assert 1 <= pos[0, 0] and pos[-1, 1] <= n_tokens - 1 and n_tokens - pos[-1, 1] <= n_specials
+    for spans, sent_ids in zip(f["entity_pos"], f["mention_sent_ids"]):
+        for (start, end), s in zip(spans, sent_ids):
+            assert pos[s, 0] <= start < end and (end <= pos[s, 1] or not marker and end == start + 1)
+
+
 def read_or_reject(path, tokenizer, max_len: int, marker: bool) -> Any:
     """read_docred's features, or None when it raised its own ValidationError (anything else propagates)."""
     try:
@@ -151,7 +175,7 @@ SETUP = dict(kind=st.sampled_from(["bert", "roberta"]), max_len=st.integers(3, 8
 
 
 @FUZZ
-@given(docs=st.lists(documents(), max_size=4), **SETUP)
+@given(docs=corpora(), **SETUP)
 def test_valid_documents_give_consistent_features(tokenizers, data_file, docs, kind, max_len, marker):
     data_file.write_text(json.dumps(docs), encoding="utf-8")
     features = read_docred(data_file, tokenizers[kind], REL2ID, max_seq_length=max_len,
@@ -169,7 +193,7 @@ def test_damaged_documents_and_any_json_are_rejected_or_consistent(tokenizers, d
 
 
 @FUZZ
-@given(docs=st.lists(documents(), min_size=1, max_size=3), cut=st.floats(0, 1), junk=st.binary(min_size=1, max_size=3),
+@given(docs=corpora(max_size=3), cut=st.floats(0, 1), junk=st.binary(min_size=1, max_size=3),
        edit=st.sampled_from(["truncate", "insert", "overwrite"]))
 def test_damaged_bytes_are_rejected_or_consistent(tokenizers, data_file, docs, cut, junk, edit):
     data = json.dumps(docs, ensure_ascii=False).encode("utf-8")
@@ -196,7 +220,7 @@ def tiny_model(tiny_bert_dir, tokenizers):
 
 
 @settings(FUZZ, max_examples=max(10, EXAMPLES // 2))
-@given(docs=st.lists(documents(), min_size=1, max_size=3), max_len=st.integers(8, 80))
+@given(docs=corpora(max_size=3), max_len=st.integers(8, 80))
 @example(docs=[{"title": "no entities", "sents": [["x"]], "vertexSet": []}], max_len=8)  # once crashed pool_context
 def test_valid_documents_run_through_the_model(tokenizers, data_file, tiny_model, docs, max_len):
     from utils import Collator

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -128,6 +129,31 @@ def test_hand_made_document(tmp_path, minilm_tokenizer):
     assert features.stats["negative_pairs"] == 2 * 6 - 2
 
 
+def sentence_tokens(tokenizer, f):
+    """The tokens of each sentence span of a feature."""
+    toks = tokens(tokenizer, f["input_ids"])
+    return [toks[start:end] for start, end in f["sent_pos"].tolist()]
+
+
+def test_sentence_spans_and_evidence(tmp_path, minilm_tokenizer):
+    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID)[0]
+    assert f["sent_pos"].dtype == np.int32 and f["sent_pos"].tolist() == [[1, 12], [12, 21]]
+    assert sentence_tokens(minilm_tokenizer, f) == [
+        ["*", "alice", "smith", "*", "was", "born", "in", "*", "paris", "*", "."],
+        ["*", "she", "*", "moved", "to", "*", "france", "*", "."]]
+    assert f["labels"].tolist() == [[3, 1], [1, 3]] and f["evidence"] == [[0, 1], [1]]  # one list per label row
+    plain = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
+    assert sentence_tokens(minilm_tokenizer, plain) == [["alice", "smith", "was", "born", "in", "paris", "."],
+                                                        ["she", "moved", "to", "france", "."]]
+
+
+def test_evidence_of_a_dropped_duplicate_and_of_a_label_without_evidence(tmp_path, minilm_tokenizer):
+    doc = make_doc()
+    doc["labels"] += [{"h": 1, "t": 2, "r": "P17", "evidence": [1]}, {"h": 2, "t": 0, "r": "P131"}]
+    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)[0]
+    assert f["labels"].tolist() == [[3, 1], [1, 3], [4, 2]] and f["evidence"] == [[0, 1], [1], []]
+
+
 def test_markers_off_point_at_the_first_word_piece(tmp_path, minilm_tokenizer):
     f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
     toks = tokens(minilm_tokenizer, f["input_ids"])
@@ -157,6 +183,8 @@ def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, c
     assert len(f["input_ids"]) == 40 and tokens(minilm_tokenizer, f["input_ids"][-1:]) == ["[SEP]"]
     assert f["entity_pos"] == [[(1, 5)], [(8, 11)], []]  # Alice keeps one mention, France none
     assert f["mention_sent_ids"] == [[0], [0], []]
+    assert f["sent_pos"].tolist() == [[1, 12], [12, 39], [39, 39]]  # cut at the [SEP]; past it: empty, kept
+    assert f["evidence"] == [[0, 1], [1]]  # the JSON's sentence ids, whether or not the sentence survived
     assert f["n_truncated_mentions"] == 2
     s = features.stats
     assert (s["truncated_documents"], s["truncated_mentions"], s["truncated_entities"]) == (1, 2, 1)
@@ -199,6 +227,17 @@ def test_real_dev_file(minilm_tokenizer):
     for doc, f in zip(docs[:100], features):
         words = prepro._mark_words(doc, "*")[0]
         assert f["input_ids"].tolist() == minilm_tokenizer(words, is_split_into_words=True)["input_ids"]
+    for doc, f in zip(docs, features):
+        n_sents, pos = len(doc["sents"]), f["sent_pos"]
+        assert pos.shape == (n_sents, 2) and pos[0, 0] == 1 and pos[-1, 1] == len(f["input_ids"]) - 1
+        assert (pos[1:, 0] == pos[:-1, 1]).all() and (pos[:, 0] < pos[:, 1]).all()
+        for spans, sent_ids in zip(f["entity_pos"], f["mention_sent_ids"]):
+            assert all(pos[s, 0] <= a < b <= pos[s, 1] for (a, b), s in zip(spans, sent_ids))
+        assert all(0 <= s < n_sents for evidence in f["evidence"] for s in evidence)
+        n = len(doc["vertexSet"])
+        gold = {(lab["h"] * (n - 1) + lab["t"] - (lab["t"] > lab["h"]), rel2id[lab["r"]]): lab["evidence"]
+                for lab in reversed(doc["labels"])}  # reversed: the first of duplicates wins, as in prepro
+        assert f["evidence"] == [gold[tuple(row)] for row in f["labels"].tolist()]
 
 
 def test_special_tokens_and_markers_of_each_tokenizer(tmp_path, tiny_encoder_dir):
@@ -292,6 +331,15 @@ def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_toke
     assert_same_features(fresh, pickle.loads(pickle.dumps(reloaded)))
 
 
+def test_new_feature_format_gets_a_new_cache(tmp_path, minilm_tokenizer, monkeypatch):
+    path = write(tmp_path, [make_doc()])
+    current = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(prepro, "FEATURE_FORMAT_VERSION", prepro.FEATURE_FORMAT_VERSION - 1)
+    older = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    assert older.cache_path != current.cache_path
+    assert_same_features(current, older)
+
+
 def test_cache_key_changes_with_every_input(tmp_path, minilm_tokenizer, tiny_bert_dir):
     from transformers import AutoTokenizer
 
@@ -359,6 +407,72 @@ def test_a_failed_build_leaves_no_cache_behind(tmp_path, minilm_tokenizer, monke
     assert list(cache.iterdir()) == []
 
 
+def cache_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "feature cache" in r.message]
+
+
+@pytest.mark.parametrize("how", ["under_a_file", "read_only_folder"])
+def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm_tokenizer, monkeypatch, caplog,
+                                                                 how):
+    path = write(tmp_path, [make_doc(), make_doc("Doc B")])
+    fresh = read_docred(path, minilm_tokenizer, REL2ID)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # nothing can be created under a regular file, not even by root
+    if how == "under_a_file":
+        cache = blocker / ".cache"
+    else:
+        cache = tmp_path / "read-only"
+        cache.mkdir()
+        cache.chmod(0o555)
+        try:
+            (cache / "probe").write_text("")
+            pytest.skip("chmod does not stop this user (root) from writing; the under_a_file case covers the fallback")
+        except PermissionError:
+            pass
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        moved = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert Path(moved.cache_path).parent == tmp_path / "user" / "docre"
+    [warning] = cache_warnings(caplog)
+    assert str(cache) in warning and f"caching features in {tmp_path / 'user' / 'docre'} instead" in warning
+    assert_same_features(fresh, moved)
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Path(read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path).parent == \
+        tmp_path / "home" / ".cache" / "docre"
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "user"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        off = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    assert off.cache_path is None
+    [warning] = cache_warnings(caplog)
+    assert str(cache) in warning and str(blocker / "user" / "docre") in warning and "without a cache" in warning
+    assert_same_features(fresh, off)
+    if how == "read_only_folder":
+        cache.chmod(0o755)
+
+
+def test_an_existing_cache_in_a_read_only_folder_is_read(tmp_path, minilm_tokenizer, monkeypatch, caplog):
+    path = write(tmp_path, [make_doc()])
+    built = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(prepro, "_unwritable", lambda folder: "read-only file system")
+    monkeypatch.setattr(prepro, "_featurize_chunk", None)  # nothing may be built
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        again = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    assert again.cache_path == built.cache_path and not cache_warnings(caplog)
+
+
+def test_resolve_cache_dir_says_where_features_go(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    assert prepro.resolve_cache_dir(None) is None
+    assert prepro.resolve_cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
+    (tmp_path / "f").write_text("")
+    assert prepro.resolve_cache_dir(tmp_path / "f" / "c") == tmp_path / "user" / "docre"
+    assert os.listdir(tmp_path / "user" / "docre") == []  # the probe leaves nothing behind
+
+
 def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys):
     write(tmp_path, [make_doc(), make_doc("Doc B")], "dev.json")
     (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
@@ -369,6 +483,18 @@ def test_cli_prints_figures_and_writes_the_cache(tmp_path, tiny_bert_dir, capsys
                  "truncated", "docs/s"):
         assert word in out
     assert stats["documents"] == 2 and len(list((tmp_path / ".cache").iterdir())) == 1
+
+
+@pytest.mark.parametrize("flags", [["--no_entity_marker", "--cache_dir", "none"], ["--no_marker", "--no_cache"]],
+                         ids=["train_py_spelling", "old_spelling"])
+def test_cli_accepts_the_flags_of_train_py(tmp_path, tiny_bert_dir, capsys, flags):
+    write(tmp_path, [make_doc(), make_doc("Doc B")], "dev.json")
+    (tmp_path / "rel_info.json").write_text(json.dumps({"P17": "country", "P131": "in", "P27": "citizen"}))
+    args = ["--data_dir", str(tmp_path), "--file", "dev.json", "--model_name_or_path", tiny_bert_dir]
+    plain = prepro.main(args + flags)
+    assert "cache off" in capsys.readouterr().out and not (tmp_path / ".cache").exists()
+    marked = prepro.main(args + ["--cache_dir", "none"])
+    assert plain["token_length_mean"] < marked["token_length_mean"]  # no marker tokens
 
 
 # ----------------------------------------------------------------------------- labels and arguments
