@@ -858,20 +858,22 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     return s
 
 
-def cli(argv: Optional[List[str]] = None) -> int:
+def cli(argv: Optional[List[str]] = None) -> None:
     """`python prepro.py`: main, with bad input (a ValidationError, a bad label map, a missing or unreadable file)
-    reported as one message on stderr and exit status 2, no traceback."""
-    try:
-        main(argv)
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename is not None else ""
-        print(f"prepro.py: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # ValidationError and the label map's checks
-        print(f"prepro.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    reported as one message on stderr and exit status 2, no traceback (utils.cli)."""
+    from utils import UserError, cli as run_cli
+
+    def checked_main() -> None:
+        try:
+            main(argv)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename is not None else ""
+            raise UserError(f"{where}{e.strerror or e}") from e
+        except ValueError as e:  # the label map's checks
+            raise UserError(str(e)) from e
+
+    run_cli(checked_main)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    cli()

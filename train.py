@@ -101,10 +101,8 @@ class DocRED(engine.Task):
                     meta: Optional[Dict[str, Any]]) -> nn.Module:
         self.tokenizer = tokenizer
         rel2id = self.rel2id()
-        if args.cache_dir is not None and args.cache_dir.lower() == "none":
-            self.cache = None
-        else:
-            self.cache = args.cache_dir or os.path.join(args.data_dir, ".cache")
+        off = args.cache_dir is not None and args.cache_dir.lower() == "none"
+        self.cache = None if off else prepro.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
         self._collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
         if self.ign_file() is None:
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "

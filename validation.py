@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from utils import UserError
+
 MAX_LISTED_PROBLEMS = 20
 MENTION_KEYS = ("name", "pos", "sent_id")
 LABEL_KEYS = ("h", "t", "r")
@@ -22,7 +24,7 @@ Report = Callable[[str, str, Any], bool]  # bad(field, message, value) records a
 Labels = Tuple[np.ndarray, List[List[int]]]
 
 
-class ValidationError(ValueError):
+class ValidationError(UserError):
     """A DocRED file with problems; the message lists them (file, document index and title, field, value)."""
 
     def __init__(self, path: str | os.PathLike, problems: List[str]):

@@ -247,9 +247,11 @@ def test_cli_bad_input_is_one_message_and_exit_2(tmp_path, tiny_bert_dir, capsys
     elif case == "bad_label_map":
         (tmp_path / "rel2id.json").write_text(json.dumps({"Na": 1}))
         args += ["--rel2id", str(tmp_path / "rel2id.json")]
-    assert prepro.cli(args) == 2
+    with pytest.raises(SystemExit) as info:
+        prepro.cli(args)
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("prepro.py: error: ") == 1 and "Traceback" not in err  # (after tqdm's progress line)
+    assert err.count("error: ") == 1 and "Traceback" not in err  # (after tqdm's progress line)
     expected = {"invalid": "document 1 (title 'T'): field labels[0].r",
                 "missing": f"{tmp_path / 'absent.json'}: No such file or directory",
                 "folder": f"{tmp_path / 'sub.json'}: Is a directory", "bad_label_map": "'Na'"}[case]
