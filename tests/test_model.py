@@ -59,6 +59,15 @@ def mixed_features(tokenizer) -> list:
 
 
 # ----------------------------------------------------------------------------- reference
+def reference_block_features(z_h: torch.Tensor, z_t: torch.Tensor, block_size: int, max_sym: bool) -> torch.Tensor:
+    """One pair's bilinear input: each block's outer product (max-symmetrized with `max_sym`), flattened."""
+    blocks = []
+    for g in range(0, len(z_h), block_size):
+        outer = torch.outer(z_h[g:g + block_size], z_t[g:g + block_size])
+        blocks.append((torch.maximum(outer, outer.t()) if max_sym else outer).flatten())
+    return torch.cat(blocks)
+
+
 def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor:
     """ATLOP's formulas, one document, entity and pair at a time, from an eager encoder's attentions."""
     out = []
@@ -81,16 +90,14 @@ def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor
             c = q @ hidden
             z_h = torch.tanh(model.head_extractor(torch.cat([embs[h], c])))
             z_t = torch.tanh(model.tail_extractor(torch.cat([embs[t], c])))
-            outer = torch.cat([torch.outer(z_h[g:g + bs], z_t[g:g + bs]).flatten()
-                               for g in range(0, model.emb_size, bs)])
-            out.append(model.bilinear(outer))
+            out.append(model.bilinear(reference_block_features(z_h, z_t, bs, model.bilinear_type == "maxsym")))
     return torch.stack(out) if out else torch.zeros(0, NUM_CLASS)
 
 
-@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("unpad,bilinear", [(False, "atlop"), (True, "atlop"), (False, "maxsym")])
 @torch.no_grad()
-def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad):
-    model = tiny_model(tiny_bert_dir, unpad=unpad)
+def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad, bilinear):
+    model = tiny_model(tiny_bert_dir, unpad=unpad, bilinear=bilinear)
     eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
     feats = mixed_features(bert_tok)
     logits = model(**batch_of(feats, bert_tok))
@@ -244,6 +251,45 @@ def test_group_bilinear_gradients_match_outer_product():
     linear = torch.nn.Linear(48, 3).double()
     outer = (x.view(7, 3, 4, 1) * y.view(7, 3, 1, 4)).reshape(7, 48)
     torch.testing.assert_close(group_bilinear(x, y, linear, 4), linear(outer))
+
+
+def _loop_group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: torch.nn.Linear, block_size: int,
+                         max_sym: bool) -> torch.Tensor:
+    """The group bilinear one pair at a time from `reference_block_features`."""
+    return torch.stack([linear(reference_block_features(a, b, block_size, max_sym)) for a, b in zip(x, y)])
+
+
+def test_max_sym_group_bilinear_matches_per_pair_loop():
+    """NCRL's head: logits and all gradients equal the per-pair, per-block loop of max(x outer y, its transpose)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 40, 64).tanh().unbind(0)  # 40 pairs, emb 64, blocks of 8
+    x.requires_grad_(), y.requires_grad_()
+    linear = torch.nn.Linear(64 * 8, 6)
+    ours, ref = group_bilinear(x, y, linear, 8, max_sym=True), _loop_group_bilinear(x, y, linear, 8, True)
+    assert (ours - ref).abs().max().item() < 1e-5
+    grads = [torch.autograd.grad(out.pow(2).sum(), (x, y, linear.weight, linear.bias)) for out in (ours, ref)]
+    for g_ours, g_ref in zip(*grads):
+        torch.testing.assert_close(g_ours, g_ref, atol=1e-5, rtol=1e-5)
+    # it is a different head: the same weights give other logits than ATLOP's (and ATLOP's still match its loop)
+    atlop = group_bilinear(x, y, linear, 8)
+    torch.testing.assert_close(atlop, _loop_group_bilinear(x, y, linear, 8, False), atol=1e-5, rtol=1e-5)
+    assert (atlop - ours).abs().max().item() > 0.05
+
+
+def test_max_sym_group_bilinear_gradcheck_and_ties():
+    torch.manual_seed(1)
+    x, y = (torch.randn(5, 12, dtype=torch.double, requires_grad=True) for _ in range(2))
+    w = torch.randn(3, 12 * 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: GroupBilinearFunction.apply(a, b, c, 4, True), (x, y, w))
+    # x = y makes every block's outer product symmetric, so every entry ties with its mirror; the gradient
+    # follows torch.maximum (half to each side), as autograd through the per-pair loop does
+    linear = torch.nn.Linear(48, 3, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    x2 = x.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(GroupBilinearFunction.apply(x2, x2, w.detach(), 4, True).sum(), x2)
+    (ref,) = torch.autograd.grad(_loop_group_bilinear(x2, x2, linear, 4, True).sum(), x2)
+    torch.testing.assert_close(grad, ref)
 
 
 def test_gradient_checkpointing_gives_same_gradients(tiny_bert_dir, bert_tok):
