@@ -157,9 +157,43 @@ class ATLoss(DocRELoss):
         pos = y[:, 1:] > 0.5  # [N, K]
         with_na = torch.ones_like(pos[:, :1])  # [N, 1]
         lse_pos = _masked_logsumexp(f, torch.cat([with_na, pos], dim=1))  # [N] over {0} ∪ P
-        lse_neg = _masked_logsumexp(f, torch.cat([with_na, ~pos], dim=1))  # [N] over {0} ∪ N
         rank_pos = torch.where(pos, lse_pos[:, None] - f[:, 1:], torch.zeros_like(f[:, 1:])).sum(dim=1)
-        return rank_pos + lse_neg - f[:, 0]
+        return rank_pos + _na_over_negatives(f, pos)
+
+
+def _na_over_negatives(f: Tensor, pos: Tensor) -> Tensor:
+    """-log softmax_{{0} ∪ N}(f)_0 `[N]`: the none class ranked above the negatives (ATL's second term)."""
+    with_na = torch.ones_like(pos[:, :1])  # [N, 1]
+    return _masked_logsumexp(f, torch.cat([with_na, ~pos], dim=1)) - f[:, 0]
+
+
+class AFLoss(DocRELoss):
+    """KD-DocRE's adaptive focal loss (Tan et al., 2022), as in the authors' code; predicts f_i > f_0.
+
+    loss = Σ_{p∈P} (1 + σ(f_0 - f_p)^γ) (-log σ(f_p - f_0)) - log softmax_{{0}∪N}(f)_0
+    with γ = `gamma_pos`: each positive is ranked against the none class alone, its term weighted up to 2x
+    the less likely it is; the weight is not detached. The second term is ATL's. P / N as in `ATLoss`.
+    Formula read from the authors' losses.py (AFLoss), not from the paper; their `gamma_neg` (default 1) is
+    computed into a weight that no term uses, so it is no option here. Their default γ is 1.
+    """
+
+    name = "afl"
+
+    def __init__(self, gamma_pos: float = 1.0):
+        super().__init__()
+        if not gamma_pos >= 0:
+            raise ValueError(f"gamma_pos must be >= 0, got {gamma_pos}")
+        self.gamma_pos = float(gamma_pos)
+
+    def _per_instance(self, f: Tensor, y: Tensor) -> Tensor:
+        pos = y[:, 1:] > 0.5  # [N, K]
+        margins = f[:, 1:] - f[:, :1]  # [N, K]
+        focal = 1.0 + torch.exp(self.gamma_pos * F.logsigmoid(-margins))  # 1 + σ(f_0 - f_p)^γ
+        rank_pos = torch.where(pos, focal * _positive_nll(margins), torch.zeros_like(margins)).sum(dim=1)
+        return rank_pos + _na_over_negatives(f, pos)
+
+    def extra_repr(self) -> str:
+        return f"gamma_pos={self.gamma_pos}"
 
 
 class NCRLoss(DocRELoss):
@@ -239,7 +273,7 @@ class LSEPLoss(DocRELoss):
 
 
 LOSSES: Dict[str, Type[DocRELoss]] = {
-    cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss)
+    cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss, AFLoss)
 }
 
 

@@ -9,6 +9,7 @@ import torch
 
 from losses import (
     LOSSES,
+    AFLoss,
     THRESHOLD_GRID,
     BCELoss,
     NCRLoss,
@@ -28,6 +29,8 @@ CONFIGS = [
     ("ncrl", {"shift": 0.2, "margin_reg": False}),
     ("pairwise", {}),
     ("lsep", {}),
+    ("afl", {}),
+    ("afl", {"gamma_pos": 2.0}),
 ]
 CONFIG_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CONFIGS]
 
@@ -60,6 +63,11 @@ EXPECTED = {
     # row 0: log(1 + e^(.5-2) + e^(-1-2) + e^(0-2) + e^(-1-.5) + e^(0-.5)) (equals ATL for a single positive)
     # row 2: log(1 + e^(-1-0) + e^(0-.5) + e^(-1-.5) + e^(0-3) + e^(-1-3))
     "lsep": [0.805544, 0.882803, 0.817859],
+    # γ = 1. row 0: (1 + σ(-1.5)) sp(-1.5) + log(e^.5 + e^-1 + e^0) - .5; row 1 (no positive): ATL's row 1;
+    # row 2: (1 + σ(-.5)) sp(-.5) + (1 + σ(-3)) sp(-3) + log(e^0 + e^-1) (negatives {0, 3})
+    "afl": [0.842287, 0.882803, 1.017214],
+    # γ = 2: the focal weights become 1 + σ(.)^2
+    "afl-gamma_pos=2.0": [0.812247, 0.882803, 0.903609],
 }
 
 
@@ -327,7 +335,8 @@ def test_autocast_computes_in_fp32():
 
 
 def test_registry_and_factory():
-    assert available_losses() == ["bce", "atl", "ncrl", "pairwise", "lsep"] == list(LOSSES)
+    assert available_losses() == ["bce", "atl", "ncrl", "pairwise", "lsep", "afl"] == list(LOSSES)
+    assert loss_options("afl") == ["gamma_pos"] and build_loss("afl").gamma_pos == 1.0  # the authors' default
     assert loss_options("ncrl") == ["shift", "margin_reg"]
     assert loss_options("bce") == ["threshold", "prob_shift"]
     ncrl = build_loss("ncrl", shift=0.05, margin_reg=False)
@@ -344,3 +353,63 @@ def test_registry_and_factory():
     with pytest.raises(ValueError, match="labels"):
         build_loss("atl")(torch.zeros(2, 4), torch.zeros(2, 3))
     assert math.isfinite(build_loss("pairwise", margin=0.5)(*_case()).item())
+
+
+# ----------------------------------------------------------------------------- adaptive focal loss
+def _kd_docre_afl(logits: torch.Tensor, labels: torch.Tensor, gamma_pos: float) -> torch.Tensor:
+    """KD-DocRE's AFLoss computation step by step: each class against the threshold class in a 2-way softmax,
+    positives weighted by 1 + P(threshold)^γ, then the threshold ranked over the negatives with -1e30 masks."""
+    labels = labels.clone()
+    th_label = torch.zeros_like(labels)
+    th_label[:, 0] = 1.0
+    labels[:, 0] = 0.0
+    pair = torch.stack([logits, logits[:, :1].expand_as(logits)], dim=1)  # [N, 2, C]: (class, threshold)
+    log_probs = torch.log_softmax(pair, dim=1)
+    loss1 = -(log_probs[:, 0] * (1 + log_probs[:, 1].exp() ** gamma_pos) * labels)
+    rank2 = torch.log_softmax(logits - labels * 1e30, dim=-1)  # masks out the positives
+    loss2 = -(rank2 * th_label).sum(1)
+    return loss1.sum(1).mean() + loss2.mean()
+
+
+@pytest.mark.parametrize("gamma_pos", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 4), (64, 96)])
+def test_afl_equals_authors_computation(n, k, gamma_pos):
+    gen = torch.Generator().manual_seed(n * 100 + k)
+    logits = torch.randn(n, k + 1, generator=gen, dtype=torch.float64) * 3
+    labels = (torch.rand(n, k + 1, generator=gen) < 0.3).double()
+    labels[: max(n // 3, 1), 1:] = 0  # instances without a positive
+    if n > 2:
+        labels[-1, 1:] = 1  # and one where every relation holds (no negative but the none class)
+    labels[:, 0] = (labels[:, 1:].sum(1) == 0).double()
+    ours = AFLoss(gamma_pos=gamma_pos)(logits, labels)
+    torch.testing.assert_close(ours, _kd_docre_afl(logits, labels, gamma_pos), atol=1e-12, rtol=1e-12)
+    # in fp32 too, against the fp64 value
+    torch.testing.assert_close(AFLoss(gamma_pos)(logits.float(), labels.float()).double(), ours, atol=1e-5, rtol=1e-5)
+
+
+def _afl_single_relation_optimum(delta: float, gamma: float) -> float:
+    """σ(m*) minimising Δ (1 + (1 - u)^γ)(-log u) - (1 - Δ) log(1 - u) over u = σ(m), by bisection on its derivative."""
+    def slope(u: float) -> float:
+        return (delta * gamma * (1 - u) ** (gamma - 1) * math.log(u) if gamma else 0.0) \
+            - delta * (1 + (1 - u) ** gamma) / u + (1 - delta) / (1 - u)
+    lo, hi = 1e-9, 1 - 1e-9  # slope < 0 at lo, > 0 at hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_afl_expected_loss_minimiser(gamma):
+    """One relation holding with probability Δ: the minimiser of the expected AFL is the stationary point worked out
+    by hand (γ = 0: σ(m) = 2Δ / (1 + Δ)), so AFL predicts a relation from Δ ≈ 1/3 (γ = 0) or 0.351 (γ = 1) up,
+    not from Δ = 1/2 as a calibrated loss does: the extra weight on positives buys recall."""
+    loss_fn = AFLoss(gamma_pos=gamma)
+    for delta in (0.2, 0.33, 0.37, 0.6, 0.9):
+        f = _minimise_expected_loss(loss_fn, torch.tensor([delta], dtype=torch.float64), steps=400)
+        expected = _afl_single_relation_optimum(delta, gamma)
+        if gamma == 0:
+            assert expected == pytest.approx(2 * delta / (1 + delta), abs=1e-6)
+        assert torch.sigmoid(f[1] - f[0]).item() == pytest.approx(expected, abs=0.01)
+        threshold = 1 / 3 if gamma == 0 else 0.3513
+        assert loss_fn.get_label(f[None])[0].tolist() == ([0, 1] if delta > threshold else [1, 0])
