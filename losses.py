@@ -272,6 +272,13 @@ class LSEPLoss(DocRELoss):
         return F.softplus(torch.logaddexp(pos_over_rest, na_over_neg))
 
 
+def positive_rates(positive_counts: Tensor, n_instances: int, smoothing: float = 0.5) -> Tensor:
+    """Smoothed rate of each class `[K+1]`, (count + s) / (N + 2s): a class never seen still gets a finite logit."""
+    if n_instances < 0 or smoothing <= 0:
+        raise ValueError(f"need n_instances >= 0 and smoothing > 0, got {n_instances} and {smoothing}")
+    return (positive_counts.double() + smoothing) / (n_instances + 2 * smoothing)
+
+
 LOSSES: Dict[str, Type[DocRELoss]] = {
     cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss, AFLoss)
 }

@@ -275,6 +275,25 @@ class DocREModel(nn.Module):
         self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_class)
 
+    @torch.no_grad()
+    def init_classifier_bias(self, rates) -> None:
+        """Start from the none-class prior: bias_0 = 0 and bias_i = logit(p_i) for relation positive rates p_i.
+
+        `rates` is a [K+1] tensor (column 0 ignored; e.g. `losses.positive_rates`) or one float for every
+        relation (e.g. their mean). With the bilinear features near zero at step 0, every loss then reads
+        the prior off the logits: the f_i > f_0 losses (NCRL, ATL, AFL, ranking) see margins
+        f_i - f_0 = logit(p_i), i.e. NCRL's σ(m_i) and the 2-way softmax of ATL/AFL over {0, i} equal p_i
+        (NCRL's class-0 term sees m_0 = -mean_i logit(p_i) > 0); BCE ignores column 0 and sees σ(f_i) = p_i.
+        Every pair is predicted "no relation" while p_i < 1/2 (BCE: while p_i is under its threshold).
+        """
+        k = self.bilinear.bias.shape[0]
+        rates = torch.as_tensor(rates, dtype=torch.float64)
+        rates = rates.expand(k - 1) if rates.dim() == 0 else rates[1:]
+        if rates.shape != (k - 1,) or not ((rates > 0) & (rates < 1)).all():
+            raise ValueError(f"rates must be one value or {k} values (column 0 ignored) in (0, 1), "
+                             f"got {tuple(rates.shape)} values in [{rates.min().item()}, {rates.max().item()}]")
+        self.bilinear.bias.copy_(torch.cat([rates.new_zeros(1), torch.logit(rates)]))
+
     # -- encoder
     @contextlib.contextmanager
     def _capture_last_attention(self) -> Iterator[Dict[str, torch.Tensor]]:

@@ -141,6 +141,18 @@ class Collator:
         }
 
 
+def label_counts(features: Sequence[Dict[str, Any]], num_class: int, chunk: int = 64) -> tuple:
+    """(positive count of each class [K+1] over the features' pairs, number of pairs), column 0 counting the
+    pairs without a relation; built from the Collator's labels a chunk of documents at a time."""
+    collate = Collator(num_class)
+    counts, n = torch.zeros(num_class, dtype=torch.float64), 0
+    for i in range(0, len(features), chunk):
+        labels = collate(features[i:i + chunk])["labels"]  # [n_pairs, K+1]
+        counts += labels.sum(0, dtype=torch.float64)
+        n += len(labels)
+    return counts, n
+
+
 def select_device(device: Optional[str] = None) -> torch.device:
     """`cuda` when available (or asked for), else `cpu`."""
     if device:

@@ -16,6 +16,7 @@ from losses import (
     available_losses,
     build_loss,
     loss_options,
+    positive_rates,
 )
 
 # every loss and option combination the CLI can produce
@@ -413,3 +414,13 @@ def test_afl_expected_loss_minimiser(gamma):
         assert torch.sigmoid(f[1] - f[0]).item() == pytest.approx(expected, abs=0.01)
         threshold = 1 / 3 if gamma == 0 else 0.3513
         assert loss_fn.get_label(f[None])[0].tolist() == ([0, 1] if delta > threshold else [1, 0])
+
+
+def test_positive_rates_are_smoothed_frequencies():
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)
+    # (count + 1/2) / (N + 1): a relation never seen (class 2) gets 0.5 / 5 = 0.1, not 0
+    torch.testing.assert_close(positive_rates(labels.sum(0), len(labels)),
+                               torch.tensor([0.5, 0.5, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(positive_rates(labels.sum(0), 4, smoothing=1e-9)[2].item(), 0.0, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError):
+        positive_rates(labels.sum(0), 4, smoothing=0)

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from model import DocREModel, GroupBilinearFunction, build_model, group_bilinear, load_encoder, plan_windows
-from utils import Collator
+from losses import available_losses, build_loss, positive_rates
+from utils import Collator, label_counts
 
 NUM_CLASS = 5
 TEXT = "the city of Paris is the capital of France and Alice was born in London England"
@@ -350,3 +351,39 @@ def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_de
     assert deberta.attention_rows == "eager" and deberta.start_token_ids is None
     with pytest.raises(ValueError, match="multiple of block_size"):
         DocREModel(model.encoder, NUM_CLASS, emb_size=30, block_size=8)
+
+
+# ----------------------------------------------------------------------------- none-class prior start
+def test_init_classifier_bias_starts_at_the_none_class_prior(tiny_bert_dir, bert_tok):
+    feats = mixed_features(bert_tok)
+    labels = Collator(NUM_CLASS)(feats)["labels"]
+    counts, n = label_counts(feats, NUM_CLASS, chunk=3)  # chunks of documents add up to the whole batch
+    assert n == len(labels) == 224 and torch.equal(counts, labels.sum(0).double())
+    rates = positive_rates(counts, n)  # [K+1]
+    assert rates[1:].max() < 0.05
+
+    model = tiny_model(tiny_bert_dir)
+    model.init_classifier_bias(rates)
+    batch = batch_of(feats, bert_tok)
+    with torch.no_grad():
+        logits = model(**batch)  # random head weights: the prior plus small noise
+    for name in available_losses():
+        assert build_loss(name).get_label(logits)[:, 0].all(), name  # every pair "no relation" at step 0
+    # zero bilinear features: the logits are the prior itself, for both readings of the logits
+    for extractor in (model.head_extractor, model.tail_extractor):
+        torch.nn.init.zeros_(extractor.weight), torch.nn.init.zeros_(extractor.bias)
+    with torch.no_grad():
+        logits = model(**batch).double()
+    expected = rates[1:].expand(len(logits), -1)
+    torch.testing.assert_close(torch.sigmoid(logits[:, 1:] - logits[:, :1]), expected, rtol=1e-6, atol=1e-7)  # NCRL
+    torch.testing.assert_close(torch.sigmoid(logits[:, 1:]), expected, rtol=1e-6, atol=1e-7)  # BCE
+    atl_two_way = torch.softmax(torch.stack([logits[:, 1:], logits[:, :1].expand(-1, NUM_CLASS - 1)]), 0)[0]
+    torch.testing.assert_close(atl_two_way, expected, rtol=1e-6, atol=1e-7)  # ATL / AFL: class i against class 0
+    assert all(build_loss(name).get_label(logits)[:, 0].all() for name in available_losses())
+
+    model.init_classifier_bias(0.01)  # one prior for every relation
+    assert model.bilinear.bias[0] == 0 and torch.allclose(model.bilinear.bias[1:], torch.logit(torch.tensor(0.01)))
+    with pytest.raises(ValueError, match="rates must be"):
+        model.init_classifier_bias(torch.zeros(NUM_CLASS))
+    with pytest.raises(ValueError, match="rates must be"):
+        model.init_classifier_bias(rates[:3])
