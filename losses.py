@@ -279,6 +279,48 @@ def positive_rates(positive_counts: Tensor, n_instances: int, smoothing: float =
     return (positive_counts.double() + smoothing) / (n_instances + 2 * smoothing)
 
 
+# ----------------------------------------------------------------------------- evidence (DREEAM)
+EVIDENCE_THRESHOLD = 0.2  # DREEAM's --evi_thresh
+_KL_FLOOR = 1e-30  # DREEAM's floor for a zero sentence attention inside the log
+
+
+def evidence_target(evidence_index: Tensor, n_pairs: int, n_sents: int) -> Tensor:
+    """Dense evidence counts `[P, S]` from sparse citations `[n, 2]` of (pair, sentence), one row per sentence
+    of one relation's evidence: entry (p, s) counts the relations of pair p that cite sentence s."""
+    index = evidence_index.long().reshape(-1, 2)
+    if len(index) and (index.min() < 0 or (index[:, 0] >= n_pairs).any() or (index[:, 1] >= n_sents).any()):
+        bad = index[(index < 0).any(1) | (index[:, 0] >= n_pairs) | (index[:, 1] >= n_sents)][0].tolist()
+        raise ValueError(f"evidence (pair, sentence) {tuple(bad)} outside {n_pairs} pairs x {n_sents} sentences")
+    target = torch.zeros(n_pairs, n_sents, dtype=torch.float32, device=index.device)
+    return target.index_put_((index[:, 0], index[:, 1]), torch.ones(len(index), device=index.device), accumulate=True)
+
+
+def evidence_loss(sent_attn: Tensor, evidence: Tensor, labels: Tensor) -> Tensor:
+    """DREEAM's evidence loss: mean over positive pairs of KL(t || a), in fp32 (fp64 stays fp64).
+
+    t = a pair's evidence counts `[P, S]` (`evidence_target`) normalised over sentences, a = its sentence
+    attention `[P, S]` (`DocREModel.sentence_attention`): KL = Σ_{s: t_s > 0} t_s (log t_s - log max(a_s, 1e-30)).
+    As in DREEAM (KLDivLoss "batchmean" over the pairs with a relation), a positive pair without evidence adds 0
+    but counts in the mean; relation-less pairs are left out. 0 (still attached to `sent_attn`) with no positive.
+    """
+    if sent_attn.shape != evidence.shape or labels.shape[0] != sent_attn.shape[0]:
+        raise ValueError(f"evidence loss: sent_attn {tuple(sent_attn.shape)}, evidence {tuple(evidence.shape)} and "
+                         f"labels {tuple(labels.shape)} disagree")
+    dtype = torch.promote_types(sent_attn.dtype, torch.float32)  # fp64 stays fp64
+    with torch.autocast(device_type=sent_attn.device.type, enabled=False):
+        a, t = sent_attn.to(dtype), evidence.to(dtype)
+        t = t / torch.where(t.sum(-1, keepdim=True) > 0, t.sum(-1, keepdim=True), torch.ones_like(t[:, :1]))
+        log_ratio = torch.log(torch.where(t > 0, t, torch.ones_like(t))) - torch.log(a.clamp(min=_KL_FLOOR))
+        kl = torch.where(t > 0, t * log_ratio, torch.zeros_like(t)).sum(-1)  # [P]
+        positive = (labels[:, 1:] > 0.5).any(-1)  # [P]
+        return kl[positive].sum() / max(int(positive.sum()), 1)
+
+
+def evidence_sentences(sent_attn: Tensor, threshold: float = EVIDENCE_THRESHOLD) -> Tensor:
+    """Evidence sentences of each pair `[P, S]` (bool): attention strictly above `threshold`, as DREEAM predicts."""
+    return sent_attn > threshold
+
+
 LOSSES: Dict[str, Type[DocRELoss]] = {
     cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss, AFLoss)
 }

@@ -1,6 +1,6 @@
 """The ATLOP model: a pretrained encoder over (windows of) each document, log-sum-exp entity pooling,
-localized context pooling from last-layer attention, and a group bilinear classifier. Returns logits only;
-the loss lives in losses.py.
+localized context pooling from last-layer attention, and a group bilinear classifier. Returns logits (and, on
+request, DREEAM's sentence attention); the loss lives in losses.py.
 """
 from __future__ import annotations
 
@@ -458,8 +458,10 @@ class DocREModel(nn.Module):
 
     @staticmethod
     def pool_context(hidden: torch.Tensor, entity_att: torch.Tensor, entity_doc: torch.Tensor, hts: torch.Tensor,
-                     pair_doc: torch.Tensor) -> torch.Tensor:
-        """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised."""
+                     pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised; with
+        `sent_pos` [B, S, 2] also each pair's attention per sentence [P, S] (`sentence_attention`), else None."""
         b, length, _ = hidden.shape
         local, counts = group_rank(entity_doc, b)
         e_max = int(counts.max()) if len(entity_doc) else 0
@@ -468,7 +470,30 @@ class DocREModel(nn.Module):
         q = q / (q.sum(-1, keepdim=True) + 1e-5)
         ctx = torch.matmul(q.view(b, e_max * e_max, length), hidden.to(q.dtype))  # [B, E_max^2, H]
         ctx = ctx.view(b, e_max, e_max, hidden.shape[-1])  # -1 is ambiguous when no document has entities
-        return ctx[pair_doc, local[hts[:, 0]], local[hts[:, 1]]]
+        pick = (pair_doc, local[hts[:, 0]], local[hts[:, 1]])
+        if sent_pos is None:
+            return ctx[pick], None
+        return ctx[pick], DocREModel.sentence_attention(q, sent_pos)[pick]
+
+    @staticmethod
+    def sentence_attention(q: torch.Tensor, sent_pos: torch.Tensor) -> torch.Tensor:
+        """q [B, ..., L] summed over each sentence's tokens [start, end) of `sent_pos` [B, S, 2] (-1 rows are
+        padding) and renormalised over the document's sentences -> [B, ..., S] in fp32.
+
+        Rows sum to 1 over the sentences (0 where q puts no mass on any sentence: an entity without kept
+        mentions, or head and tail seen only in disjoint windows of a long document) and are exactly 0 on
+        padding sentences. DREEAM sums q the same way but does not
+        renormalise, leaving out the mass on special tokens; here that mass is spread over the sentences.
+        """
+        b, length = q.shape[0], q.shape[-1]
+        pos = torch.arange(length, device=q.device)[None, :, None]  # [1, L, 1]
+        start, end = sent_pos[..., 0][:, None, :], sent_pos[..., 1][:, None, :]  # [B, 1, S]
+        member = ((pos >= start) & (pos < end)).float()  # [B, L, S]; a -1 padding span is empty
+        per_sent = torch.matmul(q.float().reshape(b, -1, length), member)  # [B, *, S]
+        total = per_sent.sum(-1, keepdim=True)
+        has = total > 0  # the inner where keeps 0 / 0 (and its NaN gradient) out of empty rows
+        per_sent = torch.where(has, per_sent / torch.where(has, total, torch.ones_like(total)), per_sent)
+        return per_sent.view(*q.shape[:-1], sent_pos.shape[1])
 
     def classify(self, head: torch.Tensor, tail: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Group bilinear logits [P, K+1] from head, tail and context embeddings."""
@@ -478,21 +503,27 @@ class DocREModel(nn.Module):
 
     def score(self, hidden: torch.Tensor, mention_att: torch.Tensor, mention_pos: torch.Tensor,
               mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
-              hts: torch.Tensor, pair_doc: torch.Tensor) -> torch.Tensor:
-        """Logits [P, K+1] from encoder states and mention attention rows."""
+              hts: torch.Tensor, pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None):
+        """Logits [P, K+1] from encoder states and mention attention rows; with `sent_pos` [B, S, 2], the pair
+        (logits, sentence attention [P, S])."""
         ent, ent_att = self.pool_entities(hidden, mention_att, mention_pos, mention_doc, mention_entity,
                                           len(entity_doc))
-        context = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc)
-        return self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+        context, sent_attn = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc, sent_pos)
+        logits = self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+        return logits if sent_pos is None else (logits, sent_attn)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                 mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
                 hts: torch.Tensor, pair_doc: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                **kwargs) -> torch.Tensor:
-        """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs)."""
+                sent_pos: Optional[torch.Tensor] = None, return_evidence: bool = False, **kwargs):
+        """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs); with
+        `return_evidence`, (logits, sentence attention [P, S]) over the sentences of `sent_pos` [B, S, 2]."""
         if input_ids.shape[1] > self.max_seq_length:
             raise ValueError(f"input length {input_ids.shape[1]} exceeds max_seq_length {self.max_seq_length}")
+        if return_evidence and sent_pos is None:
+            raise ValueError("return_evidence needs the batch's sentence spans sent_pos [B, S, 2]")
         kept = mention_pos < attention_mask.sum(1)[mention_doc]  # mentions past the document's end are dropped
         mention_pos, mention_doc, mention_entity = mention_pos[kept], mention_doc[kept], mention_entity[kept]
         hidden, mention_att = self.encode(input_ids, attention_mask, mention_pos, mention_doc)
-        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc)
+        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc,
+                          sent_pos if return_evidence else None)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from losses import (
+    EVIDENCE_THRESHOLD,
     LOSSES,
     AFLoss,
     THRESHOLD_GRID,
@@ -15,6 +16,9 @@ from losses import (
     NCRLoss,
     available_losses,
     build_loss,
+    evidence_loss,
+    evidence_sentences,
+    evidence_target,
     loss_options,
     positive_rates,
 )
@@ -424,3 +428,65 @@ def test_positive_rates_are_smoothed_frequencies():
     torch.testing.assert_close(positive_rates(labels.sum(0), 4, smoothing=1e-9)[2].item(), 0.0, atol=1e-9, rtol=0)
     with pytest.raises(ValueError):
         positive_rates(labels.sum(0), 4, smoothing=0)
+
+
+# ----------------------------------------------------------------------------- evidence (DREEAM)
+def test_evidence_target_counts_citing_relations():
+    # pair 0: two relations cite sentence 1, one of them also sentence 2; pair 2 cites sentence 0
+    index = torch.tensor([[0, 1], [0, 1], [0, 2], [2, 0]])
+    assert evidence_target(index, 3, 3).tolist() == [[0, 2, 1], [0, 0, 0], [1, 0, 0]]
+    assert evidence_target(torch.zeros(0, 2, dtype=torch.long), 2, 4).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"\(1, 3\) outside 3 pairs x 3 sentences"):
+        evidence_target(torch.tensor([[1, 3]]), 3, 3)
+
+
+def _dreeam_evidence_loss(s_attn: torch.Tensor, sent_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """DREEAM's computation: positive pairs, labels normalised with a 1e-30 floor, KLDivLoss(batchmean)."""
+    used = torch.nonzero(labels[:, 1:].sum(dim=-1)).view(-1)
+    s_attn, sent_labels = s_attn[used].clone(), sent_labels[used]
+    target = sent_labels / (sent_labels.sum(dim=-1, keepdim=True) + 1e-30)
+    target[target == 0] = 1e-30
+    s_attn[s_attn == 0] = 1e-30
+    return torch.nn.KLDivLoss(reduction="batchmean")(s_attn.log(), target)
+
+
+def _evidence_case():
+    sent_attn = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.6, 0.4, 0.0], [0.0, 1.0, 0.0]])
+    evidence = torch.tensor([[0.0, 2, 1], [0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    # pairs 0-2 hold a relation (pair 1 without evidence); pair 3 holds none, so its evidence is not used
+    labels = torch.tensor([[0.0, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]])
+    return sent_attn, evidence, labels
+
+
+def test_evidence_loss_hand_value_and_dreeam():
+    sent_attn, evidence, labels = _evidence_case()
+    # pair 0: t = (0, 2/3, 1/3): 2/3 log((2/3) / .5) + 1/3 log((1/3) / .3); pair 1: 0; pair 2: log(1 / .6)
+    hand = (2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.3) + math.log(1 / 0.6)) / 3
+    value = evidence_loss(sent_attn, evidence, labels)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(hand, abs=1e-6)
+    torch.testing.assert_close(value, _dreeam_evidence_loss(sent_attn, evidence, labels), atol=1e-6, rtol=1e-6)
+    # a cited sentence with zero attention costs t (log t - log 1e-30), DREEAM's floor
+    zero = torch.tensor([[0.0, 1.0]])
+    assert evidence_loss(zero, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(
+        -math.log(1e-30), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert evidence_loss(sent_attn.bfloat16(), evidence, labels).dtype == torch.float32
+
+
+def test_evidence_loss_gradients_and_empty():
+    sent_attn, evidence, labels = _evidence_case()
+    a = (sent_attn.double() + 0.05).requires_grad_()  # gradcheck away from the 1e-30 floor
+    assert torch.autograd.gradcheck(lambda x: evidence_loss(x, evidence.double(), labels), (a,))
+    a = sent_attn.clone().requires_grad_()
+    value = evidence_loss(a, evidence, torch.zeros(4, 3).index_fill_(1, torch.tensor([0]), 1.0))  # no positive
+    value.backward()
+    assert value.item() == 0.0 and a.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="disagree"):
+        evidence_loss(sent_attn, evidence[:, :2], labels)
+
+
+def test_evidence_sentences_strictly_above_threshold():
+    sent_attn = torch.tensor([[0.2, 0.21, 0.59], [0.0, 0.2, 0.8]])
+    assert EVIDENCE_THRESHOLD == 0.2
+    assert evidence_sentences(sent_attn).tolist() == [[False, True, True], [False, False, True]]
+    assert evidence_sentences(sent_attn, 0.5).tolist() == [[False, False, True], [False, False, True]]

@@ -387,3 +387,117 @@ def test_init_classifier_bias_starts_at_the_none_class_prior(tiny_bert_dir, bert
         model.init_classifier_bias(torch.zeros(NUM_CLASS))
     with pytest.raises(ValueError, match="rates must be"):
         model.init_classifier_bias(rates[:3])
+
+
+# ----------------------------------------------------------------------------- evidence (sentence attention)
+def with_sentences(feature: dict, n_sents: int, seed: int) -> dict:
+    """The feature with `n_sents` contiguous sentence spans between the special tokens and random evidence."""
+    rng = np.random.default_rng(seed)
+    n = len(feature["input_ids"])
+    cuts = np.linspace(1, n - 1, n_sents + 1).astype(int)
+    evidence = [sorted(rng.choice(n_sents, rng.integers(0, 3), replace=False).tolist()) for _ in feature["labels"]]
+    return {**feature, "sent_pos": np.stack([cuts[:-1], cuts[1:]], 1).astype(np.int32), "evidence": evidence}
+
+
+def reference_sentence_attention(eager_encoder, features) -> torch.Tensor:
+    """Per pair: ATLOP's q from an eager encoder, summed over each sentence's tokens, renormalised [P, S_max]."""
+    s_max = max(len(f["sent_pos"]) for f in features)
+    out = []
+    for f in features:
+        ids = torch.tensor(f["input_ids"])[None]
+        att = eager_encoder(input_ids=ids, output_attentions=True).attentions[-1][0]  # [heads, L, L]
+        atts = [torch.stack([att[:, s] for s, _ in m]).mean(0) if m else torch.zeros_like(att[:, 0])
+                for m in f["entity_pos"]]
+        for h, t in f["hts"]:
+            q = (atts[h] * atts[t]).mean(0)
+            q = q / (q.sum() + 1e-5)
+            per = torch.stack([q[a:b].sum() for a, b in f["sent_pos"]])
+            per = per / per.sum() if per.sum() > 0 else per
+            out.append(torch.cat([per, per.new_zeros(s_max - len(per))]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+@torch.no_grad()
+def test_sentence_attention_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad):
+    model = tiny_model(tiny_bert_dir, unpad=unpad)
+    feats = [with_sentences(f, n, i) for i, (f, n) in enumerate(zip(mixed_features(bert_tok), (1, 2, 6, 3)))]
+    batch = batch_of(feats, bert_tok)
+    assert batch["sent_pos"].shape == (4, 6, 2) and (batch["sent_pos"][1, 2:] == -1).all()
+    logits, sent_attn = model(**batch, return_evidence=True)
+    assert torch.equal(logits, model(**batch))
+    eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    ref = reference_sentence_attention(eager, feats)
+    assert sent_attn.shape == ref.shape == (224, 6) and sent_attn.dtype == torch.float32
+    torch.testing.assert_close(sent_attn, ref, atol=1e-6, rtol=1e-5)
+    # rows sum to 1 over the document's sentences, except pairs with the mention-less entity 1 of document 3
+    n_sents = torch.tensor([len(f["sent_pos"]) for f in feats])[batch["pair_doc"]]  # [P]
+    real = torch.arange(6)[None, :] < n_sents[:, None]
+    assert torch.equal(sent_attn[~real], torch.zeros(int((~real).sum())))  # padding sentences: exactly 0
+    empty = (batch["hts"] == 0 + 2 + 15 + 1).any(1)  # document 3's entity 1, after 0 + 2 + 15 entities
+    torch.testing.assert_close(sent_attn[~empty].sum(1), torch.ones(int((~empty).sum())))
+    assert empty.sum() == 6 and sent_attn[empty].abs().sum() == 0
+
+
+def test_default_forward_ignores_sentences_and_evidence_trains(tiny_bert_dir, bert_tok):
+    """Without return_evidence the logits are the same with or without sentence fields; with it, the evidence
+    loss back-propagates into the encoder with finite gradients (an entity without mentions included)."""
+    from losses import evidence_loss, evidence_target
+
+    model = tiny_model(tiny_bert_dir).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    plain = mixed_features(bert_tok)
+    feats = [with_sentences(f, 3, i) for i, f in enumerate(plain)]
+    batch = Collator(NUM_CLASS, bert_tok.pad_token_id)(feats)
+    assert set(batch) - set(batch_of(plain, bert_tok)) == {"sent_pos", "evidence_index", "labels"}
+    assert torch.equal(model(**batch), model(**batch_of(plain, bert_tok)))
+    logits, sent_attn = model(**batch, return_evidence=True)
+    target = evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])
+    n_cites = sum(len(e) for f in feats for e in f["evidence"])
+    assert target.sum() == n_cites == len(batch["evidence_index"]) > 0
+    loss = evidence_loss(sent_attn, target, batch["labels"])
+    assert loss.item() > 0
+    loss.backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    with pytest.raises(ValueError, match="sent_pos"):
+        model(**batch_of(plain, bert_tok), return_evidence=True)
+
+
+@torch.no_grad()
+def test_sentence_attention_over_long_document_windows(tiny_bert_dir, bert_tok):
+    """Windows merge the attention rows over the whole document, so sentences past 512 tokens get their share."""
+    model = tiny_model(tiny_bert_dir, max_seq_length=2048)
+    feat = with_sentences(make_feature(bert_tok, 5, 1500, seed=7), 10, 0)
+    feat["entity_pos"][0] = [(1300, 1301)]
+    feat["entity_pos"][1] = [(1450, 1451)]
+    batch = batch_of([feat], bert_tok)
+    _, sent_attn = model(**batch, return_evidence=True)
+    # a row is 0 where head and tail attend in disjoint windows only (their product q is 0 everywhere)
+    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_doc"])
+    ent_att = model.pool_entities(hidden, att, batch["mention_pos"], batch["mention_doc"], batch["mention_entity"],
+                                  5)[1].mean(1)  # [E, L]
+    disjoint = ((ent_att[batch["hts"][:, 0]] * ent_att[batch["hts"][:, 1]]).sum(1) == 0)  # [P]
+    assert 0 < disjoint.sum() < 20
+    torch.testing.assert_close(sent_attn.sum(1), (~disjoint).float())
+    assert sent_attn[0, 5:].sum() > 0.5  # pair (0, 1): both mentions lie in the last sentences
+
+
+def test_collator_sentence_fields(bert_tok):
+    feats = [with_sentences(make_feature(bert_tok, 3, 40, 0), 2, 0), with_sentences(make_feature(bert_tok, 2, 30, 1), 4, 1)]
+    feats[0]["evidence"] = [[1], [0, 1], []]
+    feats[1]["evidence"] = [[3], [2]]
+    batch = Collator(NUM_CLASS)(feats)
+    assert batch["sent_pos"].tolist()[0] == [[1, 20], [20, 39], [-1, -1], [-1, -1]]
+    rows0, rows1 = feats[0]["labels"][:, 0].tolist(), (feats[1]["labels"][:, 0] + 6).tolist()
+    assert batch["evidence_index"].tolist() == [[rows0[0], 1], [rows0[1], 0], [rows0[1], 1],
+                                                [rows1[0], 3], [rows1[1], 2]]
+    assert "sent_pos" not in Collator(NUM_CLASS)([make_feature(bert_tok, 2, 30, 1)])
+    mixed = [feats[0], make_feature(bert_tok, 2, 30, 1)]
+    with pytest.raises(ValueError, match="document 1"):
+        Collator(NUM_CLASS)(mixed)
+    feats[1]["evidence"] = [[3]]
+    with pytest.raises(ValueError, match="1 evidence lists for 2 labels"):
+        Collator(NUM_CLASS)(feats)
