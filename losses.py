@@ -12,6 +12,9 @@ off. Inputs are never modified. Each loss is an `nn.Module` without parameters:
 All losses except BCE predict relation i when f_i > f_0 (class 0 is a learned, per-instance threshold).
 BCE predicts sigmoid(f_i) > a global threshold that `train.py` tunes on dev over `THRESHOLD_GRID`
 (`loss_fn.tunes_threshold` is True only for BCE).
+
+Also here: `positive_rates` (the training prior for `DocREModel.init_classifier_bias`) and DREEAM's evidence
+supervision: `evidence_target`, `evidence_loss` (on `DocREModel`'s sentence attention) and `evidence_sentences`.
 """
 from __future__ import annotations
 

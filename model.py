@@ -489,7 +489,8 @@ class DocREModel(nn.Module):
         pos = torch.arange(length, device=q.device)[None, :, None]  # [1, L, 1]
         start, end = sent_pos[..., 0][:, None, :], sent_pos[..., 1][:, None, :]  # [B, 1, S]
         member = ((pos >= start) & (pos < end)).float()  # [B, L, S]; a -1 padding span is empty
-        per_sent = torch.matmul(q.float().reshape(b, -1, length), member)  # [B, *, S]
+        with torch.autocast(q.device.type, enabled=False):
+            per_sent = torch.matmul(q.float().reshape(b, -1, length), member)  # [B, *, S]
         total = per_sent.sum(-1, keepdim=True)
         has = total > 0  # the inner where keeps 0 / 0 (and its NaN gradient) out of empty rows
         per_sent = torch.where(has, per_sent / torch.where(has, total, torch.ones_like(total)), per_sent)

@@ -393,7 +393,7 @@ def test_afl_equals_authors_computation(n, k, gamma_pos):
 
 
 def _afl_single_relation_optimum(delta: float, gamma: float) -> float:
-    """σ(m*) minimising Δ (1 + (1 - u)^γ)(-log u) - (1 - Δ) log(1 - u) over u = σ(m), by bisection on its derivative."""
+    """σ(m*) minimising Δ (1 + (1 - u)^γ)(-log u) - (1 - Δ) log(1 - u) over u = σ(m) (bisection on the slope)."""
     def slope(u: float) -> float:
         return (delta * gamma * (1 - u) ** (gamma - 1) * math.log(u) if gamma else 0.0) \
             - delta * (1 + (1 - u) ** gamma) / u + (1 - delta) / (1 - u)

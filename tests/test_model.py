@@ -243,6 +243,16 @@ def test_fp32_and_bf16_autocast_are_finite(tiny_bert_dir, bert_tok, dtype):
     assert model.bilinear.weight.grad.abs().sum() > 0
 
 
+def test_bf16_autocast_max_sym_and_evidence(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir, bilinear="maxsym").train()
+    batch = batch_of([with_sentences(f, 3, i) for i, f in enumerate(mixed_features(bert_tok))], bert_tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, sent_attn = model(**batch, return_evidence=True)
+    assert logits.dtype == sent_attn.dtype == torch.float32 and torch.isfinite(logits).all()
+    (logits.pow(2).mean() + sent_attn.pow(2).sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_group_bilinear_gradients_match_outer_product():
     torch.manual_seed(0)
     x, y = torch.randn(7, 12, dtype=torch.double, requires_grad=True), torch.randn(7, 12, dtype=torch.double,
@@ -486,7 +496,8 @@ def test_sentence_attention_over_long_document_windows(tiny_bert_dir, bert_tok):
 
 
 def test_collator_sentence_fields(bert_tok):
-    feats = [with_sentences(make_feature(bert_tok, 3, 40, 0), 2, 0), with_sentences(make_feature(bert_tok, 2, 30, 1), 4, 1)]
+    feats = [with_sentences(make_feature(bert_tok, 3, 40, 0), 2, 0),
+             with_sentences(make_feature(bert_tok, 2, 30, 1), 4, 1)]
     feats[0]["evidence"] = [[1], [0, 1], []]
     feats[1]["evidence"] = [[3], [2]]
     batch = Collator(NUM_CLASS)(feats)
