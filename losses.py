@@ -12,6 +12,9 @@ off. Inputs are never modified. Each loss is an `nn.Module` without parameters:
 All losses except BCE predict relation i when f_i > f_0 (class 0 is a learned, per-instance threshold).
 BCE predicts sigmoid(f_i) > a global threshold that `train.py` tunes on dev over `THRESHOLD_GRID`
 (`loss_fn.tunes_threshold` is True only for BCE).
+
+Also here: `positive_rates` (the training prior for `DocREModel.init_classifier_bias`) and DREEAM's evidence
+supervision: `evidence_target`, `evidence_loss` (on `DocREModel`'s sentence attention) and `evidence_sentences`.
 """
 from __future__ import annotations
 
@@ -157,9 +160,43 @@ class ATLoss(DocRELoss):
         pos = y[:, 1:] > 0.5  # [N, K]
         with_na = torch.ones_like(pos[:, :1])  # [N, 1]
         lse_pos = _masked_logsumexp(f, torch.cat([with_na, pos], dim=1))  # [N] over {0} ∪ P
-        lse_neg = _masked_logsumexp(f, torch.cat([with_na, ~pos], dim=1))  # [N] over {0} ∪ N
         rank_pos = torch.where(pos, lse_pos[:, None] - f[:, 1:], torch.zeros_like(f[:, 1:])).sum(dim=1)
-        return rank_pos + lse_neg - f[:, 0]
+        return rank_pos + _na_over_negatives(f, pos)
+
+
+def _na_over_negatives(f: Tensor, pos: Tensor) -> Tensor:
+    """-log softmax_{{0} ∪ N}(f)_0 `[N]`: the none class ranked above the negatives (ATL's second term)."""
+    with_na = torch.ones_like(pos[:, :1])  # [N, 1]
+    return _masked_logsumexp(f, torch.cat([with_na, ~pos], dim=1)) - f[:, 0]
+
+
+class AFLoss(DocRELoss):
+    """KD-DocRE's adaptive focal loss (Tan et al., 2022), as in the authors' code; predicts f_i > f_0.
+
+    loss = Σ_{p∈P} (1 + σ(f_0 - f_p)^γ) (-log σ(f_p - f_0)) - log softmax_{{0}∪N}(f)_0
+    with γ = `gamma_pos`: each positive is ranked against the none class alone, its term weighted up to 2x
+    the less likely it is; the weight is not detached. The second term is ATL's. P / N as in `ATLoss`.
+    Formula read from the authors' losses.py (AFLoss), not from the paper; their `gamma_neg` (default 1) is
+    computed into a weight that no term uses, so it is no option here. Their default γ is 1.
+    """
+
+    name = "afl"
+
+    def __init__(self, gamma_pos: float = 1.0):
+        super().__init__()
+        if not gamma_pos >= 0:
+            raise ValueError(f"gamma_pos must be >= 0, got {gamma_pos}")
+        self.gamma_pos = float(gamma_pos)
+
+    def _per_instance(self, f: Tensor, y: Tensor) -> Tensor:
+        pos = y[:, 1:] > 0.5  # [N, K]
+        margins = f[:, 1:] - f[:, :1]  # [N, K]
+        focal = 1.0 + torch.exp(self.gamma_pos * F.logsigmoid(-margins))  # 1 + σ(f_0 - f_p)^γ
+        rank_pos = torch.where(pos, focal * _positive_nll(margins), torch.zeros_like(margins)).sum(dim=1)
+        return rank_pos + _na_over_negatives(f, pos)
+
+    def extra_repr(self) -> str:
+        return f"gamma_pos={self.gamma_pos}"
 
 
 class NCRLoss(DocRELoss):
@@ -238,8 +275,57 @@ class LSEPLoss(DocRELoss):
         return F.softplus(torch.logaddexp(pos_over_rest, na_over_neg))
 
 
+def positive_rates(positive_counts: Tensor, n_instances: int, smoothing: float = 0.5) -> Tensor:
+    """Smoothed rate of each class `[K+1]`, (count + s) / (N + 2s): a class never seen still gets a finite logit."""
+    if n_instances < 0 or smoothing <= 0:
+        raise ValueError(f"need n_instances >= 0 and smoothing > 0, got {n_instances} and {smoothing}")
+    return (positive_counts.double() + smoothing) / (n_instances + 2 * smoothing)
+
+
+# ----------------------------------------------------------------------------- evidence (DREEAM)
+EVIDENCE_THRESHOLD = 0.2  # DREEAM's --evi_thresh
+_KL_FLOOR = 1e-30  # DREEAM's floor for a zero sentence attention inside the log
+
+
+def evidence_target(evidence_index: Tensor, n_pairs: int, n_sents: int) -> Tensor:
+    """Dense evidence counts `[P, S]` from sparse citations `[n, 2]` of (pair, sentence), one row per sentence
+    of one relation's evidence: entry (p, s) counts the relations of pair p that cite sentence s."""
+    index = evidence_index.long().reshape(-1, 2)
+    if len(index) and (index.min() < 0 or (index[:, 0] >= n_pairs).any() or (index[:, 1] >= n_sents).any()):
+        bad = index[(index < 0).any(1) | (index[:, 0] >= n_pairs) | (index[:, 1] >= n_sents)][0].tolist()
+        raise ValueError(f"evidence (pair, sentence) {tuple(bad)} outside {n_pairs} pairs x {n_sents} sentences")
+    target = torch.zeros(n_pairs, n_sents, dtype=torch.float32, device=index.device)
+    return target.index_put_((index[:, 0], index[:, 1]), torch.ones(len(index), device=index.device), accumulate=True)
+
+
+def evidence_loss(sent_attn: Tensor, evidence: Tensor, labels: Tensor) -> Tensor:
+    """DREEAM's evidence loss: mean over positive pairs of KL(t || a), in fp32 (fp64 stays fp64).
+
+    t = a pair's evidence counts `[P, S]` (`evidence_target`) normalised over sentences, a = its sentence
+    attention `[P, S]` (`DocREModel.sentence_attention`): KL = Σ_{s: t_s > 0} t_s (log t_s - log max(a_s, 1e-30)).
+    As in DREEAM (KLDivLoss "batchmean" over the pairs with a relation), a positive pair without evidence adds 0
+    but counts in the mean; relation-less pairs are left out. 0 (still attached to `sent_attn`) with no positive.
+    """
+    if sent_attn.shape != evidence.shape or labels.shape[0] != sent_attn.shape[0]:
+        raise ValueError(f"evidence loss: sent_attn {tuple(sent_attn.shape)}, evidence {tuple(evidence.shape)} and "
+                         f"labels {tuple(labels.shape)} disagree")
+    dtype = torch.promote_types(sent_attn.dtype, torch.float32)  # fp64 stays fp64
+    with torch.autocast(device_type=sent_attn.device.type, enabled=False):
+        a, t = sent_attn.to(dtype), evidence.to(dtype)
+        t = t / torch.where(t.sum(-1, keepdim=True) > 0, t.sum(-1, keepdim=True), torch.ones_like(t[:, :1]))
+        log_ratio = torch.log(torch.where(t > 0, t, torch.ones_like(t))) - torch.log(a.clamp(min=_KL_FLOOR))
+        kl = torch.where(t > 0, t * log_ratio, torch.zeros_like(t)).sum(-1)  # [P]
+        positive = (labels[:, 1:] > 0.5).any(-1)  # [P]
+        return kl[positive].sum() / max(int(positive.sum()), 1)
+
+
+def evidence_sentences(sent_attn: Tensor, threshold: float = EVIDENCE_THRESHOLD) -> Tensor:
+    """Evidence sentences of each pair `[P, S]` (bool): attention strictly above `threshold`, as DREEAM predicts."""
+    return sent_attn > threshold
+
+
 LOSSES: Dict[str, Type[DocRELoss]] = {
-    cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss)
+    cls.name: cls for cls in (BCELoss, ATLoss, NCRLoss, PairwiseRankingLoss, LSEPLoss, AFLoss)
 }
 
 

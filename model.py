@@ -1,6 +1,6 @@
 """The ATLOP model: a pretrained encoder over (windows of) each document, log-sum-exp entity pooling,
-localized context pooling from last-layer attention, and a group bilinear classifier. Returns logits only;
-the loss lives in losses.py.
+localized context pooling from last-layer attention, and a group bilinear classifier. Returns logits (and, on
+request, DREEAM's sentence attention); the loss lives in losses.py.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ RECOMPUTE_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "
 # (query, key) projection names of self-attention modules across Hugging Face encoders
 QK_NAMES = (("query", "key"), ("query_proj", "key_proj"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
 ATTENTION_ROWS = ("auto", "recompute", "eager")
+BILINEARS = ("atlop", "maxsym")  # group bilinear of ATLOP; the NCRL authors' max-symmetric one
 
 
 # ----------------------------------------------------------------------------- loading
@@ -129,40 +130,62 @@ def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.
 
 # ----------------------------------------------------------------------------- group bilinear
 class GroupBilinearFunction(torch.autograd.Function):
-    """sum_g x_g^T W_cg y_g one group at a time, in one reused [P, bs*bs] buffer; backward recomputes it."""
+    """sum_g F(x_g, y_g)^T W_cg one group at a time, in reused [P, bs, bs] buffers; backward recomputes them.
+
+    F(x, y) = x outer y (ATLOP), or with `max_sym` the NCRL authors' max(x outer y, (x outer y)^T), elementwise.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int,
+                max_sym: bool = False) -> torch.Tensor:
         xs, ys, w = _group_views(x, y, weight, block_size)
         n = x.shape[0]
         out = torch.zeros(n, weight.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
         outer = x.new_empty(n, block_size, block_size)  # reused: fresh big tensors cost page faults on CPU
+        sym = x.new_empty(n, block_size, block_size) if max_sym else outer
         for g in range(xs.shape[1]):
-            torch.mul(xs[:, g, :, None], ys[:, g, None, :], out=outer)
-            out += outer.view(n, block_size * block_size) @ w[:, g].t()
+            _block_features(xs[:, g], ys[:, g], outer, sym)
+            out += sym.view(n, block_size * block_size) @ w[:, g].t()
         ctx.save_for_backward(x, y, weight)
-        ctx.block_size = block_size
+        ctx.block_size, ctx.max_sym = block_size, max_sym
         return out  # [P, K+1]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, y, weight = ctx.saved_tensors
-        bs = ctx.block_size
+        bs, max_sym = ctx.block_size, ctx.max_sym
         xs, ys, w = _group_views(x, y, weight, bs)
         n, groups = xs.shape[:2]
         grad = grad.to(x.dtype)
         gx, gy = torch.zeros_like(xs), torch.zeros_like(ys)
         gw = weight.new_zeros(groups, weight.shape[0], bs * bs)
         buf = x.new_empty(n, bs, bs)
+        outer, sym = (x.new_empty(n, bs, bs), x.new_empty(n, bs, bs)) if max_sym else (buf, buf)
         for g in range(groups):
+            if ctx.needs_input_grad[2] or max_sym:
+                _block_features(xs[:, g], ys[:, g], outer, sym)
             if ctx.needs_input_grad[2]:
-                torch.mul(xs[:, g, :, None], ys[:, g, None, :], out=buf)
-                torch.mm(grad.t(), buf.view(n, bs * bs), out=gw[g])
+                torch.mm(grad.t(), sym.view(n, bs * bs), out=gw[g])
             if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                torch.mm(grad, w[:, g], out=buf.view(n, bs * bs))  # d logits / d outer
-                gx[:, g] = torch.bmm(buf, ys[:, g, :, None]).squeeze(-1)
-                gy[:, g] = torch.bmm(xs[:, g, None, :], buf).squeeze(1)
-        return gx.view_as(x), gy.view_as(y), gw.transpose(0, 1).reshape_as(weight), None
+                torch.mm(grad, w[:, g], out=buf.view(n, bs * bs))  # G = d logits / d F
+                d_outer = _max_sym_backward(outer, buf, out=sym) if max_sym else buf
+                gx[:, g] = torch.bmm(d_outer, ys[:, g, :, None]).squeeze(-1)
+                gy[:, g] = torch.bmm(xs[:, g, None, :], d_outer).squeeze(1)
+        return gx.view_as(x), gy.view_as(y), gw.transpose(0, 1).reshape_as(weight), None, None
+
+
+def _block_features(x: torch.Tensor, y: torch.Tensor, outer: torch.Tensor, sym: torch.Tensor) -> None:
+    """Write x outer y [P, bs, bs] into `outer` and, when `sym` is another buffer, its max-symmetrization."""
+    torch.mul(x[:, :, None], y[:, None, :], out=outer)
+    if sym is not outer:
+        torch.maximum(outer, outer.transpose(1, 2), out=sym)
+
+
+def _max_sym_backward(outer: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """d/d outer_ij of sum G * max(outer, outer^T) = s_ij (G_ij + G_ji), s_ij = 1 where outer_ij > outer_ji,
+    1/2 on ties (torch.maximum's rule; the diagonal is always a tie), else 0. Written into `out`."""
+    win = (outer > outer.transpose(1, 2)).to(outer.dtype).masked_fill_(outer == outer.transpose(1, 2), 0.5)
+    return torch.add(grad, grad.transpose(1, 2), out=out).mul_(win)
 
 
 def _group_views(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int):
@@ -172,13 +195,15 @@ def _group_views(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_s
             weight.view(weight.shape[0], groups, block_size * block_size))
 
 
-def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_size: int) -> torch.Tensor:
-    """ATLOP's group bilinear `linear(flatten_g(x_g outer y_g))` without materialising the outer products."""
+def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_size: int,
+                   max_sym: bool = False) -> torch.Tensor:
+    """ATLOP's group bilinear `linear(flatten_g(x_g outer y_g))` without materialising the outer products;
+    `max_sym` takes max(x_g outer y_g, its transpose) per block first (the NCRL authors' DocRED head)."""
     dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     with torch.autocast(x.device.type, enabled=False):
-        out = GroupBilinearFunction.apply(x.to(dtype), y.to(dtype), linear.weight.to(dtype), block_size)
+        out = GroupBilinearFunction.apply(x.to(dtype), y.to(dtype), linear.weight.to(dtype), block_size, max_sym)
     return out + linear.bias  # [P, K+1]
 
 
@@ -190,6 +215,8 @@ class DocREModel(nn.Module):
     "recompute" from the last layer's input (the encoder may then use SDPA), "eager" from the last
     attention module's own weights (needs eager attention there, e.g. DeBERTa), or "auto".
     `checkpoint_attention` switches an SDPA encoder to `checkpointed_sdpa` (less memory in CPU training).
+    `bilinear` is "atlop" (x_g outer y_g per block) or "maxsym" (the NCRL authors' DocRED head: the outer
+    product of each block replaced by max(x_g outer y_g, its transpose) before the same linear layer).
     """
 
     def __init__(self, encoder: PreTrainedModel, num_class: int, emb_size: int = 768, block_size: int = 64,
@@ -197,17 +224,20 @@ class DocREModel(nn.Module):
                  gradient_checkpointing: bool = False, attention_rows: str = "auto",
                  window_size: Optional[int] = None, window_overlap: int = 16,
                  start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None,
-                 unpad: Optional[bool] = None, checkpoint_attention: bool = True):
+                 unpad: Optional[bool] = None, checkpoint_attention: bool = True, bilinear: str = "atlop"):
         super().__init__()
         if emb_size % block_size:
             raise ValueError(f"emb_size {emb_size} must be a multiple of block_size {block_size}")
         if attention_rows not in ATTENTION_ROWS:
             raise ValueError(f"attention_rows must be one of {ATTENTION_ROWS}, got {attention_rows!r}")
+        if bilinear not in BILINEARS:
+            raise ValueError(f"bilinear must be one of {BILINEARS}, got {bilinear!r}")
         config = encoder.config
         self.encoder = encoder
         if isinstance(getattr(encoder, "pooler", None), nn.Module):
             encoder.pooler = None  # unused; its parameters would get no gradient (DDP complains)
         self.num_class, self.emb_size, self.block_size = num_class, emb_size, block_size
+        self.bilinear_type = bilinear
         self.hidden_size = config.hidden_size
         self.max_seq_length = max_seq_length
         self.transformer_type = transformer_type or config.model_type
@@ -244,6 +274,25 @@ class DocREModel(nn.Module):
         self.head_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_class)
+
+    @torch.no_grad()
+    def init_classifier_bias(self, rates) -> None:
+        """Start from the none-class prior: bias_0 = 0 and bias_i = logit(p_i) for relation positive rates p_i.
+
+        `rates` is a [K+1] tensor (column 0 ignored; e.g. `losses.positive_rates`) or one float for every
+        relation (e.g. their mean). With the bilinear features near zero at step 0, every loss then reads
+        the prior off the logits: the f_i > f_0 losses (NCRL, ATL, AFL, ranking) see margins
+        f_i - f_0 = logit(p_i), i.e. NCRL's σ(m_i) and the 2-way softmax of ATL/AFL over {0, i} equal p_i
+        (NCRL's class-0 term sees m_0 = -mean_i logit(p_i) > 0); BCE ignores column 0 and sees σ(f_i) = p_i.
+        Every pair is predicted "no relation" while p_i < 1/2 (BCE: while p_i is under its threshold).
+        """
+        k = self.bilinear.bias.shape[0]
+        rates = torch.as_tensor(rates, dtype=torch.float64)
+        rates = rates.expand(k - 1) if rates.dim() == 0 else rates[1:]
+        if rates.shape != (k - 1,) or not ((rates > 0) & (rates < 1)).all():
+            raise ValueError(f"rates must be one value or {k} values (column 0 ignored) in (0, 1), "
+                             f"got {tuple(rates.shape)} values in [{rates.min().item()}, {rates.max().item()}]")
+        self.bilinear.bias.copy_(torch.cat([rates.new_zeros(1), torch.logit(rates)]))
 
     # -- encoder
     @contextlib.contextmanager
@@ -409,8 +458,10 @@ class DocREModel(nn.Module):
 
     @staticmethod
     def pool_context(hidden: torch.Tensor, entity_att: torch.Tensor, entity_doc: torch.Tensor, hts: torch.Tensor,
-                     pair_doc: torch.Tensor) -> torch.Tensor:
-        """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised."""
+                     pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised; with
+        `sent_pos` [B, S, 2] also each pair's attention per sentence [P, S] (`sentence_attention`), else None."""
         b, length, _ = hidden.shape
         local, counts = group_rank(entity_doc, b)
         e_max = int(counts.max()) if len(entity_doc) else 0
@@ -419,31 +470,61 @@ class DocREModel(nn.Module):
         q = q / (q.sum(-1, keepdim=True) + 1e-5)
         ctx = torch.matmul(q.view(b, e_max * e_max, length), hidden.to(q.dtype))  # [B, E_max^2, H]
         ctx = ctx.view(b, e_max, e_max, hidden.shape[-1])  # -1 is ambiguous when no document has entities
-        return ctx[pair_doc, local[hts[:, 0]], local[hts[:, 1]]]
+        pick = (pair_doc, local[hts[:, 0]], local[hts[:, 1]])
+        if sent_pos is None:
+            return ctx[pick], None
+        return ctx[pick], DocREModel.sentence_attention(q, sent_pos)[pick]
+
+    @staticmethod
+    def sentence_attention(q: torch.Tensor, sent_pos: torch.Tensor) -> torch.Tensor:
+        """q [B, ..., L] summed over each sentence's tokens [start, end) of `sent_pos` [B, S, 2] (-1 rows are
+        padding) and renormalised over the document's sentences -> [B, ..., S] in fp32.
+
+        Rows sum to 1 over the sentences (0 where q puts no mass on any sentence: an entity without kept
+        mentions, or head and tail seen only in disjoint windows of a long document) and are exactly 0 on
+        padding sentences. DREEAM sums q the same way but does not
+        renormalise, leaving out the mass on special tokens; here that mass is spread over the sentences.
+        """
+        b, length = q.shape[0], q.shape[-1]
+        pos = torch.arange(length, device=q.device)[None, :, None]  # [1, L, 1]
+        start, end = sent_pos[..., 0][:, None, :], sent_pos[..., 1][:, None, :]  # [B, 1, S]
+        member = ((pos >= start) & (pos < end)).float()  # [B, L, S]; a -1 padding span is empty
+        with torch.autocast(q.device.type, enabled=False):
+            per_sent = torch.matmul(q.float().reshape(b, -1, length), member)  # [B, *, S]
+        total = per_sent.sum(-1, keepdim=True)
+        has = total > 0  # the inner where keeps 0 / 0 (and its NaN gradient) out of empty rows
+        per_sent = torch.where(has, per_sent / torch.where(has, total, torch.ones_like(total)), per_sent)
+        return per_sent.view(*q.shape[:-1], sent_pos.shape[1])
 
     def classify(self, head: torch.Tensor, tail: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Group bilinear logits [P, K+1] from head, tail and context embeddings."""
         z_h = torch.tanh(self.head_extractor(torch.cat([head, context], dim=-1)))  # [P, emb]
         z_t = torch.tanh(self.tail_extractor(torch.cat([tail, context], dim=-1)))
-        return group_bilinear(z_h, z_t, self.bilinear, self.block_size)
+        return group_bilinear(z_h, z_t, self.bilinear, self.block_size, max_sym=self.bilinear_type == "maxsym")
 
     def score(self, hidden: torch.Tensor, mention_att: torch.Tensor, mention_pos: torch.Tensor,
               mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
-              hts: torch.Tensor, pair_doc: torch.Tensor) -> torch.Tensor:
-        """Logits [P, K+1] from encoder states and mention attention rows."""
+              hts: torch.Tensor, pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None):
+        """Logits [P, K+1] from encoder states and mention attention rows; with `sent_pos` [B, S, 2], the pair
+        (logits, sentence attention [P, S])."""
         ent, ent_att = self.pool_entities(hidden, mention_att, mention_pos, mention_doc, mention_entity,
                                           len(entity_doc))
-        context = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc)
-        return self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+        context, sent_attn = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc, sent_pos)
+        logits = self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+        return logits if sent_pos is None else (logits, sent_attn)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                 mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
                 hts: torch.Tensor, pair_doc: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                **kwargs) -> torch.Tensor:
-        """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs)."""
+                sent_pos: Optional[torch.Tensor] = None, return_evidence: bool = False, **kwargs):
+        """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs); with
+        `return_evidence`, (logits, sentence attention [P, S]) over the sentences of `sent_pos` [B, S, 2]."""
         if input_ids.shape[1] > self.max_seq_length:
             raise ValueError(f"input length {input_ids.shape[1]} exceeds max_seq_length {self.max_seq_length}")
+        if return_evidence and sent_pos is None:
+            raise ValueError("return_evidence needs the batch's sentence spans sent_pos [B, S, 2]")
         kept = mention_pos < attention_mask.sum(1)[mention_doc]  # mentions past the document's end are dropped
         mention_pos, mention_doc, mention_entity = mention_pos[kept], mention_doc[kept], mention_entity[kept]
         hidden, mention_att = self.encode(input_ids, attention_mask, mention_pos, mention_doc)
-        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc)
+        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc,
+                          sent_pos if return_evidence else None)

@@ -134,6 +134,9 @@ class Collator:
 
     Entities and pairs of all documents are flattened; `hts` indexes the flattened entities.
     Mentions whose span was truncated away are already absent from `entity_pos`.
+    Features with sentence spans `sent_pos` ([n_sents, 2] token [start, end) in input_ids coordinates) add
+    `sent_pos` [B, S_max, 2] (-1 rows pad); with `evidence` (per row of `labels`, that relation's evidence
+    sentence ids) they add `evidence_index` [n, 2] of (batch pair, sentence), for `losses.evidence_target`.
     """
 
     def __init__(self, num_class: int, pad_token_id: int = 0):
@@ -189,7 +192,48 @@ class Collator:
             "hts": cat(hts, (-1, 2)),  # [P, 2] indices into the batch's entities
             "pair_doc": cat(pair_doc),  # [P]
             "labels": labels,  # [P, K+1], column 0 = Na
+            **self._sentences(features),  # sent_pos, evidence_index: only from features that have them
         }
+
+    @staticmethod
+    def _sentences(features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        """`sent_pos` [B, S_max, 2] and `evidence_index` [n, 2] where every feature has the field, else nothing."""
+        out: Dict[str, torch.Tensor] = {}
+        for field in ("sent_pos", "evidence"):
+            has = [field in f for f in features]
+            if any(has) and not all(has):
+                i = has.index(False)
+                raise ValueError(f"batch mixes features with and without {field!r} (document {i}, "
+                                 f"{features[i].get('title')!r}, lacks it)")
+        if "sent_pos" in features[0]:
+            spans = [np.asarray(f["sent_pos"], dtype=np.int64).reshape(-1, 2) for f in features]
+            sent_pos = torch.full((len(features), max(len(x) for x in spans), 2), -1, dtype=torch.long)
+            for i, x in enumerate(spans):
+                sent_pos[i, :len(x)] = torch.from_numpy(x)
+            out["sent_pos"] = sent_pos  # [B, S_max, 2] token [start, end) of each sentence, -1 = padding
+        if "evidence" in features[0]:
+            cites, n_pair = [], 0
+            for i, f in enumerate(features):
+                rows = np.asarray(f.get("labels", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)[:, 0]
+                if len(f["evidence"]) != len(rows):
+                    raise ValueError(f"document {i} ({f.get('title')!r}): {len(f['evidence'])} evidence lists for "
+                                     f"{len(rows)} labels")
+                cites += [(n_pair + r, s) for r, sents in zip(rows.tolist(), f["evidence"]) for s in sents]
+                n_pair += len(np.asarray(f["hts"]).reshape(-1, 2))
+            out["evidence_index"] = torch.tensor(cites, dtype=torch.long).view(-1, 2)  # [n, 2] (pair, sentence)
+        return out
+
+
+def label_counts(features: Sequence[Dict[str, Any]], num_class: int, chunk: int = 64) -> tuple:
+    """(positive count of each class [K+1] over the features' pairs, number of pairs), column 0 counting the
+    pairs without a relation; built from the Collator's labels a chunk of documents at a time."""
+    collate = Collator(num_class)
+    counts, n = torch.zeros(num_class, dtype=torch.float64), 0
+    for i in range(0, len(features), chunk):
+        labels = collate(features[i:i + chunk])["labels"]  # [n_pairs, K+1]
+        counts += labels.sum(0, dtype=torch.float64)
+        n += len(labels)
+    return counts, n
 
 
 def select_device(device: Optional[str] = None) -> torch.device:

@@ -8,13 +8,19 @@ import pytest
 import torch
 
 from losses import (
+    EVIDENCE_THRESHOLD,
     LOSSES,
+    AFLoss,
     THRESHOLD_GRID,
     BCELoss,
     NCRLoss,
     available_losses,
     build_loss,
+    evidence_loss,
+    evidence_sentences,
+    evidence_target,
     loss_options,
+    positive_rates,
 )
 
 # every loss and option combination the CLI can produce
@@ -28,6 +34,8 @@ CONFIGS = [
     ("ncrl", {"shift": 0.2, "margin_reg": False}),
     ("pairwise", {}),
     ("lsep", {}),
+    ("afl", {}),
+    ("afl", {"gamma_pos": 2.0}),
 ]
 CONFIG_IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CONFIGS]
 
@@ -60,6 +68,11 @@ EXPECTED = {
     # row 0: log(1 + e^(.5-2) + e^(-1-2) + e^(0-2) + e^(-1-.5) + e^(0-.5)) (equals ATL for a single positive)
     # row 2: log(1 + e^(-1-0) + e^(0-.5) + e^(-1-.5) + e^(0-3) + e^(-1-3))
     "lsep": [0.805544, 0.882803, 0.817859],
+    # γ = 1. row 0: (1 + σ(-1.5)) sp(-1.5) + log(e^.5 + e^-1 + e^0) - .5; row 1 (no positive): ATL's row 1;
+    # row 2: (1 + σ(-.5)) sp(-.5) + (1 + σ(-3)) sp(-3) + log(e^0 + e^-1) (negatives {0, 3})
+    "afl": [0.842287, 0.882803, 1.017214],
+    # γ = 2: the focal weights become 1 + σ(.)^2
+    "afl-gamma_pos=2.0": [0.812247, 0.882803, 0.903609],
 }
 
 
@@ -327,7 +340,8 @@ def test_autocast_computes_in_fp32():
 
 
 def test_registry_and_factory():
-    assert available_losses() == ["bce", "atl", "ncrl", "pairwise", "lsep"] == list(LOSSES)
+    assert available_losses() == ["bce", "atl", "ncrl", "pairwise", "lsep", "afl"] == list(LOSSES)
+    assert loss_options("afl") == ["gamma_pos"] and build_loss("afl").gamma_pos == 1.0  # the authors' default
     assert loss_options("ncrl") == ["shift", "margin_reg"]
     assert loss_options("bce") == ["threshold", "prob_shift"]
     ncrl = build_loss("ncrl", shift=0.05, margin_reg=False)
@@ -344,3 +358,135 @@ def test_registry_and_factory():
     with pytest.raises(ValueError, match="labels"):
         build_loss("atl")(torch.zeros(2, 4), torch.zeros(2, 3))
     assert math.isfinite(build_loss("pairwise", margin=0.5)(*_case()).item())
+
+
+# ----------------------------------------------------------------------------- adaptive focal loss
+def _kd_docre_afl(logits: torch.Tensor, labels: torch.Tensor, gamma_pos: float) -> torch.Tensor:
+    """KD-DocRE's AFLoss computation step by step: each class against the threshold class in a 2-way softmax,
+    positives weighted by 1 + P(threshold)^γ, then the threshold ranked over the negatives with -1e30 masks."""
+    labels = labels.clone()
+    th_label = torch.zeros_like(labels)
+    th_label[:, 0] = 1.0
+    labels[:, 0] = 0.0
+    pair = torch.stack([logits, logits[:, :1].expand_as(logits)], dim=1)  # [N, 2, C]: (class, threshold)
+    log_probs = torch.log_softmax(pair, dim=1)
+    loss1 = -(log_probs[:, 0] * (1 + log_probs[:, 1].exp() ** gamma_pos) * labels)
+    rank2 = torch.log_softmax(logits - labels * 1e30, dim=-1)  # masks out the positives
+    loss2 = -(rank2 * th_label).sum(1)
+    return loss1.sum(1).mean() + loss2.mean()
+
+
+@pytest.mark.parametrize("gamma_pos", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 4), (64, 96)])
+def test_afl_equals_authors_computation(n, k, gamma_pos):
+    gen = torch.Generator().manual_seed(n * 100 + k)
+    logits = torch.randn(n, k + 1, generator=gen, dtype=torch.float64) * 3
+    labels = (torch.rand(n, k + 1, generator=gen) < 0.3).double()
+    labels[: max(n // 3, 1), 1:] = 0  # instances without a positive
+    if n > 2:
+        labels[-1, 1:] = 1  # and one where every relation holds (no negative but the none class)
+    labels[:, 0] = (labels[:, 1:].sum(1) == 0).double()
+    ours = AFLoss(gamma_pos=gamma_pos)(logits, labels)
+    torch.testing.assert_close(ours, _kd_docre_afl(logits, labels, gamma_pos), atol=1e-12, rtol=1e-12)
+    # in fp32 too, against the fp64 value
+    torch.testing.assert_close(AFLoss(gamma_pos)(logits.float(), labels.float()).double(), ours, atol=1e-5, rtol=1e-5)
+
+
+def _afl_single_relation_optimum(delta: float, gamma: float) -> float:
+    """σ(m*) minimising Δ (1 + (1 - u)^γ)(-log u) - (1 - Δ) log(1 - u) over u = σ(m) (bisection on the slope)."""
+    def slope(u: float) -> float:
+        return (delta * gamma * (1 - u) ** (gamma - 1) * math.log(u) if gamma else 0.0) \
+            - delta * (1 + (1 - u) ** gamma) / u + (1 - delta) / (1 - u)
+    lo, hi = 1e-9, 1 - 1e-9  # slope < 0 at lo, > 0 at hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0])
+def test_afl_expected_loss_minimiser(gamma):
+    """One relation holding with probability Δ: the minimiser of the expected AFL is the stationary point worked out
+    by hand (γ = 0: σ(m) = 2Δ / (1 + Δ)), so AFL predicts a relation from Δ ≈ 1/3 (γ = 0) or 0.351 (γ = 1) up,
+    not from Δ = 1/2 as a calibrated loss does: the extra weight on positives buys recall."""
+    loss_fn = AFLoss(gamma_pos=gamma)
+    for delta in (0.2, 0.33, 0.37, 0.6, 0.9):
+        f = _minimise_expected_loss(loss_fn, torch.tensor([delta], dtype=torch.float64), steps=400)
+        expected = _afl_single_relation_optimum(delta, gamma)
+        if gamma == 0:
+            assert expected == pytest.approx(2 * delta / (1 + delta), abs=1e-6)
+        assert torch.sigmoid(f[1] - f[0]).item() == pytest.approx(expected, abs=0.01)
+        threshold = 1 / 3 if gamma == 0 else 0.3513
+        assert loss_fn.get_label(f[None])[0].tolist() == ([0, 1] if delta > threshold else [1, 0])
+
+
+def test_positive_rates_are_smoothed_frequencies():
+    labels = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=torch.float32)
+    # (count + 1/2) / (N + 1): a relation never seen (class 2) gets 0.5 / 5 = 0.1, not 0
+    torch.testing.assert_close(positive_rates(labels.sum(0), len(labels)),
+                               torch.tensor([0.5, 0.5, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(positive_rates(labels.sum(0), 4, smoothing=1e-9)[2].item(), 0.0, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError):
+        positive_rates(labels.sum(0), 4, smoothing=0)
+
+
+# ----------------------------------------------------------------------------- evidence (DREEAM)
+def test_evidence_target_counts_citing_relations():
+    # pair 0: two relations cite sentence 1, one of them also sentence 2; pair 2 cites sentence 0
+    index = torch.tensor([[0, 1], [0, 1], [0, 2], [2, 0]])
+    assert evidence_target(index, 3, 3).tolist() == [[0, 2, 1], [0, 0, 0], [1, 0, 0]]
+    assert evidence_target(torch.zeros(0, 2, dtype=torch.long), 2, 4).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"\(1, 3\) outside 3 pairs x 3 sentences"):
+        evidence_target(torch.tensor([[1, 3]]), 3, 3)
+
+
+def _dreeam_evidence_loss(s_attn: torch.Tensor, sent_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """DREEAM's computation: positive pairs, labels normalised with a 1e-30 floor, KLDivLoss(batchmean)."""
+    used = torch.nonzero(labels[:, 1:].sum(dim=-1)).view(-1)
+    s_attn, sent_labels = s_attn[used].clone(), sent_labels[used]
+    target = sent_labels / (sent_labels.sum(dim=-1, keepdim=True) + 1e-30)
+    target[target == 0] = 1e-30
+    s_attn[s_attn == 0] = 1e-30
+    return torch.nn.KLDivLoss(reduction="batchmean")(s_attn.log(), target)
+
+
+def _evidence_case():
+    sent_attn = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.6, 0.4, 0.0], [0.0, 1.0, 0.0]])
+    evidence = torch.tensor([[0.0, 2, 1], [0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    # pairs 0-2 hold a relation (pair 1 without evidence); pair 3 holds none, so its evidence is not used
+    labels = torch.tensor([[0.0, 1, 0], [0, 0, 1], [0, 1, 1], [1, 0, 0]])
+    return sent_attn, evidence, labels
+
+
+def test_evidence_loss_hand_value_and_dreeam():
+    sent_attn, evidence, labels = _evidence_case()
+    # pair 0: t = (0, 2/3, 1/3): 2/3 log((2/3) / .5) + 1/3 log((1/3) / .3); pair 1: 0; pair 2: log(1 / .6)
+    hand = (2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.3) + math.log(1 / 0.6)) / 3
+    value = evidence_loss(sent_attn, evidence, labels)
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(hand, abs=1e-6)
+    torch.testing.assert_close(value, _dreeam_evidence_loss(sent_attn, evidence, labels), atol=1e-6, rtol=1e-6)
+    # a cited sentence with zero attention costs t (log t - log 1e-30), DREEAM's floor
+    zero = torch.tensor([[0.0, 1.0]])
+    assert evidence_loss(zero, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(
+        -math.log(1e-30), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert evidence_loss(sent_attn.bfloat16(), evidence, labels).dtype == torch.float32
+
+
+def test_evidence_loss_gradients_and_empty():
+    sent_attn, evidence, labels = _evidence_case()
+    a = (sent_attn.double() + 0.05).requires_grad_()  # gradcheck away from the 1e-30 floor
+    assert torch.autograd.gradcheck(lambda x: evidence_loss(x, evidence.double(), labels), (a,))
+    a = sent_attn.clone().requires_grad_()
+    value = evidence_loss(a, evidence, torch.zeros(4, 3).index_fill_(1, torch.tensor([0]), 1.0))  # no positive
+    value.backward()
+    assert value.item() == 0.0 and a.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="disagree"):
+        evidence_loss(sent_attn, evidence[:, :2], labels)
+
+
+def test_evidence_sentences_strictly_above_threshold():
+    sent_attn = torch.tensor([[0.2, 0.21, 0.59], [0.0, 0.2, 0.8]])
+    assert EVIDENCE_THRESHOLD == 0.2
+    assert evidence_sentences(sent_attn).tolist() == [[False, True, True], [False, False, True]]
+    assert evidence_sentences(sent_attn, 0.5).tolist() == [[False, False, True], [False, False, True]]

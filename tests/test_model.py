@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from model import DocREModel, GroupBilinearFunction, build_model, group_bilinear, load_encoder, plan_windows
-from utils import Collator
+from losses import available_losses, build_loss, positive_rates
+from utils import Collator, label_counts
 
 NUM_CLASS = 5
 TEXT = "the city of Paris is the capital of France and Alice was born in London England"
@@ -59,6 +60,15 @@ def mixed_features(tokenizer) -> list:
 
 
 # ----------------------------------------------------------------------------- reference
+def reference_block_features(z_h: torch.Tensor, z_t: torch.Tensor, block_size: int, max_sym: bool) -> torch.Tensor:
+    """One pair's bilinear input: each block's outer product (max-symmetrized with `max_sym`), flattened."""
+    blocks = []
+    for g in range(0, len(z_h), block_size):
+        outer = torch.outer(z_h[g:g + block_size], z_t[g:g + block_size])
+        blocks.append((torch.maximum(outer, outer.t()) if max_sym else outer).flatten())
+    return torch.cat(blocks)
+
+
 def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor:
     """ATLOP's formulas, one document, entity and pair at a time, from an eager encoder's attentions."""
     out = []
@@ -81,16 +91,14 @@ def reference_logits(model: DocREModel, eager_encoder, features) -> torch.Tensor
             c = q @ hidden
             z_h = torch.tanh(model.head_extractor(torch.cat([embs[h], c])))
             z_t = torch.tanh(model.tail_extractor(torch.cat([embs[t], c])))
-            outer = torch.cat([torch.outer(z_h[g:g + bs], z_t[g:g + bs]).flatten()
-                               for g in range(0, model.emb_size, bs)])
-            out.append(model.bilinear(outer))
+            out.append(model.bilinear(reference_block_features(z_h, z_t, bs, model.bilinear_type == "maxsym")))
     return torch.stack(out) if out else torch.zeros(0, NUM_CLASS)
 
 
-@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("unpad,bilinear", [(False, "atlop"), (True, "atlop"), (False, "maxsym")])
 @torch.no_grad()
-def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad):
-    model = tiny_model(tiny_bert_dir, unpad=unpad)
+def test_vectorized_head_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad, bilinear):
+    model = tiny_model(tiny_bert_dir, unpad=unpad, bilinear=bilinear)
     eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
     feats = mixed_features(bert_tok)
     logits = model(**batch_of(feats, bert_tok))
@@ -235,6 +243,16 @@ def test_fp32_and_bf16_autocast_are_finite(tiny_bert_dir, bert_tok, dtype):
     assert model.bilinear.weight.grad.abs().sum() > 0
 
 
+def test_bf16_autocast_max_sym_and_evidence(tiny_bert_dir, bert_tok):
+    model = tiny_model(tiny_bert_dir, bilinear="maxsym").train()
+    batch = batch_of([with_sentences(f, 3, i) for i, f in enumerate(mixed_features(bert_tok))], bert_tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, sent_attn = model(**batch, return_evidence=True)
+    assert logits.dtype == sent_attn.dtype == torch.float32 and torch.isfinite(logits).all()
+    (logits.pow(2).mean() + sent_attn.pow(2).sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_group_bilinear_gradients_match_outer_product():
     torch.manual_seed(0)
     x, y = torch.randn(7, 12, dtype=torch.double, requires_grad=True), torch.randn(7, 12, dtype=torch.double,
@@ -244,6 +262,45 @@ def test_group_bilinear_gradients_match_outer_product():
     linear = torch.nn.Linear(48, 3).double()
     outer = (x.view(7, 3, 4, 1) * y.view(7, 3, 1, 4)).reshape(7, 48)
     torch.testing.assert_close(group_bilinear(x, y, linear, 4), linear(outer))
+
+
+def _loop_group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: torch.nn.Linear, block_size: int,
+                         max_sym: bool) -> torch.Tensor:
+    """The group bilinear one pair at a time from `reference_block_features`."""
+    return torch.stack([linear(reference_block_features(a, b, block_size, max_sym)) for a, b in zip(x, y)])
+
+
+def test_max_sym_group_bilinear_matches_per_pair_loop():
+    """NCRL's head: logits and all gradients equal the per-pair, per-block loop of max(x outer y, its transpose)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 40, 64).tanh().unbind(0)  # 40 pairs, emb 64, blocks of 8
+    x.requires_grad_(), y.requires_grad_()
+    linear = torch.nn.Linear(64 * 8, 6)
+    ours, ref = group_bilinear(x, y, linear, 8, max_sym=True), _loop_group_bilinear(x, y, linear, 8, True)
+    assert (ours - ref).abs().max().item() < 1e-5
+    grads = [torch.autograd.grad(out.pow(2).sum(), (x, y, linear.weight, linear.bias)) for out in (ours, ref)]
+    for g_ours, g_ref in zip(*grads):
+        torch.testing.assert_close(g_ours, g_ref, atol=1e-5, rtol=1e-5)
+    # it is a different head: the same weights give other logits than ATLOP's (and ATLOP's still match its loop)
+    atlop = group_bilinear(x, y, linear, 8)
+    torch.testing.assert_close(atlop, _loop_group_bilinear(x, y, linear, 8, False), atol=1e-5, rtol=1e-5)
+    assert (atlop - ours).abs().max().item() > 0.05
+
+
+def test_max_sym_group_bilinear_gradcheck_and_ties():
+    torch.manual_seed(1)
+    x, y = (torch.randn(5, 12, dtype=torch.double, requires_grad=True) for _ in range(2))
+    w = torch.randn(3, 12 * 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: GroupBilinearFunction.apply(a, b, c, 4, True), (x, y, w))
+    # x = y makes every block's outer product symmetric, so every entry ties with its mirror; the gradient
+    # follows torch.maximum (half to each side), as autograd through the per-pair loop does
+    linear = torch.nn.Linear(48, 3, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(w)
+    x2 = x.detach().clone().requires_grad_()
+    (grad,) = torch.autograd.grad(GroupBilinearFunction.apply(x2, x2, w.detach(), 4, True).sum(), x2)
+    (ref,) = torch.autograd.grad(_loop_group_bilinear(x2, x2, linear, 4, True).sum(), x2)
+    torch.testing.assert_close(grad, ref)
 
 
 def test_gradient_checkpointing_gives_same_gradients(tiny_bert_dir, bert_tok):
@@ -304,3 +361,154 @@ def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_de
     assert deberta.attention_rows == "eager" and deberta.start_token_ids is None
     with pytest.raises(ValueError, match="multiple of block_size"):
         DocREModel(model.encoder, NUM_CLASS, emb_size=30, block_size=8)
+
+
+# ----------------------------------------------------------------------------- none-class prior start
+def test_init_classifier_bias_starts_at_the_none_class_prior(tiny_bert_dir, bert_tok):
+    feats = mixed_features(bert_tok)
+    labels = Collator(NUM_CLASS)(feats)["labels"]
+    counts, n = label_counts(feats, NUM_CLASS, chunk=3)  # chunks of documents add up to the whole batch
+    assert n == len(labels) == 224 and torch.equal(counts, labels.sum(0).double())
+    rates = positive_rates(counts, n)  # [K+1]
+    assert rates[1:].max() < 0.05
+
+    model = tiny_model(tiny_bert_dir)
+    model.init_classifier_bias(rates)
+    batch = batch_of(feats, bert_tok)
+    with torch.no_grad():
+        logits = model(**batch)  # random head weights: the prior plus small noise
+    for name in available_losses():
+        assert build_loss(name).get_label(logits)[:, 0].all(), name  # every pair "no relation" at step 0
+    # zero bilinear features: the logits are the prior itself, for both readings of the logits
+    for extractor in (model.head_extractor, model.tail_extractor):
+        torch.nn.init.zeros_(extractor.weight), torch.nn.init.zeros_(extractor.bias)
+    with torch.no_grad():
+        logits = model(**batch).double()
+    expected = rates[1:].expand(len(logits), -1)
+    torch.testing.assert_close(torch.sigmoid(logits[:, 1:] - logits[:, :1]), expected, rtol=1e-6, atol=1e-7)  # NCRL
+    torch.testing.assert_close(torch.sigmoid(logits[:, 1:]), expected, rtol=1e-6, atol=1e-7)  # BCE
+    atl_two_way = torch.softmax(torch.stack([logits[:, 1:], logits[:, :1].expand(-1, NUM_CLASS - 1)]), 0)[0]
+    torch.testing.assert_close(atl_two_way, expected, rtol=1e-6, atol=1e-7)  # ATL / AFL: class i against class 0
+    assert all(build_loss(name).get_label(logits)[:, 0].all() for name in available_losses())
+
+    model.init_classifier_bias(0.01)  # one prior for every relation
+    assert model.bilinear.bias[0] == 0 and torch.allclose(model.bilinear.bias[1:], torch.logit(torch.tensor(0.01)))
+    with pytest.raises(ValueError, match="rates must be"):
+        model.init_classifier_bias(torch.zeros(NUM_CLASS))
+    with pytest.raises(ValueError, match="rates must be"):
+        model.init_classifier_bias(rates[:3])
+
+
+# ----------------------------------------------------------------------------- evidence (sentence attention)
+def with_sentences(feature: dict, n_sents: int, seed: int) -> dict:
+    """The feature with `n_sents` contiguous sentence spans between the special tokens and random evidence."""
+    rng = np.random.default_rng(seed)
+    n = len(feature["input_ids"])
+    cuts = np.linspace(1, n - 1, n_sents + 1).astype(int)
+    evidence = [sorted(rng.choice(n_sents, rng.integers(0, 3), replace=False).tolist()) for _ in feature["labels"]]
+    return {**feature, "sent_pos": np.stack([cuts[:-1], cuts[1:]], 1).astype(np.int32), "evidence": evidence}
+
+
+def reference_sentence_attention(eager_encoder, features) -> torch.Tensor:
+    """Per pair: ATLOP's q from an eager encoder, summed over each sentence's tokens, renormalised [P, S_max]."""
+    s_max = max(len(f["sent_pos"]) for f in features)
+    out = []
+    for f in features:
+        ids = torch.tensor(f["input_ids"])[None]
+        att = eager_encoder(input_ids=ids, output_attentions=True).attentions[-1][0]  # [heads, L, L]
+        atts = [torch.stack([att[:, s] for s, _ in m]).mean(0) if m else torch.zeros_like(att[:, 0])
+                for m in f["entity_pos"]]
+        for h, t in f["hts"]:
+            q = (atts[h] * atts[t]).mean(0)
+            q = q / (q.sum() + 1e-5)
+            per = torch.stack([q[a:b].sum() for a, b in f["sent_pos"]])
+            per = per / per.sum() if per.sum() > 0 else per
+            out.append(torch.cat([per, per.new_zeros(s_max - len(per))]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+@torch.no_grad()
+def test_sentence_attention_matches_per_pair_reference(tiny_bert_dir, bert_tok, unpad):
+    model = tiny_model(tiny_bert_dir, unpad=unpad)
+    feats = [with_sentences(f, n, i) for i, (f, n) in enumerate(zip(mixed_features(bert_tok), (1, 2, 6, 3)))]
+    batch = batch_of(feats, bert_tok)
+    assert batch["sent_pos"].shape == (4, 6, 2) and (batch["sent_pos"][1, 2:] == -1).all()
+    logits, sent_attn = model(**batch, return_evidence=True)
+    assert torch.equal(logits, model(**batch))
+    eager = AutoModel.from_pretrained(tiny_bert_dir, attn_implementation="eager").eval()
+    ref = reference_sentence_attention(eager, feats)
+    assert sent_attn.shape == ref.shape == (224, 6) and sent_attn.dtype == torch.float32
+    torch.testing.assert_close(sent_attn, ref, atol=1e-6, rtol=1e-5)
+    # rows sum to 1 over the document's sentences, except pairs with the mention-less entity 1 of document 3
+    n_sents = torch.tensor([len(f["sent_pos"]) for f in feats])[batch["pair_doc"]]  # [P]
+    real = torch.arange(6)[None, :] < n_sents[:, None]
+    assert torch.equal(sent_attn[~real], torch.zeros(int((~real).sum())))  # padding sentences: exactly 0
+    empty = (batch["hts"] == 0 + 2 + 15 + 1).any(1)  # document 3's entity 1, after 0 + 2 + 15 entities
+    torch.testing.assert_close(sent_attn[~empty].sum(1), torch.ones(int((~empty).sum())))
+    assert empty.sum() == 6 and sent_attn[empty].abs().sum() == 0
+
+
+def test_default_forward_ignores_sentences_and_evidence_trains(tiny_bert_dir, bert_tok):
+    """Without return_evidence the logits are the same with or without sentence fields; with it, the evidence
+    loss back-propagates into the encoder with finite gradients (an entity without mentions included)."""
+    from losses import evidence_loss, evidence_target
+
+    model = tiny_model(tiny_bert_dir).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    plain = mixed_features(bert_tok)
+    feats = [with_sentences(f, 3, i) for i, f in enumerate(plain)]
+    batch = Collator(NUM_CLASS, bert_tok.pad_token_id)(feats)
+    assert set(batch) - set(batch_of(plain, bert_tok)) == {"sent_pos", "evidence_index", "labels"}
+    assert torch.equal(model(**batch), model(**batch_of(plain, bert_tok)))
+    logits, sent_attn = model(**batch, return_evidence=True)
+    target = evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])
+    n_cites = sum(len(e) for f in feats for e in f["evidence"])
+    assert target.sum() == n_cites == len(batch["evidence_index"]) > 0
+    loss = evidence_loss(sent_attn, target, batch["labels"])
+    assert loss.item() > 0
+    loss.backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    with pytest.raises(ValueError, match="sent_pos"):
+        model(**batch_of(plain, bert_tok), return_evidence=True)
+
+
+@torch.no_grad()
+def test_sentence_attention_over_long_document_windows(tiny_bert_dir, bert_tok):
+    """Windows merge the attention rows over the whole document, so sentences past 512 tokens get their share."""
+    model = tiny_model(tiny_bert_dir, max_seq_length=2048)
+    feat = with_sentences(make_feature(bert_tok, 5, 1500, seed=7), 10, 0)
+    feat["entity_pos"][0] = [(1300, 1301)]
+    feat["entity_pos"][1] = [(1450, 1451)]
+    batch = batch_of([feat], bert_tok)
+    _, sent_attn = model(**batch, return_evidence=True)
+    # a row is 0 where head and tail attend in disjoint windows only (their product q is 0 everywhere)
+    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], batch["mention_pos"], batch["mention_doc"])
+    ent_att = model.pool_entities(hidden, att, batch["mention_pos"], batch["mention_doc"], batch["mention_entity"],
+                                  5)[1].mean(1)  # [E, L]
+    disjoint = ((ent_att[batch["hts"][:, 0]] * ent_att[batch["hts"][:, 1]]).sum(1) == 0)  # [P]
+    assert 0 < disjoint.sum() < 20
+    torch.testing.assert_close(sent_attn.sum(1), (~disjoint).float())
+    assert sent_attn[0, 5:].sum() > 0.5  # pair (0, 1): both mentions lie in the last sentences
+
+
+def test_collator_sentence_fields(bert_tok):
+    feats = [with_sentences(make_feature(bert_tok, 3, 40, 0), 2, 0),
+             with_sentences(make_feature(bert_tok, 2, 30, 1), 4, 1)]
+    feats[0]["evidence"] = [[1], [0, 1], []]
+    feats[1]["evidence"] = [[3], [2]]
+    batch = Collator(NUM_CLASS)(feats)
+    assert batch["sent_pos"].tolist()[0] == [[1, 20], [20, 39], [-1, -1], [-1, -1]]
+    rows0, rows1 = feats[0]["labels"][:, 0].tolist(), (feats[1]["labels"][:, 0] + 6).tolist()
+    assert batch["evidence_index"].tolist() == [[rows0[0], 1], [rows0[1], 0], [rows0[1], 1],
+                                                [rows1[0], 3], [rows1[1], 2]]
+    assert "sent_pos" not in Collator(NUM_CLASS)([make_feature(bert_tok, 2, 30, 1)])
+    mixed = [feats[0], make_feature(bert_tok, 2, 30, 1)]
+    with pytest.raises(ValueError, match="document 1"):
+        Collator(NUM_CLASS)(mixed)
+    feats[1]["evidence"] = [[3]]
+    with pytest.raises(ValueError, match="1 evidence lists for 2 labels"):
+        Collator(NUM_CLASS)(feats)
