@@ -93,6 +93,14 @@ def best_of(grid: Sequence[float], metric: Callable[[float], float]) -> float:
     return grid[int(np.argmax(scores))]
 
 
+def logits_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
+                autocast: Callable[[], Any]) -> torch.Tensor:
+    """The model under autocast, the loss of its logits in fp32."""
+    with autocast():
+        logits = model(**batch)
+    return loss_fn(logits.float(), labels)
+
+
 class Task:
     """What a task provides to the engine (see ARCHITECTURE.md, "The Task contract").
 
@@ -127,6 +135,18 @@ class Task:
     def rows(self, feature: dict) -> int:
         """Rows of logits a feature yields (DocRED: its entity pairs)."""
         return 1
+
+    def prepare_training(self, model: nn.Module, train: Split) -> None:
+        """Change a freshly built model before training starts (e.g. a prior start of the classifier)."""
+
+    def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
+                      autocast: Callable[[], Any]) -> torch.Tensor:
+        """The loss of one micro-batch (default: the loss of the logits)."""
+        return logits_loss(model, batch, labels, loss_fn, autocast)
+
+    def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """What prediction keeps per row, `[rows, C]`: the logits, or the logits and more columns."""
+        return model(**batch)
 
     def select_metric(self) -> str:
         """The dev score that picks best.pt."""
@@ -209,6 +229,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--margin_reg", action=argparse.BooleanOptionalAction, default=True,
                    help="NCRL margin regularization (--no_margin_reg turns it off)")
     g.add_argument("--prob_shift", type=float, default=0.0, help="BCE probability shifting for negatives")
+    g.add_argument("--afl_gamma_pos", type=float, default=1.0,
+                   help="adaptive focal loss (KD-DocRE): focusing exponent of the positive term")
     g.add_argument("--top_k", "--num_labels", dest="top_k", type=int, default=4,
                    help="keep at most this many labels per instance (-1: all); --num_labels is ATLOP's name")
     return parser
@@ -409,8 +431,11 @@ def build_loss_from_args(args: argparse.Namespace) -> losses.DocRELoss:
         options = {"shift": args.shift, "margin_reg": args.margin_reg}
     elif name == "bce":
         options = {"prob_shift": args.prob_shift}
+    elif name == "afl":
+        options = {"gamma_pos": args.afl_gamma_pos}
     ignored = [flag for flag, used in (("--shift", args.shift and name != "ncrl"),
-                                       ("--prob_shift", args.prob_shift and name != "bce")) if used]
+                                       ("--prob_shift", args.prob_shift and name != "bce"),
+                                       ("--afl_gamma_pos", args.afl_gamma_pos != 1.0 and name != "afl")) if used]
     if ignored:
         logger.warning("%s do(es) not apply to --loss %s and is ignored", ", ".join(ignored), name)
     return losses.build_loss(name, **options)
@@ -489,8 +514,9 @@ def oom_message(args: argparse.Namespace, batch_shape: Optional[Sequence[int]] =
 # ----------------------------------------------------------------------------- prediction
 @torch.no_grad()
 def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable, rows: Callable[[dict], int],
-                   batch_size: int, dtype: Optional[torch.dtype], desc: str = "predict",
-                   progress: bool = True) -> Optional[torch.Tensor]:
+                   batch_size: int, dtype: Optional[torch.dtype], desc: str = "predict", progress: bool = True,
+                   forward: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], torch.Tensor]] = None
+                   ) -> Optional[torch.Tensor]:
     """Logits of every instance of `features`, in their order, fp32 on the CPU: `[sum of rows, C]`.
 
     Features are batched in order of length (fewer pad tokens; order does not change a feature's logits).
@@ -513,7 +539,7 @@ def predict_logits(model: nn.Module, features: Sequence[dict], collate: Callable
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         try:
             with utils.autocast(device, dtype):
-                logits = model(**batch).float().cpu()
+                logits = (forward(model, batch) if forward else model(**batch)).float().cpu()
         except torch.cuda.OutOfMemoryError as e:
             raise torch.cuda.OutOfMemoryError(
                 f"CUDA out of memory predicting a batch of {len(docs)} documents x {batch['input_ids'].shape[1]} "
@@ -543,8 +569,10 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, loss_fn: Any,
                  train_features: Sequence[dict], collate: Callable,
                  evaluate: Optional[Callable[[nn.Module], Tuple[Dict[str, Any], Decision]]],
-                 run: Optional[RunDirectory], metric: str, checkpoint_meta: Dict[str, Any]):
+                 run: Optional[RunDirectory], metric: str, checkpoint_meta: Dict[str, Any],
+                 training_loss: Optional[Callable] = None):
         self.args, self.loss_fn, self.features = args, loss_fn, train_features
+        self.training_loss = training_loss or logits_loss
         self.collate, self.evaluate, self.run, self.metric = collate, evaluate, run, metric
         self.meta = checkpoint_meta
         self.decision: Optional[Decision] = None
@@ -618,9 +646,8 @@ class Trainer:
         context = self.model.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
         try:
             with context:
-                with utils.autocast(self.device, self.dtype):
-                    logits = self.model(**batch)
-                loss = self.loss_fn(logits.float(), labels) * weight
+                autocast = lambda: utils.autocast(self.device, self.dtype)  # noqa: E731
+                loss = self.training_loss(self.model, batch, labels, self.loss_fn, autocast) * weight
                 self.scaler.scale(loss / n_micro).backward()
         except torch.cuda.OutOfMemoryError as e:
             raise torch.cuda.OutOfMemoryError(oom_message(self.args, tuple(batch["input_ids"].shape))) from e
@@ -857,7 +884,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
                                      args.gradient_accumulation_steps, **task.summary()})
     dtype = utils.amp_dtype(device, args.amp)
     predict = lambda feats, desc: predict_logits(model, feats, task.collate, task.rows,  # noqa: E731
-                                                 args.test_batch_size, dtype, desc, not args.no_progress)
+                                                 args.test_batch_size, dtype, desc, not args.no_progress,
+                                                 forward=task.predict_rows)
     if do_train:
         decision = train_and_restore_best(task, args, model, encoder, loss_fn, splits, run_dir, predict, decision)
     return write_outputs(task, run_dir, splits, predict, loss_fn, decision, world)
@@ -877,8 +905,10 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
         return {**task.score(logits, dev, loss_fn, tuned), **tuned.report()}, tuned
 
     metric = task.select_metric()
+    if not args.load_path and not args.resume:
+        task.prepare_training(model, train_split)
     trainer = Trainer(args, model, encoder, loss_fn, train_split.features, task.collate, evaluate, run_dir,
-                      metric, task.meta())
+                      metric, task.meta(), task.training_loss)
     _, world = world_info()
     logger.info("%s: training on %d %s, %d optimizer steps, effective batch %d (%d x %d processes x %d "
                 "accumulation), loss %s, amp %s, device %s, best checkpoint by dev %s", task.name,

@@ -65,8 +65,10 @@ def _to_numpy_mask(preds: Any) -> np.ndarray:
     return mask
 
 
-def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str]) -> List[Dict[str, Any]]:
-    """Multi-hot pair predictions [P, K+1] -> official records {title, h_idx, t_idx, r}, without Na or duplicates."""
+def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str],
+                evidence: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
+    """Multi-hot pair predictions [P, K+1] -> official records {title, h_idx, t_idx, r}, without Na or duplicates;
+    with `evidence` (bool [P, S], a pair's evidence sentences) each record also gets its "evidence" list."""
     mask = _to_numpy_mask(preds)  # [P, K+1]
     hts = [np.asarray(f["hts"], dtype=np.int64).reshape(-1, 2) for f in features]
     n_pairs = np.array([len(h) for h in hts], dtype=np.int64)
@@ -83,9 +85,14 @@ def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mappi
         raise ValueError(f"relation ids {missing} are predicted but absent from id2rel")
     keys = np.stack([pair_title[rows], all_hts[rows, 0], all_hts[rows, 1], cols], axis=1)  # [n_pos, 4]
     _, first = np.unique(keys, axis=0, return_index=True)
-    keys = keys[np.sort(first)]  # duplicates only arise from repeated titles; keep the first, in input order
+    first = np.sort(first)
+    keys = keys[first]  # duplicates only arise from repeated titles; keep the first, in input order
     title_of = list(title_ids)
-    return [{"title": title_of[d], "h_idx": int(h), "t_idx": int(t), "r": id2rel[int(r)]} for d, h, t, r in keys.tolist()]
+    out = [{"title": title_of[d], "h_idx": int(h), "t_idx": int(t), "r": id2rel[int(r)]} for d, h, t, r in keys.tolist()]
+    if evidence is not None:
+        for record, row in zip(out, rows[first].tolist()):
+            record["evidence"] = np.flatnonzero(evidence[row]).tolist()
+    return out
 
 
 def _pred_key(item: Any, i: int) -> Tuple[Any, str, int, int]:

@@ -220,7 +220,7 @@ class DocREModel(nn.Module):
     """
 
     def __init__(self, encoder: PreTrainedModel, num_class: int, emb_size: int = 768, block_size: int = 64,
-                 tokenizer=None, max_seq_length: int = 1024, transformer_type: Optional[str] = None,
+                 tokenizer=None, max_seq_length: int = 1024,
                  gradient_checkpointing: bool = False, attention_rows: str = "auto",
                  window_size: Optional[int] = None, window_overlap: int = 16,
                  start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None,
@@ -240,7 +240,6 @@ class DocREModel(nn.Module):
         self.bilinear_type = bilinear
         self.hidden_size = config.hidden_size
         self.max_seq_length = max_seq_length
-        self.transformer_type = transformer_type or config.model_type
         self.window_size = window_size or encoder_max_length(encoder)
         self.window_overlap = window_overlap
         self.unpad = unpad  # None: encode documents one by one (no padding) on CPU, as one batch elsewhere
@@ -265,11 +264,7 @@ class DocREModel(nn.Module):
         else:
             use_checkpointed_sdpa(encoder, checkpoint_attention)
         if gradient_checkpointing:
-            enable = getattr(encoder, "activation_checkpointing_enable", None)
-            if enable is not None:
-                enable({"use_reentrant": False})
-            else:
-                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         self.head_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)

@@ -54,6 +54,17 @@ class DocRED(engine.Task):
         g.add_argument("--no_entity_marker", action="store_true", help="do not put * around mentions")
         g.add_argument("--emb_size", type=int, default=768)
         g.add_argument("--block_size", type=int, default=64)
+        g.add_argument("--bilinear", default="atlop", choices=["atlop", "maxsym"],
+                       help="group bilinear head: ATLOP's, or the NCRL authors' max-symmetrized blocks (their "
+                            "DocRED runs)")
+        g.add_argument("--init_none_prior", action="store_true",
+                       help="start the classifier at the training set's relation priors (bias_i = logit p_i), "
+                            "so every pair starts at 'no relation' with calibrated margins")
+        g.add_argument("--evidence_lambda", type=float, default=0.0,
+                       help="weight of the evidence loss KL(evidence || sentence attention) (DREEAM: 0.1 with "
+                            "BERT, 0.05 with RoBERTa; 0 = off, and no evidence is written)")
+        g.add_argument("--evidence_threshold", type=float, default=losses.EVIDENCE_THRESHOLD,
+                       help="a predicted relation's evidence: the sentences whose attention passes this")
         g.add_argument("--select_metric", default="ign_f1", choices=["f1", "ign_f1"],
                        help="dev score that picks best.pt (ATLOP and the NCRL authors: f1, which the paper "
                             "scripts pass); ign_f1 falls back to f1 when --ign_train_file is absent")
@@ -107,13 +118,15 @@ class DocRED(engine.Task):
         if self.ign_file() is None:
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
                            "--ign_train_file %s is absent", self.path(args.ign_train_file))
+        self.max_sents = 0  # widest document read, for the sentence-attention columns of prediction
         return DocREModel(encoder, len(rel2id), emb_size=args.emb_size, block_size=args.block_size,
-                          tokenizer=tokenizer, max_seq_length=args.max_seq_length)
+                          tokenizer=tokenizer, max_seq_length=args.max_seq_length, bilinear=args.bilinear)
 
     def meta(self) -> Dict[str, Any]:
         a = self.args
         return {"rel2id": self.rel2id(), "emb_size": a.emb_size, "block_size": a.block_size,
-                "max_seq_length": a.max_seq_length, "entity_marker": None if a.no_entity_marker else "*"}
+                "max_seq_length": a.max_seq_length, "entity_marker": None if a.no_entity_marker else "*",
+                "bilinear": a.bilinear, "evidence": a.evidence_lambda > 0}
 
     def summary(self) -> Dict[str, Any]:
         return {"num_class": len(self.rel2id())}
@@ -148,6 +161,7 @@ class DocRED(engine.Task):
             features = prepro.read_docred(path, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
                                           entity_marker=None if a.no_entity_marker else "*",
                                           cache_dir=self.cache, show_progress=engine.world_info()[0] == 0)
+        self.max_sents = max([self.max_sents] + [len(f["sent_pos"]) for f in features])
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
@@ -160,12 +174,46 @@ class DocRED(engine.Task):
     def rows(self, feature: dict) -> int:
         return len(feature["hts"])
 
+    def prepare_training(self, model: nn.Module, train: Split) -> None:
+        if self.args.init_none_prior:
+            counts, n = utils.label_counts(train.features, len(self.rel2id()))
+            model.init_classifier_bias(losses.positive_rates(counts, n))
+            logger.info("classifier bias set to the relation priors of %d training pairs", n)
+
+    # -- evidence (DREEAM's supervision of the localized-context attention)
+    def evidence_on(self) -> bool:
+        return self.args.evidence_lambda > 0
+
+    def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
+                      autocast) -> torch.Tensor:
+        """The relation loss, plus --evidence_lambda x KL(evidence || sentence attention) when evidence is on."""
+        if not self.evidence_on():
+            return engine.logits_loss(model, batch, labels, loss_fn, autocast)
+        with autocast():
+            logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
+        target = losses.evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])  # [P, S]
+        return loss_fn(logits.float(), labels) + self.args.evidence_lambda * losses.evidence_loss(
+            sent_attn.float(), target, labels)
+
+    def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits `[P, K+1]`, and with evidence on, each pair's sentence attention after them `[P, max_sents]`."""
+        if not self.evidence_on():
+            return model(**batch)
+        logits, sent_attn = model(**batch, return_evidence=True)
+        return torch.cat([logits.float(), nn.functional.pad(sent_attn, (0, self.max_sents - sent_attn.shape[1]))], 1)
+
     # -- decisions and scores
-    def predictions(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision,
+    def predictions(self, rows: torch.Tensor, split: Split, loss_fn: Any, decision: Decision,
                     threshold: Optional[float] = None) -> List[dict]:
-        """The official-format facts of `logits` under `decision`."""
-        id2rel = {v: k for k, v in self.rel2id().items()}
-        return evaluation.to_official(decision.labels(loss_fn, logits, threshold), split.features, id2rel)
+        """The official-format facts of predicted `rows` (logits, then sentence attention) under `decision`,
+        with each fact's evidence sentences when evidence is on."""
+        k = len(self.rel2id())
+        id2rel = {v: r for r, v in self.rel2id().items()}
+        evidence = None
+        if rows.shape[1] > k:
+            evidence = losses.evidence_sentences(rows[:, k:], self.args.evidence_threshold).numpy()  # [P, S]
+        return evaluation.to_official(decision.labels(loss_fn, rows[:, :k], threshold), split.features, id2rel,
+                                      evidence)
 
     def _score_preds(self, preds: List[dict], split: Split) -> Dict[str, Any]:
         return evaluation.official_evaluate(preds, split.gold, train_annotated=self.ign_file(),

@@ -198,6 +198,8 @@ class Collator:
     @staticmethod
     def _sentences(features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         """`sent_pos` [B, S_max, 2] and `evidence_index` [n, 2] where every feature has the field, else nothing."""
+        import torch
+
         out: Dict[str, torch.Tensor] = {}
         for field in ("sent_pos", "evidence"):
             has = [field in f for f in features]
@@ -227,6 +229,8 @@ class Collator:
 def label_counts(features: Sequence[Dict[str, Any]], num_class: int, chunk: int = 64) -> tuple:
     """(positive count of each class [K+1] over the features' pairs, number of pairs), column 0 counting the
     pairs without a relation; built from the Collator's labels a chunk of documents at a time."""
+    import torch
+
     collate = Collator(num_class)
     counts, n = torch.zeros(num_class, dtype=torch.float64), 0
     for i in range(0, len(features), chunk):

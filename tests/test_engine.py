@@ -1,0 +1,67 @@
+"""The engine's options end to end on the DocRED task: evidence, the NCRL authors' head, the prior start, AFL."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import evaluation
+import losses
+import train
+import utils
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(data, model, out, *extra):
+    return ["--data_dir", str(data), "--model_name_or_path", str(model), "--output_dir", str(out),
+            "--max_seq_length", "128", "--emb_size", "64", "--block_size", "16", "--cache_dir", "none",
+            "--no_progress", "--learning_rate", "1e-3", "--classifier_lr", "1e-3", *map(str, extra)]
+
+
+def test_evidence_is_written_for_predicted_facts_and_scored(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "evi"
+    scores = train.main(tiny(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 2, "--loss", "bce",
+                             "--evidence_lambda", 0.1, "--evidence_threshold", 0.05))
+    dev = json.loads((small_synthetic_dir / "dev.json").read_text())
+    n_sents = {d["title"]: len(d["sents"]) for d in dev}
+    preds = json.loads((out / "dev_pred.json").read_text())
+    assert preds and all("evidence" in p for p in preds)  # BCE at its tuned threshold predicts something
+    assert all(all(0 <= s < n_sents[p["title"]] for s in p["evidence"]) for p in preds)
+    assert any(p["evidence"] for p in preds)
+    again = evaluation.official_evaluate(preds, dev, train_annotated=str(small_synthetic_dir / "train_annotated.json"))
+    assert scores["dev_evi_f1"] == pytest.approx(again["evi_f1"])
+    assert json.loads((out / "dev_scores.json").read_text())["evi_f1"] == pytest.approx(again["evi_f1"])
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["evidence"] is True
+    for record in json.loads((out / "result.json").read_text()):
+        assert set(record) == {"title", "h_idx", "t_idx", "r", "evidence"}
+
+
+def test_without_evidence_nothing_changes(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """--evidence_lambda 0 (the default) takes the plain path: no evidence field, same files as before."""
+    out = tmp_path / "plain"
+    train.main(tiny(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 1, "--test_file", ""))
+    preds = json.loads((out / "dev_pred.json").read_text())
+    assert all("evidence" not in p for p in preds)
+    assert "evi_f1" not in json.loads((out / "dev_scores.json").read_text())
+
+
+def test_prior_start_and_the_authors_head_reach_the_checkpoint(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    out = tmp_path / "prior"
+    train.main(tiny(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 1, "--test_file", "",
+                    "--learning_rate", 0, "--classifier_lr", 0, "--init_none_prior", "--bilinear", "maxsym",
+                    "--loss", "afl", "--afl_gamma_pos", 2))
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["bilinear"] == "maxsym" and ckpt["args"]["afl_gamma_pos"] == 2
+    import prepro
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    features = prepro.read_docred(small_synthetic_dir / "train_annotated.json", tokenizer, ckpt["meta"]["rel2id"],
+                                  max_seq_length=128)
+    counts, n = utils.label_counts(features, len(ckpt["meta"]["rel2id"]))
+    expected = torch.logit(losses.positive_rates(counts, n)[1:]).float()
+    bias = ckpt["model"]["bilinear.bias"]
+    assert bias[0] == 0 and torch.allclose(bias[1:], expected, atol=1e-6)  # lr 0: the start, unchanged
+    assert np.all(bias[1:].numpy() < 0)  # every relation starts below the none class
