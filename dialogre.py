@@ -421,10 +421,7 @@ class DialogRE(engine.Task):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("dialogre")
-        g.add_argument("--data_dir", default="./dataset/dialogre")
-        g.add_argument("--train_file", default="train.json")
-        g.add_argument("--dev_file", default="dev.json")
-        g.add_argument("--test_file", default="test.json", help="'' to skip the test set")
+        engine.add_split_args(g, "./dataset/dialogre", "train.json", "dev.json", "test.json")
         g.add_argument("--max_seq_length", type=int, default=512)
         g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
         g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")

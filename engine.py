@@ -236,6 +236,14 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
+def add_split_args(group: argparse._ArgumentGroup, data_dir: str, train: str, dev: str, test: str) -> None:
+    """--data_dir and the three split files of a task (a bare name is a file of --data_dir)."""
+    group.add_argument("--data_dir", default=data_dir)
+    group.add_argument("--train_file", default=train)
+    group.add_argument("--dev_file", default=dev)
+    group.add_argument("--test_file", default=test, help="'' to skip the test set")
+
+
 def parse_args(task: Task, argv: Optional[Sequence[str]], description: str) -> argparse.Namespace:
     """The shared flags plus the task's, with the default run directory filled in."""
     parser = argparse.ArgumentParser(description=description)

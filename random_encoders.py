@@ -31,6 +31,16 @@ _FALLBACK_TEXT = (
 ).split()
 
 
+def _cls_sep_tokenizer(tok):
+    """A trained `tokenizers` model wrapped as a fast tokenizer with BERT's [CLS] ... [SEP] specials."""
+
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
 def train_tokenizer(family: str, texts: Optional[Iterable[str]] = None,
                     vocab_size: int = 1000) -> PreTrainedTokenizerBase:
     """Train a small tokenizer of the family's kind (WordPiece, byte-level BPE, or Unigram)."""
@@ -42,12 +52,7 @@ def train_tokenizer(family: str, texts: Optional[Iterable[str]] = None,
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                       model_max_length=512)
+        return _cls_sep_tokenizer(tok)
     if family == "roberta":
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -67,12 +72,7 @@ def train_tokenizer(family: str, texts: Optional[Iterable[str]] = None,
         tok.decoder = decoders.Metaspace()
         tok.train_from_iterator(texts, trainers.UnigramTrainer(
             vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]"))
-        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                       model_max_length=512)
+        return _cls_sep_tokenizer(tok)
     raise ValueError(f"unknown encoder family {family!r}; expected bert, roberta or deberta")
 
 

@@ -38,10 +38,7 @@ class DocRED(engine.Task):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("docred")
-        g.add_argument("--data_dir", default="./dataset/docred")
-        g.add_argument("--train_file", default="train_annotated.json")
-        g.add_argument("--dev_file", default="dev.json")
-        g.add_argument("--test_file", default="test.json", help="'' to skip test predictions")
+        engine.add_split_args(g, "./dataset/docred", "train_annotated.json", "dev.json", "test.json")
         g.add_argument("--ign_train_file", default="train_annotated.json",
                        help="the human-annotated training set whose facts Ign F1 leaves out, as the official "
                             "scorer does (not --train_file: in distant pretraining that is the distant set)")
