@@ -33,7 +33,6 @@ _FALLBACK_TEXT = (
 
 def _cls_sep_tokenizer(tok):
     """A trained `tokenizers` model wrapped as a fast tokenizer with BERT's [CLS] ... [SEP] specials."""
-
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
