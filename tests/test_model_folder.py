@@ -214,3 +214,17 @@ def test_bad_models_and_inputs_exit_2_naming_the_culprit(trained, tmp_path):
         proc = run_predict(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert message in proc.stderr
+
+
+def test_raw_text_eval_measures_both_paths(trained):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import raw_text_eval
+
+    run, only_test = trained
+    result = raw_text_eval.measure_model(str(only_test / "test.json"), str(run), limit=2)
+    docs = json.loads((only_test / "test.json").read_text())[:2]
+    titles = {d["title"] for d in docs}
+    preds = [p for p in json.loads((run / "result.json").read_text()) if p["title"] in titles]
+    assert result["gold_entities_relations"] == len(preds)
+    assert result["gold_entities_official"]["f1"] == pytest.approx(evaluation.official_evaluate(preds, docs)["f1"])
+    assert result["raw_text_docs_per_s"] > 0 and 0 <= result["raw_text_relations_by_name"]["f1"] <= 100
