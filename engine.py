@@ -67,6 +67,14 @@ class Decision:
         t = self.threshold if threshold is None else threshold
         return loss_fn.get_label(logits, num_labels=self.top_k, **({"threshold": t} if t is not None else {}))
 
+    def margins(self, logits: torch.Tensor) -> torch.Tensor:
+        """Margins `[N, K]` of classes 1..K, positive where the rule predicts the class (before top-k):
+        f_i - f_0, or f_i - logit(threshold) for a tuned threshold (BCE: sigma(f_i) > t <=> f_i > logit(t))."""
+        logits = logits.float()
+        if self.threshold is not None:
+            return logits[:, 1:] - math.log(self.threshold / (1.0 - self.threshold))  # [N, K]
+        return logits[:, 1:] - logits[:, :1]  # [N, K]
+
     def report(self) -> Dict[str, float]:
         """The tuned values, for score files and logs."""
         return {**({"threshold": self.threshold} if self.threshold is not None else {}), **self.params}
@@ -109,7 +117,9 @@ class Task:
     """
     name = "task"  # written into args.json, checked in checkpoints
     unit = "instances"  # what one feature is, for the log
+    model_settings: Tuple[str, ...] = ()  # the task's flags shaping the model: test mode takes them from the checkpoint
     args: argparse.Namespace
+    flag_defaults: Dict[str, Any]  # the parser's defaults: a flag differing from its default was given explicitly
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         """The task's own flags (and defaults of the shared ones, with `parser.set_defaults`)."""
@@ -175,6 +185,9 @@ class Task:
 
     def check_meta(self, meta: Dict[str, Any], path: str) -> None:
         """Refuse a checkpoint whose metadata does not fit this run."""
+
+    def adopt_meta(self, meta: Dict[str, Any], path: str) -> None:
+        """Test mode: take what the checkpoint's metadata fixes (e.g. the label map) unless a flag overrides it."""
 
 
 # ----------------------------------------------------------------------------- flags
@@ -244,17 +257,26 @@ def add_split_args(group: argparse._ArgumentGroup, data_dir: str, train: str, de
     group.add_argument("--test_file", default=test, help="'' to skip the test set")
 
 
-def parse_args(task: Task, argv: Optional[Sequence[str]], description: str) -> argparse.Namespace:
-    """The shared flags plus the task's, with the default run directory filled in."""
+def parse_args(task: Task, argv: Optional[Sequence[str]], description: str,
+               fill_output_dir: bool = True) -> argparse.Namespace:
+    """The shared flags plus the task's (their defaults kept in `task.flag_defaults`), with the default run
+    directory filled in unless `fill_output_dir` is False."""
     parser = argparse.ArgumentParser(description=description)
     add_training_args(parser)
     task.add_args(parser)
     args = parser.parse_args(argv)
+    task.flag_defaults = {name: parser.get_default(name) for name in vars(args)}
+    if fill_output_dir:
+        fill_default_output_dir(task, args)
+    return args
+
+
+def fill_default_output_dir(task: Task, args: argparse.Namespace) -> None:
+    """--output_dir defaults to runs/<task>-<loss>-<model>-seed<seed>-<time>."""
     if args.output_dir is None:
         model = Path(args.model_name_or_path.rstrip("/")).name or "model"
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         args.output_dir = str(Path("runs") / f"{task.name}-{args.loss}-{model}-seed{args.seed}-{stamp}")
-    return args
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -804,18 +826,19 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
     return tokenizer, encoder
 
 
-def load_checkpoint(path: str, device: torch.device | str = "cpu") -> Dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
+                    what: str = "--load_path") -> Dict[str, Any]:
     """A checkpoint written by this toolkit, with an error naming the file when it is missing or damaged."""
     if not os.path.isfile(path):
-        raise UserError(f"--load_path {path}: no such file" + (" (it is a folder: pass its best.pt)"
-                                                             if os.path.isdir(path) else ""))
+        raise UserError(f"{what} {path}: no such file" + (" (it is a folder: pass its best.pt)"
+                                                          if os.path.isdir(path) else ""))
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise UserError(f"--load_path {path} is not a readable checkpoint (truncated or another format?): "
+        raise UserError(f"{what} {path} is not a readable checkpoint (truncated or another format?): "
                         f"{type(e).__name__}: {str(e)[:200]}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"--load_path {path} is not a checkpoint of this toolkit (no model weights in it)")
+        raise UserError(f"{what} {path} is not a checkpoint of this toolkit (no model weights in it)")
     return ckpt
 
 
@@ -830,12 +853,159 @@ def check_checkpoint(ckpt: Dict[str, Any], path: str, args: argparse.Namespace, 
             args.model_name_or_path):
         raise UserError(f"--load_path {path} was trained with encoder {saved_model!r}, but this run uses "
                         f"--model_name_or_path {args.model_name_or_path!r}; pass the same encoder.")
-    task.check_meta(ckpt.get("meta") or legacy_meta(ckpt), path)
+    task.check_meta(checkpoint_meta(ckpt), path)
 
 
-def legacy_meta(ckpt: Dict[str, Any]) -> Dict[str, Any]:
-    """The metadata of a version-1 checkpoint, which kept it at the top level."""
-    return {k: ckpt[k] for k in ("rel2id", "rid2col", "label_names") if k in ckpt}
+def checkpoint_meta(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """The task metadata of a checkpoint; version 1 kept it at the top level."""
+    return ckpt.get("meta") or {k: ckpt[k] for k in ("rel2id", "rid2col", "label_names") if k in ckpt}
+
+
+# ----------------------------------------------------------------------------- the model folder
+# A trained model is one folder: the run directory, or one exported by `save_pretrained`. What loading needs:
+#   best.pt    weights, args, the task's meta() and the decision (an exported one: no optimizer or RNG states)
+#   encoder/   the encoder's config.json and the tokenizer files (no encoder weights: they are in best.pt)
+# Runs from before model folders have no encoder/: their encoder is rebuilt from args' model_name_or_path.
+BEST, ENCODER_DIR = "best.pt", "encoder"
+MODEL_KEYS = ("version", "model", "args", "meta", "decision")  # what an exported best.pt keeps
+
+
+@dataclass
+class Pretrained:
+    """A trained model loaded from its folder, in eval mode: the model, its tokenizer, the checkpoint without
+    weights (args, meta, decision) and where it came from."""
+    model: nn.Module
+    tokenizer: Any
+    checkpoint: Dict[str, Any]
+    path: Path  # the best.pt read
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return argparse.Namespace(**self.checkpoint.get("args", {}))
+
+    @property
+    def meta(self) -> Dict[str, Any]:
+        return checkpoint_meta(self.checkpoint)
+
+    def decision(self) -> Decision:
+        return Decision.from_checkpoint(self.checkpoint, self.checkpoint.get("args", {}).get("top_k", -1))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Export this model as a folder that `load_pretrained` reads (see `save_pretrained`)."""
+        return save_pretrained(folder, {**self.checkpoint, "model": self.model.state_dict()}, self.tokenizer,
+                               self.model.encoder.config)
+
+
+def model_files(path: str | os.PathLike, what: str = "--load_path") -> Tuple[Path, Path]:
+    """(best.pt, model folder) of a run directory, an exported model folder or a best.pt file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / BEST).is_file():
+            raise UserError(f"{what} {path} is not a model folder: it has no {BEST} (a run directory or a folder "
+                            f"exported with save_pretrained has one; is the run still before its first evaluation?)")
+        return path / BEST, path
+    if not path.exists():
+        raise UserError(f"{what} {path}: no such file or folder")
+    return path, path.parent
+
+
+def write_encoder_folder(folder: str | os.PathLike, tokenizer: Any, config: Any) -> None:
+    """encoder/: the encoder's config.json and the tokenizer files, all a model folder needs besides best.pt."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_pretrained(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: Any, config: Any) -> Path:
+    """Export a model folder: best.pt (weights, args, meta, decision) and encoder/ (config, tokenizer)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot export a model to {folder}: it is a file")
+    write_encoder_folder(folder / ENCODER_DIR, tokenizer, config)
+    utils.atomic_torch_save({k: ckpt[k] for k in MODEL_KEYS if k in ckpt}, folder / BEST)
+    return folder
+
+
+def encoder_from_config(config: Any) -> nn.Module:
+    """The encoder architecture of `config`, untrained (a checkpoint supplies the weights): SDPA attention where
+    the architecture has it, else eager (e.g. DeBERTa), as model.load_encoder chooses for pretrained ones."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_config(config, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        return AutoModel.from_config(config, attn_implementation="eager")
+
+
+def checkpoint_encoder(ckpt: Dict[str, Any], folder: Path, best: Path) -> Tuple[Any, nn.Module]:
+    """(tokenizer, untrained encoder) of a model folder: from its encoder/, else (runs from before model folders)
+    from the config and tokenizer of the checkpoint's --model_name_or_path, with an error saying what is missing."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = folder / ENCODER_DIR
+    if not (source / "config.json").is_file():
+        name = ckpt.get("args", {}).get("model_name_or_path")
+        if name is None:
+            raise UserError(f"{best} has no {ENCODER_DIR}/ folder beside it and names no encoder in its args: "
+                            f"it cannot be rebuilt")
+        source = utils.resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise UserError(f"{best} has no {ENCODER_DIR}/ folder beside it (a run from before model folders), and "
+                        f"its encoder {source!r} (--model_name_or_path of its args) is not available here "
+                        f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): put the encoder's "
+                        f"config.json and tokenizer files into {folder / ENCODER_DIR}. ({str(e)[:200]})") from e
+    return tokenizer, encoder_from_config(config)
+
+
+def build_pretrained(ckpt: Dict[str, Any], best: Path, build: Callable[[Dict[str, Any], Any, nn.Module], nn.Module],
+                     device: torch.device | str = "cpu") -> Pretrained:
+    """`build(meta, tokenizer, encoder)` on the folder's encoder, with the checkpoint's weights, on `device`."""
+    tokenizer, encoder = checkpoint_encoder(ckpt, best.parent, best)
+    model = build(checkpoint_meta(ckpt), tokenizer, encoder)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{best}: its weights do not fit the model its settings describe (a checkpoint of "
+                        f"another version of the head?): {str(e)[:400]}") from e
+    model.to(device).eval()
+    return Pretrained(model, tokenizer, {k: v for k, v in ckpt.items() if k != "model"}, best)
+
+
+def load_pretrained(path: str | os.PathLike, build: Callable[[Dict[str, Any], Any, nn.Module], nn.Module],
+                    device: torch.device | str = "cpu", what: str = "--model") -> Pretrained:
+    """The trained model of a run directory, exported model folder or best.pt: nothing else and no network needed.
+
+    `build(meta, tokenizer, encoder)` makes the task's model on the untrained encoder (the engine knows no task).
+    """
+    best, _ = model_files(path, what)
+    return build_pretrained(load_checkpoint(best, "cpu", what), best, build, device)
+
+
+ENGINE_SETTINGS = ("model_name_or_path", "loss", "shift", "margin_reg", "prob_shift", "top_k")
+
+
+def adopt_settings(args: argparse.Namespace, ckpt: Dict[str, Any], task: Task, path: str) -> List[str]:
+    """Test mode: the model's settings (encoder, loss and rule, the task's `model_settings`) from the checkpoint's
+    args; a flag given explicitly (not at its default) with another value is an error naming both. Returns the
+    adopted `name=value`s that differ from this run's defaults, for the log."""
+    saved, adopted = ckpt.get("args", {}), []
+    for name in ENGINE_SETTINGS + tuple(task.model_settings):
+        if name not in saved:
+            continue  # an older checkpoint without it: keep the flag
+        value, default = getattr(args, name), task.flag_defaults.get(name)
+        if value != default and name == "model_name_or_path":
+            continue  # check_checkpoint names both encoders
+        if value != default and value != saved[name]:
+            raise UserError(f"--load_path {path} was trained with --{name} {saved[name]!r}, but this run passes "
+                            f"--{name} {value!r}: drop the flag (test mode takes it from the checkpoint)")
+        setattr(args, name, saved[name])
+        if saved[name] != default:
+            adopted.append(f"{name}={saved[name]}")
+    return adopted
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -858,24 +1028,32 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     Every input is read and validated before the run directory is written, so a failing run never touches
     the files of another.
     """
-    args = parse_args(task, argv, description)
+    args = parse_args(task, argv, description, fill_output_dir=False)
     task.args = args
     task.check_args(args)
-    run_dir, rank, world, device = start_run(args, task)
     do_train = args.do_train or not args.load_path
-    tokenizer, encoder = load_encoder_and_tokenizer(args)
-    ckpt = None
+    ckpt, adopted = None, []
     if args.load_path:
-        ckpt = load_checkpoint(args.load_path, device)
-        check_checkpoint(ckpt, args.load_path, args, task)
-    model = task.build_model(args, tokenizer, encoder, (ckpt.get("meta") or legacy_meta(ckpt)) if ckpt else None)
-    model.to(device)
+        best, _ = model_files(args.load_path)
+        ckpt = load_checkpoint(best)
+        if not do_train:  # test mode: the model's settings and metadata come from the checkpoint
+            adopted = adopt_settings(args, ckpt, task, str(best))
+            task.adopt_meta(checkpoint_meta(ckpt), str(best))
+        check_checkpoint(ckpt, str(best), args, task)
+    fill_default_output_dir(task, args)
+    run_dir, rank, world, device = start_run(args, task)
     loss_fn = build_loss_from_args(args)
-    decision = task.default_decision(args)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if not do_train:
-            decision = Decision.from_checkpoint(ckpt, args.top_k)
+    if do_train:
+        tokenizer, encoder = load_encoder_and_tokenizer(args)
+        model = task.build_model(args, tokenizer, encoder, checkpoint_meta(ckpt) if ckpt else None)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+        model.to(device)
+        decision = task.default_decision(args)
+    else:
+        model = build_pretrained(ckpt, best, lambda meta, tok, enc: task.build_model(args, tok, enc, meta),
+                                 device).model
+        decision = Decision.from_checkpoint(ckpt, args.top_k)
     splits = {name: task.read(name) for name in (["dev", "test"] + (["train"] if do_train else []))}
     if do_train and splits["dev"] is None:
         raise UserError("training needs --dev_file for evaluation and checkpoint selection")
@@ -886,7 +1064,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     if args.wandb:
         run_dir.enable_wandb(args)
     if ckpt is not None:
-        logger.info("loaded weights from %s", args.load_path)
+        logger.info("loaded weights from %s%s", best, f" (test mode; from the checkpoint: {', '.join(adopted)})"
+                    if adopted else "")
     run_dir.write_json("args.json", {**vars(args), "task": task.name, "device": str(device), "world_size": world,
                                      "effective_batch_size": args.train_batch_size * world *
                                      args.gradient_accumulation_steps, **task.summary()})
@@ -895,14 +1074,18 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
                                                  args.test_batch_size, dtype, desc, not args.no_progress,
                                                  forward=task.predict_rows)
     if do_train:
-        decision = train_and_restore_best(task, args, model, encoder, loss_fn, splits, run_dir, predict, decision)
+        decision = train_and_restore_best(task, args, model, encoder, tokenizer, loss_fn, splits, run_dir, predict,
+                                          decision)
     return write_outputs(task, run_dir, splits, predict, loss_fn, decision, world)
 
 
-def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, loss_fn: Any,
-                           splits: Dict[str, Optional[Split]], run_dir: RunDirectory, predict: Callable,
-                           decision: Decision) -> Decision:
-    """Run the training loop, then load best.pt into `model`; returns its decision."""
+def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, tokenizer: Any,
+                           loss_fn: Any, splits: Dict[str, Optional[Split]], run_dir: RunDirectory,
+                           predict: Callable, decision: Decision) -> Decision:
+    """Run the training loop, then load best.pt into `model`; returns its decision.
+
+    encoder/ is written before the loop, so the run directory is a model folder from its first best.pt on.
+    """
     dev, train_split = splits["dev"], splits["train"]
 
     def evaluate(m: nn.Module) -> Tuple[Dict[str, Any], Decision]:
@@ -923,6 +1106,8 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
                 len(train_split.features), task.unit, trainer.total_steps, trainer.global_batch *
                 args.gradient_accumulation_steps, args.train_batch_size, world, args.gradient_accumulation_steps,
                 loss_fn, trainer.dtype, trainer.device, metric)
+    if run_dir.is_main:
+        write_encoder_folder(run_dir.file(ENCODER_DIR), tokenizer, encoder.config)
     start = time.time()
     trainer.train()
     logger.info("training took %.1f s", time.time() - start)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,11 +250,7 @@ def decision_margins(logits: torch.Tensor, decision: Decision) -> torch.Tensor:
     Emotions: f_i - f_0 for losses that threshold on the none class, f_i - logit(threshold) for BCE;
     Neutral: minus the largest emotion margin. Ranking by these equals ranking by the loss's own scores.
     """
-    logits = logits.float()
-    if decision.threshold is not None:
-        emotions = logits[:, 1:] - math.log(decision.threshold / (1.0 - decision.threshold))  # [N, K]
-    else:
-        emotions = logits[:, 1:] - logits[:, :1]  # [N, K]
+    emotions = decision.margins(logits)  # [N, K]
     return torch.cat([-emotions.max(dim=1, keepdim=True).values, emotions], dim=1)  # [N, K+1]
 
 

@@ -508,6 +508,12 @@ class DocREModel(nn.Module):
         logits = self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
         return logits if sent_pos is None else (logits, sent_attn)
 
+    def logits_and_evidence(self, width: int, **batch: torch.Tensor) -> torch.Tensor:
+        """Logits [P, K+1] followed by each pair's sentence attention padded to `width` sentences: [P, K+1+width]
+        (fp32), so predictions of batches with different sentence counts line up."""
+        logits, sent_attn = self(**batch, return_evidence=True)
+        return torch.cat([logits.float(), nn.functional.pad(sent_attn.float(), (0, width - sent_attn.shape[1]))], dim=1)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                 mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
                 hts: torch.Tensor, pair_doc: torch.Tensor, labels: Optional[torch.Tensor] = None,

@@ -27,11 +27,14 @@ import html
 import json
 import logging
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import text2doc
 from text2doc import InputError
+from utils import UserError
 
 
 class Relation(NamedTuple):
@@ -56,14 +59,112 @@ class Relation(NamedTuple):
 #   sorted sentence ids the evidence head selects ([] without one). Long documents follow the bundle's settings.
 
 
-def load_model(path: str, device: Optional[str] = None) -> Tuple[Any, Dict[str, str]]:
+@dataclass
+class ModelBundle:
+    """A trained DocRED model ready to predict: the engine's Pretrained (model, tokenizer, checkpoint), the batch
+    collator, the loss whose rule turns logits into labels, the tuned decision, and the label map's inverse."""
+    pretrained: Any  # engine.Pretrained
+    collate: Any
+    loss_fn: Any
+    decision: Any  # engine.Decision
+    id2rel: Dict[int, str]
+    max_seq_length: int
+    entity_marker: Optional[str]
+    dtype: Any = None  # autocast dtype (None: fp32)
+    progress: bool = False
+    evidence_threshold: Optional[float] = None  # the sentence attention a fact's evidence needs; None: no evidence
+
+    @property
+    def rel2id(self) -> Dict[str, int]:
+        return {r: i for i, r in self.id2rel.items()}
+
+
+def _model_kwargs(meta: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:
+    """DocREModel's constructor arguments: meta["model"], or for older checkpoints the head flags of their args."""
+    if "model" in meta:
+        return dict(meta["model"])
+    missing = [k for k in ("emb_size", "block_size") if k not in args]
+    if "rel2id" not in meta or missing:
+        raise InputError(f"the checkpoint has neither meta['model'] nor the label map and head flags of older runs "
+                         f"(missing: {['rel2id'] if 'rel2id' not in meta else []} {missing}); it cannot be rebuilt")
+    return {"num_class": len(meta["rel2id"]), "emb_size": args["emb_size"], "block_size": args["block_size"],
+            "max_seq_length": args.get("max_seq_length", 1024)}
+
+
+def load_model(path: str, device: Optional[str] = None, progress: bool = False) -> Tuple[ModelBundle, Dict[str, str]]:
     """(model bundle, relation names {relation id: name}) of a run directory, exported model folder or best.pt."""
-    raise NotImplementedError("loading a trained model needs engine.py (not wired yet)")
+    import engine
+    import utils
+    from model import DocREModel
+
+    def build(meta: Dict[str, Any], tokenizer: Any, encoder: Any) -> Any:
+        return DocREModel(encoder, tokenizer=tokenizer, **_model_kwargs(meta, saved_args))
+
+    best, _ = engine.model_files(path, "--model")
+    ckpt = engine.load_checkpoint(best, "cpu", "--model")
+    saved_args = ckpt.get("args", {})
+    if saved_args.get("task", "docred") != "docred":
+        raise InputError(f"--model {best} is a {saved_args['task']} model; predict.py runs DocRED models")
+    dev = utils.select_device(device)
+    pre = engine.build_pretrained(ckpt, best, build, dev)
+    meta, args = pre.meta, pre.args
+    id2rel = {i: r for r, i in meta["rel2id"].items()}
+    marker = meta["entity_marker"] if "entity_marker" in meta else (None if getattr(args, "no_entity_marker", False)
+                                                                    else "*")
+    bundle = ModelBundle(pre, utils.Collator(len(id2rel), pre.tokenizer.pad_token_id or 0),
+                         engine.build_loss_from_args(args), pre.decision(), id2rel,
+                         pre.model.max_seq_length, marker, utils.amp_dtype(dev, getattr(args, "amp", "auto")),
+                         progress, getattr(args, "evidence_threshold", None) if meta.get("evidence") else None)
+    names = meta.get("relation_names") or {}
+    missing = [r for r in meta["rel2id"] if r != "Na" and r not in names]
+    if missing:
+        logging.getLogger("docre").warning("--model %s has no names for %d relation(s) (e.g. %s): they are named by "
+                                           "their ids; pass --rel_info for names", best, len(missing), missing[0])
+    return bundle, {**{r: r for r in missing}, **names}
 
 
-def predict_docs(model_bundle: Any, docs: Sequence[Dict[str, Any]], batch_size: int) -> List[List[Relation]]:
+def featurize(bundle: ModelBundle, docs: Sequence[Dict[str, Any]]) -> Any:
+    """prepro's features of converted documents (through a temporary DocRED file; labels dropped, no cache)."""
+    import prepro
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "docs.json"
+        path.write_text(json.dumps([{k: d[k] for k in ("title", "sents", "vertexSet")} for d in docs],
+                                   ensure_ascii=False), encoding="utf-8")
+        try:
+            return prepro.read_docred(path, bundle.pretrained.tokenizer, bundle.rel2id,
+                                      max_seq_length=bundle.max_seq_length, entity_marker=bundle.entity_marker)
+        except prepro.ValidationError as e:
+            raise InputError(str(e).replace(str(path), "the documents")) from None
+
+
+def predict_docs(model_bundle: ModelBundle, docs: Sequence[Dict[str, Any]], batch_size: int) -> List[List[Relation]]:
     """Per document (converted, >= 2 entities, in order), its predicted relations under the bundle's decision."""
-    raise NotImplementedError("prediction needs engine.py (not wired yet)")
+    import engine
+
+    import torch
+
+    import losses
+
+    b = model_bundle
+    features = featurize(b, docs)
+    rows = [len(f["hts"]) for f in features]
+    k = len(b.id2rel)
+    width = max(len(f["sent_pos"]) for f in features) if features else 0
+    forward = (lambda model, batch: model.logits_and_evidence(width, **batch)) if b.evidence_threshold else None
+    out_rows = engine.predict_logits(b.pretrained.model, features, b.collate, lambda f: len(f["hts"]), batch_size,
+                                     b.dtype, "predict", b.progress, forward=forward)  # [P, K+1 (+ sentences)]
+    logits = out_rows[:, :k]
+    labels = b.decision.labels(b.loss_fn, logits)[:, 1:].bool()  # [P, K]
+    margins = b.decision.margins(logits)  # [P, K]
+    evidence = (losses.evidence_sentences(out_rows[:, k:], b.evidence_threshold) if b.evidence_threshold
+                else torch.zeros(len(logits), 0, dtype=torch.bool))  # [P, S]
+    out = []
+    for f, lab, mar, evi in zip(features, labels.split(rows), margins.split(rows), evidence.split(rows)):
+        hts = f["hts"]
+        out.append([Relation(int(hts[p][0]), int(hts[p][1]), b.id2rel[int(c) + 1], float(mar[p, c]),
+                             evi[p].nonzero().flatten().tolist()) for p, c in lab.nonzero().tolist()])
+    return out
 
 
 # ----------------------------------------------------------------------------- output assembly
@@ -220,9 +321,9 @@ class DocREPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
-                        **kwargs: Any) -> "DocREPipeline":
+                        progress: bool = False, **kwargs: Any) -> "DocREPipeline":
         """A pipeline over the trained model at `path` (run directory, model folder or best.pt)."""
-        bundle, rel_names = load_model(path, device)
+        bundle, rel_names = load_model(path, device, progress)
         return cls(bundle, read_rel_info(rel_info) if rel_info else rel_names, **kwargs)
 
     @property
@@ -241,16 +342,30 @@ class DocREPipeline:
         relations: Dict[int, List[Relation]] = dict(zip(runnable, predicted))
         return [assemble_output(doc, relations.get(i, []), self.rel_names) for i, doc in enumerate(docs)]
 
-    def __call__(self, texts: Union[str, Sequence[str]], titles: Optional[Sequence[str]] = None) -> Any:
-        """Output object of one text, or the list of output objects of a list of texts."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
+    def __call__(self, inputs: Union[str, Dict[str, Any], Sequence[Union[str, Dict[str, Any]]]],
+                 titles: Optional[Sequence[str]] = None) -> Any:
+        """Output object of one text or DocRED document, or the list of output objects of a list of them
+        (texts go through spaCy; DocRED documents keep their gold entities)."""
+        single = isinstance(inputs, (str, dict))
+        batch = [inputs] if single else list(inputs)
+        if batch and all(isinstance(x, dict) for x in batch):
+            if titles is not None:
+                raise InputError("titles are for texts; DocRED documents carry their own")
+            outputs = self.predict_documents(text2doc.docred_documents(batch, "the documents"))
+            return outputs[0] if single else outputs
+        if not all(isinstance(x, str) for x in batch):
+            raise InputError("pass a text, a DocRED document (dict), or a list of either kind (not mixed)")
         titles = list(titles) if titles is not None else [f"text {i}" for i in range(len(batch))]
         if len(titles) != len(batch):
             raise InputError(f"{len(titles)} titles for {len(batch)} texts")
         items = [(title, text, None, f"text {i} (title {title!r})")
                  for i, (title, text) in enumerate(zip(titles, batch))]
         outputs = self.predict_documents(text2doc.convert_texts(self.nlp, items))
-        return outputs[0] if isinstance(texts, str) else outputs
+        return outputs[0] if single else outputs
+
+    def save_pretrained(self, folder: str) -> None:
+        """Export the model as a folder (best.pt without optimizer states, encoder/ config and tokenizer)."""
+        self.model_bundle.pretrained.save(folder)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -303,7 +418,8 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
     if args.batch_size < 1:
         raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
     docs = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
-    pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, batch_size=args.batch_size)
+    pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress,
+                                         batch_size=args.batch_size)
     outputs = pipe.predict_documents(docs)
     write_outputs(outputs, args.output, args.html)
     return outputs
@@ -315,7 +431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         run(args)
-    except InputError as e:
+    except UserError as e:  # text2doc's InputError is one too
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -61,6 +61,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from utils import UserError
+
 logger = logging.getLogger("text2doc")
 
 DOCRED_TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
@@ -81,7 +83,7 @@ PRONOUNS = frozenset(
 FUNCTION_WORDS = frozenset("of the and for in on at to de du des la le von van da di &".split())
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Bad input for prediction; the message names the file, line or document, and field."""
 
 
@@ -383,14 +385,21 @@ def read_docred_inputs(path: str) -> List[Dict[str, Any]]:
         raw = list(prepro.iter_documents(path, prepro._read_text(path)))
     except prepro.ValidationError as e:
         raise InputError(str(e)) from None
+    return docred_documents(raw, path)
+
+
+def docred_documents(raw: Sequence[Any], source: str) -> List[Dict[str, Any]]:
+    """DocRED documents checked by prepro's validator (labels ignored), with char offsets (with_char_offsets)."""
+    import prepro
+
     problems = []
     for i, doc in enumerate(raw):
         plain = {k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc
         problems += prepro.validate_document(plain, i, {"Na": 0})[0]
     if problems:
-        raise InputError(str(prepro.ValidationError(path, problems)))
+        raise InputError(str(prepro.ValidationError(source, problems)))
     if not raw:
-        raise InputError(f"{path}: the file holds no documents")
+        raise InputError(f"{source}: the file holds no documents")
     return [with_char_offsets(doc) for doc in raw]
 
 

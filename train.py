@@ -8,8 +8,13 @@ directory and DDP are the engine's (engine.py), shared with dialogre.py and goem
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
+import tempfile
+from collections import Counter
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -31,6 +36,7 @@ class DocRED(engine.Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
+    model_settings = ("emb_size", "block_size", "max_seq_length", "no_entity_marker", "bilinear", "evidence_lambda")
 
     def __init__(self) -> None:
         self._rel2id: Optional[Dict[str, int]] = None
@@ -116,17 +122,36 @@ class DocRED(engine.Task):
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
                            "--ign_train_file %s is absent", self.path(args.ign_train_file))
         self.max_sents = 0  # widest document read, for the sentence-attention columns of prediction
-        return DocREModel(encoder, len(rel2id), emb_size=args.emb_size, block_size=args.block_size,
-                          tokenizer=tokenizer, max_seq_length=args.max_seq_length, bilinear=args.bilinear)
+        return DocREModel(encoder, tokenizer=tokenizer, **self.model_kwargs())
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """The DocREModel constructor arguments besides encoder and tokenizer (meta["model"])."""
+        a = self.args
+        return {"num_class": len(self.rel2id()), "emb_size": a.emb_size, "block_size": a.block_size,
+                "max_seq_length": a.max_seq_length, "bilinear": a.bilinear}
+
+    def relation_names(self) -> Optional[Dict[str, str]]:
+        """{relation id: name} of rel_info.json (--rel_info or <data_dir>/rel_info.json), None when absent."""
+        path = self.args.rel_info or os.path.join(self.args.data_dir, "rel_info.json")
+        if not os.path.isfile(path):
+            return None
+        names = utils.read_json(path, "--rel_info")
+        return {r: str(names[r]) for r in self.rel2id() if r in names} if isinstance(names, dict) else None
 
     def meta(self) -> Dict[str, Any]:
-        a = self.args
-        return {"rel2id": self.rel2id(), "emb_size": a.emb_size, "block_size": a.block_size,
-                "max_seq_length": a.max_seq_length, "entity_marker": None if a.no_entity_marker else "*",
-                "bilinear": a.bilinear, "evidence": a.evidence_lambda > 0}
+        """The label map, relation names, model constructor arguments and entity marker: all predict.py needs."""
+        names = self.relation_names()
+        return {"rel2id": self.rel2id(), **({"relation_names": names} if names else {}),
+                "model": self.model_kwargs(), "entity_marker": None if self.args.no_entity_marker else "*",
+                "evidence": self.args.evidence_lambda > 0}
 
     def summary(self) -> Dict[str, Any]:
         return {"num_class": len(self.rel2id())}
+
+    def adopt_meta(self, meta: Dict[str, Any], path: str) -> None:
+        """Test mode: the checkpoint's label map, unless --rel2id or --rel_info is given (check_meta compares)."""
+        if meta.get("rel2id") is not None and self.args.rel2id is None and self.args.rel_info is None:
+            self._rel2id = dict(meta["rel2id"])
 
     def check_meta(self, meta: Dict[str, Any], path: str) -> None:
         saved, rel2id = meta.get("rel2id"), self.rel2id()
@@ -135,13 +160,40 @@ class DocRED(engine.Task):
             raise UserError(f"--load_path {path} was trained with a label map of {len(saved)} classes, but this "
                             f"run's map has {len(rel2id)} (first differences: {diff}); pass its --rel2id.")
 
+    def test_mode(self) -> bool:
+        return bool(self.args.load_path) and not self.args.do_train
+
+    def known_labels_file(self, path: str, split: str, stack: contextlib.ExitStack) -> str:
+        """Test mode: `path`, or a temporary copy without the labels of relations the model does not know
+        (reported in one warning; the gold documents keep them, so they count as misses)."""
+        try:
+            docs = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return path  # prepro reports what is wrong with the file
+        rel2id, unknown = self.rel2id(), Counter()
+        for doc in docs if isinstance(docs, list) else []:
+            labels = doc.get("labels") if isinstance(doc, dict) else None
+            if isinstance(labels, list):
+                rels = [lab.get("r") if isinstance(lab, dict) else None for lab in labels]
+                unknown.update(r for r in rels if isinstance(r, str) and r not in rel2id)
+                doc["labels"] = [lab for lab, r in zip(labels, rels) if not (isinstance(r, str) and r not in rel2id)]
+        if not unknown:
+            return path
+        logger.warning("--%s_file %s: %d label(s) of %d relation(s) the model does not know (%s) are left out of "
+                       "its features (read from a copy without them) and count as misses in its scores", split,
+                       path, sum(unknown.values()), len(unknown),
+                       ", ".join(f"{r} x{n}" for r, n in sorted(unknown.items())))
+        copy = Path(stack.enter_context(tempfile.TemporaryDirectory())) / Path(path).name
+        copy.write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
+        return str(copy)
+
     # -- data
     def read(self, split: str) -> Optional[Split]:
         a = self.args
         path = self.path({"train": a.train_file, "dev": a.dev_file, "test": a.test_file}[split])
         if path is None:
             return None
-        test_mode = a.load_path and not a.do_train
+        test_mode = self.test_mode()
         if split == "dev" and test_mode and a.dev_file == "dev.json" and not os.path.exists(path):
             logger.info("no dev file (%s): test mode predicts the test file only", path)
             return None
@@ -154,10 +206,12 @@ class DocRED(engine.Task):
             if dev and os.path.exists(dev) and os.path.samefile(path, dev):
                 logger.warning("--train_file and --dev_file are the same file (%s): dev scores will be optimistic",
                                path)
-        with engine.rank_zero_first():  # rank 0 builds the cache, the others then read it
-            features = prepro.read_docred(path, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
+        with engine.rank_zero_first(), contextlib.ExitStack() as stack:  # rank 0 builds the cache first
+            source = self.known_labels_file(path, split, stack) if test_mode else path
+            features = prepro.read_docred(source, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
                                           entity_marker=None if a.no_entity_marker else "*",
-                                          cache_dir=self.cache, show_progress=engine.world_info()[0] == 0)
+                                          cache_dir=self.cache if source == path else None,
+                                          show_progress=engine.world_info()[0] == 0)
         self.max_sents = max([self.max_sents] + [len(f["sent_pos"]) for f in features])
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
@@ -194,10 +248,7 @@ class DocRED(engine.Task):
 
     def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits `[P, K+1]`, and with evidence on, each pair's sentence attention after them `[P, max_sents]`."""
-        if not self.evidence_on():
-            return model(**batch)
-        logits, sent_attn = model(**batch, return_evidence=True)
-        return torch.cat([logits.float(), nn.functional.pad(sent_attn, (0, self.max_sents - sent_attn.shape[1]))], 1)
+        return model.logits_and_evidence(self.max_sents, **batch) if self.evidence_on() else model(**batch)
 
     # -- decisions and scores
     def predictions(self, rows: torch.Tensor, split: Split, loss_fn: Any, decision: Decision,

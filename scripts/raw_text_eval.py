@@ -13,6 +13,12 @@ too), which goes through the raw-text path (spaCy, DocRED types, mention groupin
 - (b) relation counts: a predicted relation (h, t, r) becomes (gold of h, gold of t, r), or counts as a false
   positive when h or t has no gold entity; TP, FP, FN compare the sets of such facts with the gold (h, t, r).
 NER speed is documents per second of the conversion (spaCy plus grouping), with the pipeline already loaded.
+
+With `--model` (a trained model folder) it also runs the model on both paths (the raw-text one and the gold
+entities, i.e. test mode's predictions) and reports (b) relation P/R/F1 matched by entity names, (c) the official F1
+on gold entities, and documents per second of each path (conversion included for raw text; model loaded).
+
+    OMP_NUM_THREADS=1 python scripts/raw_text_eval.py --data dev.json --skip 400 --model runs/<run>
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -78,9 +85,16 @@ def plain_items(docs: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, None, st
     return [(d["title"], text2doc.join_sents(d["sents"])[0], None, f"document {i}") for i, d in enumerate(docs)]
 
 
-def measure(path: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL, limit: Optional[int] = None) -> Dict[str, Any]:
+def read_docs(path: str, skip: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Documents skip .. skip+limit of a DocRED file."""
+    docs = json.loads(Path(path).read_text(encoding="utf-8"))[skip:]
+    return docs[:limit] if limit is not None else docs
+
+
+def measure(path: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL, limit: Optional[int] = None,
+            skip: int = 0) -> Dict[str, Any]:
     """Entity recall (a), its one-to-one variant and type agreement, and the NER speed on a DocRED file."""
-    docs = json.loads(Path(path).read_text(encoding="utf-8"))[:limit]
+    docs = read_docs(path, skip, limit)
     nlp = text2doc.load_spacy(spacy_model)
     items = plain_items(docs)
     start = time.perf_counter()
@@ -100,13 +114,53 @@ def measure(path: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL, limit: O
             "spacy_version": nlp.meta.get("version")}
 
 
+def prf(counts: Counter) -> Dict[str, float]:
+    """Precision, recall, F1 (%) of summed (tp, fp, fn)."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    p, r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"precision": 100 * p, "recall": 100 * r, "f1": 100 * (2 * p * r / (p + r) if p + r else 0.0)}
+
+
+def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
+                  limit: Optional[int] = None, skip: int = 0, batch_size: int = 4) -> Dict[str, Any]:
+    """(b) relation scores by entity names from raw text, (c) official F1 on gold entities, and both speeds."""
+    import evaluation
+
+    docs = read_docs(path, skip, limit)
+    pipe = predict.DocREPipeline.from_pretrained(model, batch_size=batch_size)
+    nlp = text2doc.load_spacy(spacy_model)
+    start = time.perf_counter()
+    on_gold = pipe(docs)
+    gold_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    on_text = pipe.predict_documents(text2doc.convert_texts(nlp, plain_items(docs)))
+    text_seconds = time.perf_counter() - start
+    by_name, gold_by_name = Counter(), Counter()
+    for doc, text_out, gold_out in zip(docs, on_text, on_gold):
+        gold = gold_output(doc)
+        by_name.update(dict(zip(("tp", "fp", "fn"), relation_counts(gold, text_out))))
+        gold_by_name.update(dict(zip(("tp", "fp", "fn"), relation_counts(gold, gold_out))))
+    preds = [{"title": o["title"], "h_idx": r["h_idx"], "t_idx": r["t_idx"], "r": r["r"]}
+             for o in on_gold for r in o["relations"]]
+    official = evaluation.official_evaluate(preds, docs)
+    return {"raw_text_relations_by_name": prf(by_name), "gold_entities_relations_by_name": prf(gold_by_name),
+            "gold_entities_official": {k: official[k] for k in ("precision", "recall", "f1")},
+            "raw_text_docs_per_s": len(docs) / text_seconds, "gold_entities_docs_per_s": len(docs) / gold_seconds,
+            "raw_text_relations": sum(len(o["relations"]) for o in on_text),
+            "gold_entities_relations": len(preds)}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/redocred/dev_revised.json", help="a DocRED JSON file")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL)
-    parser.add_argument("--limit", type=int, default=None, help="the first N documents only")
+    parser.add_argument("--limit", type=int, default=None, help="the first N documents only (after --skip)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N documents (e.g. training ones)")
+    parser.add_argument("--model", default=None, help="a trained model folder: also measure relations (b), (c)")
     args = parser.parse_args(argv)
-    result = measure(args.data, args.spacy_model, args.limit)
+    result = measure(args.data, args.spacy_model, args.limit, args.skip)
+    if args.model:
+        result.update(measure_model(args.data, args.model, args.spacy_model, args.limit, args.skip))
     print(json.dumps(result, indent=1))
     return result
 

@@ -50,7 +50,7 @@ def fake_predict_docs(bundle, docs, batch_size):
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    monkeypatch.setattr(predict, "load_model", lambda path, device=None: ("bundle", REL_NAMES))
+    monkeypatch.setattr(predict, "load_model", lambda path, device=None, progress=False: ("bundle", REL_NAMES))
     monkeypatch.setattr(predict, "predict_docs", fake_predict_docs)
 
 
