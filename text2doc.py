@@ -1,7 +1,7 @@
 """Turn raw text, `.txt`, `.jsonl` and DocRED JSON inputs into DocRED-format documents for `predict.py`.
 
 A converted document is a DocRED document (`title`, `sents`, `vertexSet`; it goes through
-`prepro.validate_document` and `prepro.read_docred` unchanged) with three additions:
+`validation.py`'s rules and `prepro.read_docred` unchanged) with three additions:
     text          the document's text; every mention's `char_start`, `char_end` index into it
     sent_spans    [char_start, char_end) of each sentence in `text`
     vertexSet mentions carry `char_start`, `char_end` with `name == text[char_start:char_end]`
@@ -389,15 +389,15 @@ def read_docred_inputs(path: str) -> List[Dict[str, Any]]:
 
 
 def docred_documents(raw: Sequence[Any], source: str) -> List[Dict[str, Any]]:
-    """DocRED documents checked by prepro's validator (labels ignored), with char offsets (with_char_offsets)."""
-    import prepro
+    """DocRED documents checked by the validator's rules (labels ignored; titles unique), with char offsets
+    (with_char_offsets)."""
+    import validation
 
-    problems = []
+    checker = validation.CorpusValidator({"Na": 0})
     for i, doc in enumerate(raw):
-        plain = {k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc
-        problems += prepro.validate_document(plain, i, {"Na": 0})[0]
-    if problems:
-        raise InputError(str(prepro.ValidationError(source, problems)))
+        checker.check({k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc, i)
+    if checker.problems:
+        raise InputError(str(validation.ValidationError(source, checker.problems)))
     if not raw:
         raise InputError(f"{source}: the file holds no documents")
     return [with_char_offsets(doc) for doc in raw]

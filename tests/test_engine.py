@@ -53,7 +53,7 @@ def test_prior_start_and_the_authors_head_reach_the_checkpoint(small_synthetic_d
                     "--learning_rate", 0, "--classifier_lr", 0, "--init_none_prior", "--bilinear", "maxsym",
                     "--loss", "afl", "--afl_gamma_pos", 2))
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
-    assert ckpt["meta"]["bilinear"] == "maxsym" and ckpt["args"]["afl_gamma_pos"] == 2
+    assert ckpt["meta"]["model"]["bilinear"] == "maxsym" and ckpt["args"]["afl_gamma_pos"] == 2
     import prepro
     from transformers import AutoTokenizer
 

@@ -66,7 +66,8 @@ def test_run_folder_holds_the_model(trained):
     assert (run / "encoder" / "config.json").is_file() and (run / "encoder" / "tokenizer.json").is_file()
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
     meta = ckpt["meta"]
-    assert meta["model"] == {"num_class": len(meta["rel2id"]), "emb_size": 48, "block_size": 8, "max_seq_length": 256}
+    assert meta["model"] == {"num_class": len(meta["rel2id"]), "emb_size": 48, "block_size": 8, "max_seq_length": 256,
+                             "bilinear": "atlop"}
     assert meta["entity_marker"] == "*" and set(meta["relation_names"]) == set(meta["rel2id"]) - {"Na"}
     assert json.loads((run / "result.json").read_text()), "the tiny model should predict something to compare"
 

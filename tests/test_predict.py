@@ -15,6 +15,7 @@ import pytest
 
 import predict
 import prepro
+import validation
 import text2doc
 from text2doc import InputError
 
@@ -85,7 +86,7 @@ def test_entities_grouped_typed_and_aliased(raw_doc):
 
 
 def test_converted_document_validates_and_featurizes(raw_doc, minilm_tokenizer, tmp_path):
-    assert prepro.validate_document(raw_doc, 0, {"Na": 0})[0] == []
+    assert validation.validate_document(raw_doc, 0, {"Na": 0})[0] == []
     path = tmp_path / "docs.json"
     path.write_text(json.dumps([raw_doc]), encoding="utf-8")
     feats = prepro.read_docred(path, minilm_tokenizer, {"Na": 0, **{r: i + 1 for i, r in enumerate(REL_NAMES)}})
