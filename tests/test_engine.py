@@ -34,8 +34,14 @@ def test_evidence_is_written_for_predicted_facts_and_scored(small_synthetic_dir,
     assert json.loads((out / "dev_scores.json").read_text())["evi_f1"] == pytest.approx(again["evi_f1"])
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
     assert ckpt["meta"]["evidence"] is True
-    for record in json.loads((out / "result.json").read_text()):
+    result = json.loads((out / "result.json").read_text())
+    for record in result:
         assert set(record) == {"title", "h_idx", "t_idx", "r", "evidence"}
+    # test mode takes evidence_lambda from the checkpoint and writes the same facts with the same evidence
+    again = tmp_path / "again"
+    train.main(["--load_path", str(out / "best.pt"), "--data_dir", str(small_synthetic_dir), "--output_dir",
+                str(again), "--cache_dir", "none", "--no_progress", "--evidence_threshold", "0.05"])
+    assert json.loads((again / "result.json").read_text()) == result
 
 
 def test_without_evidence_nothing_changes(small_synthetic_dir, tiny_bert_dir, tmp_path):
