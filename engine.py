@@ -927,17 +927,6 @@ def save_pretrained(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: 
     return folder
 
 
-def encoder_from_config(config: Any) -> nn.Module:
-    """The encoder architecture of `config`, untrained (a checkpoint supplies the weights): SDPA attention where
-    the architecture has it, else eager (e.g. DeBERTa), as model.load_encoder chooses for pretrained ones."""
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_config(config, attn_implementation="sdpa")
-    except (ValueError, ImportError):
-        return AutoModel.from_config(config, attn_implementation="eager")
-
-
 def checkpoint_encoder(ckpt: Dict[str, Any], folder: Path, best: Path) -> Tuple[Any, nn.Module]:
     """(tokenizer, untrained encoder) of a model folder: from its encoder/, else (runs from before model folders)
     from the config and tokenizer of the checkpoint's --model_name_or_path, with an error saying what is missing."""
@@ -958,7 +947,9 @@ def checkpoint_encoder(ckpt: Dict[str, Any], folder: Path, best: Path) -> Tuple[
                         f"its encoder {source!r} (--model_name_or_path of its args) is not available here "
                         f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): put the encoder's "
                         f"config.json and tokenizer files into {folder / ENCODER_DIR}. ({str(e)[:200]})") from e
-    return tokenizer, encoder_from_config(config)
+    from model import load_encoder
+
+    return tokenizer, load_encoder(None, config=config)
 
 
 def build_pretrained(ckpt: Dict[str, Any], best: Path, build: Callable[[Dict[str, Any], Any, nn.Module], nn.Module],

@@ -25,15 +25,22 @@ BILINEARS = ("atlop", "maxsym")  # group bilinear of ATLOP; the NCRL authors' ma
 
 
 # ----------------------------------------------------------------------------- loading
-def load_encoder(model_name_or_path: str, **kwargs) -> PreTrainedModel:
-    """AutoModel with SDPA attention where the architecture has it, else eager (e.g. DeBERTa)."""
+def load_encoder(model_name_or_path: Optional[str], config=None, **kwargs) -> PreTrainedModel:
+    """AutoModel with SDPA attention where the architecture has it, else eager (e.g. DeBERTa); with
+    `model_name_or_path` None, the untrained architecture of `config` (a checkpoint supplies the weights)."""
     from transformers import AutoModel
 
+    def build(attn: str) -> PreTrainedModel:
+        if model_name_or_path is None:
+            return AutoModel.from_config(config, attn_implementation=attn, **kwargs)
+        return AutoModel.from_pretrained(model_name_or_path, config=config, attn_implementation=attn, **kwargs)
+
     try:
-        return AutoModel.from_pretrained(model_name_or_path, attn_implementation="sdpa", **kwargs)
+        return build("sdpa")
     except (ValueError, ImportError) as e:
-        logger.info("SDPA attention unavailable for %s (%s); using eager attention", model_name_or_path, e)
-        return AutoModel.from_pretrained(model_name_or_path, attn_implementation="eager", **kwargs)
+        logger.info("SDPA attention unavailable for %s (%s); using eager attention",
+                    model_name_or_path or config.model_type, e)
+        return build("eager")
 
 
 # Name under which `checkpointed_sdpa` is registered with transformers' attention and mask interfaces.
