@@ -262,8 +262,7 @@ def test_cli_as_a_script_exits_2_without_a_traceback(tmp_path, tiny_bert_dir):
     args = cli_args(tmp_path, tiny_bert_dir, name="absent.json")
     done = subprocess.run([sys.executable, str(ROOT / "prepro.py"), *args], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"prepro.py: error: {tmp_path / 'absent.json'}: No such file or " \
-                                                   "directory"
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'absent.json'}: No such file or directory"
 
 
 # ----------------------------------------------------------------------------- accepted and reported
