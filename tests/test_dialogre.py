@@ -2,6 +2,8 @@
 import collections
 import json
 import re
+from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import dialogre
 import losses
+from baselines import dialogre_majority_pred, dialogre_no_key, dialogre_type_key
 from conftest import shared_file
 from utils import UserError
 
@@ -245,34 +248,35 @@ def test_real_dialogue_speaker_substitution(minilm_tokenizer):
 
 
 # Measured (seed 0, 80 training dialogues, 128 tokens, 2 epochs of BCE): dev F1 29.95 against the majority
-# baseline's 23.94 (+6.0), test F1 24.29 against 19.74 (+4.55). The bars leave room for other CPUs' rounding.
-LEARNING_BAR_DEV, LEARNING_BAR_TEST = 3.0, 2.0
+# relation's 23.94 (+6.0), test F1 24.29 against 19.74 (+4.55). The bars leave room for other CPUs' rounding.
+# Not beaten at this budget: the majority relation per (x type, y type), which the model sees at the end of its
+# input, scores 28.57 dev and 27.63 test here (and 27.00 / 29.13 on the whole dev / test sets, where BCE trained
+# 5 epochs on 120 dialogues scores 29.83 / 29.40; README). The assertion message reports both baselines.
+LEARNING_BAR = {"dev": 3.0, "test": 2.0}
+LEARNING_LIMITS = {"train": 80, "dev": 30, "test": 30}
 
 
-def majority_column(train_path: str) -> int:
-    """Column of the training set's most frequent relation."""
-    train_gold = dialogre.gold_matrix(dialogre.load_dialogre(train_path))
-    return int(train_gold[:, 1:].sum(0).argmax()) + 1
-
-
-def majority_baseline_f1(pred_col: int, eval_path: str, limit: int) -> float:
-    """F1 of predicting relation column `pred_col` for every instance of the held-out subset."""
-    gold = dialogre.gold_matrix(dialogre.load_dialogre(eval_path, limit))
-    pred = np.zeros_like(gold)
-    pred[:, pred_col] = True
-    return dialogre.f1_score(pred, gold)["f1"]
+def learning_baselines(data: Path) -> Dict[str, Dict[str, float]]:
+    """F1 per held-out split of the training subset's majority relation, overall and per (x type, y type)."""
+    train = dialogre.load_dialogre(str(data / "train.json"), LEARNING_LIMITS["train"])
+    scores = {}
+    for split in ("dev", "test"):
+        held_out = dialogre.load_dialogre(str(data / f"{split}.json"), LEARNING_LIMITS[split])
+        scores[split] = {name: dialogre.f1_score(dialogre_majority_pred(
+            train, held_out, key, dialogre.RID2COL, dialogre.UNANSWERABLE, dialogre.NUM_CLASS),
+            dialogre.gold_matrix(held_out))["f1"]
+            for name, key in (("majority", dialogre_no_key), ("type_pair_majority", dialogre_type_key))}
+    return scores
 
 
 def test_minilm_learns_beyond_the_majority_baseline(minilm_path, tmp_path):
     """Two epochs of BCE on 80 real training dialogues beat the majority relation on held-out dialogues."""
-    train_path = str(shared_file("dialogre", "train.json"))
-    data = shared_file("dialogre", "dev.json").parent
+    data = shared_file("dialogre", "train.json").parent
+    limits = [f"--{split}_limit={n}" for split, n in LEARNING_LIMITS.items()]
     scores = dialogre.main(["--data_dir", str(data), "--model_name_or_path", minilm_path,
                             "--output_dir", str(tmp_path / "run"), "--loss", "bce", "--max_seq_length", "128",
-                            "--train_limit", "80", "--dev_limit", "30", "--test_limit", "30", "--no_f1c",
-                            "--num_train_epochs", "2", "--train_batch_size", "8", "--learning_rate", "1e-4",
-                            "--classifier_lr", "1e-3", "--warmup_ratio", "0.1", "--seed", "0", "--no_progress"])
-    pred_col = majority_column(train_path)
-    for split, bar in (("dev", LEARNING_BAR_DEV), ("test", LEARNING_BAR_TEST)):
-        baseline = majority_baseline_f1(pred_col, str(data / f"{split}.json"), 30)
-        assert scores[f"{split}_f1"] > baseline + bar, (split, scores[f"{split}_f1"], baseline)
+                            *limits, "--no_f1c", "--num_train_epochs", "2", "--train_batch_size", "8",
+                            "--learning_rate", "1e-4", "--classifier_lr", "1e-3", "--warmup_ratio", "0.1",
+                            "--seed", "0", "--no_progress"])
+    for split, baselines in learning_baselines(data).items():
+        assert scores[f"{split}_f1"] > baselines["majority"] + LEARNING_BAR[split], (split, scores, baselines)

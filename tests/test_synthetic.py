@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from baselines import docred_baselines
+
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("rel_info.json", "train_annotated.json", "dev.json", "test.json")
 TYPES = {"PER", "ORG", "LOC", "TIME", "NUM", "MISC"}
@@ -122,6 +124,16 @@ def test_composed_citizenship_follows_birthplace_and_country(synthetic_dir):
                     n_rules += 1
                     n_composed += facts[(x, k, "P27")] == ev1 | ev2
     assert n_rules >= 5 and n_composed >= 0.8 * n_rules
+
+
+def test_entity_types_and_positions_alone_do_not_decide_relations(synthetic_dir):
+    """Relations guessed without the words (types, topic roles, co-occurrence) score far below a reading model.
+
+    Measured on this fixture with seeds 0-2: type prior 12-15 dev F1, best text-blind baseline 32-33; the corpus
+    before birth/death/residence, borders and the topic's unrelated pairs gave 28 and 45.
+    """
+    scores = docred_baselines(_read(synthetic_dir, "train_annotated.json"), _read(synthetic_dir, "dev.json"))
+    assert scores["type_prior"] < 20 and max(scores.values()) < 38, scores
 
 
 def test_fn_noise_drops_train_positives_only(tmp_path):
