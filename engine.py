@@ -102,11 +102,11 @@ def best_of(grid: Sequence[float], metric: Callable[[float], float]) -> float:
 
 
 def logits_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
-                autocast: Callable[[], Any]) -> torch.Tensor:
-    """The model under autocast, the loss of its logits in fp32."""
+                autocast: Callable[[], Any]) -> List[Tuple[torch.Tensor, int]]:
+    """The model under autocast and the loss of its logits in fp32: one loss term, a mean over the rows."""
     with autocast():
         logits = model(**batch)
-    return loss_fn(logits.float(), labels)
+    return [(loss_fn(logits.float(), labels), labels.shape[0])]
 
 
 class Task:
@@ -150,8 +150,9 @@ class Task:
         """Change a freshly built model before training starts (e.g. a prior start of the classifier)."""
 
     def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
-                      autocast: Callable[[], Any]) -> torch.Tensor:
-        """The loss of one micro-batch (default: the loss of the logits)."""
+                      autocast: Callable[[], Any]) -> List[Tuple[torch.Tensor, int]]:
+        """The loss terms of one micro-batch, each a mean and how many instances it averages over (the Trainer
+        weighs each by its own count across ranks); default: the loss of the logits, a mean over the rows."""
         return logits_loss(model, batch, labels, loss_fn, autocast)
 
     def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -225,7 +226,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="batch documents of similar length together (same epoch content, fewer pad tokens)")
     g.add_argument("--output_dir", default=None, help="run directory (default runs/<task>-<loss>-<model>-seed<seed>-<time>)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output_dir")
-    g.add_argument("--save_path", default="", help="also copy the best checkpoint here (ATLOP's flag)")
+    g.add_argument("--save_path", default="", help="also copy the best checkpoint to this file, with encoder/ beside it (ATLOP's flag)")
     g.add_argument("--load_path", default="", help="checkpoint to load: test mode, or initial weights with --do_train")
     g.add_argument("--do_train", action="store_true",
                    help="train even when --load_path is given (fine-tuning after distant pretraining)")
@@ -287,6 +288,14 @@ class RunDirectory:
         self.path = Path(path)
         self.is_main = is_main
         self.wandb = None
+        # the records logged before the folder may be written, replayed into train.log by open()
+        self.early_log = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+
+    def start_logging(self) -> None:
+        """Log to the console (other ranks: warnings only), keeping the records until train.log is attached."""
+        logging.basicConfig(level=logging.INFO if self.is_main else logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                            handlers=[logging.StreamHandler(sys.stdout), self.early_log], force=True)
 
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that holds another run (finished or not) unless resuming or overwriting; writes nothing."""
@@ -312,9 +321,20 @@ class RunDirectory:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            attach_log_file(self.file("train.log"))
+            self.attach_log_file()
         except OSError as e:
             raise UserError(f"--output_dir {self.path}: cannot write there ({e.strerror})") from e
+
+    def attach_log_file(self) -> None:
+        """Send the log to train.log from now on, starting with what was logged before the folder existed."""
+        handler = logging.FileHandler(self.file("train.log"), encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        for record in self.early_log.buffer:
+            handler.handle(record)
+        self.early_log.buffer.clear()
+        root = logging.getLogger()
+        root.removeHandler(self.early_log)
+        root.addHandler(handler)
 
     def enable_wandb(self, args: argparse.Namespace) -> None:
         """Mirror metrics to Weights & Biases (imported only when --wandb is asked for)."""
@@ -386,29 +406,6 @@ class RunDirectory:
         with utils.atomic_path(self.file("curves.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
-
-
-_early_log = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
-
-
-def setup_logging(is_main: bool = True) -> None:
-    """Log to the console (other ranks: warnings only), keeping the records until train.log is attached."""
-    _early_log.buffer.clear()
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout), _early_log], force=True)
-
-
-def attach_log_file(path: Path) -> None:
-    """Send the log to `path` from now on, starting with what was logged before the run directory existed."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
-    for record in _early_log.buffer:
-        handler.handle(record)
-    _early_log.buffer.clear()
-    root = logging.getLogger()
-    root.removeHandler(_early_log)
-    root.addHandler(handler)
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -668,16 +665,12 @@ class Trainer:
         batch = self.collate([self.features[i] for i in (local or docs[:1])])  # an empty share still syncs
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels")
-        n_local = torch.tensor(float(labels.shape[0] if local else 0), device=self.device)
-        n_global = n_local.clone()
-        if self.world > 1:
-            dist.all_reduce(n_global)
-        weight = n_local * self.world / n_global.clamp(min=1)
         context = self.model.no_sync() if self.world > 1 and not sync else contextlib.nullcontext()
         try:
             with context:
                 autocast = lambda: utils.autocast(self.device, self.dtype)  # noqa: E731
-                loss = self.training_loss(self.model, batch, labels, self.loss_fn, autocast) * weight
+                terms = self.training_loss(self.model, batch, labels, self.loss_fn, autocast)
+                loss = sum(term * w for (term, _), w in zip(terms, self.term_weights([n for _, n in terms], local)))
                 self.scaler.scale(loss / n_micro).backward()
         except torch.cuda.OutOfMemoryError as e:
             raise torch.cuda.OutOfMemoryError(oom_message(self.args, tuple(batch["input_ids"].shape))) from e
@@ -685,6 +678,14 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(loss)
         return loss.item()
+
+    def term_weights(self, counts: List[int], local: List[int]) -> torch.Tensor:
+        """Weights that turn each rank's mean into its share of the mean over the whole global micro-batch."""
+        n_local = torch.tensor([float(n) if local else 0.0 for n in counts], device=self.device)  # [terms]
+        n_global = n_local.clone()
+        if self.world > 1:
+            dist.all_reduce(n_global)
+        return n_local * self.world / n_global.clamp(min=1)
 
     def step(self, group: List[List[int]]) -> Dict[str, float]:
         """One optimizer step over `group`, its global micro-batches (lists of document indices)."""
@@ -917,6 +918,18 @@ def write_encoder_folder(folder: str | os.PathLike, tokenizer: Any, config: Any)
     tokenizer.save_pretrained(folder)
 
 
+def copy_best(ckpt: Dict[str, Any], path: Path, tokenizer: Any, config: Any) -> None:
+    """--save_path: a copy of best.pt, with the encoder/ folder beside it so that the copy loads on its own."""
+    utils.atomic_torch_save(ckpt, path)
+    folder = path.parent / ENCODER_DIR
+    if (folder / "config.json").is_file() and json.loads((folder / "config.json").read_text()) != json.loads(
+            config.to_json_string()):
+        logger.warning("--save_path %s: %s already holds another encoder's files, left as they are; load the copy "
+                       "from the run directory's encoder/ instead", path, folder)
+        return
+    write_encoder_folder(folder, tokenizer, config)
+
+
 def save_pretrained(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: Any, config: Any) -> Path:
     """Export a model folder: best.pt (weights, args, meta, decision) and encoder/ (config, tokenizer)."""
     folder = Path(folder)
@@ -1006,7 +1019,7 @@ def start_run(args: argparse.Namespace, task: Task) -> Tuple[RunDirectory, int, 
     if world > 1:
         args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
     run = RunDirectory(args.output_dir, is_main=rank == 0)
-    setup_logging(run.is_main)
+    run.start_logging()
     if run.is_main:
         run.claim(args.resume, args.overwrite)
     utils.set_seed(args.seed)
@@ -1106,7 +1119,7 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
     best = load_checkpoint(str(run_dir.file("best.pt")), trainer.device)
     model.load_state_dict(best["model"])
     if args.save_path and run_dir.is_main:
-        utils.atomic_torch_save(best, args.save_path)
+        copy_best(best, Path(args.save_path), tokenizer, encoder.config)
     run_dir.plot_curves(metric)
     return Decision.from_checkpoint(best, args.top_k)
 

@@ -315,8 +315,13 @@ def evidence_loss(sent_attn: Tensor, evidence: Tensor, labels: Tensor) -> Tensor
         t = t / torch.where(t.sum(-1, keepdim=True) > 0, t.sum(-1, keepdim=True), torch.ones_like(t[:, :1]))
         log_ratio = torch.log(torch.where(t > 0, t, torch.ones_like(t))) - torch.log(a.clamp(min=_KL_FLOOR))
         kl = torch.where(t > 0, t * log_ratio, torch.zeros_like(t)).sum(-1)  # [P]
-        positive = (labels[:, 1:] > 0.5).any(-1)  # [P]
+        positive = positive_pairs(labels)  # [P]
         return kl[positive].sum() / max(int(positive.sum()), 1)
+
+
+def positive_pairs(labels: Tensor) -> Tensor:
+    """The pairs with at least one relation `[P]` (bool), over which the evidence loss averages."""
+    return (labels[:, 1:] > 0.5).any(-1)
 
 
 def evidence_sentences(sent_attn: Tensor, threshold: float = EVIDENCE_THRESHOLD) -> Tensor:

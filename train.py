@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -236,15 +236,17 @@ class DocRED(engine.Task):
         return self.args.evidence_lambda > 0
 
     def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
-                      autocast) -> torch.Tensor:
-        """The relation loss, plus --evidence_lambda x KL(evidence || sentence attention) when evidence is on."""
+                      autocast) -> List[Tuple[torch.Tensor, int]]:
+        """The relation loss over pairs, plus --evidence_lambda x KL(evidence || sentence attention) over positive
+        pairs when evidence is on."""
         if not self.evidence_on():
-            return engine.logits_loss(model, batch, labels, loss_fn, autocast)
+            return super().training_loss(model, batch, labels, loss_fn, autocast)
         with autocast():
             logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
         target = losses.evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])  # [P, S]
-        return loss_fn(logits.float(), labels) + self.args.evidence_lambda * losses.evidence_loss(
-            sent_attn.float(), target, labels)
+        evidence = self.args.evidence_lambda * losses.evidence_loss(sent_attn.float(), target, labels)
+        return [(loss_fn(logits.float(), labels), len(labels)),
+                (evidence, int(losses.positive_pairs(labels).sum()))]
 
     def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits `[P, K+1]`, and with evidence on, each pair's sentence attention after them `[P, max_sents]`."""

@@ -28,7 +28,11 @@ def launch(nproc, data_dir, model_dir, out, *extra, timeout=600):
 
 
 def test_two_processes_match_one_process_with_the_global_batch(synthetic_dir, tiny_bert_dir, tmp_path):
-    common = ["--num_train_epochs", "1", "--max_steps", "4", "--gradient_accumulation_steps", "2", "--seed", "3"]
+    """With the evidence loss on and documents longer than the encoder's 512 positions (windows), so the evidence
+    supervision, the weighing of its mean over positive pairs, and the written evidence are checked under DDP."""
+    common = ["--num_train_epochs", "1", "--max_steps", "4", "--gradient_accumulation_steps", "2", "--seed", "3",
+              "--evidence_lambda", "0.1", "--evidence_threshold", "0.05", "--max_seq_length", "1024",
+              "--loss", "bce"]  # BCE at its tuned threshold predicts something after 4 steps
     one = launch(1, synthetic_dir, tiny_bert_dir, tmp_path / "one", "--train_batch_size", "4", *common)
     two = launch(2, synthetic_dir, tiny_bert_dir, tmp_path / "two", "--train_batch_size", "2", *common)
     a = torch.load(one / "last.pt", map_location="cpu", weights_only=False)
@@ -37,7 +41,11 @@ def test_two_processes_match_one_process_with_the_global_batch(synthetic_dir, ti
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=1e-5, msg=name)
     assert len(b["rng"]) == 2  # every rank's RNG state, for resume
-    assert json.loads((one / "dev_pred.json").read_text()) == json.loads((two / "dev_pred.json").read_text())
+    preds = json.loads((one / "dev_pred.json").read_text())
+    assert preds and any(p["evidence"] for p in preds)
+    assert preds == json.loads((two / "dev_pred.json").read_text())
+    scores = json.loads((one / "dev_scores.json").read_text())
+    assert scores["evi_f1"] == json.loads((two / "dev_scores.json").read_text())["evi_f1"]
     args = json.loads((two / "args.json").read_text())
     assert args["world_size"] == 2 and args["effective_batch_size"] == 2 * 2 * 2
     losses = lambda run: [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731

@@ -39,7 +39,8 @@ def trained(small_synthetic_dir, tiny_bert_dir, tmp_path_factory):
     run = base / "run"
     train.main(["--data_dir", str(data), "--model_name_or_path", str(encoder), *HEAD, *common(run), "--loss", "bce",
                 "--num_train_epochs", "2", "--train_batch_size", "4", "--learning_rate", "1e-3",
-                "--classifier_lr", "1e-3", "--test_file", "dev.json"])  # labelled "test" predictions to compare
+                "--classifier_lr", "1e-3", "--test_file", "dev.json",  # labelled "test" predictions to compare
+                "--save_path", str(base / "export" / "model.pt")])
     only_test = base / "only-test"
     only_test.mkdir()
     shutil.copy(data / "dev.json", only_test / "test.json")
@@ -84,6 +85,15 @@ def test_test_mode_needs_only_the_checkpoint_and_the_test_file(trained, tmp_path
     assert "flag_defaults" not in args
     run_test_mode(run / "best.pt", only_test, tmp_path / "file")  # the checkpoint file works as well
     assert (tmp_path / "file" / "result.json").read_text() == (tmp_path / "t" / "result.json").read_text()
+
+
+def test_save_path_copy_loads_on_its_own(trained, tmp_path):
+    """--save_path writes encoder/ beside the copy, so it works with the run folder and the encoder gone."""
+    run, only_test = trained
+    copy = run.parent / "export" / "model.pt"
+    assert (copy.parent / "encoder" / "config.json").is_file()
+    run_test_mode(copy, only_test, tmp_path / "copy")
+    assert (tmp_path / "copy" / "result.json").read_text() == (run / "result.json").read_text()
 
 
 @pytest.mark.parametrize("flag, value, saved", [("--emb_size", 64, 48), ("--loss", "atl", "'bce'"),
