@@ -61,10 +61,12 @@ class Config:
     training: str  # "annotated", "+ distant" (fine-tuned from a checkpoint) or "distant (stage 1)"
     loss: str  # e.g. "NCRL", "NCRL -margin reg", "BCE + P-shift", "ATL"
     detail: str = ""  # the loss option's value, e.g. "γ=0.05"
+    setup: str = ""  # options besides the loss that set runs apart (setup_of), e.g. "maxsym head, prior start"
 
     @property
     def loss_label(self) -> str:
-        return f"{self.loss} ({self.detail})" if self.detail else self.loss
+        label = f"{self.loss} ({self.detail})" if self.detail else self.loss
+        return f"{label} [{self.setup}]" if self.setup else label
 
 
 @dataclass
@@ -160,6 +162,20 @@ def loss_config(args: Dict[str, Any]) -> Tuple[str, str]:
     return configs.label_of(args), ""
 
 
+def setup_of(args: Dict[str, Any]) -> str:
+    """The head, start and extra losses of a run where they differ from ATLOP's, e.g. "maxsym head, head wd 0.01"."""
+    parts = []
+    if args.get("bilinear", "atlop") != "atlop":
+        parts.append(f"{args['bilinear']} head")
+    if float(args.get("classifier_weight_decay") or 0):
+        parts.append(f"head wd {float(args['classifier_weight_decay']):g}")
+    if args.get("init_none_prior"):
+        parts.append("prior start")
+    if float(args.get("evidence_lambda") or 0):
+        parts.append(f"evidence λ={float(args['evidence_lambda']):g}")
+    return ", ".join(parts)
+
+
 def detect_task(args: Dict[str, Any]) -> Optional[str]:
     """The task a run's args.json names."""
     task = str(args.get("task") or "").lower()
@@ -198,7 +214,7 @@ def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
             continue
         scores, finished = read_scores(path)
         config = Config(task, encoder_name(args.get("model_name_or_path")), training_regime(args),
-                        *loss_config(args))
+                        *loss_config(args), setup_of(args))
         runs.append(Run(path, name, args, config, scores, finished))
     return runs, notes
 
@@ -215,7 +231,7 @@ def group_runs(runs: Sequence[Run]) -> List[Row]:
     def order(c: Config):
         tr = TRAINING_ORDER.index(c.training) if c.training in TRAINING_ORDER else len(TRAINING_ORDER)
         ab = ABLATION_ORDER.index(c.loss) if c.loss in ABLATION_ORDER else -1
-        return list(TASKS).index(c.task), c.encoder, tr, ab, c.loss, c.detail
+        return list(TASKS).index(c.task), c.encoder, tr, ab, c.loss, c.detail, c.setup
 
     return [rows[c] for c in sorted(rows, key=order)]
 

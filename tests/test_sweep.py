@@ -169,6 +169,12 @@ def test_configuration_labels():
     assert label(loss="ncrl", shift=0.0, no_margin_reg=True)[0] == "NCRL -both"
     assert label(loss="bce", prob_shift=0.05) == ("BCE + P-shift", "m=0.05")
     assert label(loss="atl") == ("ATL", "")
+    assert make_tables.setup_of({"bilinear": "atlop", "classifier_weight_decay": 0.0, "init_none_prior": False,
+                                 "evidence_lambda": 0.0}) == ""
+    assert make_tables.setup_of({"bilinear": "maxsym", "classifier_weight_decay": 0.01, "init_none_prior": True,
+                                 "evidence_lambda": 0.1}) == "maxsym head, head wd 0.01, prior start, evidence λ=0.1"
+    assert make_tables.Config("docred", "minilm", "annotated", "ATL", "", "prior start").loss_label == \
+        "ATL [prior start]"
     regime = make_tables.training_regime
     assert regime({"load_path": "a/best.pt", "do_train": True}) == "+ distant"
     assert regime({"train_file": "train_distant.json"}) == "distant (stage 1)"
