@@ -95,6 +95,7 @@ def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic
                                                        monkeypatch):
     before = (run_copy / "result.json").read_text(encoding="utf-8")
     assert json.loads(before)  # the fixture's run predicted something
+    (run_copy / "dev_scores.json").unlink()  # so that the one found afterwards is this run's
 
     def open_failing(file, mode="r", *args, **kwargs):
         f = open(file, mode, *args, **kwargs)
@@ -105,7 +106,8 @@ def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic
         train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--load_path", run_copy / "best.pt",
                             "--overwrite"))
     assert (run_copy / "result.json").read_text(encoding="utf-8") == before
-    assert (run_copy / "dev_scores.json").exists()  # written before the failure, through the same writer
+    dev = json.loads((run_copy / "dev_scores.json").read_text(encoding="utf-8"))  # written before the failure,
+    assert {"precision", "recall", "f1", "ign_f1"} <= set(dev)  # through the same writer
     assert leftovers(run_copy) == []
 
 
