@@ -66,6 +66,21 @@ def test_checkpoint_of_another_label_map_is_refused(synthetic_dir, tiny_bert_dir
                              "--rel2id", tmp_path / "other.json"))
 
 
+def test_evaluation_steps_and_save_path(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """8 documents in batches of 2: 4 steps an epoch; --evaluation_steps 2 over 2 epochs evaluates at steps 2, 4,
+    6 and 8, once each (4 and 8 also end an epoch); --save_path gets a copy of best.pt, folders made."""
+    out, saved = tmp_path / "run", tmp_path / "elsewhere" / "model.pt"
+    train.main(tiny_args(small_synthetic_dir, tiny_bert_dir, out, "--max_seq_length", 128, "--train_batch_size", 2,
+                         "--num_train_epochs", 2, "--evaluation_steps", 2, "--save_path", saved, "--test_file", ""))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "dev_f1" in r] == [2, 4, 6, 8]
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=False)
+    copy = torch.load(saved, map_location="cpu", weights_only=False)
+    assert copy["state"] == best["state"] and copy["decision"] == best["decision"]
+    assert copy["model"].keys() == best["model"].keys()
+    assert all(torch.equal(copy["model"][k], best["model"][k]) for k in best["model"])
+
+
 def run_cli(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
