@@ -15,7 +15,8 @@ RUN_FILES = ["args.json", "metrics.jsonl", "best.pt", "last.pt", "dev_pred.json"
              "result.json", "result.zip", "train.log"]
 
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def command(nproc, data_dir, model_dir, out, *extra):
@@ -31,7 +32,7 @@ def command(nproc, data_dir, model_dir, out, *extra):
 
 
 def launch(nproc, data_dir, model_dir, out, *extra, timeout=600):
-    proc = subprocess.run(command(nproc, data_dir, model_dir, out, *extra), cwd=ROOT, env=ENV, capture_output=True,
+    proc = subprocess.run(command(nproc, data_dir, model_dir, out, *extra), cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -142,7 +143,7 @@ def test_two_process_resume_after_sigkill_matches_an_uninterrupted_run(synthetic
     full = launch(2, data, enc, tmp_path / "full", *common)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(command(2, data, enc, cut, *common), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(2, data, enc, cut, *common), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # its own group: torchrun and ranks
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill once a few steps are saved

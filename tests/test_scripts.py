@@ -47,8 +47,8 @@ def test_distant_stage_one_then_stage_two(distant_data, tiny_roberta_dir, tmp_pa
            "OMP_NUM_THREADS": "1", "DATA_DIR": str(distant_data), "MODEL": tiny_roberta_dir, "OUT": str(out),
            "LOSS": "bce", "DISTANT_EPOCHS": "1", "FT_EPOCHS": "1", "FT_LR": "0"}
     extra = ["--num_class", num_class, "--max_seq_length", 128, "--emb_size", 64, "--block_size", 16,
-             "--train_batch_size", 2, "--test_batch_size", 4, "--classifier_lr", 0.05, "--evaluation_steps", 1, "--select_metric", "ign_f1",
-             "--cache_dir", "none", "--no_progress"]
+             "--train_batch_size", 2, "--test_batch_size", 4, "--classifier_lr", 0.05, "--evaluation_steps", 1,
+             "--select_metric", "ign_f1", "--cache_dir", "none", "--no_progress"]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_roberta_distant.sh"), *map(str, extra)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
