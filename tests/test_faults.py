@@ -1,7 +1,8 @@
 """Faults during a run: a failed write keeps the previous file, non-finite steps are skipped, counted and
 eventually abort, and an out-of-memory error says what to change.
 
-Covered elsewhere: SIGKILL mid-epoch then --resume (test_train.test_resume_after_sigkill_matches_uninterrupted_run),
+Covered elsewhere: SIGKILL mid-epoch then --resume (test_train.test_resume_after_sigkill_matches_uninterrupted_run;
+with two processes, test_distributed.test_two_process_resume_after_sigkill_matches_an_uninterrupted_run),
 a corrupted or half-written feature cache is rebuilt with a warning (test_prepro.test_corrupted_cache_is_rebuilt_with_a_
 warning, test_prepro.test_a_failed_build_leaves_no_cache_behind).
 """
