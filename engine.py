@@ -787,6 +787,8 @@ class Trainer:
             raise FloatingPointError(
                 f"{state['bad_steps']} optimizer steps in a row had a non-finite loss or gradient "
                 f"(last loss {out['loss']}, grad norm {out['grad_norm']}); try a lower --learning_rate or --amp off")
+        if state["batch_in_epoch"] >= self.batches_per_epoch:
+            return  # the epoch's last step: train() evaluates and saves at the epoch end, once
         if args.evaluation_steps > 0 and step % args.evaluation_steps == 0:
             self.evaluate_and_save()
         elif args.save_steps > 0 and step % args.save_steps == 0:

@@ -213,6 +213,22 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
                                   out / "best.pt")) == pytest.approx(scores)
     assert json.loads((again / "test_pred_f1c.json").read_text()) == json.loads((out / "test_pred_f1c.json").read_text())
 
+    # every instance at sigma = 0.6 for column 1, 0.8 for column 2, 0.3 elsewhere, and the rule saved at
+    # (t1, t2) = (0.7, 0.75): test mode must predict column 2 alone (the default (0.5, 0.4) or the global
+    # threshold 0.5 would add column 1)
+    bias = torch.full_like(ckpt["model"]["classifier.bias"], float(torch.logit(torch.tensor(0.3))))
+    bias[1], bias[2] = torch.logit(torch.tensor(0.6)), torch.logit(torch.tensor(0.8))
+    ckpt["model"]["classifier.weight"].zero_()
+    ckpt["model"]["classifier.bias"] = bias
+    ckpt["decision"].update(threshold=0.5, params={"t1": 0.7, "t2": 0.75})
+    torch.save(ckpt, out / "best.pt")
+    fixed = tmp_path / "fixed"
+    scores = dialogre.main(run_args(data, tiny_bert_dir, fixed, "--load_path", out / "best.pt"))
+    assert (scores["t1"], scores["t2"]) == (0.7, 0.75)
+    only = [dialogre.COL2RID[2]]
+    assert json.loads((fixed / "dev_pred.json").read_text()) == [only] * 4
+    assert json.loads((fixed / "test_pred_f1c.json").read_text()) == [[only] * 4] * 3 + [[only] * 2]
+
 
 def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_roberta_dir):
     data = small_corpus(tmp_path)

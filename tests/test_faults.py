@@ -1,7 +1,8 @@
 """Faults during a run: a failed write keeps the previous file, non-finite steps are skipped, counted and
 eventually abort, and an out-of-memory error says what to change.
 
-Covered elsewhere: SIGKILL mid-epoch then --resume (test_train.test_resume_after_sigkill_matches_uninterrupted_run),
+Covered elsewhere: SIGKILL mid-epoch then --resume (test_train.test_resume_after_sigkill_matches_uninterrupted_run;
+with two processes, test_distributed.test_two_process_resume_after_sigkill_matches_an_uninterrupted_run),
 a corrupted or half-written feature cache is rebuilt with a warning (test_prepro.test_corrupted_cache_is_rebuilt_with_a_
 warning, test_prepro.test_a_failed_build_leaves_no_cache_behind).
 """
@@ -95,6 +96,7 @@ def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic
                                                        monkeypatch):
     before = (run_copy / "result.json").read_text(encoding="utf-8")
     assert json.loads(before)  # the fixture's run predicted something
+    (run_copy / "dev_scores.json").unlink()  # so that the one found afterwards is this run's
 
     def open_failing(file, mode="r", *args, **kwargs):
         f = open(file, mode, *args, **kwargs)
@@ -105,7 +107,8 @@ def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic
         train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--load_path", run_copy / "best.pt",
                             "--overwrite"))
     assert (run_copy / "result.json").read_text(encoding="utf-8") == before
-    assert (run_copy / "dev_scores.json").exists()  # written before the failure, through the same writer
+    dev = json.loads((run_copy / "dev_scores.json").read_text(encoding="utf-8"))  # written before the failure,
+    assert {"precision", "recall", "f1", "ign_f1"} <= set(dev)  # through the same writer
     assert leftovers(run_copy) == []
 
 

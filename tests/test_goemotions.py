@@ -215,6 +215,19 @@ def test_run_directory_holds_scores_in_file_order_and_test_mode_reproduces_them(
     assert not (tmp_path / "again" / "best.pt").exists()
     assert floats(again) == pytest.approx(floats(scores))
 
+    # a checkpoint saved at another threshold: test mode decides with it, so every emotion margin
+    # f_i - logit(t) moves by logit(t_tuned) - logit(t_saved) and neutral's (minus the largest) the other way
+    saved = 0.7 if scores["threshold"] != 0.7 else 0.3
+    ckpt["decision"]["threshold"] = saved
+    torch.save(ckpt, out / "best.pt")
+    moved = ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "moved", "--loss", "bce",
+                             "--load_path", out / "best.pt"))
+    assert moved["threshold"] == saved
+    shift = np.log(scores["threshold"] / (1 - scores["threshold"])) - np.log(saved / (1 - saved))
+    sign = np.where(np.arange(4) == NEUTRAL_ID, -1.0, 1.0)  # [C] in file order
+    np.testing.assert_allclose(np.load(tmp_path / "moved" / "test_scores.npy"), test_scores + sign * shift,
+                               rtol=0, atol=1e-5)
+
 
 def test_checkpoint_with_other_labels_is_refused(tiny_goemotions, tiny_bert_dir, tmp_path):
     ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))

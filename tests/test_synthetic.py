@@ -168,11 +168,16 @@ def test_sentence_bounds_are_respected(tmp_path):
         _check_doc(doc, f"dev doc {i}", rel_info, labelled=True, min_sents=6, max_sents=7)
 
 
-BAD_ARGS = [["--fn_noise", "1.0"], ["--fn_noise", "-0.1"], ["--n_dev", "-1"], ["--only", "valid"],
-            ["--min_sents", "5", "--max_sents", "3"]]
+BAD_ARGS = [(["--fn_noise", "1.0"], "--fn_noise must be in [0, 1), got 1.0"),
+            (["--fn_noise", "-0.1"], "--fn_noise must be in [0, 1), got -0.1"),
+            (["--n_dev", "-1"], "--n_dev must be >= 0"),
+            (["--only", "valid"], "argument --only: invalid choice: 'valid'"),
+            (["--min_sents", "5", "--max_sents", "3"], "need 1 <= --min_sents <= --max_sents, got 5 and 3")]
 
 
-@pytest.mark.parametrize("args", BAD_ARGS)
-def test_bad_arguments_are_rejected(tmp_path, args):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("args,message", BAD_ARGS)
+def test_bad_arguments_are_rejected(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
         make_synthetic.main(["--out", str(tmp_path), *args])
+    assert info.value.code == 2 and message in capsys.readouterr().err  # this error, not any argparse error
+    assert not any(tmp_path.iterdir())  # nothing written
