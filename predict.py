@@ -14,6 +14,10 @@ mention's `text == text[char_start:char_end]`; `pos` is [start, end) in tokens o
 id (e.g. "P17"), `relation` its name from the model's relation names or `--rel_info`; relations are sorted by
 descending score. Documents with fewer than two entities get no relations without running the model.
 
+Every input document is checked before any is converted; then `--chunk_docs` documents at a time are converted,
+predicted and appended to the output, so memory stays flat on inputs of any size (DocRED's 101,873 distant documents
+included); the output file appears only once it is complete.
+
 From Python:
     pipe = DocREPipeline.from_pretrained("runs/roberta-ncrl")
     pipe("Marie Curie was born in Warsaw.")                # one output object
@@ -23,6 +27,7 @@ From Python:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import logging
@@ -30,7 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import text2doc
 from text2doc import InputError
@@ -382,6 +387,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--chunk_docs", type=int, default=1000,
+                        help="documents converted and predicted at a time: memory stays flat over inputs of any size")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL,
                         help=f"spaCy pipeline for raw text (default {text2doc.DEFAULT_SPACY_MODEL}, else "
                              f"{text2doc.FALLBACK_SPACY_MODEL})")
@@ -391,38 +398,68 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any]) -> List[Dict[str, Any]]:
-    """Converted documents of --input or --text."""
+def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of converted documents) of --input or --text, every document checked first."""
     if args.text is not None:
-        return text2doc.convert_texts(nlp_loader(), [("text", args.text, None, "--text")])
-    return text2doc.read_inputs(args.input, nlp_loader, progress=not args.no_progress)
+        return 1, iter([text2doc.convert_texts(nlp_loader(), [("text", args.text, None, "--text")])])
+    return text2doc.input_chunks(args.input, nlp_loader, args.chunk_docs)
 
 
-def write_outputs(outputs: List[Dict[str, Any]], path: str, html_path: Optional[str]) -> None:
-    """Write the predictions JSON (to stdout for -) and the HTML page."""
-    from utils import atomic_write_text
+@contextlib.contextmanager
+def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
+    """A function that appends one object to a JSON list, written as `json.dumps(list, indent=1)` would write it,
+    to stdout for - or else to `path`, which appears only once the list is complete."""
+    with contextlib.ExitStack() as stack:
+        if path == "-":
+            f = sys.stdout
+        else:
+            from utils import atomic_path
 
-    body = json.dumps(outputs, ensure_ascii=False, indent=1)
-    if path == "-":
-        sys.stdout.write(body + "\n")
-    else:
-        atomic_write_text(path, body + "\n")
-    if html_path:
-        atomic_write_text(html_path, render_html(outputs))
+            f = stack.enter_context(open(stack.enter_context(atomic_path(path)), "w", encoding="utf-8"))
+        n = 0
+
+        def write(obj: Dict[str, Any]) -> None:
+            nonlocal n
+            body = json.dumps(obj, ensure_ascii=False, indent=1).replace("\n", "\n ")  # one level deeper
+            f.write(("[\n " if n == 0 else ",\n ") + body)
+            n += 1
+
+        yield write
+        f.write("\n]\n" if n else "[]\n")
+        f.flush()
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Read and convert the input, predict, write the outputs; return the output objects."""
+def run(args: argparse.Namespace) -> int:
+    """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     if not Path(args.model).exists():
         raise InputError(f"--model {args.model}: no such file or directory")
-    if args.batch_size < 1:
-        raise InputError(f"--batch_size must be >= 1, got {args.batch_size}")
-    docs = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
-    pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress,
-                                         batch_size=args.batch_size)
-    outputs = pipe.predict_documents(docs)
-    write_outputs(outputs, args.output, args.html)
-    return outputs
+    for flag in ("batch_size", "chunk_docs"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    n_docs, chunks = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
+    pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
+                                         n_docs <= args.chunk_docs, batch_size=args.batch_size)
+    kept: List[Dict[str, Any]] = []  # for the HTML page only
+    bar = None
+    if n_docs > args.chunk_docs and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_docs, desc="predict", unit="doc")
+    with json_list_writer(args.output) as write:
+        for chunk in chunks:
+            for out in pipe.predict_documents(chunk):
+                write(out)
+                if args.html:
+                    kept.append(out)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    if args.html:
+        from utils import atomic_write_text
+
+        atomic_write_text(args.html, render_html(kept))
+    return n_docs
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -53,6 +53,7 @@ Bad input raises `InputError`, naming the file, the line or document, and the fi
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -379,39 +380,68 @@ def text_items(path: str) -> List[Tuple[str, str, Optional[List[Dict[str, Any]]]
 
 def read_docred_inputs(path: str) -> List[Dict[str, Any]]:
     """The documents of a DocRED JSON file, checked by prepro's validator, with char offsets (with_char_offsets)."""
+    return [doc for chunk in docred_chunks(path, None)[1] for doc in chunk]
+
+
+def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of `chunk_docs` documents with char offsets) of a DocRED JSON file, parsed one
+    document at a time: the whole file is checked first, then each chunk is made only when asked for."""
     import prepro
 
-    try:
-        raw = list(prepro.iter_documents(path, prepro._read_text(path)))
-    except prepro.ValidationError as e:
-        raise InputError(str(e)) from None
-    return docred_documents(raw, path)
+    def documents() -> Iterator[Any]:
+        try:
+            yield from prepro.iter_documents(path, text)
+        except prepro.ValidationError as e:
+            raise InputError(str(e)) from None
+
+    text = prepro._read_text(path)
+    n = check_docred_documents(documents(), path)
+    return n, (list(map(with_char_offsets, chunk)) for chunk in _batched(documents(), chunk_docs or n))
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def check_docred_documents(raw: Iterable[Any], source: str) -> int:
+    """Check DocRED documents by the validator's rules (labels ignored; titles unique); returns how many."""
+    import validation
+
+    checker = validation.CorpusValidator({"Na": 0})
+    n = 0
+    for n, doc in enumerate(raw, 1):
+        checker.check({k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc, n - 1)
+    if checker.problems:
+        raise InputError(str(validation.ValidationError(source, checker.problems)))
+    if not n:
+        raise InputError(f"{source}: the file holds no documents")
+    return n
 
 
 def docred_documents(raw: Sequence[Any], source: str) -> List[Dict[str, Any]]:
     """DocRED documents checked by the validator's rules (labels ignored; titles unique), with char offsets
     (with_char_offsets)."""
-    import validation
-
-    checker = validation.CorpusValidator({"Na": 0})
-    for i, doc in enumerate(raw):
-        checker.check({k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc, i)
-    if checker.problems:
-        raise InputError(str(validation.ValidationError(source, checker.problems)))
-    if not raw:
-        raise InputError(f"{source}: the file holds no documents")
+    check_docred_documents(raw, source)
     return [with_char_offsets(doc) for doc in raw]
 
 
-def convert_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]],
-                  batch_size: int = 32, progress: bool = False) -> List[Dict[str, Any]]:
-    """Converted documents of (title, text, user entities or None, where) items, parsed with `nlp.pipe`."""
+def check_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]]) -> None:
+    """Refuse empty texts and texts longer than spaCy's max_length, naming the item."""
     for title, text, _, where in items:
         if not text.strip():
             raise InputError(f"{where}: field text: empty")
         if len(text) > nlp.max_length:
             raise InputError(f"{where}: field text: {len(text)} characters, more than spaCy's max_length "
                              f"{nlp.max_length}; split the document")
+
+
+def convert_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]],
+                  batch_size: int = 32, progress: bool = False) -> List[Dict[str, Any]]:
+    """Converted documents of (title, text, user entities or None, where) items, parsed with `nlp.pipe`."""
+    check_texts(nlp, items)
     parsed: Iterable[Any] = nlp.pipe((text for _, text, _, _ in items), batch_size=batch_size)
     if progress:
         from tqdm import tqdm
@@ -423,16 +453,26 @@ def convert_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[s
 def read_inputs(path: str | os.PathLike, nlp_loader: Any, batch_size: int = 32,
                 progress: bool = False) -> List[Dict[str, Any]]:
     """Converted documents of an input file (`.json`, `.txt`, `.jsonl`); `nlp_loader()` gives spaCy when needed."""
+    return [doc for chunk in input_chunks(path, nlp_loader, None, batch_size, progress)[1] for doc in chunk]
+
+
+def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[int], batch_size: int = 32,
+                 progress: bool = False) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of `chunk_docs` converted documents; None: one chunk) of an input file. Every
+    document is checked before the first chunk is converted, so bad input fails before any work is done."""
     path = str(path)
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
-        return read_docred_inputs(path)
+        return docred_chunks(path, chunk_docs)
     if suffix not in (".txt", ".jsonl"):
         raise InputError(f"{path}: unknown input format {suffix!r}; use .json (DocRED), .txt (one document a line) "
                          f"or .jsonl (one {{\"title\", \"text\"}} object a line)")
     items = text_items(path)
     if not items:
         raise InputError(f"{path}: the file holds no documents (only blank lines)")
-    return convert_texts(nlp_loader(), items, batch_size, progress)
+    nlp = nlp_loader()
+    check_texts(nlp, items)
+    return len(items), (convert_texts(nlp, chunk, batch_size, progress)
+                        for chunk in _batched(items, chunk_docs or len(items)))

@@ -350,6 +350,37 @@ def test_cli_writes_json_and_html(fake_model, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["title"] == "text"
 
 
+def test_cli_in_chunks_writes_the_same_file_and_checks_everything_first(fake_model, synthetic_dir, tmp_path):
+    """--chunk_docs: the output is the same bytes as in one chunk (json.dumps(list, indent=1)); a bad document at
+    the end of the input fails before anything is written."""
+    src = str(synthetic_dir / "dev.json")
+    written = {}
+    for chunk in (1000, 3, 1):
+        out = tmp_path / f"out-{chunk}.json"
+        assert predict.main(["--model", str(tmp_path), "--input", src, "--output", str(out), "--chunk_docs",
+                             str(chunk), "--no_progress"]) == 0
+        written[chunk] = out.read_text(encoding="utf-8")
+    assert written[3] == written[1] == written[1000]
+    outputs = json.loads(written[3])
+    assert written[3] == json.dumps(outputs, ensure_ascii=False, indent=1) + "\n" and len(outputs) == 16
+    assert any(o["relations"] for o in outputs)
+    lines = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw, Poland.", "Paris is the capital of France.",
+                                        "Ada Lovelace met Charles Babbage in London."])
+    for chunk in (2, 10):
+        assert predict.main(["--model", str(tmp_path), "--input", lines, "--output", str(tmp_path / f"t{chunk}.json"),
+                             "--chunk_docs", str(chunk), "--no_progress"]) == 0
+    assert (tmp_path / "t2.json").read_text() == (tmp_path / "t10.json").read_text()
+    docs = json.loads((synthetic_dir / "dev.json").read_text())
+    docs[-1]["vertexSet"][0][0]["sent_id"] = 99
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(docs))
+    out = tmp_path / "never.json"
+    assert predict.main(["--model", str(tmp_path), "--input", str(bad), "--output", str(out), "--chunk_docs", "2",
+                         "--no_progress"]) == 2
+    assert not out.exists() and not list(tmp_path.glob(".never.json*"))
+    assert predict.main(["--model", str(tmp_path), "--text", "x", "--chunk_docs", "0"]) == 2
+
+
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
     path = _write(tmp_path, "bad.jsonl", ['{"title": "t"}'])
     proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--model", str(tmp_path), "--input", path],
