@@ -591,8 +591,9 @@ def _check_columns(cols: Dict[str, np.ndarray], meta: Dict[str, Any], titles_byt
 
 
 def cache_key(file_sha256: str, enc: WordTokenizer, rel2id: Dict[str, int], max_seq_length: int,
-              entity_marker: Optional[str]) -> str:
-    """Hash of everything the features depend on: file content, tokenizer, label map, length, marker, format."""
+              entity_marker: Optional[str], skip_unknown: bool = False) -> str:
+    """Hash of everything the features depend on: file content, tokenizer, label map, length, marker, whether
+    labels of unknown relations are left out, format."""
     parts = {
         "file": file_sha256,
         "tokenizer": getattr(enc.tokenizer, "name_or_path", type(enc.tokenizer).__name__),
@@ -602,6 +603,7 @@ def cache_key(file_sha256: str, enc: WordTokenizer, rel2id: Dict[str, int], max_
         "max_seq_length": max_seq_length,
         "entity_marker": entity_marker,
         "format_version": FEATURE_FORMAT_VERSION,
+        **({"skip_unknown_relations": True} if skip_unknown else {}),  # old keys stay valid
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -633,9 +635,10 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
-           marker: Optional[str], sink: _ColumnSink, show_progress: bool) -> Tuple[List[str], Dict[str, int]]:
+           marker: Optional[str], sink: _ColumnSink, show_progress: bool,
+           skip_unknown: bool = False) -> Tuple[List[str], Dict[str, Any]]:
     """Validate every document and featurize the valid ones chunk by chunk; raise ValidationError on problems."""
-    validator = CorpusValidator(rel2id)
+    validator = CorpusValidator(rel2id, skip_unknown)
     titles: List[str] = []
     chunk: List[Dict[str, Any]] = []
     chunk_labels: List[Labels] = []
@@ -667,7 +670,7 @@ def _build(path: str, text: str, enc: WordTokenizer, rel2id: Dict[str, int], max
     if dropped:
         shown = "; ".join(dropped[:5]) + (f"; ... and {len(dropped) - 5} more" if len(dropped) > 5 else "")
         logger.warning("%s: dropped %d label(s) (h == t or duplicates): %s", path, len(dropped), shown)
-    return titles, {"dropped_labels": len(dropped)}
+    return titles, {"dropped_labels": len(dropped), "unknown_labels": dict(sorted((validator.unknown or {}).items()))}
 
 
 def _warn_truncation(path: str, features: DocREFeatures, shown: int = 3) -> None:
@@ -687,14 +690,15 @@ def _warn_truncation(path: str, features: DocREFeatures, shown: int = 3) -> None
 
 
 def _write_cache(folder: Path, key: str, path: str, enc: WordTokenizer, rel2id: Dict[str, int], max_len: int,
-                 marker: Optional[str], show_progress: bool) -> None:
+                 marker: Optional[str], show_progress: bool, skip_unknown: bool = False) -> None:
     """Build the features of `path` into a temporary folder beside `folder`, then rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         sink = _ColumnSink(tmp)
         try:
-            titles, extra = _build(path, _read_text(path), enc, rel2id, max_len, marker, sink, show_progress)
+            titles, extra = _build(path, _read_text(path), enc, rel2id, max_len, marker, sink, show_progress,
+                                   skip_unknown)
         finally:
             sink.close()
         titles_bytes = json.dumps(titles, ensure_ascii=False).encode("utf-8")
@@ -762,11 +766,14 @@ def _load_or_none(folder: Path, key: str) -> Optional[DocREFeatures]:
 
 def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int], max_seq_length: int = 1024,
                 entity_marker: Optional[str] = "*", cache_dir: Optional[str | os.PathLike] = None,
-                show_progress: bool = False, allow_empty: bool = False) -> DocREFeatures:
+                show_progress: bool = False, allow_empty: bool = False,
+                skip_unknown_relations: bool = False) -> DocREFeatures:
     """Validated features of a DocRED file, one per document; memory-mapped from `cache_dir` when given.
 
     An existing cache is read from `cache_dir` even when the folder is read-only; a new one is built where
-    `resolve_cache_dir` says. A file without documents raises ValidationError unless `allow_empty`.
+    `resolve_cache_dir` says. A file without documents raises ValidationError unless `allow_empty`. Labels of
+    relations outside `rel2id` are problems, or with `skip_unknown_relations` (scoring a model on a file with
+    relations it was not trained on) left out of the features, counted in `stats["unknown_labels"]` and warned of.
     """
     path = str(path)
     enc = WordTokenizer(tokenizer)
@@ -775,25 +782,30 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, rel2id: Dict[str, int],
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for text after the special tokens")
     features = None
     if cache_dir is not None:
-        key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker)
+        key = cache_key(_file_sha256(path), enc, rel2id, max_seq_length, entity_marker, skip_unknown_relations)
         name = f"{Path(path).stem}-{key[:16]}"
         features = _load_or_none(Path(cache_dir) / name, key)
         base = resolve_cache_dir(cache_dir) if features is None else None
         if base is not None:
             features = _load_or_none(base / name, key) if base != Path(cache_dir) else None
             if features is None:
-                _write_cache(base / name, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress)
+                _write_cache(base / name, key, path, enc, rel2id, max_seq_length, entity_marker, show_progress,
+                             skip_unknown_relations)
                 features = _load_cache(base / name, key)
     if features is None:
         sink = _ColumnSink()
         titles, extra = _build(path, _read_text(path), enc, rel2id, max_seq_length, entity_marker, sink,
-                               show_progress)
+                               show_progress, skip_unknown_relations)
         cols = sink.close()
         features = DocREFeatures(cols, titles, {**_compute_stats(cols, max_seq_length), **extra}, path=path)
     if not allow_empty:
         check_not_empty(path, len(features))
     logger.info("%s: %d documents, %d without entities (no pairs)", path, len(features),
                 features.stats["documents_without_entities"])
+    unknown = features.stats.get("unknown_labels") or {}
+    if unknown:
+        logger.warning("%s: %d label(s) of %d relation(s) not in the label map (%s) are left out of the features",
+                       path, sum(unknown.values()), len(unknown), ", ".join(f"{r} x{n}" for r, n in unknown.items()))
     _warn_truncation(path, features)
     return features
 

@@ -8,13 +8,8 @@ directory and DDP are the engine's (engine.py), shared with dialogre.py and goem
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
-import tempfile
-from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -163,30 +158,6 @@ class DocRED(engine.Task):
     def test_mode(self) -> bool:
         return bool(self.args.load_path) and not self.args.do_train
 
-    def known_labels_file(self, path: str, split: str, stack: contextlib.ExitStack) -> str:
-        """Test mode: `path`, or a temporary copy without the labels of relations the model does not know
-        (reported in one warning; the gold documents keep them, so they count as misses)."""
-        try:
-            docs = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return path  # prepro reports what is wrong with the file
-        rel2id, unknown = self.rel2id(), Counter()
-        for doc in docs if isinstance(docs, list) else []:
-            labels = doc.get("labels") if isinstance(doc, dict) else None
-            if isinstance(labels, list):
-                rels = [lab.get("r") if isinstance(lab, dict) else None for lab in labels]
-                unknown.update(r for r in rels if isinstance(r, str) and r not in rel2id)
-                doc["labels"] = [lab for lab, r in zip(labels, rels) if not (isinstance(r, str) and r not in rel2id)]
-        if not unknown:
-            return path
-        logger.warning("--%s_file %s: %d label(s) of %d relation(s) the model does not know (%s) are left out of "
-                       "its features (read from a copy without them) and count as misses in its scores", split,
-                       path, sum(unknown.values()), len(unknown),
-                       ", ".join(f"{r} x{n}" for r, n in sorted(unknown.items())))
-        copy = Path(stack.enter_context(tempfile.TemporaryDirectory())) / Path(path).name
-        copy.write_text(json.dumps(docs, ensure_ascii=False), encoding="utf-8")
-        return str(copy)
-
     # -- data
     def read(self, split: str) -> Optional[Split]:
         a = self.args
@@ -206,12 +177,13 @@ class DocRED(engine.Task):
             if dev and os.path.exists(dev) and os.path.samefile(path, dev):
                 logger.warning("--train_file and --dev_file are the same file (%s): dev scores will be optimistic",
                                path)
-        with engine.rank_zero_first(), contextlib.ExitStack() as stack:  # rank 0 builds the cache first
-            source = self.known_labels_file(path, split, stack) if test_mode else path
-            features = prepro.read_docred(source, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
-                                          entity_marker=None if a.no_entity_marker else "*",
-                                          cache_dir=self.cache if source == path else None,
-                                          show_progress=engine.world_info()[0] == 0)
+        with engine.rank_zero_first():  # rank 0 builds the cache first
+            # test mode: labels of relations the model does not know are left out of the features and count as
+            # misses in the scores, which compare with the file's own labels
+            features = prepro.read_docred(path, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
+                                          entity_marker=None if a.no_entity_marker else "*", cache_dir=self.cache,
+                                          show_progress=engine.world_info()[0] == 0,
+                                          skip_unknown_relations=test_mode)
         self.max_sents = max([self.max_sents] + [len(f["sent_pos"]) for f in features])
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):

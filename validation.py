@@ -9,6 +9,7 @@ are dropped and reported as warnings.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -139,8 +140,10 @@ def _check_evidence(evidence: Any, field: str, n_sents: int, bad: Report) -> boo
 
 
 def check_label(lab: Any, l_i: int, n_ent: int, n_sents: int, rel2id: Dict[str, int], bad: Report,
-                warn: Callable[[str], None], kept: Dict[Tuple[int, int, int], List[int]]) -> None:
-    """Check `labels[l_i]` and add it to `kept` ((h, t, relation id) -> evidence), or report why it is not kept."""
+                warn: Callable[[str], None], kept: Dict[Tuple[int, int, int], List[int]],
+                unknown: Optional[Counter] = None) -> None:
+    """Check `labels[l_i]` and add it to `kept` ((h, t, relation id) -> evidence), or report why it is not kept;
+    with `unknown`, a relation outside the label map is counted there and left out instead of being a problem."""
     try:
         h, t, r = lab["h"], lab["t"], lab["r"]
     except (KeyError, TypeError):
@@ -151,7 +154,8 @@ def check_label(lab: Any, l_i: int, n_ent: int, n_sents: int, rel2id: Dict[str, 
     if not (isinstance(t, INTS) and type(t) is not bool and 0 <= t < n_ent):
         ok = bad(f"labels[{l_i}].t", f"must be an entity index in [0, {n_ent})", t)
     rel = rel2id.get(r) if type(r) is str else None
-    if rel is None:
+    skipped = rel is None and unknown is not None and type(r) is str
+    if rel is None and not skipped:
         ok = bad(f"labels[{l_i}].r", f"relation not in the label map ({len(rel2id)} classes)", r)
     elif rel == 0:
         ok = bad(f"labels[{l_i}].r", "the none class cannot be a positive label", r)
@@ -160,6 +164,9 @@ def check_label(lab: Any, l_i: int, n_ent: int, n_sents: int, rel2id: Dict[str, 
                                                                          n_sents, bad):
         ok = False
     if not ok:
+        return
+    if skipped:
+        unknown[r] += 1
         return
     key = (int(h), int(t), rel)  # int(): NumPy integers from a non-JSON source
     if h == t:
@@ -171,7 +178,7 @@ def check_label(lab: Any, l_i: int, n_ent: int, n_sents: int, rel2id: Dict[str, 
 
 
 def check_labels(raw: Any, n_ent: int, n_sents: int, rel2id: Dict[str, int], bad: Report,
-                 warn: Callable[[str], None]) -> Labels:
+                 warn: Callable[[str], None], unknown: Optional[Counter] = None) -> Labels:
     """Kept labels [n, 3] of (h, t, relation id) with their evidence; h == t and duplicates are dropped with a
     warning (a duplicate keeps the first label's evidence)."""
     kept: Dict[Tuple[int, int, int], List[int]] = {}  # insertion-ordered
@@ -179,7 +186,7 @@ def check_labels(raw: Any, n_ent: int, n_sents: int, rel2id: Dict[str, int], bad
         bad("labels", "must be a list", raw)
     else:
         for l_i, lab in enumerate(raw):
-            check_label(lab, l_i, n_ent, n_sents, rel2id, bad, warn, kept)
+            check_label(lab, l_i, n_ent, n_sents, rel2id, bad, warn, kept, unknown)
     return np.asarray(list(kept), dtype=np.int64).reshape(-1, 3), list(kept.values())
 
 
@@ -187,8 +194,10 @@ def no_labels() -> Labels:
     return np.zeros((0, 3), dtype=np.int64), []
 
 
-def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[List[str], List[str], Labels]:
-    """Check one document; return (problems, warnings, kept labels with their evidence)."""
+def validate_document(doc: Any, index: int, rel2id: Dict[str, int],
+                      unknown: Optional[Counter] = None) -> Tuple[List[str], List[str], Labels]:
+    """Check one document; return (problems, warnings, kept labels with their evidence). With `unknown`, labels
+    of relations outside the label map are counted there and left out (check_label)."""
     problems: List[str] = []
     warns: List[str] = []
     title = doc.get("title") if isinstance(doc, dict) else None
@@ -215,7 +224,7 @@ def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[Lis
     labels = no_labels()
     if doc.get("labels") is not None and isinstance(doc["vertexSet"], list):
         labels = check_labels(doc["labels"], len(doc["vertexSet"]), len(sent_lens), rel2id, bad,
-                              lambda msg: warns.append(f"{where}: field {msg}"))
+                              lambda msg: warns.append(f"{where}: field {msg}"), unknown)
     return problems, warns, labels
 
 
@@ -225,15 +234,17 @@ def validate_document(doc: Any, index: int, rel2id: Dict[str, int]) -> Tuple[Lis
 class CorpusValidator:
     """The rules of one file over its documents in order: each document's, and titles unique across the file."""
 
-    def __init__(self, rel2id: Dict[str, int]):
+    def __init__(self, rel2id: Dict[str, int], skip_unknown_relations: bool = False):
         self.rel2id = rel2id
+        # labels of relations outside the label map: left out and counted here, or (None) problems
+        self.unknown: Optional[Counter] = Counter() if skip_unknown_relations else None
         self.problems: List[str] = []
         self.warnings: List[str] = []  # labels dropped (h == t, duplicates)
         self.first_with_title: Dict[str, int] = {}
 
     def check(self, doc: Any, index: int) -> Labels:
         """Check document `index`, recording its problems and warnings; return its kept labels and evidence."""
-        problems, warns, labels = validate_document(doc, index, self.rel2id)
+        problems, warns, labels = validate_document(doc, index, self.rel2id, self.unknown)
         title = doc.get("title") if isinstance(doc, dict) else None
         if isinstance(title, str):
             first = self.first_with_title.setdefault(title, index)

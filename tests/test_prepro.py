@@ -514,3 +514,28 @@ def test_bad_marker_and_length_are_refused(tmp_path, minilm_tokenizer):
         read_docred(path, minilm_tokenizer, REL2ID, entity_marker="")
     with pytest.raises(ValueError, match="max_seq_length=2"):
         read_docred(path, minilm_tokenizer, REL2ID, max_seq_length=2)
+
+
+def test_unknown_relations_are_problems_or_left_out_and_counted(tmp_path, minilm_tokenizer, caplog):
+    """Test mode scores a model on files with relations it never saw: skip_unknown_relations leaves those labels
+    out (counted, warned of, cached under their own key); by default they are problems naming the label."""
+    doc = make_doc()
+    doc["labels"] += [{"h": 0, "t": 1, "r": "P999", "evidence": [0]}, {"h": 2, "t": 0, "r": "P999"}]
+    path = write(tmp_path, [doc, make_doc("Doc B")])
+    with pytest.raises(prepro.ValidationError, match=r"document 0 \(title 'Doc A'\): field labels\[2\]\.r: relation "
+                                                     r"not in the label map \(4 classes\) \(got 'P999'\)"):
+        read_docred(path, minilm_tokenizer, REL2ID)
+    cache = tmp_path / "cache"
+    for _ in range(2):  # built, then read from the cache
+        with caplog.at_level(logging.WARNING, logger="prepro"):
+            feats = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache, skip_unknown_relations=True)
+        assert "2 label(s) of 1 relation(s) not in the label map (P999 x2) are left out of the features" in caplog.text
+        caplog.clear()
+        assert feats.stats["unknown_labels"] == {"P999": 2}
+        assert feats[0]["labels"].tolist() == read_docred(write(tmp_path, [make_doc()], "known.json"),
+                                                          minilm_tokenizer, REL2ID)[0]["labels"].tolist()
+    bad = make_doc()
+    bad["labels"].append({"h": 7, "t": 0, "r": "P999"})  # other fields are still checked
+    with pytest.raises(prepro.ValidationError, match=r"field labels\[2\]\.h: must be an entity index"):
+        read_docred(write(tmp_path, [bad], "bad.json"), minilm_tokenizer, REL2ID, skip_unknown_relations=True)
+    assert len(list(cache.iterdir())) == 1
