@@ -44,6 +44,21 @@ def test_evidence_is_written_for_predicted_facts_and_scored(small_synthetic_dir,
     assert json.loads((again / "result.json").read_text()) == result
 
 
+@pytest.mark.parametrize("loss", ["atl", "ncrl", "afl"])
+def test_evidence_trains_with_every_loss(small_synthetic_dir, tiny_bert_dir, tmp_path, loss):
+    """The evidence term joins any relation loss: finite training losses, and every predicted fact carries evidence
+    (threshold 0 keeps each sentence with attention; at 1024 tokens, in windows, no entity is cut off)."""
+    out = tmp_path / loss
+    train.main(tiny(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 2, "--loss", loss, "--logging_steps", 1,
+                    "--evidence_lambda", 0.1, "--evidence_threshold", 0, "--test_file", "", "--max_seq_length", 1024))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert "evi_f1" in json.loads((out / "dev_scores.json").read_text())
+    preds = json.loads((out / "dev_pred.json").read_text())
+    assert preds and all(p["evidence"] for p in preds)
+
+
 def test_without_evidence_nothing_changes(small_synthetic_dir, tiny_bert_dir, tmp_path):
     """--evidence_lambda 0 (the default) takes the plain path: no evidence field, same files as before."""
     out = tmp_path / "plain"
