@@ -336,16 +336,32 @@ class DocREModel(nn.Module):
                                f"with attn_implementation='eager' or use attention_rows='recompute'")
         return hidden, store
 
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                  ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (ids, mask) of each encoder call: one per sequence at its own length with `unpad`, else one."""
+        unpad = self.unpad if self.unpad is not None else input_ids.device.type == "cpu"
+        if not unpad or len(input_ids) == 1:
+            return [(input_ids, attention_mask)]
+        return [(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
+                for i, n in enumerate(attention_mask.sum(1).tolist())]
+
+    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (ids, mask) pairs `forward` runs the encoder on for this batch: its windows, unpadded on CPU."""
+        if input_ids.shape[1] > self.window_size:
+            win = self._windows(input_ids, attention_mask.sum(1).tolist(), self.window_size)
+            input_ids, attention_mask = win["ids"], win["mask"].long()
+        return self._unpadded(input_ids, attention_mask)
+
     def _run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Last hidden states [N, W, H] and the last attention module's input [N, W, H] or weights
         [N, heads, W, W]; with `unpad`, each sequence is encoded alone at its own length."""
-        unpad = self.unpad if self.unpad is not None else input_ids.device.type == "cpu"
-        if not unpad or len(input_ids) == 1:
-            return self._encoder_call(input_ids, attention_mask)
+        pieces = self._unpadded(input_ids, attention_mask)
+        if len(pieces) == 1:
+            return self._encoder_call(*pieces[0])
         width = input_ids.shape[1]
-        parts = [self._encoder_call(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
-                 for i, n in enumerate(attention_mask.sum(1).tolist())]
+        parts = [self._encoder_call(ids, mask) for ids, mask in pieces]
         hidden = torch.cat([nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
         store = {}
         if "input" in parts[0][1]:

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours: SDPA encoder, attention rows of the mentions only; eager-all-layers: ATLOP's path, "
                         "eager attention returning every layer's weights")
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--no_ceiling", dest="ceiling", action="store_false",
+                   help="skip timing the bare encoder (forward and backward in train, forward in eval, no head "
+                        "and no loss) on the same batches; our path only")
     g.add_argument("--warmup_steps", type=int, default=1, help="untimed batches before each timed phase")
     g.add_argument("--repeat", type=int, default=1,
                    help="time every batch this many times and keep the fastest (steadier on a shared machine)")
@@ -172,19 +175,30 @@ def fastest(run: Callable[[int], Any], n_items: int, repeat: int, device) -> Tup
     GPU work is finished before each clock reading. Taking each item's minimum drops the stalls that other
     processes cause on a shared machine without hiding a consistently slow item.
     """
+    return fastest_alternating([run], n_items, repeat, device)[0]
+
+
+def fastest_alternating(runs: Sequence[Callable[[int], Any]], n_items: int, repeat: int, device,
+                        after_first: Optional[Callable[[], None]] = None) -> List[Tuple[float, float]]:
+    """`fastest` of each of `runs` over the same items, their rounds alternating (A, B, A, B, ...) so a change
+    of load on a shared machine slows all of them alike; `after_first()` is called once the first round of
+    `runs[0]` is done (e.g. to read its peak memory before the others run)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    wall = np.full((repeat, n_items), np.inf)
-    cpu = np.full((repeat, n_items), np.inf)
+    wall = np.full((len(runs), repeat, n_items), np.inf)
+    cpu = np.full((len(runs), repeat, n_items), np.inf)
     for r in range(repeat):
-        for i in range(n_items):
-            sync()
-            w0, c0 = time.perf_counter(), time.process_time()
-            run(i)
-            sync()
-            wall[r, i], cpu[r, i] = time.perf_counter() - w0, time.process_time() - c0
-    return float(wall.min(0).sum()), float(cpu.min(0).sum())
+        for k, run in enumerate(runs):
+            for i in range(n_items):
+                sync()
+                w0, c0 = time.perf_counter(), time.process_time()
+                run(i)
+                sync()
+                wall[k, r, i], cpu[k, r, i] = time.perf_counter() - w0, time.process_time() - c0
+            if r == 0 and k == 0 and after_first is not None:
+                after_first()
+    return [(float(w.min(0).sum()), float(c.min(0).sum())) for w, c in zip(wall, cpu)]
 
 
 def machine_info() -> Dict[str, Any]:
@@ -351,9 +365,55 @@ def phase_features(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int]) -> L
     return list(read_features(spec["docs_file"], tokenizer, rel2id, spec["args"]["max_seq_length"]))
 
 
+def bare_inputs(model, features: Sequence[dict], batches: Sequence[Sequence[int]], collate, device
+                ) -> List[List[Tuple[Any, Any]]]:
+    """Per batch, the (ids, mask) pairs our model runs its encoder on (its windows, unpadded on CPU)."""
+    out = []
+    for batch in batches:
+        b = collate([features[i] for i in batch])
+        out.append([(ids.to(device), mask.to(device))
+                    for ids, mask in model.encoder_inputs(b["input_ids"], b["attention_mask"])])
+    return out
+
+
+def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, backward: bool) -> None:
+    """The encoder alone on one batch's inputs, as Hugging Face loads it (plain SDPA, no head, no loss):
+    forward, and with `backward` the backward of the sum of its last hidden states (the gradients are
+    dropped afterwards so the next training step does not see them)."""
+    import torch
+
+    from model import use_checkpointed_sdpa
+
+    encoder = model.encoder
+    switched = backward and use_checkpointed_sdpa(encoder, False)
+    try:
+        with torch.set_grad_enabled(backward), utils.autocast(device, dtype):
+            total = sum(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float().sum()
+                        for ids, mask in pieces)
+        if backward:
+            total.backward()
+            encoder.zero_grad(set_to_none=True)
+    finally:
+        if switched:
+            use_checkpointed_sdpa(encoder, True)
+
+
+def with_ceiling(args: Dict[str, Any]) -> bool:
+    """Whether train and eval also time the bare encoder (our attention path only)."""
+    return args["ceiling"] and args["attention"] == "ours"
+
+
+def ceiling_figures(phase: str, n_docs: int, ours: Tuple[float, float], bare: Tuple[float, float]
+                    ) -> Dict[str, Any]:
+    """The bare encoder's figures and our share of its speed (ours docs/s over its docs/s)."""
+    return {f"{phase}_bare_docs_per_s": n_docs / bare[0], f"{phase}_bare_wall_s": bare[0],
+            f"{phase}_bare_cpu_s": bare[1], f"{phase}_fraction_of_bare": bare[0] / ours[0]}
+
+
 def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype) -> Dict[str, Any]:
     """Documents per second and seconds per optimizer step of the engine's own training step
-    (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step."""
+    (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step; with the ceiling, the
+    bare encoder's forward and backward on the same batches, alternating with ours."""
     import engine
 
     args = spec["args"]
@@ -368,19 +428,32 @@ def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, 
     for batch in batches[:args["warmup_steps"]]:
         trainer.step([batch])
     losses = [0.0] * len(batches)
+    peak: Dict[str, float] = {}
 
     def step(i: int) -> None:
         losses[i] = trainer.step([batches[i]])["loss"]
 
-    wall, cpu = fastest(step, len(batches), args["repeat"], device)
-    return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
-            "train_s_per_step": wall / len(batches), "train_wall_s": wall, "train_cpu_s": cpu,
-            "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1]}
+    runs: List[Callable[[int], Any]] = [step]
+    if with_ceiling(args):
+        pieces = bare_inputs(model, features, batches, collate, device)
+        for p in pieces[:args["warmup_steps"]]:
+            bare_encoder_run(model, p, device, dtype, backward=True)
+        runs.append(lambda i: bare_encoder_run(model, pieces[i], device, dtype, backward=True))
+    timed = fastest_alternating(runs, len(batches), args["repeat"], device,
+                                after_first=lambda: peak.update(train_peak_rss_mb=peak_rss_mb()))
+    wall, cpu = timed[0]
+    out = {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
+           "train_s_per_step": wall / len(batches), "train_wall_s": wall, "train_cpu_s": cpu,
+           "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1], **peak}
+    if len(timed) > 1:
+        out.update(ceiling_figures("train", len(features), timed[0], timed[1]))
+    return out
 
 
 def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
                rel2id: Dict[str, int]) -> Dict[str, Any]:
-    """Documents per second of prediction: forward passes, decoding and official records."""
+    """Documents per second of prediction: forward passes, decoding and official records; with the
+    ceiling, the bare encoder's forward on the same batches, alternating with ours."""
     import torch
 
     import engine
@@ -399,6 +472,7 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
         predict(docs)
     logits: List[Optional[torch.Tensor]] = [None] * len(chunks)
     records: List[Any] = []
+    peak: Dict[str, float] = {}
 
     def item(i: int) -> None:
         if i < len(chunks):
@@ -407,9 +481,22 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
             preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.top_k)
             records[:] = evaluation.to_official(preds, features, id2rel)
 
-    wall, cpu = fastest(item, len(chunks) + 1, args["repeat"], device)
-    return {"eval_docs": len(features), "eval_docs_per_s": len(features) / wall, "eval_wall_s": wall,
-            "eval_cpu_s": cpu, "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records)}
+    runs: List[Callable[[int], Any]] = [item]
+    if with_ceiling(args):
+        model.eval()
+        index = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+        pieces = bare_inputs(model, features, index, collate, device) + [[]]  # nothing to decode
+        for p in pieces[:args["warmup_steps"]]:
+            bare_encoder_run(model, p, device, dtype, backward=False)
+        runs.append(lambda i: bare_encoder_run(model, pieces[i], device, dtype, backward=False))
+    timed = fastest_alternating(runs, len(chunks) + 1, args["repeat"], device,
+                                after_first=lambda: peak.update(eval_peak_rss_mb=peak_rss_mb()))
+    wall, cpu = timed[0]
+    out = {"eval_docs": len(features), "eval_docs_per_s": len(features) / wall, "eval_wall_s": wall,
+           "eval_cpu_s": cpu, "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records), **peak}
+    if len(timed) > 1:
+        out.update(ceiling_figures("eval", len(features), timed[0], timed[1]))
+    return out
 
 
 def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -442,7 +529,7 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
         out[f"{phase}_pairs_per_doc"] = float(np.mean([len(f["hts"]) for f in features]))
         if device.type == "cuda":
             out[f"{phase}_peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    out[f"{phase}_peak_rss_mb"] = peak_rss_mb()
+    out.setdefault(f"{phase}_peak_rss_mb", peak_rss_mb())  # train and eval read theirs before the bare encoder
     return out
 
 
@@ -523,7 +610,7 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings a reader needs to reproduce the figures."""
     keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
             "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
-            "gradient_checkpointing", "warmup_steps", "repeat", "seed")
+            "gradient_checkpointing", "ceiling", "warmup_steps", "repeat", "seed")
     out = {k: getattr(args, k) for k in keys}
     out["model"] = utils.resolve_model_path(args.model) if args.model else None
     if not args.synthetic_tokens:
