@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--repeat", type=int, default=1,
                    help="time every batch this many times and keep the fastest (steadier on a shared machine)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing, profile N training steps and N evaluation batches with torch.profiler "
+                        "and print where their time goes (encoder, attention, pooling, bilinear, loss, ...)")
     g = p.add_argument_group("scaling")
     g.add_argument("--scaling", action="store_true",
                    help="time train and eval on synthetic documents of growing length and entity count")
@@ -139,6 +142,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.phases.remove("prepro")  # synthetic documents have no text to preprocess
     if not args.phases:
         parser.error("no phase left to run")
+    if args.profile < 0:
+        parser.error(f"--profile must be positive, got {args.profile}")
+    if args.profile:
+        args.phases = [x for x in args.phases if x != "prepro"]
+        if args.scaling or not args.phases:
+            parser.error("--profile profiles the train and eval phases of one setting (not --scaling)")
     for name in ("docs", "batch_size", "threads", "repeat", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -499,6 +508,146 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
     return out
 
 
+# ----------------------------------------------------------------------------- profile (child process)
+# (label, parent label) of the regions `instrument` marks, in the order of the table; a backward event is
+# counted under "backward" (its recomputed attention and the bilinear's backward have rows of their own)
+PROFILE_ROWS = (("step", None), ("collate", "step"), ("model forward", "step"), ("encoder forward", "model forward"),
+                ("attention core (SDPA)", "encoder forward"), ("attention rows recompute", "model forward"),
+                ("entity pooling", "model forward"), ("context pooling", "model forward"),
+                ("extractors + group bilinear", "model forward"), ("group bilinear", "extractors + group bilinear"),
+                ("loss", "step"), ("backward", "step"), ("attention core recomputed", "backward"),
+                ("group bilinear backward", "backward"), ("clip + AdamW + schedule", "step"),
+                ("decode + official records", "step"))
+
+
+def labelled(label: str, fn: Callable) -> Callable:
+    """`fn` inside a torch.profiler record_function range named `label`."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with torch.profiler.record_function(label):
+            return fn(*a, **kw)
+    return wrapper
+
+
+def instrument(model, trainer=None) -> None:
+    """Mark the regions of PROFILE_ROWS on this process's model, trainer and libraries (profile mode only)."""
+    import torch
+    import transformers.integrations.sdpa_attention as sdpa
+
+    import model as model_module
+
+    for attr, label in (("_run_encoder", "encoder forward"), ("_attention_rows", "attention rows recompute"),
+                        ("pool_entities", "entity pooling"), ("pool_context", "context pooling"),
+                        ("classify", "extractors + group bilinear"), ("forward", "model forward")):
+        setattr(model, attr, labelled(label, getattr(model, attr)))
+    model_module.group_bilinear = labelled("group bilinear", model_module.group_bilinear)
+    sdpa.sdpa_attention_forward = labelled("attention core (SDPA)", sdpa.sdpa_attention_forward)
+    torch.Tensor.backward = labelled("backward", torch.Tensor.backward)
+    if trainer is not None:
+        trainer.loss_fn = labelled("loss", trainer.loss_fn)
+        trainer.collate = labelled("collate", trainer.collate)
+        trainer.optimizer_step = labelled("clip + AdamW + schedule", trainer.optimizer_step)
+
+
+def profile_table(prof, n_steps: int) -> List[Dict[str, Any]]:
+    """Milliseconds per step of each PROFILE_ROWS region (inclusive) and its share of the step."""
+    names = {label for label, _ in PROFILE_ROWS}
+    total = dict.fromkeys(names, 0.0)
+    for e in prof.events():
+        name = e.name
+        if name.startswith("autograd::engine::evaluate_function: GroupBilinearFunctionBackward"):
+            name = "group bilinear backward"
+        if name not in names:
+            continue
+        parent, in_backward = e.cpu_parent, False
+        while parent is not None and not in_backward:
+            in_backward, parent = parent.name == "backward", parent.cpu_parent
+        if name == "attention core (SDPA)" and in_backward:
+            name = "attention core recomputed"
+        total[name] += e.time_range.elapsed_us() / 1e3
+    parents = dict(PROFILE_ROWS)
+
+    def ancestors(label: str) -> List[str]:
+        chain = []
+        while parents.get(label) is not None:
+            label = parents[label]
+            chain.append(label)
+        return chain
+
+    step = total["step"] / n_steps
+    row = lambda label, ms, depth: {"region": label, "depth": depth, "ms_per_step": ms,  # noqa: E731
+                                    "share": ms / step if step else 0.0}
+    rows = [row(label, total[label] / n_steps, len(ancestors(label))) for label, _ in PROFILE_ROWS
+            if label == "step" or total[label] > 0]
+    for parent, rest in (("model forward", "rest of the forward (gathers, windows, Python)"),
+                         ("backward", "rest of the backward (encoder, head)")):
+        if not total[parent]:
+            continue
+        children = sum(total[label] for label, up in PROFILE_ROWS if up == parent) / n_steps
+        last = max(i for i, r in enumerate(rows) if r["region"] == parent or parent in ancestors(r["region"]))
+        rows.insert(last + 1, row(rest, total[parent] / n_steps - children, len(ancestors(parent)) + 1))
+    top = sum(r["ms_per_step"] for r in rows if r["depth"] == 1)
+    rows.append(row("other (Python, .item(), to(device))", step - top, 1))
+    return rows
+
+
+def profile_phase(phase: str, spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
+                  rel2id: Dict[str, int]) -> Dict[str, Any]:
+    """Profile --profile training steps or evaluation batches (after the warm-up) and tabulate them."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import engine
+    import evaluation
+
+    args = spec["args"]
+    hp = training_defaults(args)
+    hp.amp = args["amp"]
+    n, bs = args["profile"], args["batch_size"] if phase == "train" else args["eval_batch_size"]
+    batches = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+    batches = (batches[args["warmup_steps"]:] or batches)[:n]  # the steps after the warm-up ones
+    loss_fn = engine.build_loss_from_args(hp)
+    if phase == "train":
+        trainer = engine.Trainer(hp, model, model.encoder, loss_fn, features, collate, evaluate=None, run=None,
+                                 metric="f1", checkpoint_meta={})
+        instrument(model, trainer)
+        model.train()
+        run = lambda b: trainer.step([b])  # noqa: E731
+    else:
+        instrument(model)
+        collate = labelled("collate", collate)
+        id2rel = {v: k for k, v in rel2id.items()}
+
+        def run(b: List[int]) -> None:
+            docs = [features[i] for i in b]
+            logits = engine.predict_logits(model, docs, collate, lambda f: len(f["hts"]), bs, dtype, progress=False)
+            with record_function("decode + official records"):
+                evaluation.to_official(loss_fn.get_label(logits, num_labels=hp.top_k), docs, id2rel)
+    for b in batches[:args["warmup_steps"]]:
+        run(b)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for b in batches:
+            with record_function("step"):
+                run(b)
+    rows = profile_table(prof, len(batches))
+    top_ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return {f"{phase}_profile": rows, f"{phase}_profile_steps": len(batches), f"{phase}_profile_top_ops": top_ops}
+
+
+def profile_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """A profile table as Markdown, nested regions indented."""
+    lines = ["| region | ms per step | share |", "|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {'&nbsp;&nbsp;' * max(r['depth'] - 1, 0)}{r['region']} | {r['ms_per_step']:.1f} | "
+                     f"{100 * r['share']:.1f}% |")
+    return "\n".join(lines)
+
+
 def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Run one phase in this (fresh) process and return its figures, peak memory included."""
     import torch
@@ -520,7 +669,9 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
         max_len = max(args["max_seq_length"], max(len(f["input_ids"]) for f in features))
         model = build_model(args, tokenizer, len(rel2id), max_len).to(device)
         collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
-        if phase == "train":
+        if args["profile"]:
+            out = profile_phase(phase, spec, model, features, collate, device, dtype, rel2id)
+        elif phase == "train":
             out = phase_train(spec, model, features, collate, device, dtype)
         else:
             out = phase_eval(spec, model, features, collate, device, dtype, rel2id)
@@ -610,7 +761,7 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings a reader needs to reproduce the figures."""
     keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
             "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
-            "gradient_checkpointing", "ceiling", "warmup_steps", "repeat", "seed")
+            "gradient_checkpointing", "ceiling", "warmup_steps", "repeat", "seed", "profile")
     out = {k: getattr(args, k) for k in keys}
     out["model"] = utils.resolve_model_path(args.model) if args.model else None
     if not args.synthetic_tokens:
@@ -738,6 +889,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         utils.atomic_write_json(args.output, result, indent=1)
     if args.json:
         print(json.dumps(result, indent=1))
+    elif args.profile:
+        for phase in args.phases:
+            print(f"\n{phase}: {result[f'{phase}_profile_steps']} profiled steps\n"
+                  f"{profile_markdown(result[f'{phase}_profile'])}\n\n{result[f'{phase}_profile_top_ops']}")
     else:
         print(scaling_table(result["scaling"]) if args.scaling else summary(result))
     if args.scaling:

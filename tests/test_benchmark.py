@@ -150,6 +150,27 @@ def test_bare_encoder_sees_the_models_own_encoder_inputs(bench, roberta_tokenize
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_profile_mode_accounts_for_each_step(bench):
+    out = run_script("--encoder_config", "tiny-bert", "--synthetic_tokens", "48", "--synthetic_entities", "4",
+                     "--docs", "3", "--batch_size", "1", "--profile", "2", "--device", "cpu")
+    assert out["settings"]["profile"] == 2
+    for phase, regions in (("train", {"collate", "encoder forward", "attention core (SDPA)", "entity pooling",
+                                      "context pooling", "group bilinear", "loss", "backward",
+                                      "group bilinear backward", "clip + AdamW + schedule"}),
+                           ("eval", {"collate", "encoder forward", "group bilinear", "decode + official records"})):
+        rows = {r["region"]: r for r in out[f"{phase}_profile"]}
+        assert out[f"{phase}_profile_steps"] == 2 and regions <= set(rows), set(rows)
+        assert rows["step"]["ms_per_step"] > 0 and rows["step"]["share"] == 1.0
+        top = [r for r in out[f"{phase}_profile"] if r["depth"] == 1]  # the step's parts, "other" included
+        assert sum(r["ms_per_step"] for r in top) == pytest.approx(rows["step"]["ms_per_step"])
+        assert all(r["ms_per_step"] > 0 for r in top if not r["region"].startswith("other"))
+        assert rows["group bilinear"]["ms_per_step"] <= rows["extractors + group bilinear"]["ms_per_step"]
+        assert "aten::" in out[f"{phase}_profile_top_ops"]
+    assert "train_docs_per_s" not in out and "train_bare_docs_per_s" not in out
+    table = bench.profile_markdown(out["eval_profile"]).splitlines()
+    assert table[0] == "| region | ms per step | share |" and table[2].startswith("| step | ")
+
+
 def test_scaling_points_and_argument_errors(bench):
     args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20"])
     assert bench.scaling_points(args) == [(256, 20), (512, 20), (512, 10)]
@@ -158,7 +179,9 @@ def test_scaling_points_and_argument_errors(bench):
                  ["--model", "minilm"],  # no data and nothing synthetic
                  ["--data", "x.json", "--phases", "prepro,predict"],
                  ["--scaling", "--scaling_lengths", "256,0"],
-                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"]):
+                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"],
+                 ["--scaling", "--profile", "2"],
+                 ["--synthetic_tokens", "64", "--profile", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
 
