@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours: SDPA encoder, attention rows of the mentions only; eager-all-layers: ATLOP's path, "
                         "eager attention returning every layer's weights")
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mmap_threshold_mb", type=float, default=None,
+                   help="train.py's flag of that name (default: train.py's default; 0: glibc's dynamic threshold)")
     g.add_argument("--no_ceiling", dest="ceiling", action="store_false",
                    help="skip timing the bare encoder (forward and backward in train, forward in eval, no head "
                         "and no loss) on the same batches; our path only")
@@ -343,6 +345,8 @@ def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
 
     hp = engine.add_training_args(argparse.ArgumentParser()).parse_args([])
     hp.loss, hp.train_batch_size = args["loss"], args["batch_size"]
+    if args["mmap_threshold_mb"] is not None:
+        hp.mmap_threshold_mb = args["mmap_threshold_mb"]
     return hp
 
 
@@ -761,7 +765,7 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings a reader needs to reproduce the figures."""
     keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
             "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
-            "gradient_checkpointing", "ceiling", "warmup_steps", "repeat", "seed", "profile")
+            "gradient_checkpointing", "mmap_threshold_mb", "ceiling", "warmup_steps", "repeat", "seed", "profile")
     out = {k: getattr(args, k) for k in keys}
     out["model"] = utils.resolve_model_path(args.model) if args.model else None
     if not args.synthetic_tokens:
