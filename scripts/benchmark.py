@@ -8,13 +8,17 @@
         --attention eager-all-layers
     # time and memory against document length and entity count, with scaling.png
     python scripts/benchmark.py --model minilm --scaling --plot scaling.png
+    # where a training step and an evaluation batch spend their time (torch.profiler, labelled regions)
+    python scripts/benchmark.py --data ../shared/data/redocred/dev_revised.json --model minilm --docs 48 \
+        --threads 1 --profile 4
 
 Each phase (prepro, train, eval) runs in its own Python process, so one phase's peak memory never hides
 another's; every phase first runs a warm-up that is not timed. Peak memory is the process's high-water
 resident set (VmHWM; `ru_maxrss` would include the parent's peak) and, on a GPU,
 `torch.cuda.max_memory_allocated`. Times are wall-clock; CPU seconds are reported beside them because a
 shared machine slows wall-clock time more than the CPU time a phase needs; `--repeat R` times every batch
-R times and keeps each batch's fastest run, which drops most stalls caused by other processes.
+R times and keeps each batch's fastest run, which drops most stalls caused by other processes. Train and
+eval also time the bare encoder on the same batches (the ceiling; `--no_ceiling` skips it).
 """
 from __future__ import annotations
 
