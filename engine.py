@@ -222,6 +222,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="auto: bf16 on GPUs that support it, fp16 + GradScaler on older ones, off on CPU")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for encoder memory")
+    g.add_argument("--mmap_threshold_mb", type=float, default=4.0,
+                   help="glibc: blocks of at least this many MiB get their own mapping, freed at once, so "
+                        "freed activations do not stay resident (0: malloc's own dynamic threshold)")
     g.add_argument("--length_bucketing", action="store_true",
                    help="batch documents of similar length together (same epoch content, fewer pad tokens)")
     g.add_argument("--output_dir", default=None, help="run directory (default runs/<task>-<loss>-<model>-seed<seed>-<time>)")
@@ -605,6 +608,7 @@ class Trainer:
         self.decision: Optional[Decision] = None
         self.device = next(model.parameters()).device
         self.dtype = utils.amp_dtype(self.device, args.amp)
+        utils.set_mmap_threshold(args.mmap_threshold_mb)  # lowers the training peak (BENCHMARKS.md)
         self.rank, self.world = world_info()
         self.module = model  # unwrapped: checkpoints and evaluation
         self.model = model if self.world == 1 else nn.parallel.DistributedDataParallel(

@@ -137,9 +137,11 @@ def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.
 
 # ----------------------------------------------------------------------------- group bilinear
 class GroupBilinearFunction(torch.autograd.Function):
-    """sum_g F(x_g, y_g)^T W_cg one group at a time, in reused [P, bs, bs] buffers; backward recomputes them.
+    """sum_g F(x_g, y_g)^T W_cg one group at a time, in reused [rows, bs, bs] buffers; backward recomputes them.
 
     F(x, y) = x outer y (ATLOP), or with `max_sym` the NCRL authors' max(x outer y, (x outer y)^T), elementwise.
+    The forward and the input gradients run over chunks of pairs whose buffer stays in cache (PAIR_CHUNK_BYTES):
+    each row's result is the same computation, so the chunking changes no bit of it.
     """
 
     @staticmethod
@@ -148,11 +150,15 @@ class GroupBilinearFunction(torch.autograd.Function):
         xs, ys, w = _group_views(x, y, weight, block_size)
         n = x.shape[0]
         out = torch.zeros(n, weight.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-        outer = x.new_empty(n, block_size, block_size)  # reused: fresh big tensors cost page faults on CPU
-        sym = x.new_empty(n, block_size, block_size) if max_sym else outer
-        for g in range(xs.shape[1]):
-            _block_features(xs[:, g], ys[:, g], outer, sym)
-            out += sym.view(n, block_size * block_size) @ w[:, g].t()
+        chunk = pair_chunk(n, block_size, x)
+        outer = x.new_empty(chunk, block_size, block_size)  # reused: fresh big tensors cost page faults on CPU
+        sym = x.new_empty(chunk, block_size, block_size) if max_sym else outer
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            o, f = outer[:b - a], (sym[:b - a] if max_sym else outer[:b - a])
+            for g in range(xs.shape[1]):
+                _block_features(xs[a:b, g], ys[a:b, g], o, f if max_sym else o)
+                out[a:b] += f.view(b - a, block_size * block_size) @ w[:, g].t()
         ctx.save_for_backward(x, y, weight)
         ctx.block_size, ctx.max_sym = block_size, max_sym
         return out  # [P, K+1]
@@ -166,19 +172,41 @@ class GroupBilinearFunction(torch.autograd.Function):
         grad = grad.to(x.dtype)
         gx, gy = torch.zeros_like(xs), torch.zeros_like(ys)
         gw = weight.new_zeros(groups, weight.shape[0], bs * bs)
-        buf = x.new_empty(n, bs, bs)
-        outer, sym = (x.new_empty(n, bs, bs), x.new_empty(n, bs, bs)) if max_sym else (buf, buf)
-        for g in range(groups):
-            if ctx.needs_input_grad[2] or max_sym:
+        if ctx.needs_input_grad[2]:  # d W sums over all pairs: one product per group, in the unchunked order
+            outer = x.new_empty(n, bs, bs)
+            sym = x.new_empty(n, bs, bs) if max_sym else outer
+            for g in range(groups):
                 _block_features(xs[:, g], ys[:, g], outer, sym)
-            if ctx.needs_input_grad[2]:
                 torch.mm(grad.t(), sym.view(n, bs * bs), out=gw[g])
-            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-                torch.mm(grad, w[:, g], out=buf.view(n, bs * bs))  # G = d logits / d F
-                d_outer = _max_sym_backward(outer, buf, out=sym) if max_sym else buf
-                gx[:, g] = torch.bmm(d_outer, ys[:, g, :, None]).squeeze(-1)
-                gy[:, g] = torch.bmm(xs[:, g, None, :], d_outer).squeeze(1)
+            del outer, sym
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            chunk = pair_chunk(n, bs, x)
+            buf = x.new_empty(chunk, bs, bs)
+            outer, sym = (x.new_empty(chunk, bs, bs), x.new_empty(chunk, bs, bs)) if max_sym else (buf, buf)
+            for a in range(0, n, chunk):
+                b = min(a + chunk, n)
+                for g in range(groups):
+                    g_out = buf[:b - a]
+                    torch.mm(grad[a:b], w[:, g], out=g_out.view(b - a, bs * bs))  # G = d logits / d F
+                    if max_sym:
+                        o, f = outer[:b - a], sym[:b - a]
+                        _block_features(xs[a:b, g], ys[a:b, g], o, f)
+                        g_out = _max_sym_backward(o, g_out, out=f)
+                    gx[a:b, g] = torch.bmm(g_out, ys[a:b, g, :, None]).squeeze(-1)
+                    gy[a:b, g] = torch.bmm(xs[a:b, g, None, :], g_out).squeeze(1)
         return gx.view_as(x), gy.view_as(y), gw.transpose(0, 1).reshape_as(weight), None, None
+
+
+# Bytes of one [rows, bs, bs] buffer of the group bilinear: small enough to stay in a core's cache between the
+# product that writes it and the one that reads it (unchunked, it is [P, bs, bs]: tens of MB through memory).
+PAIR_CHUNK_BYTES = 2 ** 21
+
+
+def pair_chunk(n: int, block_size: int, x: torch.Tensor) -> int:
+    """Pairs per chunk of the group bilinear (all of them on a GPU, where memory traffic is not the limit)."""
+    if x.device.type != "cpu":
+        return max(n, 1)
+    return max(1, min(n, PAIR_CHUNK_BYTES // (block_size * block_size * x.element_size())))
 
 
 def _block_features(x: torch.Tensor, y: torch.Tensor, outer: torch.Tensor, sym: torch.Tensor) -> None:
@@ -336,16 +364,32 @@ class DocREModel(nn.Module):
                                f"with attn_implementation='eager' or use attention_rows='recompute'")
         return hidden, store
 
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                  ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (ids, mask) of each encoder call: one per sequence at its own length with `unpad`, else one."""
+        unpad = self.unpad if self.unpad is not None else input_ids.device.type == "cpu"
+        if not unpad or len(input_ids) == 1:
+            return [(input_ids, attention_mask)]
+        return [(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
+                for i, n in enumerate(attention_mask.sum(1).tolist())]
+
+    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                       ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The (ids, mask) pairs `forward` runs the encoder on for this batch: its windows, unpadded on CPU."""
+        if input_ids.shape[1] > self.window_size:
+            win = self._windows(input_ids, attention_mask.sum(1).tolist(), self.window_size)
+            input_ids, attention_mask = win["ids"], win["mask"].long()
+        return self._unpadded(input_ids, attention_mask)
+
     def _run_encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Last hidden states [N, W, H] and the last attention module's input [N, W, H] or weights
         [N, heads, W, W]; with `unpad`, each sequence is encoded alone at its own length."""
-        unpad = self.unpad if self.unpad is not None else input_ids.device.type == "cpu"
-        if not unpad or len(input_ids) == 1:
-            return self._encoder_call(input_ids, attention_mask)
+        pieces = self._unpadded(input_ids, attention_mask)
+        if len(pieces) == 1:
+            return self._encoder_call(*pieces[0])
         width = input_ids.shape[1]
-        parts = [self._encoder_call(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
-                 for i, n in enumerate(attention_mask.sum(1).tolist())]
+        parts = [self._encoder_call(ids, mask) for ids, mask in pieces]
         hidden = torch.cat([nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h, _ in parts])
         store = {}
         if "input" in parts[0][1]:

@@ -249,6 +249,29 @@ def select_device(device: Optional[str] = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# mallopt's parameter number of the mmap threshold (glibc's malloc.h)
+M_MMAP_THRESHOLD = -3
+
+
+def set_mmap_threshold(mib: float) -> bool:
+    """Have glibc's malloc give every block of at least `mib` MiB its own mapping, unmapped when freed.
+
+    glibc raises its threshold as large blocks are freed (up to 32 MiB), after which a training step's
+    activations come from the heap, and the freed gaps of one step's tensors, too small or misplaced for the
+    next step's, are kept resident: the process's peak grows beyond what the tensors ever need at once.
+    A fixed threshold stops that. 0 leaves malloc alone; False where malloc is not glibc's or refuses.
+    """
+    if mib <= 0 or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mib * 2 ** 20)))
+
+
 def amp_dtype(device: torch.device, amp: str = "auto") -> Optional[torch.dtype]:
     """The autocast dtype for `--amp` on `device`, or None for full fp32."""
     import torch

@@ -8,13 +8,17 @@
         --attention eager-all-layers
     # time and memory against document length and entity count, with scaling.png
     python scripts/benchmark.py --model minilm --scaling --plot scaling.png
+    # where a training step and an evaluation batch spend their time (torch.profiler, labelled regions)
+    python scripts/benchmark.py --data ../shared/data/redocred/dev_revised.json --model minilm --docs 48 \
+        --threads 1 --profile 4
 
 Each phase (prepro, train, eval) runs in its own Python process, so one phase's peak memory never hides
 another's; every phase first runs a warm-up that is not timed. Peak memory is the process's high-water
 resident set (VmHWM; `ru_maxrss` would include the parent's peak) and, on a GPU,
 `torch.cuda.max_memory_allocated`. Times are wall-clock; CPU seconds are reported beside them because a
 shared machine slows wall-clock time more than the CPU time a phase needs; `--repeat R` times every batch
-R times and keeps each batch's fastest run, which drops most stalls caused by other processes.
+R times and keeps each batch's fastest run, which drops most stalls caused by other processes. Train and
+eval also time the bare encoder on the same batches (the ceiling; `--no_ceiling` skips it).
 """
 from __future__ import annotations
 
@@ -94,10 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ours: SDPA encoder, attention rows of the mentions only; eager-all-layers: ATLOP's path, "
                         "eager attention returning every layer's weights")
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mmap_threshold_mb", type=float, default=None,
+                   help="train.py's flag of that name (default: train.py's default; 0: glibc's dynamic threshold)")
+    g.add_argument("--no_ceiling", dest="ceiling", action="store_false",
+                   help="skip timing the bare encoder (forward and backward in train, forward in eval, no head "
+                        "and no loss) on the same batches; our path only")
     g.add_argument("--warmup_steps", type=int, default=1, help="untimed batches before each timed phase")
     g.add_argument("--repeat", type=int, default=1,
                    help="time every batch this many times and keep the fastest (steadier on a shared machine)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing, profile N training steps and N evaluation batches with torch.profiler "
+                        "and print where their time goes (encoder, attention, pooling, bilinear, loss, ...)")
     g = p.add_argument_group("scaling")
     g.add_argument("--scaling", action="store_true",
                    help="time train and eval on synthetic documents of growing length and entity count")
@@ -136,6 +148,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.phases.remove("prepro")  # synthetic documents have no text to preprocess
     if not args.phases:
         parser.error("no phase left to run")
+    if args.profile < 0:
+        parser.error(f"--profile must be positive, got {args.profile}")
+    if args.profile:
+        args.phases = [x for x in args.phases if x != "prepro"]
+        if args.scaling or not args.phases:
+            parser.error("--profile profiles the train and eval phases of one setting (not --scaling)")
     for name in ("docs", "batch_size", "threads", "repeat", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -172,19 +190,30 @@ def fastest(run: Callable[[int], Any], n_items: int, repeat: int, device) -> Tup
     GPU work is finished before each clock reading. Taking each item's minimum drops the stalls that other
     processes cause on a shared machine without hiding a consistently slow item.
     """
+    return fastest_alternating([run], n_items, repeat, device)[0]
+
+
+def fastest_alternating(runs: Sequence[Callable[[int], Any]], n_items: int, repeat: int, device,
+                        after_first: Optional[Callable[[], None]] = None) -> List[Tuple[float, float]]:
+    """`fastest` of each of `runs` over the same items, their rounds alternating (A, B, A, B, ...) so a change
+    of load on a shared machine slows all of them alike; `after_first()` is called once the first round of
+    `runs[0]` is done (e.g. to read its peak memory before the others run)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    wall = np.full((repeat, n_items), np.inf)
-    cpu = np.full((repeat, n_items), np.inf)
+    wall = np.full((len(runs), repeat, n_items), np.inf)
+    cpu = np.full((len(runs), repeat, n_items), np.inf)
     for r in range(repeat):
-        for i in range(n_items):
-            sync()
-            w0, c0 = time.perf_counter(), time.process_time()
-            run(i)
-            sync()
-            wall[r, i], cpu[r, i] = time.perf_counter() - w0, time.process_time() - c0
-    return float(wall.min(0).sum()), float(cpu.min(0).sum())
+        for k, run in enumerate(runs):
+            for i in range(n_items):
+                sync()
+                w0, c0 = time.perf_counter(), time.process_time()
+                run(i)
+                sync()
+                wall[k, r, i], cpu[k, r, i] = time.perf_counter() - w0, time.process_time() - c0
+            if r == 0 and k == 0 and after_first is not None:
+                after_first()
+    return [(float(w.min(0).sum()), float(c.min(0).sum())) for w, c in zip(wall, cpu)]
 
 
 def machine_info() -> Dict[str, Any]:
@@ -320,6 +349,8 @@ def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
 
     hp = engine.add_training_args(argparse.ArgumentParser()).parse_args([])
     hp.loss, hp.train_batch_size = args["loss"], args["batch_size"]
+    if args["mmap_threshold_mb"] is not None:
+        hp.mmap_threshold_mb = args["mmap_threshold_mb"]
     return hp
 
 
@@ -351,9 +382,55 @@ def phase_features(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int]) -> L
     return list(read_features(spec["docs_file"], tokenizer, rel2id, spec["args"]["max_seq_length"]))
 
 
+def bare_inputs(model, features: Sequence[dict], batches: Sequence[Sequence[int]], collate, device
+                ) -> List[List[Tuple[Any, Any]]]:
+    """Per batch, the (ids, mask) pairs our model runs its encoder on (its windows, unpadded on CPU)."""
+    out = []
+    for batch in batches:
+        b = collate([features[i] for i in batch])
+        out.append([(ids.to(device), mask.to(device))
+                    for ids, mask in model.encoder_inputs(b["input_ids"], b["attention_mask"])])
+    return out
+
+
+def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, backward: bool) -> None:
+    """The encoder alone on one batch's inputs, as Hugging Face loads it (plain SDPA, no head, no loss):
+    forward, and with `backward` the backward of the sum of its last hidden states (the gradients are
+    dropped afterwards so the next training step does not see them)."""
+    import torch
+
+    from model import use_checkpointed_sdpa
+
+    encoder = model.encoder
+    switched = backward and use_checkpointed_sdpa(encoder, False)
+    try:
+        with torch.set_grad_enabled(backward), utils.autocast(device, dtype):
+            total = sum(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float().sum()
+                        for ids, mask in pieces)
+        if backward:
+            total.backward()
+            encoder.zero_grad(set_to_none=True)
+    finally:
+        if switched:
+            use_checkpointed_sdpa(encoder, True)
+
+
+def with_ceiling(args: Dict[str, Any]) -> bool:
+    """Whether train and eval also time the bare encoder (our attention path only)."""
+    return args["ceiling"] and args["attention"] == "ours"
+
+
+def ceiling_figures(phase: str, n_docs: int, ours: Tuple[float, float], bare: Tuple[float, float]
+                    ) -> Dict[str, Any]:
+    """The bare encoder's figures and our share of its speed (ours docs/s over its docs/s)."""
+    return {f"{phase}_bare_docs_per_s": n_docs / bare[0], f"{phase}_bare_wall_s": bare[0],
+            f"{phase}_bare_cpu_s": bare[1], f"{phase}_fraction_of_bare": bare[0] / ours[0]}
+
+
 def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype) -> Dict[str, Any]:
     """Documents per second and seconds per optimizer step of the engine's own training step
-    (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step."""
+    (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step; with the ceiling, the
+    bare encoder's forward and backward on the same batches, alternating with ours."""
     import engine
 
     args = spec["args"]
@@ -368,19 +445,32 @@ def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, 
     for batch in batches[:args["warmup_steps"]]:
         trainer.step([batch])
     losses = [0.0] * len(batches)
+    peak: Dict[str, float] = {}
 
     def step(i: int) -> None:
         losses[i] = trainer.step([batches[i]])["loss"]
 
-    wall, cpu = fastest(step, len(batches), args["repeat"], device)
-    return {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
-            "train_s_per_step": wall / len(batches), "train_wall_s": wall, "train_cpu_s": cpu,
-            "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1]}
+    runs: List[Callable[[int], Any]] = [step]
+    if with_ceiling(args):
+        pieces = bare_inputs(model, features, batches, collate, device)
+        for p in pieces[:args["warmup_steps"]]:
+            bare_encoder_run(model, p, device, dtype, backward=True)
+        runs.append(lambda i: bare_encoder_run(model, pieces[i], device, dtype, backward=True))
+    timed = fastest_alternating(runs, len(batches), args["repeat"], device,
+                                after_first=lambda: peak.update(train_peak_rss_mb=peak_rss_mb()))
+    wall, cpu = timed[0]
+    out = {"train_docs": len(features), "train_steps": len(batches), "train_docs_per_s": len(features) / wall,
+           "train_s_per_step": wall / len(batches), "train_wall_s": wall, "train_cpu_s": cpu,
+           "train_rss_at_start_mb": rss_start, "train_final_loss": losses[-1], **peak}
+    if len(timed) > 1:
+        out.update(ceiling_figures("train", len(features), timed[0], timed[1]))
+    return out
 
 
 def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
                rel2id: Dict[str, int]) -> Dict[str, Any]:
-    """Documents per second of prediction: forward passes, decoding and official records."""
+    """Documents per second of prediction: forward passes, decoding and official records; with the
+    ceiling, the bare encoder's forward on the same batches, alternating with ours."""
     import torch
 
     import engine
@@ -399,6 +489,7 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
         predict(docs)
     logits: List[Optional[torch.Tensor]] = [None] * len(chunks)
     records: List[Any] = []
+    peak: Dict[str, float] = {}
 
     def item(i: int) -> None:
         if i < len(chunks):
@@ -407,9 +498,162 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
             preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.top_k)
             records[:] = evaluation.to_official(preds, features, id2rel)
 
-    wall, cpu = fastest(item, len(chunks) + 1, args["repeat"], device)
-    return {"eval_docs": len(features), "eval_docs_per_s": len(features) / wall, "eval_wall_s": wall,
-            "eval_cpu_s": cpu, "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records)}
+    runs: List[Callable[[int], Any]] = [item]
+    if with_ceiling(args):
+        model.eval()
+        index = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+        pieces = bare_inputs(model, features, index, collate, device) + [[]]  # nothing to decode
+        for p in pieces[:args["warmup_steps"]]:
+            bare_encoder_run(model, p, device, dtype, backward=False)
+        runs.append(lambda i: bare_encoder_run(model, pieces[i], device, dtype, backward=False))
+    timed = fastest_alternating(runs, len(chunks) + 1, args["repeat"], device,
+                                after_first=lambda: peak.update(eval_peak_rss_mb=peak_rss_mb()))
+    wall, cpu = timed[0]
+    out = {"eval_docs": len(features), "eval_docs_per_s": len(features) / wall, "eval_wall_s": wall,
+           "eval_cpu_s": cpu, "eval_rss_at_start_mb": rss_start, "eval_predictions": len(records), **peak}
+    if len(timed) > 1:
+        out.update(ceiling_figures("eval", len(features), timed[0], timed[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------- profile (child process)
+# (label, parent label) of the regions `instrument` marks, in the order of the table; a backward event is
+# counted under "backward" (its recomputed attention and the bilinear's backward have rows of their own)
+PROFILE_ROWS = (("step", None), ("collate", "step"), ("model forward", "step"), ("encoder forward", "model forward"),
+                ("attention core (SDPA)", "encoder forward"), ("attention rows recompute", "model forward"),
+                ("entity pooling", "model forward"), ("context pooling", "model forward"),
+                ("extractors + group bilinear", "model forward"), ("group bilinear", "extractors + group bilinear"),
+                ("loss", "step"), ("backward", "step"), ("attention core recomputed", "backward"),
+                ("group bilinear backward", "backward"), ("clip + AdamW + schedule", "step"),
+                ("decode + official records", "step"))
+
+
+def labelled(label: str, fn: Callable) -> Callable:
+    """`fn` inside a torch.profiler record_function range named `label`."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with torch.profiler.record_function(label):
+            return fn(*a, **kw)
+    return wrapper
+
+
+def instrument(model, trainer=None) -> None:
+    """Mark the regions of PROFILE_ROWS on this process's model, trainer and libraries (profile mode only)."""
+    import torch
+    import transformers.integrations.sdpa_attention as sdpa
+
+    import model as model_module
+
+    for attr, label in (("_run_encoder", "encoder forward"), ("_attention_rows", "attention rows recompute"),
+                        ("pool_entities", "entity pooling"), ("pool_context", "context pooling"),
+                        ("classify", "extractors + group bilinear"), ("forward", "model forward")):
+        setattr(model, attr, labelled(label, getattr(model, attr)))
+    model_module.group_bilinear = labelled("group bilinear", model_module.group_bilinear)
+    sdpa.sdpa_attention_forward = labelled("attention core (SDPA)", sdpa.sdpa_attention_forward)
+    torch.Tensor.backward = labelled("backward", torch.Tensor.backward)
+    if trainer is not None:
+        trainer.loss_fn = labelled("loss", trainer.loss_fn)
+        trainer.collate = labelled("collate", trainer.collate)
+        trainer.optimizer_step = labelled("clip + AdamW + schedule", trainer.optimizer_step)
+
+
+def profile_table(prof, n_steps: int) -> List[Dict[str, Any]]:
+    """Milliseconds per step of each PROFILE_ROWS region (inclusive) and its share of the step."""
+    names = {label for label, _ in PROFILE_ROWS}
+    total = dict.fromkeys(names, 0.0)
+    for e in prof.events():
+        name = e.name
+        if name.startswith("autograd::engine::evaluate_function: GroupBilinearFunctionBackward"):
+            name = "group bilinear backward"
+        if name not in names:
+            continue
+        parent, in_backward = e.cpu_parent, False
+        while parent is not None and not in_backward:
+            in_backward, parent = parent.name == "backward", parent.cpu_parent
+        if name == "attention core (SDPA)" and in_backward:
+            name = "attention core recomputed"
+        total[name] += e.time_range.elapsed_us() / 1e3
+    parents = dict(PROFILE_ROWS)
+
+    def ancestors(label: str) -> List[str]:
+        chain = []
+        while parents.get(label) is not None:
+            label = parents[label]
+            chain.append(label)
+        return chain
+
+    step = total["step"] / n_steps
+    row = lambda label, ms, depth: {"region": label, "depth": depth, "ms_per_step": ms,  # noqa: E731
+                                    "share": ms / step if step else 0.0}
+    rows = [row(label, total[label] / n_steps, len(ancestors(label))) for label, _ in PROFILE_ROWS
+            if label == "step" or total[label] > 0]
+    for parent, rest in (("model forward", "rest of the forward (gathers, windows, Python)"),
+                         ("backward", "rest of the backward (encoder, head)")):
+        if not total[parent]:
+            continue
+        children = sum(total[label] for label, up in PROFILE_ROWS if up == parent) / n_steps
+        last = max(i for i, r in enumerate(rows) if r["region"] == parent or parent in ancestors(r["region"]))
+        rows.insert(last + 1, row(rest, total[parent] / n_steps - children, len(ancestors(parent)) + 1))
+    top = sum(r["ms_per_step"] for r in rows if r["depth"] == 1)
+    rows.append(row("other (Python, .item(), to(device))", step - top, 1))
+    return rows
+
+
+def profile_phase(phase: str, spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
+                  rel2id: Dict[str, int]) -> Dict[str, Any]:
+    """Profile --profile training steps or evaluation batches (after the warm-up) and tabulate them."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import engine
+    import evaluation
+
+    args = spec["args"]
+    hp = training_defaults(args)
+    hp.amp = args["amp"]
+    n, bs = args["profile"], args["batch_size"] if phase == "train" else args["eval_batch_size"]
+    batches = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+    batches = (batches[args["warmup_steps"]:] or batches)[:n]  # the steps after the warm-up ones
+    loss_fn = engine.build_loss_from_args(hp)
+    if phase == "train":
+        trainer = engine.Trainer(hp, model, model.encoder, loss_fn, features, collate, evaluate=None, run=None,
+                                 metric="f1", checkpoint_meta={})
+        instrument(model, trainer)
+        model.train()
+        run = lambda b: trainer.step([b])  # noqa: E731
+    else:
+        instrument(model)
+        collate = labelled("collate", collate)
+        id2rel = {v: k for k, v in rel2id.items()}
+
+        def run(b: List[int]) -> None:
+            docs = [features[i] for i in b]
+            logits = engine.predict_logits(model, docs, collate, lambda f: len(f["hts"]), bs, dtype, progress=False)
+            with record_function("decode + official records"):
+                evaluation.to_official(loss_fn.get_label(logits, num_labels=hp.top_k), docs, id2rel)
+    for b in batches[:args["warmup_steps"]]:
+        run(b)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for b in batches:
+            with record_function("step"):
+                run(b)
+    rows = profile_table(prof, len(batches))
+    top_ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return {f"{phase}_profile": rows, f"{phase}_profile_steps": len(batches), f"{phase}_profile_top_ops": top_ops}
+
+
+def profile_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+    """A profile table as Markdown, nested regions indented."""
+    lines = ["| region | ms per step | share |", "|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {'&nbsp;&nbsp;' * max(r['depth'] - 1, 0)}{r['region']} | {r['ms_per_step']:.1f} | "
+                     f"{100 * r['share']:.1f}% |")
+    return "\n".join(lines)
 
 
 def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -433,7 +677,9 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
         max_len = max(args["max_seq_length"], max(len(f["input_ids"]) for f in features))
         model = build_model(args, tokenizer, len(rel2id), max_len).to(device)
         collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
-        if phase == "train":
+        if args["profile"]:
+            out = profile_phase(phase, spec, model, features, collate, device, dtype, rel2id)
+        elif phase == "train":
             out = phase_train(spec, model, features, collate, device, dtype)
         else:
             out = phase_eval(spec, model, features, collate, device, dtype, rel2id)
@@ -442,7 +688,7 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
         out[f"{phase}_pairs_per_doc"] = float(np.mean([len(f["hts"]) for f in features]))
         if device.type == "cuda":
             out[f"{phase}_peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    out[f"{phase}_peak_rss_mb"] = peak_rss_mb()
+    out.setdefault(f"{phase}_peak_rss_mb", peak_rss_mb())  # train and eval read theirs before the bare encoder
     return out
 
 
@@ -523,7 +769,7 @@ def settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The settings a reader needs to reproduce the figures."""
     keys = ("data", "model", "encoder_config", "docs", "prepro_docs", "synthetic_tokens", "synthetic_entities",
             "phases", "batch_size", "eval_batch_size", "max_seq_length", "device", "loss", "amp", "attention",
-            "gradient_checkpointing", "warmup_steps", "repeat", "seed")
+            "gradient_checkpointing", "mmap_threshold_mb", "ceiling", "warmup_steps", "repeat", "seed", "profile")
     out = {k: getattr(args, k) for k in keys}
     out["model"] = utils.resolve_model_path(args.model) if args.model else None
     if not args.synthetic_tokens:
@@ -651,6 +897,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         utils.atomic_write_json(args.output, result, indent=1)
     if args.json:
         print(json.dumps(result, indent=1))
+    elif args.profile:
+        for phase in args.phases:
+            print(f"\n{phase}: {result[f'{phase}_profile_steps']} profiled steps\n"
+                  f"{profile_markdown(result[f'{phase}_profile'])}\n\n{result[f'{phase}_profile_top_ops']}")
     else:
         print(scaling_table(result["scaling"]) if args.scaling else summary(result))
     if args.scaling:

@@ -11,6 +11,7 @@ import torch
 
 import prepro
 import utils
+from model import plan_windows
 from random_encoders import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,13 @@ def test_benchmark_json_on_four_documents(small_synthetic_dir, bench):
     assert out["threads"] == 1 and out["torch"] == torch.__version__
     assert out["machine"]["cpu_count"] >= 1 and out["machine"]["transformers"]
     assert out["settings"]["encoder_config"] == "tiny-bert" and out["settings"]["batch_size"] == 2
-    assert out["settings"]["phases"] == ["prepro", "train", "eval"]
+    assert out["settings"]["phases"] == ["prepro", "train", "eval"] and out["settings"]["ceiling"]
+    for phase in ("train", "eval"):  # the bare encoder on the same batches, and our share of its speed
+        for key in (f"{phase}_bare_docs_per_s", f"{phase}_bare_wall_s", f"{phase}_bare_cpu_s",
+                    f"{phase}_fraction_of_bare"):
+            assert isinstance(out[key], float) and out[key] > 0, key
+        assert out[f"{phase}_fraction_of_bare"] == pytest.approx(out[f"{phase}_docs_per_s"]
+                                                                 / out[f"{phase}_bare_docs_per_s"])
 
 
 def test_synthetic_features_follow_the_feature_contract(bench, roberta_tokenizer):
@@ -117,6 +124,53 @@ def test_fastest_keeps_each_items_quickest_run(bench, monkeypatch):
     assert calls == [0, 1, 0, 1] and wall == 2.0 + 1.0 and cpu == 0.0
 
 
+def test_alternating_rounds_and_the_first_rounds_callback(bench):
+    calls = []
+    timed = bench.fastest_alternating([lambda i: calls.append(("a", i)), lambda i: calls.append(("b", i))], 2, 2,
+                                      torch.device("cpu"), after_first=lambda: calls.append("peak"))
+    assert calls == [("a", 0), ("a", 1), "peak", ("b", 0), ("b", 1), ("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert len(timed) == 2 and all(w >= 0 and c >= 0 for w, c in timed)
+
+
+def test_bare_encoder_sees_the_models_own_encoder_inputs(bench, roberta_tokenizer, one_thread):
+    tok = roberta_tokenizer
+    args = vars(bench.parse_args(["--encoder_config", "tiny-roberta", "--synthetic_tokens", "40"]))
+    model = bench.build_model(args, tok, num_class=5, max_seq_length=64)
+    model.window_size = 24  # 40- and 30-token documents are cut into windows
+    feats = bench.synthetic_features(1, 40, 4, tok, num_class=5) + bench.synthetic_features(1, 30, 4, tok, 5)
+    collate = utils.Collator(5, tok.pad_token_id)
+    [pieces] = bench.bare_inputs(model, feats, [[0, 1]], collate, torch.device("cpu"))
+    spans = [span for n in (40, 30) for span in plan_windows(n, 24, 1, 1, model.window_overlap)]
+    assert len(pieces) == len(spans) and all(ids.shape[0] == 1 and mask.all() for ids, mask in pieces)
+    assert max(ids.shape[1] for ids, _ in pieces) <= 24
+    before = [p.detach().clone() for p in model.parameters()]
+    bench.bare_encoder_run(model.train(), pieces, torch.device("cpu"), None, backward=True)
+    assert all(p.grad is None for p in model.parameters())  # dropped, so training steps never see them
+    assert model.encoder.config._attn_implementation == "sdpa_checkpointed_dropout"  # switched back
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_profile_mode_accounts_for_each_step(bench):
+    out = run_script("--encoder_config", "tiny-bert", "--synthetic_tokens", "48", "--synthetic_entities", "4",
+                     "--docs", "3", "--batch_size", "1", "--profile", "2", "--device", "cpu")
+    assert out["settings"]["profile"] == 2
+    for phase, regions in (("train", {"collate", "encoder forward", "attention core (SDPA)", "entity pooling",
+                                      "context pooling", "group bilinear", "loss", "backward",
+                                      "group bilinear backward", "clip + AdamW + schedule"}),
+                           ("eval", {"collate", "encoder forward", "group bilinear", "decode + official records"})):
+        rows = {r["region"]: r for r in out[f"{phase}_profile"]}
+        assert out[f"{phase}_profile_steps"] == 2 and regions <= set(rows), set(rows)
+        assert rows["step"]["ms_per_step"] > 0 and rows["step"]["share"] == 1.0
+        top = [r for r in out[f"{phase}_profile"] if r["depth"] == 1]  # the step's parts, "other" included
+        assert sum(r["ms_per_step"] for r in top) == pytest.approx(rows["step"]["ms_per_step"])
+        assert all(r["ms_per_step"] > 0 for r in top if not r["region"].startswith("other"))
+        assert rows["group bilinear"]["ms_per_step"] <= rows["extractors + group bilinear"]["ms_per_step"]
+        assert "aten::" in out[f"{phase}_profile_top_ops"]
+    assert "train_docs_per_s" not in out and "train_bare_docs_per_s" not in out
+    table = bench.profile_markdown(out["eval_profile"]).splitlines()
+    assert table[0] == "| region | ms per step | share |" and table[2].startswith("| step | ")
+
+
 def test_scaling_points_and_argument_errors(bench):
     args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20"])
     assert bench.scaling_points(args) == [(256, 20), (512, 20), (512, 10)]
@@ -125,7 +179,9 @@ def test_scaling_points_and_argument_errors(bench):
                  ["--model", "minilm"],  # no data and nothing synthetic
                  ["--data", "x.json", "--phases", "prepro,predict"],
                  ["--scaling", "--scaling_lengths", "256,0"],
-                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"]):
+                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"],
+                 ["--scaling", "--profile", "2"],
+                 ["--synthetic_tokens", "64", "--profile", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)
 

@@ -321,6 +321,30 @@ def test_max_sym_group_bilinear_gradcheck_and_ties():
     torch.testing.assert_close(grad, ref)
 
 
+@pytest.mark.parametrize("max_sym", [False, True])
+def test_group_bilinear_in_chunks_of_pairs_changes_no_bit(monkeypatch, max_sym):
+    """Chunking the pairs (to keep the [rows, bs, bs] buffers in cache) gives the very same logits and gradients,
+    a ragged last chunk included, and gradcheck holds with the chunks."""
+    import model as model_module
+
+    torch.manual_seed(2)
+    x0, y0 = torch.randn(2, 11, 16).tanh().unbind(0)
+    w0, grad = torch.randn(5, 16 * 4), torch.randn(11, 5)
+    results = []
+    for chunk_bytes in (2 ** 40, 3 * 4 * 4 * 4):  # everything at once; 3 pairs per chunk (fp32, blocks of 4)
+        monkeypatch.setattr(model_module, "PAIR_CHUNK_BYTES", chunk_bytes)
+        x, y, w = (t.clone().requires_grad_() for t in (x0, y0, w0))
+        out = GroupBilinearFunction.apply(x, y, w, 4, max_sym)
+        out.backward(grad)
+        results.append((out.detach(), x.grad, y.grad, w.grad))
+    assert model_module.pair_chunk(11, 4, x0) == 3
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    xd, yd, wd = (t.double().requires_grad_() for t in (x0[:7], y0[:7], w0))  # 3 + 3 + 1 pairs
+    monkeypatch.setattr(model_module, "PAIR_CHUNK_BYTES", 3 * 4 * 4 * 8)
+    assert torch.autograd.gradcheck(lambda a, b, c: GroupBilinearFunction.apply(a, b, c, 4, max_sym), (xd, yd, wd))
+
+
 def test_gradient_checkpointing_gives_same_gradients(tiny_bert_dir, bert_tok):
     batch = batch_of(mixed_features(bert_tok), bert_tok)
     grads = []

@@ -1,5 +1,7 @@
 """Collate, batching order, atomic writes and precision selection."""
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -90,3 +92,15 @@ def test_resolve_model_path(minilm_path):
     assert utils.resolve_model_path("minilm") == minilm_path
     assert utils.resolve_model_path(None) == minilm_path
     assert utils.resolve_model_path("roberta-large") == "roberta-large"
+
+
+def test_mmap_threshold_is_set_through_glibc_or_declined():
+    assert utils.set_mmap_threshold(0) is False  # 0 leaves malloc alone
+    if not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+        pytest.skip("glibc's malloc only")
+    try:
+        assert utils.set_mmap_threshold(1) is True
+        block = np.ones(4 * 2 ** 20 // 8)  # served by its own mapping now; allocation still works
+        assert block.sum() == len(block)
+    finally:
+        utils.set_mmap_threshold(32)  # glibc's ceiling of its dynamic threshold
