@@ -214,6 +214,18 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
     assert json.loads((again / "test_pred_f1c.json").read_text()) == json.loads((out / "test_pred_f1c.json").read_text())
 
 
+def test_prior_start_sets_the_classifier_bias_to_the_training_relation_rates(tmp_path, tiny_bert_dir):
+    data = small_corpus(tmp_path)
+    out = tmp_path / "prior"
+    dialogre.main(run_args(data, tiny_bert_dir, out, "--loss", "bce", "--max_steps", "1", "--no_f1c",
+                           "--learning_rate", "0", "--classifier_lr", "0", "--init_none_prior"))
+    gold = torch.from_numpy(dialogre.gold_matrix(dialogre.load_dialogre(str(data / "train.json"))))  # [4, 37]
+    rates = losses.positive_rates(gold.sum(0), len(gold))
+    bias = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]["classifier.bias"]
+    assert bias[0] == 0 and torch.allclose(bias[1:], torch.logit(rates[1:]).float(), atol=1e-6)  # lr 0: unchanged
+    assert bias[5] > bias[1]  # relation 5 is in the training gold, relation 1 is not
+
+
 def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_roberta_dir):
     data = small_corpus(tmp_path)
     dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
