@@ -105,8 +105,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_dir, tiny_bert
 # Each loss must beat the best text-blind baseline (tests/baselines.py: relations guessed from the pair's entity
 # types, topic roles and sentence co-occurrence with the threshold best on dev; 33.6 dev F1 on this corpus) by a
 # margin, so only a model that reads the relation words passes. Measured on 80 short documents (dev F1, seeds
-# 1 / 2): ATL (12 epochs) 61.4 / 63.6, NCRL (12 epochs) 65.2 / 46.8; BCE from the prior start (--init_none_prior,
-# 8 epochs; seeds 1 / 2 / 3) 71.8 / 66.5 / 70.1, where the plain start reached only 11.95 in 12 epochs (seed 1).
+# 1 / 2 / 3): ATL (12 epochs) 61.4 / 63.6 / 55.9, NCRL (12 epochs) 65.2 / 46.8 / 65.4, BCE from the prior start
+# (--init_none_prior, 8 epochs) 71.8 / 66.5 / 70.1, where the plain start reached only 11.95 in 12 epochs (seed 1).
 # The same runs with every word but the mentions replaced by "the" and each mention by its type (positions and
 # types kept, relation words gone): ATL at most 31.6 in any epoch (0 at the checkpoint chosen by Ign F1), NCRL
 # predicts nothing (0), BCE at most 37.9 in any epoch (2.5 at the checkpoint chosen by Ign F1).
