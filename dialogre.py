@@ -30,6 +30,7 @@ import engine
 import losses
 import utils
 from engine import Decision, Split
+from model import prior_bias
 from utils import UserError
 
 logger = logging.getLogger("docre")
@@ -342,6 +343,11 @@ class DialogREModel(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         return self.classifier(self.dropout(hidden[:, 0]))  # [B, 37]
 
+    @torch.no_grad()
+    def init_classifier_bias(self, rates) -> None:
+        """Start from the none-class prior (model.prior_bias): σ(f_i) = p_i for relation i at step 0."""
+        self.classifier.bias.copy_(prior_bias(rates, self.classifier.bias.shape[0]))
+
 
 # ----------------------------------------------------------------------------- metrics
 def _prf(correct: np.ndarray, n_pred: np.ndarray, n_gold: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -425,6 +431,7 @@ class DialogRE(engine.Task):
         g.add_argument("--max_seq_length", type=int, default=512)
         g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
         g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
+        engine.add_prior_arg(g)
         g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
                        help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
         g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
@@ -449,6 +456,12 @@ class DialogRE(engine.Task):
         self.markers = tokenizer.convert_ids_to_tokens(list(markers))
         self._collate = DialogRECollator(NUM_CLASS, tokenizer.pad_token_id or 0)
         return DialogREModel(encoder, NUM_CLASS, args.dropout)
+
+    def prepare_training(self, model: nn.Module, train: Split) -> None:
+        if self.args.init_none_prior:
+            gold = torch.from_numpy(train.gold.gold)  # [N, 37]
+            model.init_classifier_bias(losses.positive_rates(gold.sum(0), len(gold)))
+            logger.info("classifier bias set to the relation priors of %d training instances", len(gold))
 
     def meta(self) -> Dict[str, Any]:
         return {"rid2col": RID2COL, "speaker_markers": self.markers}

@@ -261,6 +261,13 @@ def add_split_args(group: argparse._ArgumentGroup, data_dir: str, train: str, de
     group.add_argument("--test_file", default=test, help="'' to skip the test set")
 
 
+def add_prior_arg(group: argparse._ArgumentGroup) -> None:
+    """--init_none_prior, which a task's `prepare_training` honours."""
+    group.add_argument("--init_none_prior", action="store_true",
+                       help="start the classifier at the training set's relation priors (bias_i = logit p_i), "
+                            "so every pair starts at 'no relation' with calibrated margins")
+
+
 def parse_args(task: Task, argv: Optional[Sequence[str]], description: str,
                fill_output_dir: bool = True) -> argparse.Namespace:
     """The shared flags plus the task's (their defaults kept in `task.flag_defaults`), with the default run

@@ -243,6 +243,19 @@ def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_si
 
 
 # ----------------------------------------------------------------------------- the model
+def prior_bias(rates, num_class: int) -> torch.Tensor:
+    """Classifier bias `[K+1]` of the none-class prior start: 0 for class 0 and logit(p_i) for relation i.
+
+    `rates` is a [K+1] tensor (column 0 ignored; e.g. `losses.positive_rates`) or one float for every relation.
+    """
+    rates = torch.as_tensor(rates, dtype=torch.float64)
+    rates = rates.expand(num_class - 1) if rates.dim() == 0 else rates[1:]
+    if rates.shape != (num_class - 1,) or not ((rates > 0) & (rates < 1)).all():
+        raise ValueError(f"rates must be one value or {num_class} values (column 0 ignored) in (0, 1), "
+                         f"got {tuple(rates.shape)} values in [{rates.min().item()}, {rates.max().item()}]")
+    return torch.cat([rates.new_zeros(1), torch.logit(rates)])
+
+
 class DocREModel(nn.Module):
     """ATLOP: encoder, entity and localized context pooling, group bilinear classifier -> logits [P, K+1].
 
@@ -316,13 +329,7 @@ class DocREModel(nn.Module):
         (NCRL's class-0 term sees m_0 = -mean_i logit(p_i) > 0); BCE ignores column 0 and sees σ(f_i) = p_i.
         Every pair is predicted "no relation" while p_i < 1/2 (BCE: while p_i is under its threshold).
         """
-        k = self.bilinear.bias.shape[0]
-        rates = torch.as_tensor(rates, dtype=torch.float64)
-        rates = rates.expand(k - 1) if rates.dim() == 0 else rates[1:]
-        if rates.shape != (k - 1,) or not ((rates > 0) & (rates < 1)).all():
-            raise ValueError(f"rates must be one value or {k} values (column 0 ignored) in (0, 1), "
-                             f"got {tuple(rates.shape)} values in [{rates.min().item()}, {rates.max().item()}]")
-        self.bilinear.bias.copy_(torch.cat([rates.new_zeros(1), torch.logit(rates)]))
+        self.bilinear.bias.copy_(prior_bias(rates, self.bilinear.bias.shape[0]))
 
     # -- encoder
     @contextlib.contextmanager

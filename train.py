@@ -55,9 +55,7 @@ class DocRED(engine.Task):
         g.add_argument("--bilinear", default="atlop", choices=["atlop", "maxsym"],
                        help="group bilinear head: ATLOP's, or the NCRL authors' max-symmetrized blocks (their "
                             "DocRED runs)")
-        g.add_argument("--init_none_prior", action="store_true",
-                       help="start the classifier at the training set's relation priors (bias_i = logit p_i), "
-                            "so every pair starts at 'no relation' with calibrated margins")
+        engine.add_prior_arg(g)
         g.add_argument("--evidence_lambda", type=float, default=0.0,
                        help="weight of the evidence loss KL(evidence || sentence attention) (DREEAM: 0.1 with "
                             "BERT, 0.05 with RoBERTa; 0 = off, and no evidence is written)")

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Hashable, Iterable, List, Mapping, Sequence, 
 
 import numpy as np
 
+import dialogre
 from evaluation import official_evaluate
 
 PairKey = Callable[[Mapping, int, int], Hashable]  # (document, head, tail) -> what the baseline sees
@@ -106,22 +107,39 @@ def dialogre_instances(data: Sequence[list]) -> Iterable[dict]:
     return (inst for _, instances in data for inst in instances)
 
 
+def dialogre_no_key(inst: Mapping) -> Hashable:
+    """One key for every instance: the global relation frequencies."""
+    return None
+
+
 def dialogre_type_key(inst: Mapping) -> Hashable:
     """(x type, y type): part of the model's input."""
     return inst["x_type"], inst["y_type"]
 
 
-def dialogre_no_key(inst: Mapping) -> Hashable:
-    """One key for every instance: the global majority relation."""
-    return None
+def dialogre_type_and_speakers_key(inst: Mapping) -> Hashable:
+    """Types plus whether x and y are speakers: the input's speaker markers show this without any word."""
+    return (*dialogre_type_key(inst), dialogre.speaker_number(inst["x"]) is not None,
+            dialogre.speaker_number(inst["y"]) is not None)
 
 
-def dialogre_majority_pred(train: Sequence[list], held_out: Sequence[list], key: Callable[[Mapping], Hashable],
-                           rid2col: Mapping[int, int], unanswerable: int, num_class: int) -> np.ndarray:
-    """Multi-hot `[N, num_class]`: each held-out instance gets the most frequent training relation of its key."""
-    prior = Prior((key(i), [r for r in i["rid"] if r != unanswerable]) for i in dialogre_instances(train))
+def dialogre_f1(held_out: Sequence[list], key: Callable[[Mapping], Hashable],
+                guess: Callable[[Hashable], List[int]]) -> float:
+    """The reference F1 of predicting the relation ids guess(key) for each held-out instance."""
     instances = list(dialogre_instances(held_out))
-    pred = np.zeros((len(instances), num_class), dtype=bool)
+    pred = np.zeros((len(instances), dialogre.NUM_CLASS), dtype=bool)  # [N, 37]
     for row, inst in enumerate(instances):
-        pred[row, [rid2col[r] for r in prior.majority(key(inst))]] = True
-    return pred
+        pred[row, [dialogre.RID2COL[r] for r in guess(key(inst))]] = True
+    return dialogre.f1_score(pred, dialogre.gold_matrix(held_out))["f1"]
+
+
+def dialogre_baselines(train: Sequence[list], held_out: Sequence[list]) -> Dict[str, float]:
+    """Held-out F1 of each key's majority relation and of its prior at the threshold best on `held_out`."""
+    scores = {}
+    for name, key in (("global", dialogre_no_key), ("type_pair", dialogre_type_key),
+                      ("type_pair_speakers", dialogre_type_and_speakers_key)):
+        prior = Prior((key(i), [r for r in i["rid"] if r != dialogre.UNANSWERABLE]) for i in dialogre_instances(train))
+        scores[f"{name}_majority"] = dialogre_f1(held_out, key, prior.majority)
+        scores[f"{name}_prior"] = max(dialogre_f1(held_out, key, lambda k: prior.above(k, th))
+                                      for th in prior.thresholds())
+    return scores

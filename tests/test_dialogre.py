@@ -11,7 +11,7 @@ import torch
 
 import dialogre
 import losses
-from baselines import dialogre_majority_pred, dialogre_no_key, dialogre_type_key
+from baselines import dialogre_baselines
 from conftest import shared_file
 from utils import UserError
 
@@ -230,6 +230,18 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
     assert json.loads((fixed / "test_pred_f1c.json").read_text()) == [[only] * 4] * 3 + [[only] * 2]
 
 
+def test_prior_start_sets_the_classifier_bias_to_the_training_relation_rates(tmp_path, tiny_bert_dir):
+    data = small_corpus(tmp_path)
+    out = tmp_path / "prior"
+    dialogre.main(run_args(data, tiny_bert_dir, out, "--loss", "bce", "--max_steps", "1", "--no_f1c",
+                           "--learning_rate", "0", "--classifier_lr", "0", "--init_none_prior"))
+    gold = torch.from_numpy(dialogre.gold_matrix(dialogre.load_dialogre(str(data / "train.json"))))  # [4, 37]
+    rates = losses.positive_rates(gold.sum(0), len(gold))
+    bias = torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"]["classifier.bias"]
+    assert bias[0] == 0 and torch.allclose(bias[1:], torch.logit(rates[1:]).float(), atol=1e-6)  # lr 0: unchanged
+    assert bias[5] > bias[1]  # relation 5 is in the training gold, relation 1 is not
+
+
 def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_roberta_dir):
     data = small_corpus(tmp_path)
     dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
@@ -263,36 +275,37 @@ def test_real_dialogue_speaker_substitution(minilm_tokenizer):
     assert feat["n_truncated"] > 0
 
 
-# Measured (seed 0, 80 training dialogues, 128 tokens, 2 epochs of BCE): dev F1 29.95 against the majority
-# relation's 23.94 (+6.0), test F1 24.29 against 19.74 (+4.55). The bars leave room for other CPUs' rounding.
-# Not beaten at this budget: the majority relation per (x type, y type), which the model sees at the end of its
-# input, scores 28.57 dev and 27.63 test here (and 27.00 / 29.13 on the whole dev / test sets, where BCE trained
-# 5 epochs on 120 dialogues scores 29.83 / 29.40; README). The assertion message reports both baselines.
-LEARNING_BAR = {"dev": 3.0, "test": 2.0}
-LEARNING_LIMITS = {"train": 80, "dev": 30, "test": 30}
+# BCE from the prior start (--init_none_prior), 2 epochs on 160 training dialogues at 128 tokens, scored on 120 dev
+# and 120 test dialogues (on 30, too few, seed 0's test F1 was 27.0 against the type-pair majority's 27.6; 32.4
+# against 25.8 on 120). It must beat every baseline that reads only the argument types (global and per-(x type,
+# y type): majority relation, and frequency prior at its best threshold on the split; 30.69 dev / 27.61 test).
+# Measured dev / test F1 (seeds 0 / 1 / 2): 37.84 / 33.75, 39.75 / 33.27, 40.14 / 34.39; 344-510 s per run at load
+# 7-10 on the 2 shared cores. The same run with every word of the dialogue replaced by "the" and each non-speaker
+# argument by its type (speakers, turn lengths and types kept): 35.31 / 28.64, under both bars (35.69 / 31.11).
+# Not beaten: the baselines that also know whether x and y are speakers, which the input's speaker markers show
+# without any word (type_pair_speakers_*: 38.01 dev / 33.73 test); the model only matches them at this budget.
+LEARNING_BAR = {"dev": 5.0, "test": 3.5}  # over the best type-only baseline
+LEARNING_LIMITS = {"train": 160, "dev": 120, "test": 120}
+TYPE_ONLY = ("global_majority", "global_prior", "type_pair_majority", "type_pair_prior")
 
 
 def learning_baselines(data: Path) -> Dict[str, Dict[str, float]]:
-    """F1 per held-out split of the training subset's majority relation, overall and per (x type, y type)."""
+    """Text-blind baselines (tests/baselines.py) fitted on the training subset, per held-out split."""
     train = dialogre.load_dialogre(str(data / "train.json"), LEARNING_LIMITS["train"])
-    scores = {}
-    for split in ("dev", "test"):
-        held_out = dialogre.load_dialogre(str(data / f"{split}.json"), LEARNING_LIMITS[split])
-        scores[split] = {name: dialogre.f1_score(dialogre_majority_pred(
-            train, held_out, key, dialogre.RID2COL, dialogre.UNANSWERABLE, dialogre.NUM_CLASS),
-            dialogre.gold_matrix(held_out))["f1"]
-            for name, key in (("majority", dialogre_no_key), ("type_pair_majority", dialogre_type_key))}
-    return scores
+    held_out = {split: dialogre.load_dialogre(str(data / f"{split}.json"), LEARNING_LIMITS[split])
+                for split in ("dev", "test")}
+    return {split: dialogre_baselines(train, dialogues) for split, dialogues in held_out.items()}
 
 
-def test_minilm_learns_beyond_the_majority_baseline(minilm_path, tmp_path):
-    """Two epochs of BCE on 80 real training dialogues beat the majority relation on held-out dialogues."""
+def test_minilm_learns_beyond_the_argument_type_baselines(minilm_path, tmp_path):
+    """Two epochs of BCE on 160 real training dialogues beat relations guessed from the argument types."""
     data = shared_file("dialogre", "train.json").parent
     limits = [f"--{split}_limit={n}" for split, n in LEARNING_LIMITS.items()]
     scores = dialogre.main(["--data_dir", str(data), "--model_name_or_path", minilm_path,
                             "--output_dir", str(tmp_path / "run"), "--loss", "bce", "--max_seq_length", "128",
                             *limits, "--no_f1c", "--num_train_epochs", "2", "--train_batch_size", "8",
                             "--learning_rate", "1e-4", "--classifier_lr", "1e-3", "--warmup_ratio", "0.1",
-                            "--seed", "0", "--no_progress"])
+                            "--init_none_prior", "--seed", "0", "--no_progress"])
     for split, baselines in learning_baselines(data).items():
-        assert scores[f"{split}_f1"] > baselines["majority"] + LEARNING_BAR[split], (split, scores, baselines)
+        bar = max(baselines[name] for name in TYPE_ONLY) + LEARNING_BAR[split]
+        assert scores[f"{split}_f1"] > bar, (split, scores, baselines)

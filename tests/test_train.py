@@ -157,31 +157,31 @@ def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_dir, tiny_bert
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # no duplicated log lines after resume
 
 
-# ATL and NCRL must beat the best text-blind baseline (tests/baselines.py: relations guessed from the pair's
-# entity types, topic roles and sentence co-occurrence with the threshold best on dev; 33.6 dev F1 on this
-# corpus) by a margin, so only a model that reads the relation words passes. Measured (12 epochs, 80 short
-# documents, seeds 1 and 2): ATL 61.4 and 63.6, NCRL 65.2 and 46.8. The same runs with every word but the
-# mentions replaced by "the" and each mention by its type (positions and types kept, relation words gone):
-# ATL at most 31.6 in any epoch (0 at the checkpoint chosen by Ign F1), NCRL predicts nothing (0).
-# BCE at this budget does not reach the baselines (11.95 at seed 1, best threshold 0.1): its test only shows
-# that training moves it off an untrained model's F1 of under 1.
-LEARNING = {  # loss: (extra flags, epochs, margin over the best baseline or None, absolute dev F1 bar)
-    "atl": ([], 12, 15.0, None),
-    "ncrl": ([], 12, 8.0, None),
-    "bce": ([], 12, None, 5.0),
+# Each loss must beat the best text-blind baseline (tests/baselines.py: relations guessed from the pair's entity
+# types, topic roles and sentence co-occurrence with the threshold best on dev; 33.6 dev F1 on this corpus) by a
+# margin, so only a model that reads the relation words passes. Measured on 80 short documents (dev F1, seeds
+# 1 / 2 / 3): ATL (12 epochs) 61.4 / 63.6 / 55.9, NCRL (12 epochs) 65.2 / 46.8 / 65.4, BCE from the prior start
+# (--init_none_prior, 8 epochs) 71.8 / 66.5 / 70.1, where the plain start reached only 11.95 in 12 epochs (seed 1).
+# The same runs with every word but the mentions replaced by "the" and each mention by its type (positions and
+# types kept, relation words gone): ATL at most 31.6 in any epoch (0 at the checkpoint chosen by Ign F1), NCRL
+# predicts nothing (0), BCE at most 37.9 in any epoch (2.5 at the checkpoint chosen by Ign F1).
+LEARNING = {  # loss: (extra flags, epochs, margin over the best baseline)
+    "atl": ([], 12, 15.0),
+    "ncrl": ([], 12, 8.0),
+    "bce": (["--init_none_prior"], 8, 20.0),
 }
 
 
 @pytest.mark.parametrize("loss", sorted(LEARNING))
 def test_learns_synthetic_relations(loss, learning_corpus, learning_baselines, minilm_path, tmp_path):
-    extra, epochs, margin, floor = LEARNING[loss]
+    extra, epochs, margin = LEARNING[loss]
     args = ["--data_dir", str(learning_corpus), "--model_name_or_path", minilm_path, "--output_dir",
             str(tmp_path / loss), "--max_seq_length", "512", "--train_batch_size", "4", "--test_batch_size", "16",
             "--num_train_epochs", str(epochs), "--learning_rate", "1e-4", "--classifier_lr", "1e-3",
             "--emb_size", "256", "--block_size", "32", "--loss", loss, *extra, "--test_file", "",
             "--cache_dir", "none", "--no_progress", "--seed", "1"]
     result = train.main(args)
-    bar = floor if margin is None else max(learning_baselines.values()) + margin
+    bar = max(learning_baselines.values()) + margin
     assert result["dev_f1"] > bar, (result, learning_baselines)
 
 
