@@ -171,19 +171,21 @@ def test_profile_mode_accounts_for_each_step(bench):
     assert table[0] == "| region | ms per step | share |" and table[2].startswith("| step | ")
 
 
-def test_scaling_points_and_argument_errors(bench):
+def test_scaling_points_and_argument_errors(bench, capsys):
     args = bench.parse_args(["--scaling", "--scaling_lengths", "256,512", "--scaling_entities", "10,20"])
     assert bench.scaling_points(args) == [(256, 20), (512, 20), (512, 10)]
     assert args.phases == ["train", "eval"] and args.model == "minilm"
-    for argv in (["--model", "minilm", "--encoder_config", "tiny-bert", "--data", "x.json"],
-                 ["--model", "minilm"],  # no data and nothing synthetic
-                 ["--data", "x.json", "--phases", "prepro,predict"],
-                 ["--scaling", "--scaling_lengths", "256,0"],
-                 ["--synthetic_tokens", "64", "--synthetic_entities", "1"],
-                 ["--scaling", "--profile", "2"],
-                 ["--synthetic_tokens", "64", "--profile", "-1"]):
-        with pytest.raises(SystemExit):
+    for argv, message in (
+            (["--model", "minilm", "--encoder_config", "tiny-bert", "--data", "x.json"], "not both"),
+            (["--model", "minilm"], "--data is required"),  # no data and nothing synthetic
+            (["--data", "x.json", "--phases", "prepro,predict"], "got 'prepro,predict'"),
+            (["--scaling", "--scaling_lengths", "256,0"], "expected positive integers, got '256,0'"),
+            (["--synthetic_tokens", "64", "--synthetic_entities", "1"], "at least 2 entities"),
+            (["--scaling", "--profile", "2"], "(not --scaling)"),
+            (["--synthetic_tokens", "64", "--profile", "-1"], "--profile must be positive, got -1")):
+        with pytest.raises(SystemExit) as info:
             bench.parse_args(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err, argv
 
 
 def test_scaling_table_and_plot_show_both_sweeps(bench, tmp_path):
