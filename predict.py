@@ -402,7 +402,7 @@ def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any]) -> Tupl
     """(number of documents, chunks of converted documents) of --input or --text, every document checked first."""
     if args.text is not None:
         return 1, iter([text2doc.convert_texts(nlp_loader(), [("text", args.text, None, "--text")])])
-    return text2doc.input_chunks(args.input, nlp_loader, args.chunk_docs)
+    return text2doc.input_chunks(args.input, nlp_loader, args.chunk_docs, progress=not args.no_progress)
 
 
 @contextlib.contextmanager
