@@ -151,8 +151,10 @@ def run_sweep(script: str | Path, configs: Sequence[str], seeds: Sequence[int], 
             f.flush()
             rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         seconds = round(time.time() - start, 1)
-        status[job.name] = {"rc": rc, "seconds": seconds, "log": str(log), "command": shown,
-                            "finished_at": datetime.now().isoformat(timespec="seconds")}
+        # re-read first: another sweep over other seeds may share this folder and have finished runs since
+        status = {**read_status(sweep_dir), job.name: {
+            "rc": rc, "seconds": seconds, "log": str(log), "command": shown,
+            "finished_at": datetime.now().isoformat(timespec="seconds")}}
         utils.atomic_write_json(sweep_dir / "sweep_status.json", status, indent=2)
         result["done" if rc == 0 else "failed"].append(job.name)
         print(f"{prefix}: {'ok' if rc == 0 else f'FAILED (exit status {rc})'} in {seconds:.0f} s", flush=True)

@@ -253,6 +253,20 @@ def test_runner_resumes_interrupted_runs_and_passes_variant_flags(fake_script, t
         f"bce 5 --shift 0.3 --prob_shift 0.1 --output_dir {out / 'bce-pshift-seed5'}"]
 
 
+def test_sweeps_over_other_seeds_can_share_a_folder(fake_script, tmp_path):
+    """A second sweep finishing while the first runs must not erase the first's status (nor the reverse)."""
+    out = tmp_path / "sweep"
+    script = tmp_path / "other_sweep_finishes_meanwhile.sh"  # runs seed 2's sweep inside seed 1's run
+    script.write_text(f'[ "$SEED" = 1 ] && {sys.executable} {ROOT / "scripts" / "sweep.py"} {fake_script} '
+                      f'--configs atl --seeds 2 --sweep_dir {out} > /dev/null\nbash {fake_script} "$@"\n')
+    sweep.run_sweep(script, ["atl"], [1], out)
+    status = json.loads((out / "sweep_status.json").read_text())
+    assert {k: v["rc"] for k, v in status.items()} == {"atl-seed1": 0, "atl-seed2": 0}
+    sweep.run_sweep(fake_script, ["atl"], [1, 2], out)
+    assert sorted(calls(tmp_path)) == ["atl 1 --output_dir " + str(out / "atl-seed1"),
+                                       "atl 2 --output_dir " + str(out / "atl-seed2")]  # nothing run twice
+
+
 def test_two_stage_scripts_get_their_folder_through_out(tmp_path):
     script = tmp_path / "distant.sh"
     script.write_text(f'echo "$LOSS $SEED $OUT $*" >> "{tmp_path / "calls.txt"}"\n')
