@@ -47,22 +47,71 @@ def load_encoder(model_name_or_path: Optional[str], config=None, **kwargs) -> Pr
 CHECKPOINTED_SDPA = "sdpa_checkpointed_dropout"
 
 
+def _attention_probs(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) over the keys: [B, heads, Tq, Tk]."""
+    scores = torch.matmul(q * scale, k.transpose(-1, -2))
+    if bias is not None:
+        scores.add_(bias)
+    return torch.softmax(scores, -1)
+
+
+class DropoutAttentionFunction(torch.autograd.Function):
+    """softmax(q k^T * scale + bias) with dropout, times v, keeping only q, k, v and a boolean dropout mask.
+
+    The math kernel keeps the probabilities and a float mask of every layer; checkpointing it draws the mask a
+    second time in backward (the draw is the costliest part of CPU attention). Here the mask is drawn once, with
+    the math kernel's call (`bernoulli_` of the keep probability on a tensor of the probabilities' shape, so the
+    same seed drops the same weights), kept as one byte per weight, and the probabilities are recomputed in
+    backward from q and k (two small products).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, p: float, scale: float):
+        probs = _attention_probs(q, k, bias, scale)  # [B, heads, T, T]
+        keep = torch.empty(probs.shape, dtype=torch.bool, device=probs.device).bernoulli_(1 - p)
+        ctx.save_for_backward(q, k, v, bias, keep)
+        ctx.p, ctx.scale = p, scale
+        return torch.matmul(probs.mul_(keep), v).mul_(1 / (1 - p))  # [B, heads, T, d]
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, bias, keep = ctx.saved_tensors
+        c = 1 / (1 - ctx.p)
+        probs = _attention_probs(q, k, bias, ctx.scale)
+        grad_v = torch.matmul((probs * keep).transpose(-1, -2), grad).mul_(c)
+        grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(keep)  # x c, applied below
+        grad_scores = grad_probs.sub_((grad_probs * probs).sum(-1, keepdim=True)).mul_(probs)  # softmax backward
+        grad_q = torch.matmul(grad_scores, k).mul_(c * ctx.scale)
+        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(c * ctx.scale)
+        return grad_q, grad_k, grad_v, None, None, None
+
+
 def checkpointed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0, **kwargs):
-    """transformers' SDPA attention, recomputed in backward where it would keep [B, heads, T, T] tensors.
+                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                      **kwargs):
+    """transformers' SDPA attention, except in CPU training with dropout: `DropoutAttentionFunction`.
 
     PyTorch's fused CPU attention kernel has no dropout, so training on CPU runs the math path, which keeps
     the attention probabilities and the dropout mask of every layer for backward (most of the activation
-    memory of a small encoder). Checkpointing the attention core keeps only q, k, v; the recomputation
-    replays the same dropout mask, so the gradients are unchanged.
+    memory of a small encoder). The function keeps q, k, v and a one-byte mask instead, with the same
+    outputs and gradients (the same seed drops the same weights). Elsewhere (eval, GPU) nothing changes.
     """
-    from torch.utils.checkpoint import checkpoint
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout > 0 and query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
-        return checkpoint(sdpa_attention_forward, module, query, key, value, attention_mask, dropout=dropout,
-                          use_reentrant=False, **kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
+    causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if causal is None else causal  # transformers' own default
+    plain = not causal and kwargs.get("position_bias") is None and getattr(module, "num_key_value_groups", 1) <= 1
+    if dropout > 0 and plain and query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+        bias = attention_mask
+        if bias is not None and bias.dtype == torch.bool:  # True = attend
+            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill_(
+                ~bias, torch.finfo(query.dtype).min)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        with torch.autocast("cpu", enabled=False):  # q, k, v arrive in the autocast dtype already
+            out = DropoutAttentionFunction.apply(query, key, value, bias, dropout, scale)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
 
 
 def use_checkpointed_sdpa(encoder: PreTrainedModel, enable: bool = True) -> bool:

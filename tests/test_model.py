@@ -393,6 +393,37 @@ def test_checkpointed_attention_keeps_less_and_gives_same_gradients(tiny_bert_di
     assert plain_bytes - ckpt_bytes > n_layers * per_layer
 
 
+@pytest.mark.parametrize("mask", ["none", "bool", "additive"])
+def test_dropout_attention_equals_sdpa_with_the_same_dropped_weights(mask):
+    """CPU training's attention: the outputs and q, k, v gradients of SDPA's math kernel, same seed, same mask."""
+    import torch.nn.functional as F
+    from model import checkpointed_sdpa
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    attend = torch.rand(2, 1, 40, 40, generator=gen) > 0.3
+    attend[..., 0] = True  # every query keeps a key
+    masks = {"none": None, "bool": attend,
+             "additive": torch.zeros(2, 1, 40, 40, dtype=torch.float64).masked_fill(~attend, -1e9)}
+    module = torch.nn.Module()
+    module.is_causal = False
+    results = []
+    for run in ("sdpa", "ours"):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        torch.manual_seed(5)
+        if run == "sdpa":
+            out = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=masks[mask], dropout_p=0.3).transpose(1, 2)
+        else:
+            out, _ = checkpointed_sdpa(module, qq, kk, vv, masks[mask], dropout=0.3, scaling=None)
+        (out * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
+        results.append([out.detach(), qq.grad, kk.grad, vv.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    torch.manual_seed(6)  # another seed drops other weights: the equality above is not of dropout-free outputs
+    other, _ = checkpointed_sdpa(module, *(t.clone().requires_grad_() for t in (q, k, v)), masks[mask], dropout=0.3)
+    assert not torch.allclose(other, results[1][0])
+
+
 def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_deberta_dir):
     tok = AutoTokenizer.from_pretrained(tiny_roberta_dir)
     model = build_model(tiny_roberta_dir, NUM_CLASS, tok, emb_size=32, block_size=8)
