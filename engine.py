@@ -219,7 +219,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="also write last.pt every N optimizer steps (0: at evaluations only)")
     g.add_argument("--seed", type=int, default=66)
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="auto: bf16 on GPUs that support it, fp16 + GradScaler on older ones, off on CPU")
+                   help="auto: bf16 on GPUs that support it, fp16 + GradScaler on older ones, off on CPU "
+                        "(bf16 on CPU pays where it has AMX units; BENCHMARKS.md)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for encoder memory")
     g.add_argument("--mmap_threshold_mb", type=float, default=4.0,
@@ -1123,6 +1124,9 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
                 len(train_split.features), task.unit, trainer.total_steps, trainer.global_batch *
                 args.gradient_accumulation_steps, args.train_batch_size, world, args.gradient_accumulation_steps,
                 loss_fn, trainer.dtype, trainer.device, metric)
+    if trainer.dtype is None and trainer.device.type == "cpu" and args.amp == "auto" and utils.cpu_multiplies_bf16():
+        logger.info("this CPU has bf16 matrix units (AMX): --amp bf16 trains and predicts faster (BENCHMARKS.md); "
+                    "fp32 stays the default")
     if run_dir.is_main:
         write_encoder_folder(run_dir.file(ENCODER_DIR), tokenizer, encoder.config)
     start = time.time()

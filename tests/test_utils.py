@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,6 +87,16 @@ def test_amp_dtype_choices():
     assert utils.amp_dtype(cpu, "fp16") is torch.float16
     with pytest.raises(ValueError, match="--amp"):
         utils.amp_dtype(cpu, "fp8")
+
+
+def test_cpu_bf16_units_as_the_kernel_reports_them():
+    """The `--amp bf16` hint on CPU follows the amx_bf16 flag of /proc/cpuinfo (Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this OS")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert utils.cpu_multiplies_bf16() == ("amx_bf16" in flags)
 
 
 def test_resolve_model_path(minilm_path):
