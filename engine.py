@@ -616,7 +616,8 @@ class Trainer:
         self.decision: Optional[Decision] = None
         self.device = next(model.parameters()).device
         self.dtype = utils.amp_dtype(self.device, args.amp)
-        utils.set_mmap_threshold(args.mmap_threshold_mb)  # lowers the training peak (BENCHMARKS.md)
+        utils.set_mmap_threshold(args.mmap_threshold_mb)  # both lower the training peak (BENCHMARKS.md)
+        utils.cap_onednn_cache()
         self.rank, self.world = world_info()
         self.module = model  # unwrapped: checkpoints and evaluation
         self.model = model if self.world == 1 else nn.parallel.DistributedDataParallel(

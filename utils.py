@@ -272,6 +272,17 @@ def set_mmap_threshold(mib: float) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, int(mib * 2 ** 20)))
 
 
+def cap_onednn_cache(capacity: int = 64) -> None:
+    """Hold oneDNN's cache of CPU kernels to `capacity` entries, unless the environment already sets it.
+
+    Unpadded CPU batches give every document length matrix products of their own shapes, and oneDNN's bf16
+    (AMX) kernels for each shape are kept with their buffers: with its default of 1024 entries they added
+    about 400 MB to the bf16 training peak, at no speed gain over 64 (BENCHMARKS.md). oneDNN reads the
+    variable when it makes its first kernel, so this must run before the first bf16 product.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(capacity))
+
+
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has bf16 matrix units (Intel AMX), where `--amp bf16` is much faster than fp32."""
     import torch

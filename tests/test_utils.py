@@ -99,6 +99,15 @@ def test_cpu_bf16_units_as_the_kernel_reports_them():
     assert utils.cpu_multiplies_bf16() == ("amx_bf16" in flags)
 
 
+def test_onednn_cache_capacity_is_a_default_the_environment_overrides(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    utils.cap_onednn_cache(64)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    utils.cap_onednn_cache(64)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+
+
 def test_resolve_model_path(minilm_path):
     assert utils.resolve_model_path("minilm") == minilm_path
     assert utils.resolve_model_path(None) == minilm_path
