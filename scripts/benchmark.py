@@ -520,10 +520,10 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
 # (label, parent label) of the regions `instrument` marks, in the order of the table; a backward event is
 # counted under "backward" (its recomputed attention and the bilinear's backward have rows of their own)
 PROFILE_ROWS = (("step", None), ("collate", "step"), ("model forward", "step"), ("encoder forward", "model forward"),
-                ("attention core (SDPA)", "encoder forward"), ("attention rows recompute", "model forward"),
+                ("attention core", "encoder forward"), ("attention rows recompute", "model forward"),
                 ("entity pooling", "model forward"), ("context pooling", "model forward"),
                 ("extractors + group bilinear", "model forward"), ("group bilinear", "extractors + group bilinear"),
-                ("loss", "step"), ("backward", "step"), ("attention core recomputed", "backward"),
+                ("loss", "step"), ("backward", "step"), ("attention core backward", "backward"),
                 ("group bilinear backward", "backward"), ("clip + AdamW + schedule", "step"),
                 ("decode + official records", "step"))
 
@@ -553,7 +553,9 @@ def instrument(model, trainer=None) -> None:
                         ("classify", "extractors + group bilinear"), ("forward", "model forward")):
         setattr(model, attr, labelled(label, getattr(model, attr)))
     model_module.group_bilinear = labelled("group bilinear", model_module.group_bilinear)
-    sdpa.sdpa_attention_forward = labelled("attention core (SDPA)", sdpa.sdpa_attention_forward)
+    sdpa.sdpa_attention_forward = labelled("attention core", sdpa.sdpa_attention_forward)  # eval, GPU
+    model_module.DropoutAttentionFunction.apply = labelled("attention core",  # CPU training
+                                                           model_module.DropoutAttentionFunction.apply)
     torch.Tensor.backward = labelled("backward", torch.Tensor.backward)
     if trainer is not None:
         trainer.loss_fn = labelled("loss", trainer.loss_fn)
@@ -569,13 +571,10 @@ def profile_table(prof, n_steps: int) -> List[Dict[str, Any]]:
         name = e.name
         if name.startswith("autograd::engine::evaluate_function: GroupBilinearFunctionBackward"):
             name = "group bilinear backward"
+        elif name.startswith("autograd::engine::evaluate_function: DropoutAttentionFunctionBackward"):
+            name = "attention core backward"
         if name not in names:
             continue
-        parent, in_backward = e.cpu_parent, False
-        while parent is not None and not in_backward:
-            in_backward, parent = parent.name == "backward", parent.cpu_parent
-        if name == "attention core (SDPA)" and in_backward:
-            name = "attention core recomputed"
         total[name] += e.time_range.elapsed_us() / 1e3
     parents = dict(PROFILE_ROWS)
 

@@ -154,10 +154,11 @@ def test_profile_mode_accounts_for_each_step(bench):
     out = run_script("--encoder_config", "tiny-bert", "--synthetic_tokens", "48", "--synthetic_entities", "4",
                      "--docs", "3", "--batch_size", "1", "--profile", "2", "--device", "cpu")
     assert out["settings"]["profile"] == 2
-    for phase, regions in (("train", {"collate", "encoder forward", "attention core (SDPA)", "entity pooling",
+    for phase, regions in (("train", {"collate", "encoder forward", "attention core", "entity pooling",
                                       "context pooling", "group bilinear", "loss", "backward",
                                       "group bilinear backward", "clip + AdamW + schedule"}),
-                           ("eval", {"collate", "encoder forward", "group bilinear", "decode + official records"})):
+                           ("eval", {"collate", "encoder forward", "attention core", "group bilinear",
+                                     "decode + official records"})):
         rows = {r["region"]: r for r in out[f"{phase}_profile"]}
         assert out[f"{phase}_profile_steps"] == 2 and regions <= set(rows), set(rows)
         assert rows["step"]["ms_per_step"] > 0 and rows["step"]["share"] == 1.0
