@@ -121,6 +121,28 @@ def test_evaluation_steps_and_save_path(small_synthetic_dir, tiny_bert_dir, tmp_
     assert all(torch.equal(copy["model"][k], best["model"][k]) for k in best["model"])
 
 
+def test_cpu_bf16_training_follows_fp32(small_synthetic_dir, minilm_path, tmp_path, monkeypatch):
+    """--amp bf16 on CPU: MiniLM (attention dropout on, so CPU training's own attention runs) takes the steps fp32
+    takes within bf16 rounding, and keeps fp32 weights."""
+    import model
+
+    calls = []
+    apply = model.DropoutAttentionFunction.apply
+    monkeypatch.setattr(model.DropoutAttentionFunction, "apply", lambda *a: calls.append(a[0].dtype) or apply(*a))
+    losses = {}
+    for amp in ("off", "bf16"):
+        out = tmp_path / amp
+        train.main(tiny_args(small_synthetic_dir, minilm_path, out, "--max_seq_length", 128, "--train_batch_size", 2,
+                             "--max_steps", 4, "--test_file", "", "--amp", amp, "--loss", "atl", "--seed", 3))
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[amp] = [r["loss"] for r in records if "loss" in r]
+        assert all(v.dtype == torch.float32 for v in weights(out / "best.pt").values() if v.is_floating_point())
+    assert "amp torch.bfloat16" in (tmp_path / "bf16" / "train.log").read_text()
+    assert torch.bfloat16 in calls and torch.float32 in calls
+    assert len(losses["bf16"]) == len(losses["off"]) == 4
+    assert losses["bf16"] == pytest.approx(losses["off"], rel=0.05)
+
+
 def run_cli(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
