@@ -237,7 +237,8 @@ def group_runs(runs: Sequence[Run]) -> List[Row]:
 
 
 IGNORED_FLAGS = {"seed", "output_dir", "run_name", "device", "save_path", "resume", "no_progress", "wandb",
-                 "wandb_project", "cache_dir", "test_batch_size", "load_path", "data_dir"}
+                 "wandb_project", "cache_dir", "test_batch_size", "load_path", "data_dir",
+                 "mmap_threshold_mb"}  # memory only: runs before the flag existed have no such key
 
 
 def differing_flags(row: Row) -> List[str]:
