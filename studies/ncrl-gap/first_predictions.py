@@ -1,7 +1,15 @@
-"""For each run below a folder: dev F1 and Ign F1 at the end, and the first epoch at which it predicts anything."""
+"""For each run below a folder: dev F1 and Ign F1 at the end, and the first epoch at which it predicts anything.
+
+    python studies/ncrl-gap/first_predictions.py studies/ncrl-gap            # one JSON line per run
+    python studies/ncrl-gap/first_predictions.py studies/ncrl-gap --table    # a Markdown row per configuration
+"""
 import json
+import re
 import sys
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 
 def summary(run: Path) -> dict:
@@ -10,9 +18,36 @@ def summary(run: Path) -> dict:
     first = next((r["epoch"] for r in evals if r.get("dev_n_pred", 0) > 0), None)
     best = max(evals, key=lambda r: r["dev_f1"]) if evals else {}
     return {"run": str(run), "epochs": len(evals), "first_epoch_with_predictions": first,
-            "best_dev_f1": best.get("dev_f1"), "best_dev_ign_f1": best.get("dev_ign_f1")}
+            "best_dev_f1": best.get("dev_f1"), "best_dev_ign_f1": best.get("dev_ign_f1"),
+            "dev_f1_by_epoch": [round(r["dev_f1"], 1) for r in evals]}
+
+
+def cell(values) -> str:
+    """mean ± sample std (ddof 1) of the values, or the one value."""
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+
+def table(folder: Path) -> str:
+    """One row per configuration (sweep folder / run name without the seed): seeds, F1, Ign F1, first epochs."""
+    groups = defaultdict(list)
+    for metrics in sorted(folder.rglob("metrics.jsonl")):
+        run = metrics.parent
+        if (run / "scores.json").exists():
+            config = re.sub(r"-seed\d+$", "", run.name)
+            groups[f"{run.parent.name}/{config}"].append(summary(run))
+    lines = ["| configuration | seeds | dev F1 | dev Ign F1 | first epoch predicting, by seed |",
+             "|---|---:|---:|---:|---|"]
+    for name, runs in groups.items():
+        firsts = ", ".join(str(r["first_epoch_with_predictions"]) for r in runs)
+        lines.append(f"| `{name}` | {len(runs)} | {cell([r['best_dev_f1'] for r in runs])} | "
+                     f"{cell([r['best_dev_ign_f1'] for r in runs])} | {firsts} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    for metrics in sorted(Path(sys.argv[1]).rglob("metrics.jsonl")):
-        print(json.dumps(summary(metrics.parent)))
+    if "--table" in sys.argv[2:]:
+        print(table(Path(sys.argv[1])))
+    else:
+        for metrics in sorted(Path(sys.argv[1]).rglob("metrics.jsonl")):
+            print(json.dumps(summary(metrics.parent)))
