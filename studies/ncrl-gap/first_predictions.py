@@ -39,7 +39,7 @@ def table(folder: Path) -> str:
     lines = ["| configuration | seeds | dev F1 | dev Ign F1 | first epoch predicting, by seed |",
              "|---|---:|---:|---:|---|"]
     for name, runs in groups.items():
-        firsts = ", ".join(str(r["first_epoch_with_predictions"]) for r in runs)
+        firsts = ", ".join(str(r["first_epoch_with_predictions"] or f"none in {r['epochs']}") for r in runs)
         lines.append(f"| `{name}` | {len(runs)} | {cell([r['best_dev_f1'] for r in runs])} | "
                      f"{cell([r['best_dev_ign_f1'] for r in runs])} | {firsts} |")
     return "\n".join(lines)
