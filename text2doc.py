@@ -378,11 +378,6 @@ def text_items(path: str) -> List[Tuple[str, str, Optional[List[Dict[str, Any]]]
     return [(f"line {n}", line, None, f"{path}: line {n}") for n, line in _text_lines(path)]
 
 
-def read_docred_inputs(path: str) -> List[Dict[str, Any]]:
-    """The documents of a DocRED JSON file, checked by prepro's validator, with char offsets (with_char_offsets)."""
-    return [doc for chunk in docred_chunks(path, None)[1] for doc in chunk]
-
-
 def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
     """(number of documents, chunks of `chunk_docs` documents with char offsets) of a DocRED JSON file, parsed one
     document at a time: the whole file is checked first, then each chunk is made only when asked for."""
