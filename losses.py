@@ -62,11 +62,11 @@ def _multi_hot(scores: Tensor, above: Tensor, num_labels: int) -> Tensor:
     if num_labels == 0 or num_labels < -1:
         raise ValueError(f"num_labels must be -1 (no limit) or a positive int, got {num_labels}")
     keep = above  # [N, K]
-    if num_labels > 0:
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [N, K]
-        ranks = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
-        rank_of = torch.empty_like(order).scatter_(1, order, ranks)  # [N, K] rank of each class
-        keep = keep & (rank_of < num_labels)
+    if 0 < num_labels < scores.shape[1]:  # a k-th largest score and the ties at it, instead of a full sort
+        kth = scores.topk(num_labels, dim=1).values[:, -1:]  # [N, 1]
+        greater, tie = scores > kth, scores == kth  # [N, K]
+        room = num_labels - greater.sum(dim=1, keepdim=True)  # [N, 1] places left for the tied classes
+        keep = keep & (greater | (tie & (tie.cumsum(dim=1) <= room)))
     return torch.cat([~keep.any(dim=1, keepdim=True), keep], dim=1).float()  # [N, K+1]
 
 

@@ -261,6 +261,22 @@ def test_get_label_top_k():
         loss_fn.get_label(logits, num_labels=0)
 
 
+def _sorted_top_k(logits: torch.Tensor, k: int) -> list:
+    """Reference top-k rule: rank classes by a stable descending sort, keep rank < k among f_i > f_0."""
+    margins = logits[:, 1:] - logits[:, :1]
+    order = torch.sort(margins, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(margins.shape[1]).expand_as(order))
+    keep = (margins > 0) & (rank < k)
+    return torch.cat([~keep.any(1, keepdim=True), keep], 1).float().tolist()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6, 9])
+def test_get_label_top_k_equals_a_stable_sort_with_many_ties(k):
+    torch.manual_seed(k)
+    logits = torch.randint(-2, 3, (300, 7)).float()  # scores in {-2..2}: ties at the k-th place are common
+    assert build_loss("ncrl").get_label(logits, num_labels=k).tolist() == _sorted_top_k(logits, k)
+
+
 def test_bce_threshold_rule():
     loss_fn = build_loss("bce", threshold=0.3)
     assert loss_fn.tunes_threshold and not any(build_loss(n).tunes_threshold for n in ("atl", "ncrl", "lsep"))
