@@ -260,7 +260,10 @@ def pair_chunk(n: int, block_size: int, x: torch.Tensor) -> int:
 
 def _block_features(x: torch.Tensor, y: torch.Tensor, outer: torch.Tensor, sym: torch.Tensor) -> None:
     """Write x outer y [P, bs, bs] into `outer` and, when `sym` is another buffer, its max-symmetrization."""
-    torch.mul(x[:, :, None], y[:, None, :], out=outer)
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:  # same bits; CPU's bf16 mul converts, bmm does not
+        torch.bmm(x[:, :, None], y[:, None, :], out=outer)
+    else:
+        torch.mul(x[:, :, None], y[:, None, :], out=outer)
     if sym is not outer:
         torch.maximum(outer, outer.transpose(1, 2), out=sym)
 
@@ -289,6 +292,14 @@ def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_si
     with torch.autocast(x.device.type, enabled=False):
         out = GroupBilinearFunction.apply(x.to(dtype), y.to(dtype), linear.weight.to(dtype), block_size, max_sym)
     return out + linear.bias  # [P, K+1]
+
+
+def pair_linear(linear: nn.Linear, ent: torch.Tensor, idx: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """ATLOP's extractor `linear(cat([ent[idx], context]))` [P, emb], its entity half computed once per entity
+    [E, emb] instead of once per pair (the same sum, added in another order)."""
+    width = ent.shape[-1]
+    per_entity = nn.functional.linear(ent, linear.weight[:, :width], linear.bias)  # [E, emb]
+    return per_entity[idx] + nn.functional.linear(context, linear.weight[:, width:])  # [P, emb]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -598,10 +609,10 @@ class DocREModel(nn.Module):
         per_sent = torch.where(has, per_sent / torch.where(has, total, torch.ones_like(total)), per_sent)
         return per_sent.view(*q.shape[:-1], sent_pos.shape[1])
 
-    def classify(self, head: torch.Tensor, tail: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Group bilinear logits [P, K+1] from head, tail and context embeddings."""
-        z_h = torch.tanh(self.head_extractor(torch.cat([head, context], dim=-1)))  # [P, emb]
-        z_t = torch.tanh(self.tail_extractor(torch.cat([tail, context], dim=-1)))
+    def classify(self, ent: torch.Tensor, hts: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Group bilinear logits [P, K+1] from entity embeddings [E, H], pairs `hts` [P, 2] and contexts [P, H]."""
+        z_h = torch.tanh(pair_linear(self.head_extractor, ent, hts[:, 0], context))  # [P, emb]
+        z_t = torch.tanh(pair_linear(self.tail_extractor, ent, hts[:, 1], context))
         return group_bilinear(z_h, z_t, self.bilinear, self.block_size, max_sym=self.bilinear_type == "maxsym")
 
     def score(self, hidden: torch.Tensor, mention_att: torch.Tensor, mention_pos: torch.Tensor,
@@ -612,7 +623,7 @@ class DocREModel(nn.Module):
         ent, ent_att = self.pool_entities(hidden, mention_att, mention_pos, mention_doc, mention_entity,
                                           len(entity_doc))
         context, sent_attn = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc, sent_pos)
-        logits = self.classify(ent[hts[:, 0]], ent[hts[:, 1]], context)
+        logits = self.classify(ent, hts, context)
         return logits if sent_pos is None else (logits, sent_attn)
 
     def logits_and_evidence(self, width: int, **batch: torch.Tensor) -> torch.Tensor:

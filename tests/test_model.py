@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from model import DocREModel, GroupBilinearFunction, build_model, group_bilinear, load_encoder, plan_windows
+from model import (DocREModel, GroupBilinearFunction, _block_features, build_model, group_bilinear, load_encoder,
+                   plan_windows)
 from losses import available_losses, build_loss, positive_rates
 from utils import Collator, label_counts
 
@@ -280,6 +281,16 @@ def test_group_bilinear_gradients_match_outer_product():
     linear = torch.nn.Linear(48, 3).double()
     outer = (x.view(7, 3, 4, 1) * y.view(7, 3, 1, 4)).reshape(7, 48)
     torch.testing.assert_close(group_bilinear(x, y, linear, 4), linear(outer))
+
+
+def test_bf16_block_features_on_cpu_equal_elementwise_outer_products():
+    """On CPU in bf16 the blocks' outer products come from a bmm: the same bits as the elementwise product."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 300, 64).to(torch.bfloat16).unbind(0)  # 300 pairs, one block of 64
+    outer, sym = torch.empty(300, 64, 64, dtype=torch.bfloat16), torch.empty(300, 64, 64, dtype=torch.bfloat16)
+    _block_features(x, y, outer, sym)
+    ref = x[:, :, None] * y[:, None, :]  # [P, bs, bs], bf16 elementwise
+    assert torch.equal(outer, ref) and torch.equal(sym, torch.maximum(ref, ref.transpose(1, 2)))
 
 
 def _loop_group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: torch.nn.Linear, block_size: int,
