@@ -244,8 +244,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g = parser.add_argument_group("loss")
     g.add_argument("--loss", default="ncrl", choices=losses.available_losses(), help="see losses.py")
     g.add_argument("--shift", type=float, default=0.0, help="NCRL margin shifting gamma")
-    g.add_argument("--margin_reg", action=argparse.BooleanOptionalAction, default=True,
-                   help="NCRL margin regularization (--no_margin_reg turns it off)")
+    # two flags, not BooleanOptionalAction: that one spells the negation --no-margin_reg, against the house style
+    g.add_argument("--margin_reg", action="store_true", default=True, help="NCRL margin regularization (default)")
+    g.add_argument("--no_margin_reg", dest="margin_reg", action="store_false", help="NCRL without margin regularization")
     g.add_argument("--prob_shift", type=float, default=0.0, help="BCE probability shifting for negatives")
     g.add_argument("--afl_gamma_pos", type=float, default=1.0,
                    help="adaptive focal loss (KD-DocRE): focusing exponent of the positive term")

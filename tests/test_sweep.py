@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import engine
 import train
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import configs  # noqa: E402
 import make_tables  # noqa: E402
 import sweep  # noqa: E402
 
@@ -181,6 +183,15 @@ def test_configuration_labels():
     assert regime({"train_file": "train_annotated.json"}) == "annotated"
     assert make_tables.encoder_name("minilm") == "minilm" and make_tables.encoder_name("/m/roberta-large/") == \
         "roberta-large"
+
+
+@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+def test_every_configuration_parses_as_train_py_flags(name):
+    """Each configuration's flags are train.py flags with the loss options they name (ncrl-noreg once failed)."""
+    argv = ["--loss", configs.loss_of(name), *configs.flags(name, shift=0.05)]
+    args = engine.parse_args(train.DocRED(), argv, "", fill_output_dir=False)
+    assert args.margin_reg == ("--no_margin_reg" not in argv)
+    assert configs.name_of(vars(args)) == configs.resolve(name)
 
 
 def test_missing_sweep_folder_and_bad_json_are_named(tmp_path):
