@@ -9,7 +9,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from make_tables import fmt, mean_std  # noqa: E402  (the sweep tables' own mean ± std cells)
 
 
 def summary(run: Path) -> dict:
@@ -23,9 +25,8 @@ def summary(run: Path) -> dict:
 
 
 def cell(values) -> str:
-    """mean ± sample std (ddof 1) of the values, or the one value."""
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+    """mean ± sample std (ddof 1) of the values, or the one value, as make_tables writes them."""
+    return fmt(*mean_std(values), len(values))
 
 
 def table(folder: Path) -> str:
