@@ -17,7 +17,7 @@ import utils
 
 def train_step(encoder: torch.nn.Module, ids: torch.Tensor, dtype: Optional[torch.dtype]) -> None:
     """Forward under autocast `dtype` (None: fp32), backward of the sum of the last hidden states."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+    with utils.autocast(torch.device("cpu"), dtype):
         hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state  # [4, 320, 384]
     hidden.float().sum().backward()
 
