@@ -820,7 +820,7 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
     """The tokenizer and encoder of --model_name_or_path, with a clear error when neither folder nor hub works."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from model import load_encoder, use_checkpointed_sdpa
+    from model import load_encoder, use_checkpointed_sdpa, use_mask_dropout
 
     path = utils.resolve_model_path(args.model_name_or_path)
     if os.path.isdir(path) and not args.config_name and not os.path.exists(os.path.join(path, "config.json")):
@@ -833,6 +833,7 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
             utils.resolve_model_path(args.tokenizer_name) if args.tokenizer_name else path)
         encoder = load_encoder(path, config=config)
         use_checkpointed_sdpa(encoder)
+        use_mask_dropout(encoder)
     except OSError as e:
         raise UserError(
             f"--model_name_or_path {args.model_name_or_path!r} is neither a local folder nor reachable on the "

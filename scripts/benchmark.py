@@ -338,7 +338,8 @@ def build_model(args: Dict[str, Any], tokenizer, num_class: int, max_seq_length:
 
     encoder = build_encoder(args, tokenizer)
     torch.manual_seed(args["seed"])
-    extra = {"attention_rows": "eager", "unpad": False} if args["attention"] == "eager-all-layers" else {}
+    extra = ({"attention_rows": "eager", "unpad": False, "mask_dropout": False}
+             if args["attention"] == "eager-all-layers" else {})
     return DocREModel(encoder, num_class, tokenizer=tokenizer, max_seq_length=max_seq_length,
                       gradient_checkpointing=args["gradient_checkpointing"], **extra)
 
@@ -394,15 +395,16 @@ def bare_inputs(model, features: Sequence[dict], batches: Sequence[Sequence[int]
 
 
 def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, backward: bool) -> None:
-    """The encoder alone on one batch's inputs, as Hugging Face loads it (plain SDPA, no head, no loss):
+    """The encoder alone on one batch's inputs, as Hugging Face loads it (plain SDPA, nn.Dropout, no head, no loss):
     forward, and with `backward` the backward of the sum of its last hidden states (the gradients are
     dropped afterwards so the next training step does not see them)."""
     import torch
 
-    from model import use_checkpointed_sdpa
+    from model import use_checkpointed_sdpa, use_mask_dropout
 
     encoder = model.encoder
     switched = backward and use_checkpointed_sdpa(encoder, False)
+    masked = use_mask_dropout(encoder, False)
     try:
         with torch.set_grad_enabled(backward), utils.autocast(device, dtype):
             total = sum(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float().sum()
@@ -413,6 +415,8 @@ def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, ba
     finally:
         if switched:
             use_checkpointed_sdpa(encoder, True)
+        if masked:
+            use_mask_dropout(encoder, True)
 
 
 def with_ceiling(args: Dict[str, Any]) -> bool:

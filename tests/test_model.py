@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from model import (DocREModel, GroupBilinearFunction, _block_features, build_model, group_bilinear, load_encoder,
-                   plan_windows)
+import model as model_module
+from model import (DocREModel, GroupBilinearFunction, MaskDropout, _block_features, build_model, group_bilinear,
+                   keep_mask, load_encoder, plan_windows, use_mask_dropout)
 from losses import available_losses, build_loss, positive_rates
 from utils import Collator, label_counts
 
@@ -336,7 +337,6 @@ def test_max_sym_group_bilinear_gradcheck_and_ties():
 def test_group_bilinear_in_chunks_of_pairs_changes_no_bit(monkeypatch, max_sym):
     """Chunking the pairs (to keep the [rows, bs, bs] buffers in cache) gives the very same logits and gradients,
     a ragged last chunk included, and gradcheck holds with the chunks."""
-    import model as model_module
 
     torch.manual_seed(2)
     x0, y0 = torch.randn(2, 11, 16).tanh().unbind(0)
@@ -382,7 +382,13 @@ def _saved_bytes_and_grads(model: DocREModel, batch: dict):
     return sum(saved), logits.detach(), grads
 
 
-def test_checkpointed_attention_keeps_less_and_gives_same_gradients(tiny_bert_dir, bert_tok):
+def torch_keep_mask(shape, p, device):
+    """The mask SDPA's math kernel and nn.Dropout draw (`bernoulli_` of the keep probability), for equality tests."""
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1 - p), 1 / (1 - p)
+
+
+def test_checkpointed_attention_keeps_less_and_gives_same_gradients(tiny_bert_dir, bert_tok, monkeypatch):
+    monkeypatch.setattr(model_module, "keep_mask", torch_keep_mask)  # so both paths drop the same weights
     feats = [make_feature(bert_tok, 6, 200, 0), make_feature(bert_tok, 4, 150, 1)]
     batch = batch_of(feats, bert_tok)
     results = []
@@ -405,10 +411,12 @@ def test_checkpointed_attention_keeps_less_and_gives_same_gradients(tiny_bert_di
 
 
 @pytest.mark.parametrize("mask", ["none", "bool", "additive"])
-def test_dropout_attention_equals_sdpa_with_the_same_dropped_weights(mask):
+def test_dropout_attention_equals_sdpa_with_the_same_dropped_weights(mask, monkeypatch):
     """CPU training's attention: the outputs and q, k, v gradients of SDPA's math kernel, same seed, same mask."""
     import torch.nn.functional as F
     from model import checkpointed_sdpa
+
+    monkeypatch.setattr(model_module, "keep_mask", torch_keep_mask)  # SDPA's own draw, so the same weights drop
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 8, generator=gen, dtype=torch.float64) for _ in range(3))
@@ -433,6 +441,60 @@ def test_dropout_attention_equals_sdpa_with_the_same_dropped_weights(mask):
     torch.manual_seed(6)  # another seed drops other weights: the equality above is not of dropout-free outputs
     other, _ = checkpointed_sdpa(module, *(t.clone().requires_grad_() for t in (q, k, v)), masks[mask], dropout=0.3)
     assert not torch.allclose(other, results[1][0])
+
+
+def test_keep_mask_keeps_one_minus_p_in_every_lane_and_follows_the_seed():
+    n = 4_000_001  # not a multiple of the four 16-bit lanes of a draw
+    for p in (0.1, 0.5):
+        torch.manual_seed(3)
+        keep, scale = keep_mask((n,), p, "cpu")
+        q = 1 - round(p * 65536) / 65536  # P(keep)
+        assert keep.dtype == torch.bool and keep.shape == (n,) and scale == pytest.approx(1 / q, rel=1e-12)
+        assert abs(q - (1 - p)) < 1e-5
+        for lane in range(4):  # each 16-bit lane of the 64-bit draws is uniform (a sign bit stuck at 0 is not)
+            rate = keep[lane::4].double().mean().item()
+            assert abs(rate - q) < 5 * (q * (1 - q) / (n / 4)) ** 0.5, (p, lane, rate)
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask((n,), 0.5, "cpu")[0], keep)
+    torch.manual_seed(4)
+    assert not torch.equal(keep_mask((n,), 0.5, "cpu")[0], keep)
+    assert keep_mask((2, 0, 3), 0.1, "cpu")[0].shape == (2, 0, 3)
+    assert keep_mask((1000,), 1.0, "cpu")[1] == 65536  # p rounded below 1: no division by zero
+
+
+def test_mask_dropout_scales_the_kept_entries_and_their_gradients():
+    x = torch.randn(64, 300, dtype=torch.float64).requires_grad_()
+    drop = MaskDropout(0.3).train()
+    torch.manual_seed(0)
+    y = drop(x)
+    keep = y != 0
+    scale = 65536 / (65536 - round(0.3 * 65536))
+    torch.testing.assert_close(y[keep], x[keep] * scale, atol=0, rtol=1e-15)
+    assert 0.65 < keep.double().mean().item() < 0.75
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, keep.double() * scale, atol=0, rtol=1e-15)
+    torch.manual_seed(0)
+    inplace = MaskDropout(0.3, inplace=True).train()(x.detach().clone())
+    assert torch.equal(inplace, y.detach())
+    assert torch.equal(drop.eval()(x), x) and torch.equal(MaskDropout(0.0).train()(x), x)
+    assert torch.equal(MaskDropout(1.0).train()(x), torch.zeros_like(x))  # nn.Dropout's own p = 1
+
+
+def test_mask_dropout_swaps_the_encoders_dropout_and_back(tiny_bert_dir, bert_tok):
+    encoder = load_encoder(tiny_bert_dir)
+    n_dropout = sum(type(m) is torch.nn.Dropout for m in encoder.modules())
+    keys = set(encoder.state_dict())
+    assert n_dropout > 0 and use_mask_dropout(encoder)
+    assert sum(type(m) is MaskDropout for m in encoder.modules()) == n_dropout
+    assert not any(type(m) is torch.nn.Dropout for m in encoder.modules()) and set(encoder.state_dict()) == keys
+    assert use_mask_dropout(encoder, False) and not use_mask_dropout(encoder, False)
+    assert sum(type(m) is torch.nn.Dropout for m in encoder.modules()) == n_dropout
+    on, off = tiny_model(tiny_bert_dir), tiny_model(tiny_bert_dir, mask_dropout=False)
+    assert any(type(m) is MaskDropout for m in on.encoder.modules())
+    assert not any(type(m) is MaskDropout for m in off.encoder.modules())
+    batch = batch_of(mixed_features(bert_tok), bert_tok)
+    with torch.no_grad():  # evaluation drops nothing: the same logits either way
+        torch.testing.assert_close(on.eval()(**batch), off.eval()(**batch), atol=1e-6, rtol=1e-5)
 
 
 def test_special_tokens_and_attention_from_the_encoder(tiny_roberta_dir, tiny_deberta_dir):
