@@ -345,14 +345,27 @@ def build_model(args: Dict[str, Any], tokenizer, num_class: int, max_seq_length:
 
 
 def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
-    """train.py's optimisation and loss defaults, with this run's loss and batch size."""
+    """train.py's optimisation and loss defaults, with this run's loss, batch size and amp."""
     import engine
 
     hp = engine.add_training_args(argparse.ArgumentParser()).parse_args([])
-    hp.loss, hp.train_batch_size = args["loss"], args["batch_size"]
+    hp.loss, hp.train_batch_size, hp.amp = args["loss"], args["batch_size"], args["amp"]
     if args["mmap_threshold_mb"] is not None:
         hp.mmap_threshold_mb = args["mmap_threshold_mb"]
     return hp
+
+
+def engine_trainer(hp: argparse.Namespace, model, features: Sequence[dict], collate):
+    """The engine's Trainer over `features` with the settings `hp`, without evaluation or a run folder."""
+    import engine
+
+    return engine.Trainer(hp, model, model.encoder, engine.build_loss_from_args(hp), features, collate,
+                          evaluate=None, run=None, metric="f1", checkpoint_meta={})
+
+
+def index_batches(n: int, size: int) -> List[List[int]]:
+    """0 .. n-1 in consecutive batches of `size` (the last one shorter)."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
 # ----------------------------------------------------------------------------- phases (child process)
@@ -404,7 +417,7 @@ def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, ba
 
     encoder = model.encoder
     switched = backward and use_checkpointed_sdpa(encoder, False)
-    masked = use_mask_dropout(encoder, False)
+    masked = backward and use_mask_dropout(encoder, False)  # evaluation drops nothing either way
     try:
         with torch.set_grad_enabled(backward), utils.autocast(device, dtype):
             total = sum(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float().sum()
@@ -435,15 +448,9 @@ def phase_train(spec: Dict[str, Any], model, features: Sequence[dict], collate, 
     """Documents per second and seconds per optimizer step of the engine's own training step
     (collate, forward, loss, backward, clipping, AdamW), one micro-batch per step; with the ceiling, the
     bare encoder's forward and backward on the same batches, alternating with ours."""
-    import engine
-
     args = spec["args"]
-    hp = training_defaults(args)
-    hp.amp = args["amp"]
-    trainer = engine.Trainer(hp, model, model.encoder, engine.build_loss_from_args(hp), features, collate,
-                             evaluate=None, run=None, metric="f1", checkpoint_meta={})
-    bs = args["batch_size"]
-    batches = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+    trainer = engine_trainer(training_defaults(args), model, features, collate)
+    batches = index_batches(len(features), args["batch_size"])
     model.train()
     rss_start = current_rss_mb()
     for batch in batches[:args["warmup_steps"]]:
@@ -505,8 +512,7 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
     runs: List[Callable[[int], Any]] = [item]
     if with_ceiling(args):
         model.eval()
-        index = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
-        pieces = bare_inputs(model, features, index, collate, device) + [[]]  # nothing to decode
+        pieces = bare_inputs(model, features, index_batches(len(features), bs), collate, device) + [[]]  # nothing to decode
         for p in pieces[:args["warmup_steps"]]:
             bare_encoder_run(model, p, device, dtype, backward=False)
         runs.append(lambda i: bare_encoder_run(model, pieces[i], device, dtype, backward=False))
@@ -617,14 +623,12 @@ def profile_phase(phase: str, spec: Dict[str, Any], model, features: Sequence[di
 
     args = spec["args"]
     hp = training_defaults(args)
-    hp.amp = args["amp"]
     n, bs = args["profile"], args["batch_size"] if phase == "train" else args["eval_batch_size"]
-    batches = [list(range(i, min(i + bs, len(features)))) for i in range(0, len(features), bs)]
+    batches = index_batches(len(features), bs)
     batches = (batches[args["warmup_steps"]:] or batches)[:n]  # the steps after the warm-up ones
     loss_fn = engine.build_loss_from_args(hp)
     if phase == "train":
-        trainer = engine.Trainer(hp, model, model.encoder, loss_fn, features, collate, evaluate=None, run=None,
-                                 metric="f1", checkpoint_meta={})
+        trainer = engine_trainer(hp, model, features, collate)
         instrument(model, trainer)
         model.train()
         run = lambda b: trainer.step([b])  # noqa: E731

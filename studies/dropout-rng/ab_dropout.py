@@ -16,7 +16,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
-import engine  # noqa: E402
 import model  # noqa: E402
 import prepro  # noqa: E402
 import utils  # noqa: E402
@@ -42,17 +41,13 @@ def main(precision: str, repeat: int) -> None:
     a = spec["args"]
     torch.set_num_threads(a["threads"])
     device = torch.device("cpu")
-    dtype = utils.amp_dtype(device, a["amp"])
     rel2id = prepro.load_rel2id(str(DATA.parent), a["rel2id"])  # as the benchmark reads it
     tokenizer = benchmark.load_tokenizer(spec)
     features = benchmark.phase_features(spec, tokenizer, rel2id)
     net = benchmark.build_model(a, tokenizer, len(rel2id), 1024)
-    hp = benchmark.training_defaults(a)
-    hp.amp = a["amp"]
-    trainer = engine.Trainer(hp, net, net.encoder, engine.build_loss_from_args(hp), features,
-                             utils.Collator(len(rel2id), tokenizer.pad_token_id or 0), evaluate=None, run=None,
-                             metric="f1", checkpoint_meta={})
-    batches = [list(range(i, min(i + 4, len(features)))) for i in range(0, len(features), 4)]
+    trainer = benchmark.engine_trainer(benchmark.training_defaults(a), net, features,
+                                       utils.Collator(len(rel2id), tokenizer.pad_token_id or 0))
+    batches = benchmark.index_batches(len(features), a["batch_size"])
     net.train()
     losses = {}
 
