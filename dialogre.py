@@ -26,14 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-import engine
 import losses
 import utils
-from engine import Decision, Split
-from model import prior_bias
+from collate import PaddingCollator
+from engine.rundir import RunDirectory
+from engine.runner import run
+from engine.task import Outputs, Split, Task, add_split_args
+from losses import Decision
+from model import ClsClassifier
 from utils import UserError
 
-logger = logging.getLogger("docre")
+logger = logging.getLogger(__name__)
 
 UNANSWERABLE = 37  # the dataset's id of the none class
 NUM_CLASS = 37  # logit columns: 0 = unanswerable, 1..36 = relation ids 1..36
@@ -302,51 +305,12 @@ def build_split(path: str, encoder: DialogREEncoder, limit: Optional[int] = None
     return DialogRESplit(path, data, features, gold_matrix(data), prefixes)
 
 
-class DialogRECollator:
-    """Pad instance features into `input_ids`, `attention_mask`, `token_type_ids` `[B, L]` and `labels` `[B, 37]`."""
+class DialogRECollator(PaddingCollator):
+    """Pad instance features into `input_ids`, `attention_mask`, `token_type_ids` `[B, L]` (1 on the arguments'
+    segment, from `n_first` on) and `labels` `[B, 37]` (column 0: unanswerable)."""
 
     def __init__(self, num_class: int = NUM_CLASS, pad_token_id: int = 0):
-        self.num_class, self.pad_token_id = num_class, pad_token_id
-
-    def __call__(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(f["input_ids"]) for f in features])  # [B]
-        input_ids = torch.full((len(features), int(lengths.max())), self.pad_token_id, dtype=torch.long)
-        for i, f in enumerate(features):
-            input_ids[i, :len(f["input_ids"])] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-        positions = torch.arange(input_ids.shape[1])[None, :]  # [1, L]
-        attention_mask = (positions < lengths[:, None]).long()  # [B, L]
-        n_first = torch.tensor([f["n_first"] for f in features])  # [B]
-        token_type_ids = ((positions >= n_first[:, None]) & attention_mask.bool()).long()  # [B, L]
-        labels = torch.zeros((len(features), self.num_class))  # [B, 37]
-        rows = torch.cat([torch.full((len(f["labels"]),), i) for i, f in enumerate(features)])
-        cols = torch.cat([torch.as_tensor(f["labels"], dtype=torch.long).reshape(-1) for f in features])
-        labels[rows.long(), cols] = 1.0
-        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                "labels": labels}
-
-
-# ----------------------------------------------------------------------------- model
-class DialogREModel(nn.Module):
-    """An encoder and a classifier (dropout + linear) on its last-layer [CLS] vector; returns logits."""
-
-    def __init__(self, encoder: nn.Module, num_class: int = NUM_CLASS, dropout: float = 0.1):
-        super().__init__()
-        self.encoder = encoder
-        self.use_token_types = getattr(encoder.config, "type_vocab_size", 0) > 1
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_class)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        extra = {"token_type_ids": token_type_ids} if self.use_token_types and token_type_ids is not None else {}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.classifier(self.dropout(hidden[:, 0]))  # [B, 37]
-
-    @torch.no_grad()
-    def init_classifier_bias(self, rates) -> None:
-        """Start from the none-class prior (model.prior_bias): σ(f_i) = p_i for relation i at step 0."""
-        self.classifier.bias.copy_(prior_bias(rates, self.classifier.bias.shape[0]))
+        super().__init__(num_class, pad_token_id, none_column=True, segments=True)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -420,18 +384,19 @@ def rids_of(pred: torch.Tensor) -> List[List[int]]:
 
 
 # ----------------------------------------------------------------------------- the task
-class DialogRE(engine.Task):
+class DialogRE(Task):
     """DialogRE on the shared engine: BERT_s inputs, a [CLS] classifier, F1 and F1c, BCE's (t1, t2) rule."""
     name = "dialogre"
     unit = "instances"
+    decision_params = {"t1": 0.5, "t2": 0.4}  # the reference scorer's (t1, t2) until tuned on dev
 
-    def add_args(self, parser: argparse.ArgumentParser) -> None:
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("dialogre")
-        engine.add_split_args(g, "./dataset/dialogre", "train.json", "dev.json", "test.json")
+        add_split_args(g, "./dataset/dialogre", "train.json", "dev.json", "test.json")
         g.add_argument("--max_seq_length", type=int, default=512)
         g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
         g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
-        engine.add_prior_arg(g)
         g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
                        help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
         g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
@@ -443,37 +408,30 @@ class DialogRE(engine.Task):
         parser.set_defaults(learning_rate=3e-5, classifier_lr=3e-5, train_batch_size=24, test_batch_size=32,
                             num_train_epochs=20.0, warmup_ratio=0.1, top_k=-1)
 
-    def default_decision(self, args: argparse.Namespace) -> Decision:
-        """The reference scorer's (t1, t2) until tuned on dev."""
-        return super().default_decision(args).replace(params={"t1": 0.5, "t2": 0.4})
-
-    def build_model(self, args: argparse.Namespace, tokenizer: Any, encoder: nn.Module,
-                    meta: Optional[Dict[str, Any]]) -> nn.Module:
-        markers, added = speaker_marker_ids(tokenizer)
-        if added:
-            encoder.resize_token_embeddings(len(tokenizer))
+    def setup(self, args: argparse.Namespace, mode: str, tokenizer: Any, meta: Optional[Dict[str, Any]] = None,
+              source: str = "") -> None:
+        """Refuse a checkpoint of another relation map; add the speaker markers to the tokenizer (when missing)."""
+        super().setup(args, mode, tokenizer, meta, source)
+        if meta is not None:
+            saved = {int(k): v for k, v in meta.get("rid2col", {}).items()}
+            if saved != RID2COL:
+                raise UserError(f"--load_path {source} is not a DialogRE checkpoint of this version (its relation-id "
+                                f"to column map is {saved or 'missing'})")
+        markers, self.added_markers = speaker_marker_ids(tokenizer)
         self.encoder = DialogREEncoder(tokenizer, markers, args.max_seq_length, not args.no_entity_type)
         self.markers = tokenizer.convert_ids_to_tokens(list(markers))
         self._collate = DialogRECollator(NUM_CLASS, tokenizer.pad_token_id or 0)
-        return DialogREModel(encoder, NUM_CLASS, args.dropout)
 
-    def prepare_training(self, model: nn.Module, train: Split) -> None:
-        if self.args.init_none_prior:
-            gold = torch.from_numpy(train.gold.gold)  # [N, 37]
-            model.init_classifier_bias(losses.positive_rates(gold.sum(0), len(gold)))
-            logger.info("classifier bias set to the relation priors of %d training instances", len(gold))
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        if self.added_markers:
+            encoder.resize_token_embeddings(len(self.tokenizer))
+        return ClsClassifier(encoder, NUM_CLASS, self.args.dropout)  # logits [B, 37] from [CLS]
 
     def meta(self) -> Dict[str, Any]:
         return {"rid2col": RID2COL, "speaker_markers": self.markers}
 
     def summary(self) -> Dict[str, Any]:
         return {"num_class": NUM_CLASS, "speaker_markers": self.markers}
-
-    def check_meta(self, meta: Dict[str, Any], path: str) -> None:
-        saved = {int(k): v for k, v in meta.get("rid2col", {}).items()}
-        if saved != RID2COL:
-            raise UserError(f"--load_path {path} is not a DialogRE checkpoint of this version (its relation-id to "
-                            f"column map is {saved or 'missing'})")
 
     def read(self, split: str) -> Optional[Split]:
         a = self.args
@@ -497,18 +455,17 @@ class DialogRE(engine.Task):
             return dialogre_rule(torch.sigmoid(logits[:, 1:]), decision.params["t1"], decision.params["t2"])
         return decision.labels(loss_fn, logits)
 
-    def tune(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Decision:
+    def tune(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Decision:
         """BCE: the global threshold by dev F1, and the reference rule's (t1, t2) by dev F1."""
         if not loss_fn.tunes_threshold:
             return decision
-        gold = split.gold.gold
-        threshold = engine.best_of(losses.THRESHOLD_GRID,
-                                   lambda t: f1_score(decision.labels(loss_fn, logits, t), gold)["f1"])
+        logits, gold = outputs.logits, split.gold.gold
+        tuned = losses.tune_threshold(decision, lambda d: f1_score(d.labels(loss_fn, logits), gold)["f1"])
         t1, t2, _ = tune_dialogre_rule(torch.sigmoid(logits[:, 1:]), gold, losses.THRESHOLD_GRID)
-        return decision.replace(threshold=threshold, params={"t1": t1, "t2": t2})
+        return tuned.replace(params={"t1": t1, "t2": t2})
 
-    def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
-        gold = split.gold.gold
+    def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        logits, gold = outputs.logits, split.gold.gold
         extra: Dict[str, float] = {}
         if loss_fn.tunes_threshold:  # both BCE rules, whichever decides
             extra = {"f1_global": f1_score(decision.labels(loss_fn, logits), gold)["f1"],
@@ -516,16 +473,16 @@ class DialogRE(engine.Task):
                                                        decision.params["t2"]), gold)["f1"]}
         return {**f1_score(self.decode(logits, loss_fn, decision), gold), **extra}
 
-    def write(self, run: engine.RunDirectory, split: Split, logits: torch.Tensor, aux: Dict[str, torch.Tensor],
-              loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+    def write(self, run: RunDirectory, split: Split, outputs: Outputs, loss_fn: Any,
+              decision: Decision) -> Dict[str, Any]:
         """<split>_pred.json and <split>_pred_f1c.json; returns F1 (and F1c) in percent."""
         data: DialogRESplit = split.gold
-        pred = self.decode(logits, loss_fn, decision)
+        pred = self.decode(outputs.logits, loss_fn, decision)
         run.write_json(f"{split.name}_pred.json", rids_of(pred))
         scores = f1_score(pred, data.gold)
-        if "prefixes" in aux:
+        if "prefixes" in outputs.aux:
             pre = data.prefixes
-            pred_c = self.decode(aux["prefixes"], loss_fn, decision)[pre.source]
+            pred_c = self.decode(outputs.aux["prefixes"].logits, loss_fn, decision)[pre.source]
             per_prefix = rids_of(pred_c)
             ends = np.cumsum(np.bincount(pre.instance, minlength=len(data.features))).tolist()
             run.write_json(f"{split.name}_pred_f1c.json", [per_prefix[a:b] for a, b in zip([0] + ends[:-1], ends)])
@@ -536,7 +493,7 @@ class DialogRE(engine.Task):
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train on DialogRE (unless only --load_path is given), then score dev and test (F1 and F1c)."""
-    return engine.run(DialogRE(), argv, __doc__.splitlines()[0])
+    return run(DialogRE(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

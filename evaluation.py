@@ -16,9 +16,11 @@ import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from utils import guarded
 
 SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
 OPTIONAL_FIELDS = ("evidence",)
@@ -65,34 +67,80 @@ def _to_numpy_mask(preds: Any) -> np.ndarray:
     return mask
 
 
-def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str],
-                evidence: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
-    """Multi-hot pair predictions [P, K+1] -> official records {title, h_idx, t_idx, r}, without Na or duplicates;
-    with `evidence` (bool [P, S], a pair's evidence sentences) each record also gets its "evidence" list."""
+class Relation(NamedTuple):
+    """One predicted fact of a document: head and tail entity indices into its vertexSet, relation id, score (the
+    decision's margin, higher = more confident; 0 when unknown), evidence sentence ids ([] without evidence)."""
+    h_idx: int
+    t_idx: int
+    r: str
+    score: float
+    evidence: List[int]
+
+
+def predicted_facts(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str],
+                    scores: Any = None, evidence: Optional[np.ndarray] = None) -> List[List[Relation]]:
+    """Per feature, the facts of multi-hot pair predictions `preds` [P, K+1] (column 0, Na, ignored), rows in the
+    features' `hts` order; `scores` [P, K] gives each fact's score, `evidence` (bool [P, S]) its sentences."""
     mask = _to_numpy_mask(preds)  # [P, K+1]
     hts = [np.asarray(f["hts"], dtype=np.int64).reshape(-1, 2) for f in features]
     n_pairs = np.array([len(h) for h in hts], dtype=np.int64)
     if mask.shape[0] != n_pairs.sum():
         raise ValueError(f"preds has {mask.shape[0]} rows but the features have {int(n_pairs.sum())} pairs")
-    titles = [f["title"] for f in features]
-    title_ids = {t: i for i, t in enumerate(dict.fromkeys(titles))}
     all_hts = np.concatenate(hts) if hts else np.zeros((0, 2), dtype=np.int64)  # [P, 2]
-    pair_title = np.repeat(np.array([title_ids[t] for t in titles], dtype=np.int64), n_pairs)  # [P]
+    pair_doc = np.repeat(np.arange(len(features)), n_pairs)  # [P]
     rows, cols = np.nonzero(mask[:, 1:])
-    cols = cols + 1  # column 0 is Na
-    missing = sorted(set(np.unique(cols).tolist()) - set(id2rel))
+    missing = sorted(set((np.unique(cols) + 1).tolist()) - set(id2rel))
     if missing:
         raise ValueError(f"relation ids {missing} are predicted but absent from id2rel")
-    keys = np.stack([pair_title[rows], all_hts[rows, 0], all_hts[rows, 1], cols], axis=1)  # [n_pos, 4]
-    _, first = np.unique(keys, axis=0, return_index=True)
-    first = np.sort(first)
-    keys = keys[first]  # duplicates only arise from repeated titles; keep the first, in input order
-    title_of = list(title_ids)
-    out = [{"title": title_of[d], "h_idx": int(h), "t_idx": int(t), "r": id2rel[int(r)]} for d, h, t, r in keys.tolist()]
-    if evidence is not None:
-        for record, row in zip(out, rows[first].tolist()):
-            record["evidence"] = np.flatnonzero(evidence[row]).tolist()
+    values = (np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores)[rows, cols].tolist()
+              if scores is not None else [0.0] * len(rows))
+    sents = ([np.flatnonzero(evidence[row]).tolist() for row in rows.tolist()] if evidence is not None
+             else [[] for _ in range(len(rows))])
+    out: List[List[Relation]] = [[] for _ in features]
+    for d, h, t, c, v, e in zip(pair_doc[rows].tolist(), all_hts[rows, 0].tolist(), all_hts[rows, 1].tolist(),
+                                cols.tolist(), values, sents):
+        out[d].append(Relation(h, t, id2rel[c + 1], v, e))
     return out
+
+
+def facts_of_outputs(logits: Any, features: Sequence[Mapping[str, Any]], decision: Any, loss_fn: Any,
+                     id2rel: Mapping[int, str], sent_attn: Any = None, evidence_threshold: Optional[float] = None
+                     ) -> List[List[Relation]]:
+    """The one rule from a DocRED model's outputs to facts: the pairs and relations `decision` (losses.Decision)
+    predicts from `logits` [P, K+1], scored by its margins, with the sentences whose attention `sent_attn` [P, S]
+    passes `evidence_threshold` as evidence (none without them)."""
+    evidence = None
+    if sent_attn is not None and evidence_threshold is not None:
+        from losses import evidence_sentences
+
+        evidence = evidence_sentences(sent_attn, evidence_threshold).numpy()  # [P, S]
+    return predicted_facts(decision.labels(loss_fn, logits), features, id2rel, decision.margins(logits), evidence)
+
+
+def official_records(facts: Sequence[Sequence[Relation]], features: Sequence[Mapping[str, Any]],
+                     with_evidence: bool = False) -> List[Dict[str, Any]]:
+    """Official records {title, h_idx, t_idx, r} (+ "evidence") of per-feature facts, in order; a fact repeated
+    under a repeated title is kept once (the first)."""
+    seen, out = set(), []
+    for f, doc_facts in zip(features, facts):
+        for rel in doc_facts:
+            key = (f["title"], rel.h_idx, rel.t_idx, rel.r)
+            if key in seen:
+                continue
+            seen.add(key)
+            record = {"title": f["title"], "h_idx": int(rel.h_idx), "t_idx": int(rel.t_idx), "r": rel.r}
+            if with_evidence:
+                record["evidence"] = list(rel.evidence)
+            out.append(record)
+    return out
+
+
+def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str],
+                evidence: Optional[np.ndarray] = None) -> List[Dict[str, Any]]:
+    """Multi-hot pair predictions [P, K+1] -> official records {title, h_idx, t_idx, r}, without Na or duplicates;
+    with `evidence` (bool [P, S], a pair's evidence sentences) each record also gets its "evidence" list."""
+    return official_records(predicted_facts(preds, features, id2rel, evidence=evidence), features,
+                            evidence is not None)
 
 
 def _pred_key(item: Any, i: int) -> Tuple[Any, str, int, int]:
@@ -457,34 +505,34 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def run(args: argparse.Namespace) -> None:
+    """Score, check or zip predictions as the flags say."""
+    rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None
+    rel_ids = None if rel_info is None else list(rel_info)
+    if args.check_submission:
+        check_submission(args.check_submission, args.truth, rel_ids)
+        print(f"{args.check_submission}: valid submission")
+    if args.pred:
+        check_predictions(args.pred, args.truth, rel_ids)
+        if not args.train_annotated:
+            print("note: no --train_annotated, so Ign F1 is not computed", file=sys.stderr)
+        scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,
+                                   args.fact_cache_dir)
+        cats = score_by_category(args.pred, args.truth, rel_info) if args.per_relation else None
+        if args.json:
+            print(json.dumps({**scores, **({"categories": cats} if cats else {})}))
+        else:
+            print(format_scores(scores))
+            if cats:
+                print(format_categories(cats))
+    if args.codalab_zip:
+        print(f"wrote {write_codalab_zip(args.check_submission or args.pred, args.codalab_zip)}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Score, check or zip predictions; an expected failure prints one message and returns 2."""
+    """The command line; an expected failure prints one message and returns 2 (utils.guarded)."""
     args = parse_args(argv)
-    try:
-        rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None
-        rel_ids = None if rel_info is None else list(rel_info)
-        if args.check_submission:
-            check_submission(args.check_submission, args.truth, rel_ids)
-            print(f"{args.check_submission}: valid submission")
-        if args.pred:
-            check_predictions(args.pred, args.truth, rel_ids)
-            if not args.train_annotated:
-                print("note: no --train_annotated, so Ign F1 is not computed", file=sys.stderr)
-            scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,
-                                       args.fact_cache_dir)
-            cats = score_by_category(args.pred, args.truth, rel_info) if args.per_relation else None
-            if args.json:
-                print(json.dumps({**scores, **({"categories": cats} if cats else {})}))
-            else:
-                print(format_scores(scores))
-                if cats:
-                    print(format_categories(cats))
-        if args.codalab_zip:
-            print(f"wrote {write_codalab_zip(args.check_submission or args.pred, args.codalab_zip)}")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(lambda: run(args), expected=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

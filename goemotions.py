@@ -24,13 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-import engine
 import losses
 import utils
-from engine import Decision, Split
+from collate import PaddingCollator
+from engine.rundir import RunDirectory
+from engine.runner import run
+from engine.task import Outputs, Split, Task
+from losses import Decision
+from model import ClsClassifier
 from utils import UserError
 
-logger = logging.getLogger("docre")
+logger = logging.getLogger(__name__)
 
 NEUTRAL = "neutral"
 HF_DATASET, HF_CONFIG = "go_emotions", "simplified"
@@ -160,41 +164,6 @@ def build_features(comments: Sequence[Comment], tokenizer, order: LabelOrder,
     return [{"id": c.id, "input_ids": x, "labels": order.column[list(c.labels)]} for c, x in zip(comments, ids)]
 
 
-class Collator:
-    """Pads features into input_ids / attention_mask `[B, L]` and multi-hot labels `[B, C]`."""
-
-    def __init__(self, num_class: int, pad_token_id: int = 0):
-        self.num_class, self.pad_token_id = num_class, pad_token_id
-
-    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        lengths = [len(f["input_ids"]) for f in features]
-        input_ids = torch.full((len(features), max(lengths)), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        labels = torch.zeros((len(features), self.num_class))
-        for i, f in enumerate(features):
-            input_ids[i, :lengths[i]] = torch.as_tensor(f["input_ids"])
-            attention_mask[i, :lengths[i]] = 1
-            labels[i, torch.as_tensor(f["labels"], dtype=torch.long)] = 1.0
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-# ----------------------------------------------------------------------------- model
-class EmotionClassifier(nn.Module):
-    """The encoder's first-token ([CLS]) vector, dropout, then a linear layer to C logits."""
-
-    def __init__(self, encoder: nn.Module, num_class: int, dropout: Optional[float] = None):
-        super().__init__()
-        self.encoder = encoder
-        config = encoder.config
-        p = dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1)
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, num_class)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
-        return self.classifier(self.dropout(hidden[:, 0]))  # [B, C]
-
-
 # ----------------------------------------------------------------------------- metrics
 def ranking_average_precision(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Average precision of each row's ranking of its columns `[R]`; NaN for rows without a positive.
@@ -274,12 +243,13 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- the task
-class GoEmotions(engine.Task):
+class GoEmotions(Task):
     """GoEmotions on the shared engine: the ambiguity filter, a [CLS] classifier, class-wise mAP."""
     name = "goemotions"
     unit = "comments"
 
-    def add_args(self, parser: argparse.ArgumentParser) -> None:
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
         """Flags of the task; NCRL defaults to the plain loss (no margin regularization, no shift), as in the paper."""
         g = parser.add_argument_group("goemotions")
         g.add_argument("--data_dir", default="./dataset/goemotions", help="train.tsv, dev.tsv, test.tsv, labels.txt")
@@ -293,9 +263,15 @@ class GoEmotions(engine.Task):
         parser.set_defaults(margin_reg=False, top_k=-1, train_batch_size=16, test_batch_size=64,
                             num_train_epochs=4.0)
 
-    def build_model(self, args: argparse.Namespace, tokenizer: Any, encoder: nn.Module,
-                    meta: Optional[Dict[str, Any]]) -> nn.Module:
+    def setup(self, args: argparse.Namespace, mode: str, tokenizer: Any, meta: Optional[Dict[str, Any]] = None,
+              source: str = "") -> None:
+        """Load the label names and the comments (dropping the ambiguous ones); refuse a checkpoint of other labels."""
+        super().setup(args, mode, tokenizer, meta, source)
         names, splits = load_comments(args)
+        saved = (meta or {}).get("label_names")
+        if saved is not None and not args.hf_dataset and saved != names:
+            raise UserError(f"--load_path {source} was trained with the labels {saved}, but {args.data_dir} has "
+                            f"{names}")
         self.order = LabelOrder(names)
         self.comments, self.dropped = {}, {}
         for split, rows in splits.items():
@@ -303,9 +279,10 @@ class GoEmotions(engine.Task):
             self.comments[split] = limited(kept, getattr(args, f"{split}_limit"))
             logger.info("%s: %d comments, %d dropped as Neutral + emotion, %d used", split, len(rows),
                         self.dropped[split], len(self.comments[split]))
-        self.tokenizer = tokenizer
-        self._collate = Collator(self.order.num_class, tokenizer.pad_token_id or 0)
-        return EmotionClassifier(encoder, self.order.num_class)
+        self._collate = PaddingCollator(self.order.num_class, tokenizer.pad_token_id or 0)  # [B, L], labels [B, C]
+
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        return ClsClassifier(encoder, self.order.num_class)  # dropout: the encoder's hidden_dropout_prob
 
     def meta(self) -> Dict[str, Any]:
         return {"label_names": self.order.names}
@@ -313,13 +290,6 @@ class GoEmotions(engine.Task):
     def summary(self) -> Dict[str, Any]:
         return {"label_names": self.order.names, "dropped_ambiguous": self.dropped,
                 "n_comments": {s: len(c) for s, c in self.comments.items()}}
-
-    def check_meta(self, meta: Dict[str, Any], path: str) -> None:
-        names = read_label_names(Path(self.args.data_dir) / "labels.txt") if not self.args.hf_dataset else None
-        saved = meta.get("label_names")
-        if saved is not None and names is not None and saved != names:
-            raise UserError(f"--load_path {path} was trained with the labels {saved}, but {self.args.data_dir} has "
-                            f"{names}")
 
     def read(self, split: str) -> Optional[Split]:
         comments = self.comments[split]
@@ -329,20 +299,19 @@ class GoEmotions(engine.Task):
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
         return self._collate(features)
 
-    def tune(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Decision:
-        """BCE: the global threshold with the best dev macro-F1."""
+    def tune(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Decision:
+        """BCE: the global threshold with the best dev macro-F1 (mAP does not depend on it)."""
         if not loss_fn.tunes_threshold:
             return decision
-        best = engine.best_of(losses.THRESHOLD_GRID, lambda t: score(
-            logits, split.gold, loss_fn, decision.replace(threshold=t))["macro_f1"])
-        return decision.replace(threshold=best)
+        return losses.tune_threshold(decision, lambda d: score(outputs.logits, split.gold, loss_fn, d)["macro_f1"])
 
-    def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
-        return score(logits, split.gold, loss_fn, decision)
+    def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        return score(outputs.logits, split.gold, loss_fn, decision)
 
-    def write(self, run: engine.RunDirectory, split: Split, logits: torch.Tensor, aux: Dict[str, torch.Tensor],
-              loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+    def write(self, run: RunDirectory, split: Split, outputs: Outputs, loss_fn: Any,
+              decision: Decision) -> Dict[str, Any]:
         """test_scores.npy (decision margins) and test_labels.npy, columns in labels.txt order."""
+        logits = outputs.logits
         if split.name == "test" and run.is_main:
             save_npy(run.file("test_scores.npy"), self.order.to_file_order(decision_margins(logits, decision).numpy()))
             save_npy(run.file("test_labels.npy"), self.order.to_file_order(split.gold))
@@ -351,7 +320,7 @@ class GoEmotions(engine.Task):
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train (unless only --load_path is given), then score dev and test and write the run directory."""
-    return engine.run(GoEmotions(), argv, __doc__.splitlines()[0])
+    return run(GoEmotions(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -13,14 +13,21 @@ All losses except BCE predict relation i when f_i > f_0 (class 0 is a learned, p
 BCE predicts sigmoid(f_i) > a global threshold that `train.py` tunes on dev over `THRESHOLD_GRID`
 (`loss_fn.tunes_threshold` is True only for BCE).
 
+`Decision` is how logits become predictions in a run: the loss's rule with its top-k and, for BCE, the threshold
+tuned on dev (`tune_threshold`); it travels as a value (stored with the model), never written into the loss.
+
 Also here: `positive_rates` (the training prior for `DocREModel.init_classifier_bias`) and DREEAM's evidence
 supervision: `evidence_target`, `evidence_loss` (on `DocREModel`'s sentence attention) and `evidence_sentences`.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from typing import Dict, List, Optional, Type
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -273,6 +280,59 @@ class LSEPLoss(DocRELoss):
         pos_over_rest = _masked_logsumexp(-f[:, 1:], pos) + _masked_logsumexp(f, torch.cat([with_na, ~pos], dim=1))
         na_over_neg = _masked_logsumexp(f[:, 1:], ~pos) - f[:, 0]
         return F.softplus(torch.logaddexp(pos_over_rest, na_over_neg))
+
+
+# ----------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class Decision:
+    """How logits become predictions, tuned on dev and stored with the model: passed as a value, never written into
+    the loss. `threshold` is BCE's global threshold; `params` holds task rules such as DialogRE's (t1, t2)."""
+    top_k: int = -1
+    threshold: Optional[float] = None
+    params: Dict[str, float] = field(default_factory=dict)
+
+    def labels(self, loss_fn: DocRELoss, logits: Tensor, threshold: Optional[float] = None) -> Tensor:
+        """Multi-hot predictions `[N, K+1]` of the loss's own rule under this decision."""
+        t = self.threshold if threshold is None else threshold
+        return loss_fn.get_label(logits, num_labels=self.top_k, **({"threshold": t} if t is not None else {}))
+
+    def margins(self, logits: Tensor) -> Tensor:
+        """Margins `[N, K]` of classes 1..K, positive where the rule predicts the class (before top-k):
+        f_i - f_0, or f_i - logit(threshold) for a tuned threshold (BCE: sigma(f_i) > t <=> f_i > logit(t))."""
+        logits = logits.float()
+        if self.threshold is not None:
+            return logits[:, 1:] - math.log(self.threshold / (1.0 - self.threshold))  # [N, K]
+        return logits[:, 1:] - logits[:, :1]  # [N, K]
+
+    def report(self) -> Dict[str, float]:
+        """The tuned values, for score files and logs."""
+        return {**({"threshold": self.threshold} if self.threshold is not None else {}), **self.params}
+
+    def replace(self, **changes: Any) -> "Decision":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Dict[str, Any], top_k: int) -> "Decision":
+        """The decision saved in a checkpoint; checkpoints of version 1 kept it in "threshold" and "decision"."""
+        saved = ckpt.get("decision")
+        if isinstance(saved, dict) and "top_k" in saved:
+            return cls(top_k=saved["top_k"], threshold=saved.get("threshold"), params=dict(saved.get("params", {})))
+        params = {k: float(v) for k, v in (saved or {}).items()}  # version 1: DialogRE's {"t1", "t2"}
+        return cls(top_k=top_k, threshold=ckpt.get("threshold"), params=params)
+
+
+def best_of(grid: Sequence[float], metric: Callable[[float], float]) -> float:
+    """The value of `grid` with the highest `metric` (the first one on ties): one rule for every tuned value."""
+    return grid[int(np.argmax([metric(v) for v in grid]))]
+
+
+def tune_threshold(decision: Decision, metric: Callable[[Decision], float],
+                   grid: Sequence[float] = THRESHOLD_GRID) -> Decision:
+    """`decision` with the global threshold of `grid` that maximises `metric(decision)` on dev (BCE)."""
+    return decision.replace(threshold=best_of(grid, lambda t: metric(decision.replace(threshold=t))))
 
 
 def positive_rates(positive_counts: Tensor, n_instances: int, smoothing: float = 0.5) -> Tensor:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
-import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel
 
-logger = logging.getLogger(__name__)
+from encoder_kernels import configure_encoder
+
+if TYPE_CHECKING:
+    from settings import DocRESettings
 
 # Families whose last-layer attention is plain softmax(q k^T / sqrt(d) + mask): their mention rows can be
 # recomputed from the last layer's input, so the encoder itself may run with SDPA (no attention weights).
@@ -23,151 +24,6 @@ RECOMPUTE_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "
 QK_NAMES = (("query", "key"), ("query_proj", "key_proj"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
 ATTENTION_ROWS = ("auto", "recompute", "eager")
 BILINEARS = ("atlop", "maxsym")  # group bilinear of ATLOP; the NCRL authors' max-symmetric one
-
-
-# ----------------------------------------------------------------------------- loading
-def load_encoder(model_name_or_path: Optional[str], config=None, **kwargs) -> PreTrainedModel:
-    """AutoModel with SDPA attention where the architecture has it, else eager (e.g. DeBERTa); with
-    `model_name_or_path` None, the untrained architecture of `config` (a checkpoint supplies the weights)."""
-    from transformers import AutoModel
-
-    def build(attn: str) -> PreTrainedModel:
-        if model_name_or_path is None:
-            return AutoModel.from_config(config, attn_implementation=attn, **kwargs)
-        return AutoModel.from_pretrained(model_name_or_path, config=config, attn_implementation=attn, **kwargs)
-
-    try:
-        return build("sdpa")
-    except (ValueError, ImportError) as e:
-        logger.info("SDPA attention unavailable for %s (%s); using eager attention",
-                    model_name_or_path or config.model_type, e)
-        return build("eager")
-
-
-# Name under which `checkpointed_sdpa` is registered with transformers' attention and mask interfaces.
-CHECKPOINTED_SDPA = "sdpa_checkpointed_dropout"
-
-
-def keep_mask(shape: Sequence[int], p: float, device) -> Tuple[torch.Tensor, float]:
-    """A boolean keep mask of `shape`, each entry kept with probability 1 - p (p rounded to 1/65536), and 1 / P(keep).
-
-    Drawn as 16-bit integers, four to each 64-bit draw of torch's generator (so seeded like every other draw),
-    against the threshold of p: on CPU a fourth of `bernoulli_`'s time (7.9 against 30 ms for MiniLM's
-    [4, 12, 320, 320] attention mask), whose draws were 30% of a bf16 training step of the bare encoder.
-    """
-    n = math.prod(shape)
-    drop = min(round(p * 65536), 65535)  # how many of the 65,536 values drop an entry
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, 2 ** 63 - 1)
-    keep = bits.view(torch.int16)[:n].view(shape) >= drop - 32768  # [*shape]
-    return keep, 65536 / (65536 - drop)
-
-
-class MaskDropout(nn.Dropout):
-    """nn.Dropout whose CPU training mask comes from `keep_mask` and is kept as one byte an entry; elsewhere the
-    same as nn.Dropout."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and 0 < self.p < 1 and x.device.type == "cpu"):
-            return super().forward(x)
-        keep, scale = keep_mask(x.shape, self.p, x.device)
-        return x.mul_(keep).mul_(scale) if self.inplace else torch.mul(x, keep).mul_(scale)
-
-
-def use_mask_dropout(module: nn.Module, enable: bool = True) -> bool:
-    """Swap every plain nn.Dropout inside `module` for a `MaskDropout` of the same p, or back; False if none."""
-    old, new = (nn.Dropout, MaskDropout) if enable else (MaskDropout, nn.Dropout)
-    swapped = False
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            if type(child) is old:
-                setattr(parent, name, new(child.p, child.inplace))
-                swapped = True
-    return swapped
-
-
-def _attention_probs(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale + bias) over the keys: [B, heads, Tq, Tk]."""
-    scores = torch.matmul(q * scale, k.transpose(-1, -2))
-    if bias is not None:
-        scores.add_(bias)
-    return torch.softmax(scores, -1)
-
-
-class DropoutAttentionFunction(torch.autograd.Function):
-    """softmax(q k^T * scale + bias) with dropout, times v, keeping only q, k, v and a boolean dropout mask.
-
-    The math kernel keeps the probabilities and a float mask of every layer; checkpointing it draws the mask a
-    second time in backward (the draw is the costliest part of CPU attention). Here the mask is drawn once, by
-    `keep_mask`, kept as one byte per weight, and the probabilities are recomputed in backward from q and k
-    (two small products).
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, p: float, scale: float):
-        probs = _attention_probs(q, k, bias, scale)  # [B, heads, T, T]
-        keep, c = keep_mask(probs.shape, p, probs.device)
-        ctx.save_for_backward(q, k, v, bias, keep)
-        ctx.c, ctx.scale = c, scale
-        return torch.matmul(probs.mul_(keep), v).mul_(c)  # [B, heads, T, d]
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, bias, keep = ctx.saved_tensors
-        c = ctx.c
-        probs = _attention_probs(q, k, bias, ctx.scale)
-        grad_v = torch.matmul((probs * keep).transpose(-1, -2), grad).mul_(c)
-        grad_probs = torch.matmul(grad, v.transpose(-1, -2)).mul_(keep)  # x c, applied below
-        grad_scores = grad_probs.sub_((grad_probs * probs).sum(-1, keepdim=True)).mul_(probs)  # softmax backward
-        grad_q = torch.matmul(grad_scores, k).mul_(c * ctx.scale)
-        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q).mul_(c * ctx.scale)
-        return grad_q, grad_k, grad_v, None, None, None
-
-
-def checkpointed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
-                      **kwargs):
-    """transformers' SDPA attention, except in CPU training with dropout: `DropoutAttentionFunction`.
-
-    PyTorch's fused CPU attention kernel has no dropout, so training on CPU runs the math path, which keeps
-    the attention probabilities and the dropout mask of every layer for backward (most of the activation
-    memory of a small encoder). The function keeps q, k, v and a one-byte mask instead, with the same
-    outputs and gradients for the same dropped weights (its mask comes from `keep_mask`, not SDPA's own draw).
-    Elsewhere (eval, GPU) nothing changes.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    causal = kwargs.get("is_causal")
-    causal = getattr(module, "is_causal", True) if causal is None else causal  # transformers' own default
-    plain = not causal and kwargs.get("position_bias") is None and getattr(module, "num_key_value_groups", 1) <= 1
-    if dropout > 0 and plain and query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
-        bias = attention_mask
-        if bias is not None and bias.dtype == torch.bool:  # True = attend
-            bias = torch.zeros(bias.shape, dtype=query.dtype, device=query.device).masked_fill_(
-                ~bias, torch.finfo(query.dtype).min)
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        with torch.autocast("cpu", enabled=False):  # q, k, v arrive in the autocast dtype already
-            out = DropoutAttentionFunction.apply(query, key, value, bias, dropout, scale)
-        return out.transpose(1, 2).contiguous(), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  **kwargs)
-
-
-def use_checkpointed_sdpa(encoder: PreTrainedModel, enable: bool = True) -> bool:
-    """Switch an SDPA encoder to `checkpointed_sdpa` (same masks, same outputs), or back; False if not SDPA."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    if getattr(encoder.config, "_attn_implementation", None) not in ("sdpa", CHECKPOINTED_SDPA):
-        return False
-    AttentionInterface.register(CHECKPOINTED_SDPA, checkpointed_sdpa)
-    AttentionMaskInterface.register(CHECKPOINTED_SDPA, sdpa_mask)
-    encoder.set_attn_implementation(CHECKPOINTED_SDPA if enable else "sdpa")
-    return True
-
-
-def build_model(model_name_or_path: str, num_class: int, tokenizer=None, **kwargs) -> "DocREModel":
-    """A DocREModel over the encoder at `model_name_or_path`; `kwargs` go to DocREModel."""
-    return DocREModel(load_encoder(model_name_or_path), num_class, tokenizer=tokenizer, **kwargs)
 
 
 # ----------------------------------------------------------------------------- encoder introspection
@@ -360,8 +216,7 @@ class DocREModel(nn.Module):
     `attention_rows` chooses how the last layer's attention rows of the mention starts are obtained:
     "recompute" from the last layer's input (the encoder may then use SDPA), "eager" from the last
     attention module's own weights (needs eager attention there, e.g. DeBERTa), or "auto".
-    `checkpoint_attention` switches an SDPA encoder to `checkpointed_sdpa` (less memory in CPU training).
-    `mask_dropout` swaps the encoder's nn.Dropout for `MaskDropout` (cheaper masks in CPU training).
+    `checkpoint_attention` and `mask_dropout` go to `encoder_kernels.configure_encoder` (CPU training kernels).
     `bilinear` is "atlop" (x_g outer y_g per block) or "maxsym" (the NCRL authors' DocRED head: the outer
     product of each block replaced by max(x_g outer y_g, its transpose) before the same linear layer).
     """
@@ -405,19 +260,24 @@ class DocREModel(nn.Module):
         if attention_rows == "auto":
             attention_rows = "recompute" if config.model_type in RECOMPUTE_FAMILIES else "eager"
         self.attention_rows = attention_rows
-        if attention_rows == "eager" and getattr(config, "_attn_implementation", "eager") not in (None, "eager"):
-            logger.info("%s: switching the encoder to eager attention to read its attention weights",
-                        config.model_type)
-            encoder.set_attn_implementation("eager")
-        else:
-            use_checkpointed_sdpa(encoder, checkpoint_attention)
-        use_mask_dropout(encoder, mask_dropout)
+        configure_encoder(encoder, attention_weights=attention_rows == "eager",
+                          checkpoint_attention=checkpoint_attention, mask_dropout=mask_dropout)
         if gradient_checkpointing:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         self.head_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, num_class)
+
+    @classmethod
+    def from_settings(cls, settings: "DocRESettings", encoder: PreTrainedModel, tokenizer: Any = None,
+                      **runtime: Any) -> "DocREModel":
+        """The model `settings` describe over `encoder`; `runtime` holds the knobs no checkpoint stores."""
+        stored = settings.model_kwargs()
+        clash = sorted(set(runtime) & set(stored))
+        if clash:
+            raise ValueError(f"{clash} are DocRESettings fields: change the settings, not the runtime knobs")
+        return cls(encoder, tokenizer=tokenizer, **stored, **runtime)
 
     @torch.no_grad()
     def init_classifier_bias(self, rates) -> None:
@@ -667,11 +527,13 @@ class DocREModel(nn.Module):
         logits = self.classify(ent, hts, context)
         return logits if sent_pos is None else (logits, sent_attn)
 
-    def logits_and_evidence(self, width: int, **batch: torch.Tensor) -> torch.Tensor:
-        """Logits [P, K+1] followed by each pair's sentence attention padded to `width` sentences: [P, K+1+width]
-        (fp32), so predictions of batches with different sentence counts line up."""
+    def named_outputs(self, batch: Dict[str, torch.Tensor], evidence: bool = False) -> Dict[str, torch.Tensor]:
+        """What prediction keeps of a batch: {"logits": [P, K+1]}, and with `evidence` each pair's sentence
+        attention {"evidence": [P, S]} over the batch's sentences."""
+        if not evidence:
+            return {"logits": self(**batch)}
         logits, sent_attn = self(**batch, return_evidence=True)
-        return torch.cat([logits.float(), nn.functional.pad(sent_attn.float(), (0, width - sent_attn.shape[1]))], dim=1)
+        return {"logits": logits, "evidence": sent_attn}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                 mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
@@ -688,3 +550,33 @@ class DocREModel(nn.Module):
         hidden, mention_att = self.encode(input_ids, attention_mask, mention_pos, mention_doc)
         return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc,
                           sent_pos if return_evidence else None)
+
+
+# ----------------------------------------------------------------------------- the [CLS] classifier
+class ClsClassifier(nn.Module):
+    """An encoder, dropout and a linear layer on its last-layer first-token ([CLS]) state -> logits [B, C].
+
+    The head of DialogRE and GoEmotions. `dropout` None takes the encoder's `hidden_dropout_prob` (0.1 without
+    one); token type ids reach the encoder only where its vocabulary of types has more than one.
+    """
+
+    def __init__(self, encoder: PreTrainedModel, num_class: int, dropout: Optional[float] = None):
+        super().__init__()
+        configure_encoder(encoder)
+        config = encoder.config
+        self.encoder = encoder
+        self.use_token_types = getattr(config, "type_vocab_size", 0) > 1
+        self.dropout = nn.Dropout(dropout if dropout is not None else getattr(config, "hidden_dropout_prob", 0.1))
+        self.classifier = nn.Linear(config.hidden_size, num_class)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [B, C] of a batch of ids and mask [B, L] (and token types [B, L])."""
+        extra = {"token_type_ids": token_type_ids} if self.use_token_types and token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.classifier(self.dropout(hidden[:, 0]))  # [B, C]
+
+    @torch.no_grad()
+    def init_classifier_bias(self, rates) -> None:
+        """Start from the none-class prior (`prior_bias`): σ(f_i) = p_i for relation i at step 0."""
+        self.classifier.bias.copy_(prior_bias(rates, self.classifier.bias.shape[0]))

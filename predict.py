@@ -32,144 +32,97 @@ import html
 import json
 import logging
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import text2doc
+import utils
+from evaluation import Relation
 from text2doc import InputError
-from utils import UserError
+
+if TYPE_CHECKING:
+    from settings import DocRESettings
 
 
-class Relation(NamedTuple):
-    """One predicted relation: head and tail entity indices into the vertexSet, relation id, score, evidence."""
-
-    h_idx: int
-    t_idx: int
-    r: str
-    score: float
-    evidence: List[int]
-
-
-# ----------------------------------------------------------------------------- the model seam (engine)
-# The engine implements these two functions; everything else here works on converted documents and Relations.
+# ----------------------------------------------------------------------------- the model seam
+# Two functions stand between converted documents and Relations; tests replace them with fakes:
 # - load_model(path, device): a run directory (its best.pt), an exported model folder, or a best.pt file ->
-#   (bundle: weights, config, label map, tokenizer and the tuned decision, ready to predict; {relation id: name}).
+#   (bundle: the model, its settings, tokenizer, collator, loss and tuned decision; {relation id: name}).
 # - predict_docs(bundle, docs, batch_size): `docs` are converted documents (text2doc: DocRED `title`, `sents`,
 #   `vertexSet`, plus extra keys to ignore), each with at least two entities; returns one list per document, in
-#   order, of Relation(h_idx, t_idx, r, score, evidence): every (pair, relation) the bundle's decision predicts,
-#   h_idx != t_idx indexing the vertexSet, r a relation id of the label map other than Na (e.g. "P17"), score a float,
-#   higher = more confident (e.g. the margin f_r - f_0 for ATL/NCRL, the probability for BCE), evidence the
-#   sorted sentence ids the evidence head selects ([] without one). Long documents follow the bundle's settings.
+#   order, of evaluation.Relation(h_idx, t_idx, r, score, evidence) (see evaluation.facts_of_outputs).
 
 
 @dataclass
 class ModelBundle:
-    """A trained DocRED model ready to predict: the engine's Pretrained (model, tokenizer, checkpoint), the batch
-    collator, the loss whose rule turns logits into labels, the tuned decision, and the label map's inverse."""
-    pretrained: Any  # engine.Pretrained
+    """A trained DocRED model ready to predict: the engine's Pretrained (model, tokenizer, checkpoint), the settings
+    it was trained with, the batch collator, the loss whose rule turns logits into labels and the tuned decision."""
+    pretrained: Any  # engine.checkpoints.Pretrained
+    settings: DocRESettings
     collate: Any
     loss_fn: Any
-    decision: Any  # engine.Decision
-    id2rel: Dict[int, str]
-    max_seq_length: int
-    entity_marker: Optional[str]
+    decision: Any  # losses.Decision
     dtype: Any = None  # autocast dtype (None: fp32)
     progress: bool = False
-    evidence_threshold: Optional[float] = None  # the sentence attention a fact's evidence needs; None: no evidence
-
-    @property
-    def rel2id(self) -> Dict[str, int]:
-        return {r: i for i, r in self.id2rel.items()}
-
-
-def _model_kwargs(meta: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:
-    """DocREModel's constructor arguments: meta["model"], or for older checkpoints the head flags of their args."""
-    if "model" in meta:
-        return dict(meta["model"])
-    missing = [k for k in ("emb_size", "block_size") if k not in args]
-    if "rel2id" not in meta or missing:
-        raise InputError(f"the checkpoint has neither meta['model'] nor the label map and head flags of older runs "
-                         f"(missing: {['rel2id'] if 'rel2id' not in meta else []} {missing}); it cannot be rebuilt")
-    return {"num_class": len(meta["rel2id"]), "emb_size": args["emb_size"], "block_size": args["block_size"],
-            "max_seq_length": args.get("max_seq_length", 1024)}
 
 
 def load_model(path: str, device: Optional[str] = None, progress: bool = False) -> Tuple[ModelBundle, Dict[str, str]]:
     """(model bundle, relation names {relation id: name}) of a run directory, exported model folder or best.pt."""
-    import engine
-    import utils
+    from collate import DocRECollator
+    from engine import checkpoints
+    from engine.task import build_loss_from_args
     from model import DocREModel
+    from settings import DocRESettings
 
-    def build(meta: Dict[str, Any], tokenizer: Any, encoder: Any) -> Any:
-        return DocREModel(encoder, tokenizer=tokenizer, **_model_kwargs(meta, saved_args))
-
-    best, _ = engine.model_files(path, "--model")
-    ckpt = engine.load_checkpoint(best, "cpu", "--model")
+    best, _ = checkpoints.model_files(path, "--model")
+    ckpt = checkpoints.load_checkpoint(best, "cpu", "--model")
     saved_args = ckpt.get("args", {})
     if saved_args.get("task", "docred") != "docred":
         raise InputError(f"--model {best} is a {saved_args['task']} model; predict.py runs DocRED models")
+    try:
+        settings = DocRESettings.from_checkpoint(checkpoints.checkpoint_meta(ckpt), saved_args)
+    except ValueError as e:
+        raise InputError(f"--model {best}: {e}") from None
     dev = utils.select_device(device)
-    pre = engine.build_pretrained(ckpt, best, build, dev)
-    meta, args = pre.meta, pre.args
-    id2rel = {i: r for r, i in meta["rel2id"].items()}
-    marker = meta["entity_marker"] if "entity_marker" in meta else (None if getattr(args, "no_entity_marker", False)
-                                                                    else "*")
-    bundle = ModelBundle(pre, utils.Collator(len(id2rel), pre.tokenizer.pad_token_id or 0),
-                         engine.build_loss_from_args(args), pre.decision(), id2rel,
-                         pre.model.max_seq_length, marker, utils.amp_dtype(dev, getattr(args, "amp", "auto")),
-                         progress, getattr(args, "evidence_threshold", None) if meta.get("evidence") else None)
-    names = meta.get("relation_names") or {}
-    missing = [r for r in meta["rel2id"] if r != "Na" and r not in names]
+    pre = checkpoints.build_pretrained(
+        ckpt, best, lambda tokenizer, encoder: DocREModel.from_settings(settings, encoder, tokenizer=tokenizer), dev)
+    args = pre.args
+    bundle = ModelBundle(pre, settings, DocRECollator(settings.num_class, pre.tokenizer.pad_token_id or 0),
+                         build_loss_from_args(args), pre.decision(), utils.amp_dtype(dev, getattr(args, "amp", "auto")),
+                         progress)
+    names = settings.relation_names
+    missing = [r for r in settings.rel2id if r != "Na" and r not in names]
     if missing:
-        logging.getLogger("docre").warning("--model %s has no names for %d relation(s) (e.g. %s): they are named by "
-                                           "their ids; pass --rel_info for names", best, len(missing), missing[0])
+        logging.getLogger(__name__).warning("--model %s has no names for %d relation(s) (e.g. %s): they are named "
+                                            "by their ids; pass --rel_info for names", best, len(missing), missing[0])
     return bundle, {**{r: r for r in missing}, **names}
 
 
 def featurize(bundle: ModelBundle, docs: Sequence[Dict[str, Any]]) -> Any:
-    """prepro's features of converted documents (through a temporary DocRED file; labels dropped, no cache)."""
+    """prepro's features of converted documents under the model's settings (labels dropped)."""
     import prepro
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "docs.json"
-        path.write_text(json.dumps([{k: d[k] for k in ("title", "sents", "vertexSet")} for d in docs],
-                                   ensure_ascii=False), encoding="utf-8")
-        try:
-            return prepro.read_docred(path, bundle.pretrained.tokenizer, bundle.rel2id,
-                                      max_seq_length=bundle.max_seq_length, entity_marker=bundle.entity_marker)
-        except prepro.ValidationError as e:
-            raise InputError(str(e).replace(str(path), "the documents")) from None
+    plain = [{k: d[k] for k in ("title", "sents", "vertexSet")} for d in docs]
+    try:
+        return prepro.features_from_documents(plain, bundle.pretrained.tokenizer, bundle.settings,
+                                              source="the documents")
+    except prepro.ValidationError as e:
+        raise InputError(str(e)) from None
 
 
 def predict_docs(model_bundle: ModelBundle, docs: Sequence[Dict[str, Any]], batch_size: int) -> List[List[Relation]]:
     """Per document (converted, >= 2 entities, in order), its predicted relations under the bundle's decision."""
-    import engine
+    import evaluation
+    from engine.inference import predict_outputs
 
-    import torch
-
-    import losses
-
-    b = model_bundle
+    b, s = model_bundle, model_bundle.settings
     features = featurize(b, docs)
-    rows = [len(f["hts"]) for f in features]
-    k = len(b.id2rel)
-    width = max(len(f["sent_pos"]) for f in features) if features else 0
-    forward = (lambda model, batch: model.logits_and_evidence(width, **batch)) if b.evidence_threshold else None
-    out_rows = engine.predict_logits(b.pretrained.model, features, b.collate, lambda f: len(f["hts"]), batch_size,
-                                     b.dtype, "predict", b.progress, forward=forward)  # [P, K+1 (+ sentences)]
-    logits = out_rows[:, :k]
-    labels = b.decision.labels(b.loss_fn, logits)[:, 1:].bool()  # [P, K]
-    margins = b.decision.margins(logits)  # [P, K]
-    evidence = (losses.evidence_sentences(out_rows[:, k:], b.evidence_threshold) if b.evidence_threshold
-                else torch.zeros(len(logits), 0, dtype=torch.bool))  # [P, S]
-    out = []
-    for f, lab, mar, evi in zip(features, labels.split(rows), margins.split(rows), evidence.split(rows)):
-        hts = f["hts"]
-        out.append([Relation(int(hts[p][0]), int(hts[p][1]), b.id2rel[int(c) + 1], float(mar[p, c]),
-                             evi[p].nonzero().flatten().tolist()) for p, c in lab.nonzero().tolist()])
-    return out
+    outputs = predict_outputs(b.pretrained.model, features, b.collate, lambda f: len(f["hts"]), batch_size, b.dtype,
+                              "predict", b.progress,
+                              forward=lambda model, batch: model.named_outputs(batch, evidence=s.evidence))
+    return evaluation.facts_of_outputs(outputs.logits, features, b.decision, b.loss_fn, s.id2rel, outputs.evidence,
+                                       s.evidence_threshold if s.evidence else None)
 
 
 # ----------------------------------------------------------------------------- output assembly
@@ -463,15 +416,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """The command line; bad input prints one error line and exits with status 2."""
+    """The command line; bad input prints one error line and exits with status 2 (utils.guarded)."""
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        run(args)
-    except UserError as e:  # text2doc's InputError is one too
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return utils.guarded(lambda: run(args))  # text2doc's InputError is a UserError too
 
 
 if __name__ == "__main__":

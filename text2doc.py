@@ -64,7 +64,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from utils import UserError
 
-logger = logging.getLogger("text2doc")
+logger = logging.getLogger(__name__)
 
 DOCRED_TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
 SPACY_TO_DOCRED: Dict[str, str] = {
@@ -381,15 +381,16 @@ def text_items(path: str) -> List[Tuple[str, str, Optional[List[Dict[str, Any]]]
 def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
     """(number of documents, chunks of `chunk_docs` documents with char offsets) of a DocRED JSON file, parsed one
     document at a time: the whole file is checked first, then each chunk is made only when asked for."""
-    import prepro
+    import json_stream
+    from validation import ValidationError
 
     def documents() -> Iterator[Any]:
         try:
-            yield from prepro.iter_documents(path, text)
-        except prepro.ValidationError as e:
+            yield from json_stream.iter_documents(path, text)
+        except ValidationError as e:
             raise InputError(str(e)) from None
 
-    text = prepro._read_text(path)
+    text = json_stream.read_text(path)
     n = check_docred_documents(documents(), path)
     return n, (list(map(with_char_offsets, chunk)) for chunk in _batched(documents(), chunk_docs or n))
 

@@ -1,7 +1,9 @@
 """Train, evaluate and predict document-level relation extraction on DocRED (ATLOP's head; BCE, ATL or NCRL).
 
 This file is the DocRED task: its flags, data, model, decision and files. The loop, checkpoints, run
-directory and DDP are the engine's (engine.py), shared with dialogre.py and goemotions.py.
+directory and DDP are the engine's (engine/), shared with dialogre.py and goemotions.py. The DocRED path itself
+(documents -> features -> model -> facts) is the library's, one `DocRESettings` value fixing it:
+prepro.read_docred -> collate.DocRECollator -> DocREModel.from_settings -> evaluation.facts_of_outputs.
 
     python train.py --data_dir dataset/docred --model_name_or_path roberta-large --loss ncrl --shift 0.05
 """
@@ -15,31 +17,35 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-import engine
 import evaluation
+import feature_cache
 import losses
 import prepro
 import utils
-from engine import Decision, Split
+from collate import DocRECollator
+from engine.distributed import rank_zero_first, world_info
+from engine.rundir import RunDirectory
+from engine.runner import run
+from engine.task import Outputs, Split, Task, add_split_args
+from losses import Decision
 from model import DocREModel
+from settings import DocRESettings
 from utils import UserError
 
-logger = logging.getLogger("docre")
+logger = logging.getLogger(__name__)
 
 
-class DocRED(engine.Task):
+class DocRED(Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
     model_settings = ("emb_size", "block_size", "max_seq_length", "no_entity_marker", "bilinear", "evidence_lambda")
+    settings: DocRESettings
 
-    def __init__(self) -> None:
-        self._rel2id: Optional[Dict[str, int]] = None
-        self._ign_note_logged = False
-
-    def add_args(self, parser: argparse.ArgumentParser) -> None:
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("docred")
-        engine.add_split_args(g, "./dataset/docred", "train_annotated.json", "dev.json", "test.json")
+        add_split_args(g, "./dataset/docred", "train_annotated.json", "dev.json", "test.json")
         g.add_argument("--ign_train_file", default="train_annotated.json",
                        help="the human-annotated training set whose facts Ign F1 leaves out, as the official "
                             "scorer does (not --train_file: in distant pretraining that is the distant set)")
@@ -55,7 +61,6 @@ class DocRED(engine.Task):
         g.add_argument("--bilinear", default="atlop", choices=["atlop", "maxsym"],
                        help="group bilinear head: ATLOP's, or the NCRL authors' max-symmetrized blocks (their "
                             "DocRED runs)")
-        engine.add_prior_arg(g)
         g.add_argument("--evidence_lambda", type=float, default=0.0,
                        help="weight of the evidence loss KL(evidence || sentence attention) (DREEAM: 0.1 with "
                             "BERT, 0.05 with RoBERTa; 0 = off, and no evidence is written)")
@@ -68,23 +73,57 @@ class DocRED(engine.Task):
         g.add_argument("--transformer_type", default=None, help="accepted for ATLOP's scripts and ignored: special "
                                                                   "tokens come from the tokenizer")
 
-    def check_args(self, args: argparse.Namespace) -> None:
+    # -- set-up: the label map and the settings, once
+    def setup(self, args: argparse.Namespace, mode: str, tokenizer: Any, meta: Optional[Dict[str, Any]] = None,
+              source: str = "") -> None:
+        """Check --data_dir, fix the label map (test mode: the checkpoint's, unless --rel2id or --rel_info is given)
+        and the model's settings, the feature cache, the collator and the metric that picks best.pt."""
+        super().setup(args, mode, tokenizer, meta, source)
         if not os.path.isdir(args.data_dir):
             raise UserError(f"--data_dir {args.data_dir}: no such folder (it should hold the DocRED files: "
                             f"{args.train_file}, {args.dev_file}, {args.test_file}, rel_info.json)")
+        saved = (meta or {}).get("rel2id")
+        adopt = mode == "test" and saved is not None and args.rel2id is None and args.rel_info is None
+        rel2id = dict(saved) if adopt else self.load_rel2id()
+        if saved is not None and saved != rel2id:
+            diff = sorted(set(saved.items()) ^ set(rel2id.items()))[:5]
+            raise UserError(f"--load_path {source} was trained with a label map of {len(saved)} classes, but this "
+                            f"run's map has {len(rel2id)} (first differences: {diff}); pass its --rel2id.")
+        self.settings = DocRESettings(
+            rel2id, max_seq_length=args.max_seq_length, entity_marker=None if args.no_entity_marker else "*",
+            emb_size=args.emb_size, block_size=args.block_size, bilinear=args.bilinear,
+            evidence=args.evidence_lambda > 0, evidence_threshold=args.evidence_threshold,
+            relation_names=self.relation_names(rel2id))
+        off = args.cache_dir is not None and args.cache_dir.lower() == "none"
+        self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
+        self.collator = DocRECollator(self.settings.num_class, tokenizer.pad_token_id or 0)
+        if self.ign_file() is None:
+            logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
+                           "--ign_train_file %s is absent", self.path(args.ign_train_file))
+            if mode == "train" and args.select_metric == "ign_f1":
+                logger.warning("the best checkpoint is chosen by dev F1: --select_metric ign_f1 needs the annotated "
+                               "training file (--ign_train_file %s), which is absent", args.ign_train_file)
+                self.metric = "f1"
 
-    # -- label map, files
-    def rel2id(self) -> Dict[str, int]:
-        if self._rel2id is None:
-            a = self.args
-            try:
-                self._rel2id = prepro.load_rel2id(a.data_dir, rel2id_file=a.rel2id, rel_info_file=a.rel_info)
-                prepro.check_num_class(self._rel2id, a.num_class)
-            except OSError as e:
-                raise UserError(f"label map: cannot read {e.filename} ({e.strerror}); pass --rel_info or --rel2id") from e
-            except ValueError as e:
-                raise UserError(str(e)) from e
-        return self._rel2id
+    def load_rel2id(self) -> Dict[str, int]:
+        """The label map of --rel2id, --rel_info or <data_dir>/rel_info.json, checked against --num_class."""
+        a = self.args
+        try:
+            rel2id = prepro.load_rel2id(a.data_dir, rel2id_file=a.rel2id, rel_info_file=a.rel_info)
+            prepro.check_num_class(rel2id, a.num_class)
+        except OSError as e:
+            raise UserError(f"label map: cannot read {e.filename} ({e.strerror}); pass --rel_info or --rel2id") from e
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        return rel2id
+
+    def relation_names(self, rel2id: Dict[str, int]) -> Dict[str, str]:
+        """{relation id: name} of rel_info.json (--rel_info or <data_dir>/rel_info.json), empty when absent."""
+        path = self.args.rel_info or os.path.join(self.args.data_dir, "rel_info.json")
+        if not os.path.isfile(path):
+            return {}
+        names = utils.read_json(path, "--rel_info")
+        return {r: str(names[r]) for r in rel2id if r in names} if isinstance(names, dict) else {}
 
     def path(self, name: Optional[str]) -> Optional[str]:
         return utils.data_path(self.args.data_dir, name)
@@ -94,67 +133,20 @@ class DocRED(engine.Task):
         path = self.path(self.args.ign_train_file)
         return path if path and os.path.exists(path) else None
 
-    def select_metric(self) -> str:
-        if self.args.select_metric == "ign_f1" and self.ign_file() is None:
-            if not self._ign_note_logged:
-                logger.warning("the best checkpoint is chosen by dev F1: --select_metric ign_f1 needs the annotated "
-                               "training file (--ign_train_file %s), which is absent", self.args.ign_train_file)
-                self._ign_note_logged = True
-            return "f1"
-        return self.args.select_metric
-
-    # -- model
-    def build_model(self, args: argparse.Namespace, tokenizer: Any, encoder: nn.Module,
-                    meta: Optional[Dict[str, Any]]) -> nn.Module:
-        self.tokenizer = tokenizer
-        rel2id = self.rel2id()
-        off = args.cache_dir is not None and args.cache_dir.lower() == "none"
-        self.cache = None if off else prepro.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
-        self._collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
-        if self.ign_file() is None:
-            logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
-                           "--ign_train_file %s is absent", self.path(args.ign_train_file))
-        self.max_sents = 0  # widest document read, for the sentence-attention columns of prediction
-        return DocREModel(encoder, tokenizer=tokenizer, **self.model_kwargs())
-
-    def model_kwargs(self) -> Dict[str, Any]:
-        """The DocREModel constructor arguments besides encoder and tokenizer (meta["model"])."""
-        a = self.args
-        return {"num_class": len(self.rel2id()), "emb_size": a.emb_size, "block_size": a.block_size,
-                "max_seq_length": a.max_seq_length, "bilinear": a.bilinear}
-
-    def relation_names(self) -> Optional[Dict[str, str]]:
-        """{relation id: name} of rel_info.json (--rel_info or <data_dir>/rel_info.json), None when absent."""
-        path = self.args.rel_info or os.path.join(self.args.data_dir, "rel_info.json")
-        if not os.path.isfile(path):
-            return None
-        names = utils.read_json(path, "--rel_info")
-        return {r: str(names[r]) for r in self.rel2id() if r in names} if isinstance(names, dict) else None
+    # -- model, and what a checkpoint carries
+    def build_model(self, encoder: nn.Module) -> nn.Module:
+        return DocREModel.from_settings(self.settings, encoder, tokenizer=self.tokenizer)
 
     def meta(self) -> Dict[str, Any]:
-        """The label map, relation names, model constructor arguments and entity marker: all predict.py needs."""
-        names = self.relation_names()
-        return {"rel2id": self.rel2id(), **({"relation_names": names} if names else {}),
-                "model": self.model_kwargs(), "entity_marker": None if self.args.no_entity_marker else "*",
-                "evidence": self.args.evidence_lambda > 0}
+        """The settings, and (for older readers) the label map, relation names, model arguments and marker."""
+        s = self.settings
+        return {"settings": s.to_dict(), "rel2id": s.rel2id, **({"relation_names": s.relation_names}
+                                                                  if s.relation_names else {}),
+                "model": {k: v for k, v in s.model_kwargs().items()}, "entity_marker": s.entity_marker,
+                "evidence": s.evidence}
 
     def summary(self) -> Dict[str, Any]:
-        return {"num_class": len(self.rel2id())}
-
-    def adopt_meta(self, meta: Dict[str, Any], path: str) -> None:
-        """Test mode: the checkpoint's label map, unless --rel2id or --rel_info is given (check_meta compares)."""
-        if meta.get("rel2id") is not None and self.args.rel2id is None and self.args.rel_info is None:
-            self._rel2id = dict(meta["rel2id"])
-
-    def check_meta(self, meta: Dict[str, Any], path: str) -> None:
-        saved, rel2id = meta.get("rel2id"), self.rel2id()
-        if saved is not None and saved != rel2id:
-            diff = sorted(set(saved.items()) ^ set(rel2id.items()))[:5]
-            raise UserError(f"--load_path {path} was trained with a label map of {len(saved)} classes, but this "
-                            f"run's map has {len(rel2id)} (first differences: {diff}); pass its --rel2id.")
-
-    def test_mode(self) -> bool:
-        return bool(self.args.load_path) and not self.args.do_train
+        return {"num_class": self.settings.num_class}
 
     # -- data
     def read(self, split: str) -> Optional[Split]:
@@ -162,7 +154,7 @@ class DocRED(engine.Task):
         path = self.path({"train": a.train_file, "dev": a.dev_file, "test": a.test_file}[split])
         if path is None:
             return None
-        test_mode = self.test_mode()
+        test_mode = self.mode == "test"
         if split == "dev" and test_mode and a.dev_file == "dev.json" and not os.path.exists(path):
             logger.info("no dev file (%s): test mode predicts the test file only", path)
             return None
@@ -175,14 +167,11 @@ class DocRED(engine.Task):
             if dev and os.path.exists(dev) and os.path.samefile(path, dev):
                 logger.warning("--train_file and --dev_file are the same file (%s): dev scores will be optimistic",
                                path)
-        with engine.rank_zero_first():  # rank 0 builds the cache first
+        with rank_zero_first():  # rank 0 builds the cache first
             # test mode: labels of relations the model does not know are left out of the features and count as
             # misses in the scores, which compare with the file's own labels
-            features = prepro.read_docred(path, self.tokenizer, self.rel2id(), max_seq_length=a.max_seq_length,
-                                          entity_marker=None if a.no_entity_marker else "*", cache_dir=self.cache,
-                                          show_progress=engine.world_info()[0] == 0,
-                                          skip_unknown_relations=test_mode)
-        self.max_sents = max([self.max_sents] + [len(f["sent_pos"]) for f in features])
+            features = prepro.read_docred(path, self.tokenizer, self.settings, cache_dir=self.cache,
+                                          show_progress=world_info()[0] == 0, skip_unknown_relations=test_mode)
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
@@ -190,26 +179,17 @@ class DocRED(engine.Task):
         return Split(split, features, docs, source=path)
 
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
-        return self._collate(features)
+        return self.collator(features)
 
     def rows(self, feature: dict) -> int:
         return len(feature["hts"])
 
-    def prepare_training(self, model: nn.Module, train: Split) -> None:
-        if self.args.init_none_prior:
-            counts, n = utils.label_counts(train.features, len(self.rel2id()))
-            model.init_classifier_bias(losses.positive_rates(counts, n))
-            logger.info("classifier bias set to the relation priors of %d training pairs", n)
-
     # -- evidence (DREEAM's supervision of the localized-context attention)
-    def evidence_on(self) -> bool:
-        return self.args.evidence_lambda > 0
-
     def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
                       autocast) -> List[Tuple[torch.Tensor, int]]:
         """The relation loss over pairs, plus --evidence_lambda x KL(evidence || sentence attention) over positive
         pairs when evidence is on."""
-        if not self.evidence_on():
+        if not self.settings.evidence:
             return super().training_loss(model, batch, labels, loss_fn, autocast)
         with autocast():
             logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
@@ -218,50 +198,36 @@ class DocRED(engine.Task):
         return [(loss_fn(logits.float(), labels), len(labels)),
                 (evidence, int(losses.positive_pairs(labels).sum()))]
 
-    def predict_rows(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits `[P, K+1]`, and with evidence on, each pair's sentence attention after them `[P, max_sents]`."""
-        return model.logits_and_evidence(self.max_sents, **batch) if self.evidence_on() else model(**batch)
+    def outputs(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Logits `[P, K+1]`, and with evidence on each pair's sentence attention `[P, S]`."""
+        return model.named_outputs(batch, evidence=self.settings.evidence)
 
     # -- decisions and scores
-    def predictions(self, rows: torch.Tensor, split: Split, loss_fn: Any, decision: Decision,
-                    threshold: Optional[float] = None) -> List[dict]:
-        """The official-format facts of predicted `rows` (logits, then sentence attention) under `decision`,
-        with each fact's evidence sentences when evidence is on."""
-        k = len(self.rel2id())
-        id2rel = {v: r for r, v in self.rel2id().items()}
-        evidence = None
-        if rows.shape[1] > k:
-            evidence = losses.evidence_sentences(rows[:, k:], self.args.evidence_threshold).numpy()  # [P, S]
-        return evaluation.to_official(decision.labels(loss_fn, rows[:, :k], threshold), split.features, id2rel,
-                                      evidence)
+    def predictions(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> List[dict]:
+        """The official-format facts of `outputs` under `decision`, with their evidence sentences when on."""
+        s = self.settings
+        facts = evaluation.facts_of_outputs(outputs.logits, split.features, decision, loss_fn, s.id2rel,
+                                            outputs.evidence, s.evidence_threshold)
+        return evaluation.official_records(facts, split.features, with_evidence=outputs.evidence is not None)
+
+    def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+        return self._score_preds(self.predictions(outputs, split, loss_fn, decision), split)
 
     def _score_preds(self, preds: List[dict], split: Split) -> Dict[str, Any]:
         return evaluation.official_evaluate(preds, split.gold, train_annotated=self.ign_file(),
                                             train_distant=self.path(self.args.train_distant))
 
-    def score(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
-        return self._score_preds(self.predictions(logits, split, loss_fn, decision), split)
-
-    def tune(self, logits: torch.Tensor, split: Split, loss_fn: Any, decision: Decision) -> Decision:
-        """BCE: the global threshold of losses.THRESHOLD_GRID with the best dev selection metric."""
-        if not loss_fn.tunes_threshold:
-            return decision
-        metric = self.select_metric()
-        best = engine.best_of(losses.THRESHOLD_GRID, lambda t: self._score_preds(
-            self.predictions(logits, split, loss_fn, decision, t), split)[metric])
-        return decision.replace(threshold=best)
-
-    def write(self, run: engine.RunDirectory, split: Split, logits: torch.Tensor, aux: Dict[str, torch.Tensor],
-              loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+    def write(self, run: RunDirectory, split: Split, outputs: Outputs, loss_fn: Any,
+              decision: Decision) -> Dict[str, Any]:
         """dev_pred.json + dev_scores.json; result.json + result.zip (+ test_scores.json when labelled)."""
-        preds = self.predictions(logits, split, loss_fn, decision)
+        preds = self.predictions(outputs, split, loss_fn, decision)
         labelled = any(d.get("labels") for d in split.gold)
         scores = self._score_preds(preds, split) if labelled else {}
         if split.name == "dev":
             run.write_json("dev_pred.json", preds)
             run.write_json("dev_scores.json", {**scores, **decision.report()})
             return scores
-        evaluation.check_submission(preds, split.gold, set(self.rel2id()) - {"Na"})
+        evaluation.check_submission(preds, split.gold, set(self.settings.rel2id) - {"Na"})
         run.write_json("result.json", preds)
         if run.is_main:
             evaluation.write_codalab_zip(run.file("result.json"), run.file("result.zip"))
@@ -272,7 +238,7 @@ class DocRED(engine.Task):
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train on DocRED (unless only --load_path is given), then write dev and test predictions and scores."""
-    return engine.run(DocRED(), argv, __doc__.splitlines()[0])
+    return run(DocRED(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

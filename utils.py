@@ -1,4 +1,4 @@
-"""Small helpers shared by several modules: errors, JSON, encoder path, seeding, atomic writes, batching, devices.
+"""Small helpers shared by several modules: errors, JSON, encoder path, seeding, atomic writes, devices.
 
 torch is imported inside the functions that use it, so tools that only read run files (sweep, tables) start
 without it.
@@ -13,7 +13,7 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -25,18 +25,25 @@ class UserError(ValueError):
     which names the culprit and what to do, and exits with status 2, without a traceback."""
 
 
-def cli(main: Callable[[], Any]) -> None:
-    """Run a command's `main`; a UserError prints one message (also into train.log, when open) and exits 2."""
+def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) -> int:
+    """The one error path of every command: run `main`; an `expected` error prints one line `error: ...` (also into
+    train.log, when open) and gives status 2, no traceback; otherwise status 0."""
     try:
         main()
-    except UserError as e:
-        logger = logging.getLogger("docre")
+    except expected as e:
+        logger = logging.getLogger(__name__)
         record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (e,), None)
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def cli(main: Callable[[], Any]) -> None:
+    """Run a command's `main` and exit with `guarded`'s status."""
+    sys.exit(guarded(main))
 
 
 def data_path(data_dir: str, name: Optional[str]) -> Optional[str]:
@@ -127,117 +134,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-class Collator:
-    """Pad a list of features into one batch of tensors (see ARCHITECTURE.md, "batch").
-
-    Entities and pairs of all documents are flattened; `hts` indexes the flattened entities.
-    Mentions whose span was truncated away are already absent from `entity_pos`.
-    Features with sentence spans `sent_pos` ([n_sents, 2] token [start, end) in input_ids coordinates) add
-    `sent_pos` [B, S_max, 2] (-1 rows pad); with `evidence` (per row of `labels`, that relation's evidence
-    sentence ids) they add `evidence_index` [n, 2] of (batch pair, sentence), for `losses.evidence_target`.
-    """
-
-    def __init__(self, num_class: int, pad_token_id: int = 0):
-        self.num_class = num_class
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        import torch
-
-        max_len = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), max_len), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), max_len), dtype=torch.long)
-        mention_pos: List[np.ndarray] = []
-        mention_entity: List[np.ndarray] = []
-        mention_doc: List[np.ndarray] = []
-        entity_doc: List[np.ndarray] = []
-        hts: List[np.ndarray] = []
-        pair_doc: List[np.ndarray] = []
-        label_rows: List[np.ndarray] = []
-        label_cols: List[np.ndarray] = []
-        n_ent = n_pair = 0
-        for i, f in enumerate(features):
-            ids = np.asarray(f["input_ids"], dtype=np.int64)
-            input_ids[i, : len(ids)] = torch.from_numpy(ids)
-            attention_mask[i, : len(ids)] = 1
-            ent_pos = f["entity_pos"]
-            counts = np.array([len(m) for m in ent_pos], dtype=np.int64)
-            starts = np.array([s for m in ent_pos for s, _ in m], dtype=np.int64)
-            mention_pos.append(starts)
-            mention_entity.append(np.repeat(np.arange(len(ent_pos), dtype=np.int64), counts) + n_ent)
-            mention_doc.append(np.full(len(starts), i, dtype=np.int64))
-            entity_doc.append(np.full(len(ent_pos), i, dtype=np.int64))
-            f_hts = np.asarray(f["hts"], dtype=np.int64).reshape(-1, 2)
-            hts.append(f_hts + n_ent)
-            pair_doc.append(np.full(len(f_hts), i, dtype=np.int64))
-            pos = np.asarray(f.get("labels", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)
-            label_rows.append(pos[:, 0] + n_pair)
-            label_cols.append(pos[:, 1])
-            n_ent += len(ent_pos)
-            n_pair += len(f_hts)
-        labels = torch.zeros((n_pair, self.num_class), dtype=torch.float32)  # [n_pairs, K+1]
-        rows, cols = np.concatenate(label_rows), np.concatenate(label_cols)
-        labels[torch.from_numpy(rows), torch.from_numpy(cols)] = 1.0
-        labels[:, 0] = (labels[:, 1:].sum(1) == 0).float()
-        cat = lambda xs, shape=(-1,): torch.from_numpy(np.concatenate(xs).reshape(shape))  # noqa: E731
-        return {
-            "input_ids": input_ids,  # [B, L]
-            "attention_mask": attention_mask,  # [B, L]
-            "mention_pos": cat(mention_pos),  # [M] token index of each mention's start marker
-            "mention_doc": cat(mention_doc),  # [M]
-            "mention_entity": cat(mention_entity),  # [M] index into the batch's entities
-            "entity_doc": cat(entity_doc),  # [E]
-            "hts": cat(hts, (-1, 2)),  # [P, 2] indices into the batch's entities
-            "pair_doc": cat(pair_doc),  # [P]
-            "labels": labels,  # [P, K+1], column 0 = Na
-            **self._sentences(features),  # sent_pos, evidence_index: only from features that have them
-        }
-
-    @staticmethod
-    def _sentences(features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        """`sent_pos` [B, S_max, 2] and `evidence_index` [n, 2] where every feature has the field, else nothing."""
-        import torch
-
-        out: Dict[str, torch.Tensor] = {}
-        for field in ("sent_pos", "evidence"):
-            has = [field in f for f in features]
-            if any(has) and not all(has):
-                i = has.index(False)
-                raise ValueError(f"batch mixes features with and without {field!r} (document {i}, "
-                                 f"{features[i].get('title')!r}, lacks it)")
-        if "sent_pos" in features[0]:
-            spans = [np.asarray(f["sent_pos"], dtype=np.int64).reshape(-1, 2) for f in features]
-            sent_pos = torch.full((len(features), max(len(x) for x in spans), 2), -1, dtype=torch.long)
-            for i, x in enumerate(spans):
-                sent_pos[i, :len(x)] = torch.from_numpy(x)
-            out["sent_pos"] = sent_pos  # [B, S_max, 2] token [start, end) of each sentence, -1 = padding
-        if "evidence" in features[0]:
-            cites, n_pair = [], 0
-            for i, f in enumerate(features):
-                rows = np.asarray(f.get("labels", np.zeros((0, 2))), dtype=np.int64).reshape(-1, 2)[:, 0]
-                if len(f["evidence"]) != len(rows):
-                    raise ValueError(f"document {i} ({f.get('title')!r}): {len(f['evidence'])} evidence lists for "
-                                     f"{len(rows)} labels")
-                cites += [(n_pair + r, s) for r, sents in zip(rows.tolist(), f["evidence"]) for s in sents]
-                n_pair += len(np.asarray(f["hts"]).reshape(-1, 2))
-            out["evidence_index"] = torch.tensor(cites, dtype=torch.long).view(-1, 2)  # [n, 2] (pair, sentence)
-        return out
-
-
-def label_counts(features: Sequence[Dict[str, Any]], num_class: int, chunk: int = 64) -> tuple:
-    """(positive count of each class [K+1] over the features' pairs, number of pairs), column 0 counting the
-    pairs without a relation; built from the Collator's labels a chunk of documents at a time."""
-    import torch
-
-    collate = Collator(num_class)
-    counts, n = torch.zeros(num_class, dtype=torch.float64), 0
-    for i in range(0, len(features), chunk):
-        labels = collate(features[i:i + chunk])["labels"]  # [n_pairs, K+1]
-        counts += labels.sum(0, dtype=torch.float64)
-        n += len(labels)
-    return counts, n
 
 
 def select_device(device: Optional[str] = None) -> torch.device:

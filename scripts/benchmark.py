@@ -252,7 +252,7 @@ def synthetic_features(n_docs: int, n_tokens: int, n_entities: int, tokenizer: A
                        seed: int = 0) -> List[Dict[str, Any]]:
     """Features (see ARCHITECTURE.md) of random documents of exactly `n_tokens` tokens and `n_entities`
     entities of 1-3 mentions each, with about one positive relation per entity."""
-    import prepro
+    from feature_store import pair_index
 
     specials = np.asarray(tokenizer.all_special_ids, dtype=np.int64)
     words = np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), specials)
@@ -262,7 +262,7 @@ def synthetic_features(n_docs: int, n_tokens: int, n_entities: int, tokenizer: A
     if n_tokens < 4 or len(slots) < n_entities:
         raise ValueError(f"{n_tokens} tokens leave no room for {n_entities} entities")
     rng = np.random.default_rng(seed)
-    hts = prepro.pair_index(n_entities)  # [n_pairs, 2]
+    hts = pair_index(n_entities)  # [n_pairs, 2]
     features = []
     for d in range(n_docs):
         counts = rng.integers(1, 4, n_entities)
@@ -322,7 +322,7 @@ def build_encoder(args: Dict[str, Any], tokenizer):
 
         encoder = AutoModel.from_pretrained(utils.resolve_model_path(args["model"]), attn_implementation="eager")
     else:
-        from model import load_encoder
+        from encoder_kernels import load_encoder
 
         encoder = load_encoder(utils.resolve_model_path(args["model"]))
     if eager:
@@ -335,20 +335,22 @@ def build_model(args: Dict[str, Any], tokenizer, num_class: int, max_seq_length:
     import torch
 
     from model import DocREModel
+    from settings import DocRESettings
 
     encoder = build_encoder(args, tokenizer)
     torch.manual_seed(args["seed"])
+    settings = DocRESettings({"Na": 0, **{f"P{i}": i for i in range(1, num_class)}}, max_seq_length=max_seq_length)
     extra = ({"attention_rows": "eager", "unpad": False, "mask_dropout": False}
              if args["attention"] == "eager-all-layers" else {})
-    return DocREModel(encoder, num_class, tokenizer=tokenizer, max_seq_length=max_seq_length,
-                      gradient_checkpointing=args["gradient_checkpointing"], **extra)
+    return DocREModel.from_settings(settings, encoder, tokenizer,
+                                    gradient_checkpointing=args["gradient_checkpointing"], **extra)
 
 
 def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
     """train.py's optimisation and loss defaults, with this run's loss, batch size and amp."""
-    import engine
+    from engine.task import add_training_args
 
-    hp = engine.add_training_args(argparse.ArgumentParser()).parse_args([])
+    hp = add_training_args(argparse.ArgumentParser()).parse_args([])
     hp.loss, hp.train_batch_size, hp.amp = args["loss"], args["batch_size"], args["amp"]
     if args["mmap_threshold_mb"] is not None:
         hp.mmap_threshold_mb = args["mmap_threshold_mb"]
@@ -356,11 +358,24 @@ def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
 
 
 def engine_trainer(hp: argparse.Namespace, model, features: Sequence[dict], collate):
-    """The engine's Trainer over `features` with the settings `hp`, without evaluation or a run folder."""
-    import engine
+    """The engine's Trainer over `features` with the settings `hp` and the start-up settings of a run, without
+    evaluation or a run folder."""
+    from engine.runner import configure_process
+    from engine.task import build_loss_from_args
+    from engine.trainer import Trainer
 
-    return engine.Trainer(hp, model, model.encoder, engine.build_loss_from_args(hp), features, collate,
-                          evaluate=None, run=None, metric="f1", checkpoint_meta={})
+    configure_process(hp)
+    return Trainer(hp, model, model.encoder, build_loss_from_args(hp), features, collate,
+                   evaluate=None, run=None, metric="f1", checkpoint_meta={})
+
+
+def official_records(logits, features: Sequence[dict], loss_fn, top_k: int, id2rel: Dict[int, str]) -> List[dict]:
+    """The official records of `logits` [P, K+1] under the untuned decision, through the library's one path."""
+    import evaluation
+    from losses import Decision
+
+    facts = evaluation.facts_of_outputs(logits, features, Decision(top_k=top_k), loss_fn, id2rel)
+    return evaluation.official_records(facts, features)
 
 
 def index_batches(n: int, size: int) -> List[List[int]]:
@@ -372,8 +387,10 @@ def index_batches(n: int, size: int) -> List[List[int]]:
 def read_features(path: str, tokenizer, rel2id: Dict[str, int], max_seq_length: int):
     """Features of a DocRED file, without the cache."""
     import prepro
+    from settings import DocRESettings
 
-    return prepro.read_docred(path, tokenizer, rel2id, max_seq_length=max_seq_length, cache_dir=None)
+    settings = DocRESettings(rel2id, max_seq_length=max_seq_length)
+    return prepro.read_docred(path, tokenizer, settings, cache_dir=None, show_progress=False)
 
 
 def phase_prepro(spec: Dict[str, Any], tokenizer, rel2id: Dict[str, int], device) -> Dict[str, Any]:
@@ -413,11 +430,11 @@ def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, ba
     dropped afterwards so the next training step does not see them)."""
     import torch
 
-    from model import use_checkpointed_sdpa, use_mask_dropout
+    from encoder_kernels import configure_encoder
 
     encoder = model.encoder
-    switched = backward and use_checkpointed_sdpa(encoder, False)
-    masked = backward and use_mask_dropout(encoder, False)  # evaluation drops nothing either way
+    if backward:  # evaluation drops nothing either way
+        configure_encoder(encoder, checkpoint_attention=False, mask_dropout=False)
     try:
         with torch.set_grad_enabled(backward), utils.autocast(device, dtype):
             total = sum(encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float().sum()
@@ -426,10 +443,8 @@ def bare_encoder_run(model, pieces: Sequence[Tuple[Any, Any]], device, dtype, ba
             total.backward()
             encoder.zero_grad(set_to_none=True)
     finally:
-        if switched:
-            use_checkpointed_sdpa(encoder, True)
-        if masked:
-            use_mask_dropout(encoder, True)
+        if backward:  # back to the kernels of our path (--attention ours: the model's defaults)
+            configure_encoder(encoder, attention_weights=model.attention_rows == "eager")
 
 
 def with_ceiling(args: Dict[str, Any]) -> bool:
@@ -484,17 +499,17 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
     ceiling, the bare encoder's forward on the same batches, alternating with ours."""
     import torch
 
-    import engine
-    import evaluation
+    from engine.inference import predict_outputs
+    from engine.task import build_loss_from_args
 
     args = spec["args"]
     hp = training_defaults(args)
-    loss_fn = engine.build_loss_from_args(hp)
+    loss_fn = build_loss_from_args(hp)
     id2rel = {v: k for k, v in rel2id.items()}
     bs = args["eval_batch_size"]
     chunks = [features[i:i + bs] for i in range(0, len(features), bs)]
-    predict = lambda docs: engine.predict_logits(model, docs, collate, lambda f: len(f["hts"]), bs, dtype,  # noqa: E731
-                                                 progress=False)
+    predict = lambda docs: predict_outputs(model, docs, collate, lambda f: len(f["hts"]), bs, dtype,  # noqa: E731
+                                           progress=False).logits
     rss_start = current_rss_mb()
     for docs in chunks[:args["warmup_steps"]]:
         predict(docs)
@@ -506,8 +521,7 @@ def phase_eval(spec: Dict[str, Any], model, features: Sequence[dict], collate, d
         if i < len(chunks):
             logits[i] = predict(chunks[i])  # [P_i, K+1]
         else:  # decoding the whole set into official records
-            preds = loss_fn.get_label(torch.cat(logits), num_labels=hp.top_k)
-            records[:] = evaluation.to_official(preds, features, id2rel)
+            records[:] = official_records(torch.cat(logits), features, loss_fn, hp.top_k, id2rel)
 
     runs: List[Callable[[int], Any]] = [item]
     if with_ceiling(args):
@@ -556,6 +570,7 @@ def instrument(model, trainer=None) -> None:
     import torch
     import transformers.integrations.sdpa_attention as sdpa
 
+    import encoder_kernels
     import model as model_module
 
     for attr, label in (("_run_encoder", "encoder forward"), ("_attention_rows", "attention rows recompute"),
@@ -564,8 +579,8 @@ def instrument(model, trainer=None) -> None:
         setattr(model, attr, labelled(label, getattr(model, attr)))
     model_module.group_bilinear = labelled("group bilinear", model_module.group_bilinear)
     sdpa.sdpa_attention_forward = labelled("attention core", sdpa.sdpa_attention_forward)  # eval, GPU
-    model_module.DropoutAttentionFunction.apply = labelled("attention core",  # CPU training
-                                                           model_module.DropoutAttentionFunction.apply)
+    encoder_kernels.DropoutAttentionFunction.apply = labelled("attention core",  # CPU training
+                                                              encoder_kernels.DropoutAttentionFunction.apply)
     torch.Tensor.backward = labelled("backward", torch.Tensor.backward)
     if trainer is not None:
         trainer.loss_fn = labelled("loss", trainer.loss_fn)
@@ -615,18 +630,17 @@ def profile_table(prof, n_steps: int) -> List[Dict[str, Any]]:
 def profile_phase(phase: str, spec: Dict[str, Any], model, features: Sequence[dict], collate, device, dtype,
                   rel2id: Dict[str, int]) -> Dict[str, Any]:
     """Profile --profile training steps or evaluation batches (after the warm-up) and tabulate them."""
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import engine
-    import evaluation
+    from engine.inference import predict_outputs
+    from engine.task import build_loss_from_args
 
     args = spec["args"]
     hp = training_defaults(args)
     n, bs = args["profile"], args["batch_size"] if phase == "train" else args["eval_batch_size"]
     batches = index_batches(len(features), bs)
     batches = (batches[args["warmup_steps"]:] or batches)[:n]  # the steps after the warm-up ones
-    loss_fn = engine.build_loss_from_args(hp)
+    loss_fn = build_loss_from_args(hp)
     if phase == "train":
         trainer = engine_trainer(hp, model, features, collate)
         instrument(model, trainer)
@@ -639,9 +653,9 @@ def profile_phase(phase: str, spec: Dict[str, Any], model, features: Sequence[di
 
         def run(b: List[int]) -> None:
             docs = [features[i] for i in b]
-            logits = engine.predict_logits(model, docs, collate, lambda f: len(f["hts"]), bs, dtype, progress=False)
+            logits = predict_outputs(model, docs, collate, lambda f: len(f["hts"]), bs, dtype, progress=False).logits
             with record_function("decode + official records"):
-                evaluation.to_official(loss_fn.get_label(logits, num_labels=hp.top_k), docs, id2rel)
+                official_records(logits, docs, loss_fn, hp.top_k, id2rel)
     for b in batches[:args["warmup_steps"]]:
         run(b)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -668,6 +682,7 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     import prepro
+    from collate import DocRECollator
 
     args = spec["args"]
     torch.set_num_threads(args["threads"])
@@ -683,7 +698,7 @@ def run_phase(spec: Dict[str, Any]) -> Dict[str, Any]:
         features = phase_features(spec, tokenizer, rel2id)
         max_len = max(args["max_seq_length"], max(len(f["input_ids"]) for f in features))
         model = build_model(args, tokenizer, len(rel2id), max_len).to(device)
-        collate = utils.Collator(len(rel2id), tokenizer.pad_token_id or 0)
+        collate = DocRECollator(len(rel2id), tokenizer.pad_token_id or 0)
         if args["profile"]:
             out = profile_phase(phase, spec, model, features, collate, device, dtype, rel2id)
         elif phase == "train":

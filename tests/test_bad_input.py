@@ -17,7 +17,7 @@ import prepro
 import train
 from conftest import ROOT
 from prepro import ValidationError, read_docred
-from test_prepro import REL2ID, make_doc, write
+from test_prepro import REL2ID, SETTINGS, make_doc, write
 from test_train import tiny_args
 from utils import UserError
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def read_bad(tmp_path, docs, tokenizer, **kwargs):
     path = write(tmp_path, docs)
     with pytest.raises(ValidationError) as info:
-        read_docred(path, tokenizer, REL2ID, **kwargs)
+        read_docred(path, tokenizer, SETTINGS, **kwargs)
     return str(info.value), str(path)
 
 
@@ -51,7 +51,7 @@ def test_truncated_json(tmp_path, minilm_tokenizer):
     text = json.dumps([make_doc(), make_doc("second")], indent=1)
     path.write_text(text[: len(text) * 3 // 4])
     with pytest.raises(ValidationError) as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
+        read_docred(path, minilm_tokenizer, SETTINGS)
     msg = str(info.value)
     assert str(path) in msg and "document 1 (title 'second')" in msg and "line" in msg and "truncated" in msg
 
@@ -60,7 +60,7 @@ def test_truncated_json(tmp_path, minilm_tokenizer):
 def test_top_level_not_a_list(tmp_path, minilm_tokenizer, top):
     path = write(tmp_path, top)
     with pytest.raises(ValidationError, match=f"JSON list of documents, got {type(top).__name__}") as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
+        read_docred(path, minilm_tokenizer, SETTINGS)
     assert str(path) in str(info.value)
 
 
@@ -75,7 +75,7 @@ def test_non_utf8_bytes(tmp_path, minilm_tokenizer, field, edit):
     path = tmp_path / "latin1.json"
     path.write_bytes(json.dumps([make_doc(), doc], ensure_ascii=False).encode("latin-1"))
     with pytest.raises(ValidationError, match="not valid UTF-8") as info:
-        read_docred(path, minilm_tokenizer, REL2ID)
+        read_docred(path, minilm_tokenizer, SETTINGS)
     title = "Caf\ufffd" if field == "title" else "T"
     assert_names(str(info.value), str(path), 1, title, field, "line 1")
 
@@ -86,9 +86,9 @@ def test_a_file_without_documents_is_refused_unless_allowed(tmp_path, minilm_tok
     path.write_text(text)
     for cache_dir in (None, tmp_path / "cache"):
         with pytest.raises(ValidationError, match="no documents") as info:
-            read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache_dir)
+            read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache_dir)
         assert str(path) in str(info.value)
-        features = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache_dir, allow_empty=True)
+        features = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache_dir, allow_empty=True)
         assert len(features) == 0 and features.stats["documents"] == 0
 
 
@@ -186,7 +186,7 @@ def test_h_equals_t_and_duplicate_labels_warn_and_drop(tmp_path, minilm_tokenize
     doc = make_doc("T")
     doc["labels"] += [{"h": 1, "t": 1, "r": "P17"}, dict(doc["labels"][0])]
     with caplog.at_level(logging.WARNING, logger="prepro"):
-        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)
+        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, SETTINGS)
     assert features[0]["labels"].tolist() == [[3, 1], [1, 3]]
     assert features.stats["dropped_labels"] == 2
     assert "dropped 2 label(s)" in caplog.text and "document 0 (title 'T')" in caplog.text
@@ -272,12 +272,12 @@ def test_documents_with_fewer_than_two_entities_have_no_pairs(tmp_path, minilm_t
     one, none = make_doc("one", labels=False), make_doc("none", labels=False)
     one["vertexSet"] = one["vertexSet"][:1]
     none["vertexSet"] = []
-    features = read_docred(write(tmp_path, [one, none]), minilm_tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, [one, none]), minilm_tokenizer, SETTINGS)
     assert [f["hts"].shape for f in features] == [(0, 2), (0, 2)]
     assert len(features[0]["entity_pos"]) == 1 and features[1]["entity_pos"] == []
-    from utils import Collator
+    from collate import DocRECollator
 
-    batch = Collator(len(REL2ID))(list(features))
+    batch = DocRECollator(len(REL2ID))(list(features))
     assert batch["hts"].shape == (0, 2) and batch["labels"].shape == (0, 4)
 
 
@@ -285,7 +285,7 @@ def test_documents_without_entities_are_counted(tmp_path, minilm_tokenizer, capl
     none = make_doc("none", labels=False)
     none["vertexSet"] = []
     with caplog.at_level(logging.INFO, logger="prepro"):
-        features = read_docred(write(tmp_path, [make_doc(), none]), minilm_tokenizer, REL2ID)
+        features = read_docred(write(tmp_path, [make_doc(), none]), minilm_tokenizer, SETTINGS)
     assert features.stats["documents_without_entities"] == 1
     assert "2 documents, 1 without entities" in caplog.text
 
@@ -298,7 +298,7 @@ def test_five_thousand_token_document_is_truncated_and_reported(tmp_path, minilm
             m["sent_id"] += m["sent_id"] >= 1
     path = write(tmp_path, [make_doc(), doc])
     with caplog.at_level(logging.WARNING, logger="prepro"):
-        features = read_docred(path, minilm_tokenizer, REL2ID)
+        features = read_docred(path, minilm_tokenizer, SETTINGS)
     assert [len(f["input_ids"]) for f in features] == [22, 1024]
     assert features[1]["n_truncated_mentions"] == 2 and features[1]["entity_pos"][2] == []
     assert len(features[1]["labels"]) == 2  # labels of truncated entities are kept: they still count as facts
@@ -307,7 +307,8 @@ def test_five_thousand_token_document_is_truncated_and_reported(tmp_path, minilm
 
 
 def test_labels_in_a_test_file_are_fine_and_missing_labels_too(tmp_path, minilm_tokenizer):
-    features = read_docred(write(tmp_path, [make_doc("test doc", labels=False), make_doc()]), minilm_tokenizer, REL2ID)
+    path = write(tmp_path, [make_doc("test doc", labels=False), make_doc()])
+    features = read_docred(path, minilm_tokenizer, SETTINGS)
     assert features[0]["labels"].shape == (0, 2) and len(features[1]["labels"]) == 2
 
 

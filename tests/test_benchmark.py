@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import prepro
-import utils
+from collate import DocRECollator
+from feature_store import pair_index
 from model import plan_windows
 from random_encoders import train_tokenizer
 
@@ -76,12 +76,12 @@ def test_synthetic_features_follow_the_feature_contract(bench, roberta_tokenizer
         starts = [s for m in f["entity_pos"] for s, _ in m]
         ends = [e for m in f["entity_pos"] for _, e in m]
         assert len(set(starts)) == len(starts) and min(starts) >= 1 and max(ends) <= 63
-        np.testing.assert_array_equal(f["hts"], prepro.pair_index(5))
+        np.testing.assert_array_equal(f["hts"], pair_index(5))
         assert f["labels"].shape == (5, 2) and len(set(f["labels"][:, 0])) == 5
         assert f["labels"][:, 0].max() < 20 and 1 <= f["labels"][:, 1].min() and f["labels"][:, 1].max() < 7
     again = bench.synthetic_features(3, 64, 5, tok, num_class=7, seed=1)
     np.testing.assert_array_equal(again[2]["input_ids"], feats[2]["input_ids"])
-    batch = utils.Collator(7, tok.pad_token_id)(feats)
+    batch = DocRECollator(7, tok.pad_token_id)(feats)
     assert batch["labels"].shape == (60, 7) and batch["labels"][:, 1:].sum() == 15
     with pytest.raises(ValueError, match="no room"):
         bench.synthetic_features(1, 8, 10, tok, num_class=7)
@@ -90,7 +90,7 @@ def test_synthetic_features_follow_the_feature_contract(bench, roberta_tokenizer
 def test_attention_paths_compute_the_same_logits(bench, roberta_tokenizer, one_thread):
     tok = roberta_tokenizer
     feats = bench.synthetic_features(2, 40, 4, tok, num_class=5, seed=0)
-    batch = utils.Collator(5, tok.pad_token_id)(feats)
+    batch = DocRECollator(5, tok.pad_token_id)(feats)
     batch.pop("labels")
     logits = {}
     for path in bench.ATTENTION_PATHS:
@@ -138,7 +138,7 @@ def test_bare_encoder_sees_the_models_own_encoder_inputs(bench, roberta_tokenize
     model = bench.build_model(args, tok, num_class=5, max_seq_length=64)
     model.window_size = 24  # 40- and 30-token documents are cut into windows
     feats = bench.synthetic_features(1, 40, 4, tok, num_class=5) + bench.synthetic_features(1, 30, 4, tok, 5)
-    collate = utils.Collator(5, tok.pad_token_id)
+    collate = DocRECollator(5, tok.pad_token_id)
     [pieces] = bench.bare_inputs(model, feats, [[0, 1]], collate, torch.device("cpu"))
     spans = [span for n in (40, 30) for span in plan_windows(n, 24, 1, 1, model.window_overlap)]
     assert len(pieces) == len(spans) and all(ids.shape[0] == 1 and mask.all() for ids, mask in pieces)

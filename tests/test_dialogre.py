@@ -13,6 +13,7 @@ import dialogre
 import losses
 from baselines import dialogre_baselines
 from conftest import shared_file
+from model import ClsClassifier
 from utils import UserError
 
 TURNS = ["Speaker 1: Hi Joey!",
@@ -136,7 +137,7 @@ def test_other_tokenizers_get_added_marker_tokens(tiny_roberta_dir):
     assert tok.tokenize("[S1] : hi")[0] == "[S1]"
     encoder = AutoModel.from_pretrained(tiny_roberta_dir)
     encoder.resize_token_embeddings(len(tok))
-    model = dialogre.DialogREModel(encoder)
+    model = ClsClassifier(encoder, dialogre.NUM_CLASS, 0.1)  # the task's head
     ids = torch.tensor([[tok.cls_token_id, markers[0], markers[1], tok.sep_token_id]])
     assert model(ids, torch.ones_like(ids), torch.zeros_like(ids)).shape == (1, 37)
 

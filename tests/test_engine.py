@@ -8,7 +8,6 @@ import torch
 import evaluation
 import losses
 import train
-import utils
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,9 +78,12 @@ def test_prior_start_and_the_authors_head_reach_the_checkpoint(small_synthetic_d
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    features = prepro.read_docred(small_synthetic_dir / "train_annotated.json", tokenizer, ckpt["meta"]["rel2id"],
-                                  max_seq_length=128)
-    counts, n = utils.label_counts(features, len(ckpt["meta"]["rel2id"]))
+    from collate import DocRECollator, label_counts
+    from settings import DocRESettings
+
+    settings = DocRESettings(ckpt["meta"]["rel2id"], max_seq_length=128)
+    features = prepro.read_docred(small_synthetic_dir / "train_annotated.json", tokenizer, settings)
+    counts, n = label_counts(features, DocRECollator(len(ckpt["meta"]["rel2id"])))
     expected = torch.logit(losses.positive_rates(counts, n)[1:]).float()
     bias = ckpt["model"]["bilinear.bias"]
     assert bias[0] == 0 and torch.allclose(bias[1:], expected, atol=1e-6)  # lr 0: the start, unchanged

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import losses
 from prepro import ValidationError, read_docred
+from settings import DocRESettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REL2ID = {"Na": 0, "P1": 1, "P2": 2, "P3": 3}
@@ -165,7 +166,8 @@ def check_sent_pos(doc: Dict[str, Any], f: Dict[str, Any], n_specials: int, mark
 def read_or_reject(path, tokenizer, max_len: int, marker: bool) -> Any:
     """read_docred's features, or None when it raised its own ValidationError (anything else propagates)."""
     try:
-        return read_docred(path, tokenizer, REL2ID, max_seq_length=max_len, entity_marker="*" if marker else None)
+        return read_docred(path, tokenizer, DocRESettings(REL2ID, max_seq_length=max_len,
+                                                          entity_marker="*" if marker else None))
     except ValidationError as e:
         assert str(path) in str(e) and e.problems
         return None
@@ -178,8 +180,8 @@ SETUP = dict(kind=st.sampled_from(["bert", "roberta"]), max_len=st.integers(3, 8
 @given(docs=corpora(), **SETUP)
 def test_valid_documents_give_consistent_features(tokenizers, data_file, docs, kind, max_len, marker):
     data_file.write_text(json.dumps(docs), encoding="utf-8")
-    features = read_docred(data_file, tokenizers[kind], REL2ID, max_seq_length=max_len,
-                           entity_marker="*" if marker else None)
+    features = read_docred(data_file, tokenizers[kind], DocRESettings(REL2ID, max_seq_length=max_len,
+                                                                      entity_marker="*" if marker else None))
     check_consistent(docs, features, tokenizers[kind], max_len, marker)
 
 
@@ -211,7 +213,8 @@ def test_damaged_bytes_are_rejected_or_consistent(tokenizers, data_file, docs, c
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_bert_dir, tokenizers):
-    from model import DocREModel, load_encoder
+    from encoder_kernels import load_encoder
+    from model import DocREModel
 
     torch.manual_seed(0)
     # a 24-token window: longer documents go through the overlapping-window path
@@ -223,11 +226,11 @@ def tiny_model(tiny_bert_dir, tokenizers):
 @given(docs=corpora(max_size=3), max_len=st.integers(8, 80))
 @example(docs=[{"title": "no entities", "sents": [["x"]], "vertexSet": []}], max_len=8)  # once crashed pool_context
 def test_valid_documents_run_through_the_model(tokenizers, data_file, tiny_model, docs, max_len):
-    from utils import Collator
+    from collate import DocRECollator
 
     data_file.write_text(json.dumps(docs), encoding="utf-8")
-    features = read_docred(data_file, tokenizers["bert"], REL2ID, max_seq_length=max_len)
-    batch = Collator(len(REL2ID), tokenizers["bert"].pad_token_id)(list(features))
+    features = read_docred(data_file, tokenizers["bert"], DocRESettings(REL2ID, max_seq_length=max_len))
+    batch = DocRECollator(len(REL2ID), tokenizers["bert"].pad_token_id)(list(features))
     labels = batch.pop("labels")
     tiny_model.zero_grad(set_to_none=True)
     logits = tiny_model(**batch)  # [P, K+1]

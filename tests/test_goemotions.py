@@ -6,9 +6,12 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
-import engine
+from engine.inference import predict_outputs
+from engine.task import parse_args
+from losses import Decision
 import goemotions as ge
 import losses
+from collate import PaddingCollator
 from conftest import shared_file
 from utils import UserError
 
@@ -78,7 +81,7 @@ def test_macro_f1_by_hand():
 @pytest.mark.parametrize("name", ["bce", "atl", "ncrl"])
 def test_decision_margins_are_positive_exactly_where_the_loss_predicts(name):
     loss_fn = losses.build_loss(name)
-    decision = engine.Decision(threshold=0.3 if name == "bce" else None)
+    decision = Decision(threshold=0.3 if name == "bce" else None)
     logits = torch.randn(500, 6, generator=torch.Generator().manual_seed(0)) * 3
     margins = ge.decision_margins(logits, decision)
     pred = decision.labels(loss_fn, logits).bool()
@@ -136,14 +139,6 @@ def test_hugging_face_rows_become_the_same_comments():
                                                                ge.Comment("hm", (2, 1), "b")]
 
 
-def test_collator_pads_and_builds_multi_hot_labels():
-    batch = ge.Collator(4, pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": np.array([0])},
-                                            {"input_ids": [5], "labels": np.array([1, 3])}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[1, 0, 0, 0], [0, 1, 0, 1]]
-
-
 class EchoModel(torch.nn.Module):
     """Logits that reveal which comment and how many tokens each row came from."""
 
@@ -158,7 +153,7 @@ class EchoModel(torch.nn.Module):
 def test_prediction_batches_by_length_but_returns_rows_in_input_order():
     lengths = np.random.default_rng(0).integers(1, 12, 50)
     features = [{"input_ids": [i] + [1] * int(n), "labels": np.array([0])} for i, n in enumerate(lengths)]
-    logits = engine.predict_logits(EchoModel(), features, ge.Collator(2), lambda f: 1, 7, None, progress=False)
+    logits = predict_outputs(EchoModel(), features, PaddingCollator(2), lambda f: 1, 7, None, progress=False).logits
     assert logits[:, 0].tolist() == list(range(50))
     assert logits[:, 1].tolist() == (lengths + 1).tolist()
 
@@ -237,9 +232,9 @@ def test_checkpoint_with_other_labels_is_refused(tiny_goemotions, tiny_bert_dir,
 
 
 def test_plain_ncrl_is_the_default_and_margin_regularization_can_be_turned_on():
-    args = engine.parse_args(ge.GoEmotions(), [], "")
+    args, _ = parse_args(ge.GoEmotions(), [], "")
     assert (args.loss, args.shift, args.margin_reg, args.top_k, args.select_metric) == ("ncrl", 0.0, False, -1, "map")
-    assert engine.parse_args(ge.GoEmotions(), ["--margin_reg"], "").margin_reg is True
+    assert parse_args(ge.GoEmotions(), ["--margin_reg"], "")[0].margin_reg is True
 
 
 # ----------------------------------------------------------------------------- real data

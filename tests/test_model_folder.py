@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine
+from engine.inference import predict_outputs
 import evaluation
 import predict
 import text2doc
@@ -152,13 +152,13 @@ def test_scores_are_the_decision_margins(trained, tmp_path):
     docs = text2doc.read_inputs(only_test / "test.json", lambda: None)
     bundle = pipe.model_bundle
     feats = predict.featurize(bundle, docs[:1])
-    logits = engine.predict_logits(bundle.pretrained.model, feats, bundle.collate, lambda f: len(f["hts"]), 4,
-                                   None, progress=False)
+    logits = predict_outputs(bundle.pretrained.model, feats, bundle.collate, lambda f: len(f["hts"]), 4,
+                             None, progress=False).logits
     threshold = bundle.decision.threshold
     assert threshold is not None  # BCE: the margin is f_r - logit(threshold)
     hts = [tuple(x) for x in feats[0]["hts"]]
     for rel in predict.predict_docs(bundle, docs[:1], 2)[0]:
-        f = logits[hts.index((rel.h_idx, rel.t_idx)), bundle.rel2id[rel.r]].item()
+        f = logits[hts.index((rel.h_idx, rel.t_idx)), bundle.settings.rel2id[rel.r]].item()
         assert rel.score == pytest.approx(f - torch.logit(torch.tensor(threshold)).item(), abs=1e-5)
         assert rel.score > 0
 

@@ -16,6 +16,7 @@ import pytest
 import predict
 import prepro
 import validation
+from settings import DocRESettings
 import text2doc
 from text2doc import InputError
 
@@ -89,7 +90,8 @@ def test_converted_document_validates_and_featurizes(raw_doc, minilm_tokenizer, 
     assert validation.validate_document(raw_doc, 0, {"Na": 0})[0] == []
     path = tmp_path / "docs.json"
     path.write_text(json.dumps([raw_doc]), encoding="utf-8")
-    feats = prepro.read_docred(path, minilm_tokenizer, {"Na": 0, **{r: i + 1 for i, r in enumerate(REL_NAMES)}})
+    settings = DocRESettings({"Na": 0, **{r: i + 1 for i, r in enumerate(REL_NAMES)}})
+    feats = prepro.read_docred(path, minilm_tokenizer, settings)
     assert len(feats[0]["entity_pos"]) == len(raw_doc["vertexSet"])
     n = len(raw_doc["vertexSet"])
     assert len(feats[0]["hts"]) == n * (n - 1)

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import feature_cache
 import prepro
 from conftest import shared_file
-from prepro import check_num_class, load_rel2id, read_docred
+from prepro import check_num_class, features_from_documents, load_rel2id, read_docred
+from settings import DocRESettings
 
 REL2ID = {"Na": 0, "P17": 1, "P131": 2, "P27": 3}
+SETTINGS = DocRESettings(REL2ID)
 
 
 def make_doc(title="Doc A", labels=True):
@@ -115,7 +118,7 @@ def test_check_num_class():
 
 def test_hand_made_document(tmp_path, minilm_tokenizer):
     docs = [make_doc(), make_doc("Doc B", labels=False)]
-    features = read_docred(write(tmp_path, docs), minilm_tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, docs), minilm_tokenizer, SETTINGS)
     check_features(features, docs, REL2ID, minilm_tokenizer)
     f = features[0]
     toks = tokens(minilm_tokenizer, f["input_ids"])
@@ -136,13 +139,13 @@ def sentence_tokens(tokenizer, f):
 
 
 def test_sentence_spans_and_evidence(tmp_path, minilm_tokenizer):
-    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID)[0]
+    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, SETTINGS)[0]
     assert f["sent_pos"].dtype == np.int32 and f["sent_pos"].tolist() == [[1, 12], [12, 21]]
     assert sentence_tokens(minilm_tokenizer, f) == [
         ["*", "alice", "smith", "*", "was", "born", "in", "*", "paris", "*", "."],
         ["*", "she", "*", "moved", "to", "*", "france", "*", "."]]
     assert f["labels"].tolist() == [[3, 1], [1, 3]] and f["evidence"] == [[0, 1], [1]]  # one list per label row
-    plain = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
+    plain = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, SETTINGS.replace(entity_marker=None))[0]
     assert sentence_tokens(minilm_tokenizer, plain) == [["alice", "smith", "was", "born", "in", "paris", "."],
                                                         ["she", "moved", "to", "france", "."]]
 
@@ -150,12 +153,12 @@ def test_sentence_spans_and_evidence(tmp_path, minilm_tokenizer):
 def test_evidence_of_a_dropped_duplicate_and_of_a_label_without_evidence(tmp_path, minilm_tokenizer):
     doc = make_doc()
     doc["labels"] += [{"h": 1, "t": 2, "r": "P17", "evidence": [1]}, {"h": 2, "t": 0, "r": "P131"}]
-    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)[0]
+    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, SETTINGS)[0]
     assert f["labels"].tolist() == [[3, 1], [1, 3], [4, 2]] and f["evidence"] == [[0, 1], [1], []]
 
 
 def test_markers_off_point_at_the_first_word_piece(tmp_path, minilm_tokenizer):
-    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, REL2ID, entity_marker=None)[0]
+    f = read_docred(write(tmp_path, [make_doc()]), minilm_tokenizer, SETTINGS.replace(entity_marker=None))[0]
     toks = tokens(minilm_tokenizer, f["input_ids"])
     assert "*" not in toks
     assert [toks[s:e] for s, e in f["entity_pos"][0]] == [["alice", "smith"], ["she"]]
@@ -164,7 +167,7 @@ def test_markers_off_point_at_the_first_word_piece(tmp_path, minilm_tokenizer):
 def test_overlapping_and_shared_boundaries_get_one_marker_per_word(tmp_path, minilm_tokenizer):
     doc = make_doc()
     doc["vertexSet"].append([{"name": "Smith", "pos": [1, 2], "sent_id": 0, "type": "PER"}])  # ends with Alice Smith
-    features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, SETTINGS)
     check_features(features, [doc], REL2ID, minilm_tokenizer)
     toks = tokens(minilm_tokenizer, features[0]["input_ids"])
     assert toks[:7] == ["[CLS]", "*", "alice", "*", "smith", "*", "was"]
@@ -178,7 +181,7 @@ def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, c
         for m in ent:
             m["sent_id"] += m["sent_id"] >= 1
     with caplog.at_level(logging.WARNING, logger="prepro"):
-        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID, max_seq_length=40)
+        features = read_docred(write(tmp_path, [doc]), minilm_tokenizer, SETTINGS.replace(max_seq_length=40))
     f = features[0]
     assert len(f["input_ids"]) == 40 and tokens(minilm_tokenizer, f["input_ids"][-1:]) == ["[SEP]"]
     assert f["entity_pos"] == [[(1, 5)], [(8, 11)], []]  # Alice keeps one mention, France none
@@ -196,7 +199,7 @@ def test_synthetic_corpus(synthetic_dir, minilm_tokenizer):
     rel2id = load_rel2id(data_dir=str(synthetic_dir))
     for name in ("train_annotated.json", "dev.json", "test.json"):
         docs = json.loads((synthetic_dir / name).read_text())
-        features = read_docred(synthetic_dir / name, minilm_tokenizer, rel2id)
+        features = read_docred(synthetic_dir / name, minilm_tokenizer, DocRESettings(rel2id))
         check_features(features, docs, rel2id, minilm_tokenizer)
         if name == "test.json":
             assert all(f["labels"].shape == (0, 2) for f in features)
@@ -205,11 +208,11 @@ def test_synthetic_corpus(synthetic_dir, minilm_tokenizer):
 
 
 def test_features_batch_through_the_collator(synthetic_dir, minilm_tokenizer):
-    from utils import Collator
+    from collate import DocRECollator
 
     rel2id = load_rel2id(data_dir=str(synthetic_dir))
-    features = read_docred(synthetic_dir / "dev.json", minilm_tokenizer, rel2id)
-    batch = Collator(len(rel2id), minilm_tokenizer.pad_token_id)(features[:4])
+    features = read_docred(synthetic_dir / "dev.json", minilm_tokenizer, DocRESettings(rel2id))
+    batch = DocRECollator(len(rel2id), minilm_tokenizer.pad_token_id)(features[:4])
     assert batch["labels"].shape == (sum(len(f["hts"]) for f in features[:4]), len(rel2id))
     assert batch["labels"][:, 1:].sum() == sum(len(f["labels"]) for f in features[:4])
     ids = batch["input_ids"][batch["mention_doc"], batch["mention_pos"]]
@@ -220,7 +223,7 @@ def test_real_dev_file(minilm_tokenizer):
     path = shared_file("redocred", "dev_revised.json")
     rel2id = load_rel2id(rel2id_file=str(shared_file("docred-meta", "rel2id.json")))
     docs = json.loads(path.read_text())
-    features = read_docred(path, minilm_tokenizer, rel2id)
+    features = read_docred(path, minilm_tokenizer, DocRESettings(rel2id))
     check_features(features, docs, rel2id, minilm_tokenizer)
     assert features.stats["documents"] == 500 and features.stats["truncated_mentions"] == 0
     # the batch-of-distinct-words tokenization equals tokenizing each whole document
@@ -245,7 +248,7 @@ def test_special_tokens_and_markers_of_each_tokenizer(tmp_path, tiny_encoder_dir
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
     docs = [make_doc(), make_doc("Doc B")]
-    features = read_docred(write(tmp_path, docs), tokenizer, REL2ID)
+    features = read_docred(write(tmp_path, docs), tokenizer, SETTINGS)
     check_features(features, docs, REL2ID, tokenizer)
     specials = tokenizer("x")["input_ids"]
     content = tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -263,7 +266,7 @@ def test_byte_level_words_get_their_leading_space(tmp_path, tiny_roberta_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_roberta_dir)
     assert not tokenizer.backend_tokenizer.pre_tokenizer.add_prefix_space
     doc = make_doc()
-    f = read_docred(write(tmp_path, [doc]), tokenizer, REL2ID)[0]
+    f = read_docred(write(tmp_path, [doc]), tokenizer, SETTINGS)[0]
     # exactly the tokens of the running text " * Alice Smith * was born ...", every word with its space
     words = prepro._mark_words(doc, "*")[0]
     assert f["input_ids"][1:-1].tolist() == tokenizer(" " + " ".join(words), add_special_tokens=False)["input_ids"]
@@ -293,9 +296,58 @@ def test_slow_tokenizer_fallback_matches_the_fast_path(tmp_path, minilm_tokenize
             return self.tok.get_vocab()
 
     path = write(tmp_path, [make_doc(), make_doc("Doc B")])
-    fast = read_docred(path, minilm_tokenizer, REL2ID)
-    slow = read_docred(path, SlowWrapper(minilm_tokenizer), REL2ID, cache_dir=tmp_path / "cache")
+    fast = read_docred(path, minilm_tokenizer, SETTINGS)
+    slow = read_docred(path, SlowWrapper(minilm_tokenizer), SETTINGS, cache_dir=tmp_path / "cache")
     assert_same_features(fast, slow)
+
+
+# ----------------------------------------------------------------------------- documents in memory
+
+
+@pytest.mark.parametrize("changes", [{}, {"entity_marker": None, "max_seq_length": 60}, {"entity_marker": "#"}],
+                         ids=["defaults", "no_marker_truncated", "other_marker"])
+def test_documents_in_memory_give_the_features_of_their_file(synthetic_dir, minilm_tokenizer, changes):
+    settings = DocRESettings(load_rel2id(data_dir=str(synthetic_dir)), **changes)
+    for name in ("train_annotated.json", "dev.json", "test.json"):
+        docs = json.loads((synthetic_dir / name).read_text())
+        from_file = read_docred(synthetic_dir / name, minilm_tokenizer, settings)
+        in_memory = features_from_documents(docs, minilm_tokenizer, settings)
+        assert_same_features(from_file, in_memory)
+        assert in_memory.stats == from_file.stats and in_memory.path == "the documents"
+
+
+def test_documents_in_memory_write_no_file(tmp_path, minilm_tokenizer, monkeypatch):
+    def no_files(*args, **kwargs):
+        raise AssertionError("features of documents in memory must not touch the disk")
+
+    for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryDirectory"):
+        monkeypatch.setattr(f"tempfile.{name}", no_files)
+    doc = make_doc()
+    doc.update(text="Alice Smith was born in Paris. She moved to France.", sent_spans=[[0, 30], [31, 51]])
+    doc["vertexSet"][1][0]["pos"] = (np.int64(5), np.int64(6))  # built in code: NumPy integers, a tuple
+    features = features_from_documents([doc, make_doc("Doc B", labels=False)], minilm_tokenizer, SETTINGS)
+    assert_same_features(features, read_docred(write(tmp_path, [make_doc(), make_doc("Doc B", labels=False)]),
+                                                minilm_tokenizer, SETTINGS))
+    assert len(features_from_documents([], minilm_tokenizer, SETTINGS)) == 0
+
+
+def test_documents_in_memory_are_validated_by_the_same_rules(minilm_tokenizer, caplog):
+    bad = make_doc("Doc B")
+    bad["vertexSet"][2][0]["sent_id"] = 5
+    with pytest.raises(prepro.ValidationError) as err:
+        features_from_documents([make_doc(), bad, make_doc()], minilm_tokenizer, SETTINGS, source="request 7")
+    assert err.value.path == "request 7" and str(err.value).startswith("request 7: 2 problem(s)")
+    assert "document 1 (title 'Doc B'): field vertexSet[2][0].sent_id: out of range" in str(err.value)
+    assert "document 2 (title 'Doc A'): field title: the same title as document 0" in str(err.value)
+    with pytest.raises(prepro.ValidationError, match="expected a list of documents, got dict"):
+        features_from_documents(make_doc(), minilm_tokenizer, SETTINGS)
+    unknown = make_doc()
+    unknown["labels"].append({"h": 0, "t": 1, "r": "P999"})
+    with pytest.raises(prepro.ValidationError, match=r"field labels\[2\]\.r: relation not in the label map"):
+        features_from_documents([unknown], minilm_tokenizer, SETTINGS)
+    with caplog.at_level(logging.WARNING, logger="prepro"):
+        kept = features_from_documents([unknown], minilm_tokenizer, SETTINGS, skip_unknown_relations=True)
+    assert kept.stats["unknown_labels"] == {"P999": 1} and "the documents: 1 label(s) of 1 relation(s)" in caplog.text
 
 
 # ----------------------------------------------------------------------------- cache
@@ -315,8 +367,8 @@ def assert_same_features(a, b):
 def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_tokenizer, tmp_path, monkeypatch):
     rel2id = load_rel2id(data_dir=str(synthetic_dir))
     path = synthetic_dir / "train_annotated.json"
-    fresh = read_docred(path, minilm_tokenizer, rel2id)
-    built = read_docred(path, minilm_tokenizer, rel2id, cache_dir=tmp_path)
+    fresh = read_docred(path, minilm_tokenizer, DocRESettings(rel2id))
+    built = read_docred(path, minilm_tokenizer, DocRESettings(rel2id), cache_dir=tmp_path)
     assert built.cache_path and Path(built.cache_path).parent == tmp_path
     assert_same_features(fresh, built)
     assert built.stats == fresh.stats
@@ -325,7 +377,7 @@ def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_toke
         raise AssertionError("the cache should have been reused")
 
     monkeypatch.setattr(prepro, "_featurize_chunk", fail)
-    reloaded = read_docred(path, minilm_tokenizer, rel2id, cache_dir=tmp_path)
+    reloaded = read_docred(path, minilm_tokenizer, DocRESettings(rel2id), cache_dir=tmp_path)
     assert isinstance(reloaded.cols["input_ids"], np.memmap)
     assert_same_features(fresh, reloaded)
     assert_same_features(fresh, pickle.loads(pickle.dumps(reloaded)))
@@ -333,9 +385,9 @@ def test_cache_gives_identical_features_and_is_reused(synthetic_dir, minilm_toke
 
 def test_new_feature_format_gets_a_new_cache(tmp_path, minilm_tokenizer, monkeypatch):
     path = write(tmp_path, [make_doc()])
-    current = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(prepro, "FEATURE_FORMAT_VERSION", prepro.FEATURE_FORMAT_VERSION - 1)
-    older = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    current = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(feature_cache, "FEATURE_FORMAT_VERSION", feature_cache.FEATURE_FORMAT_VERSION - 1)
+    older = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "cache")
     assert older.cache_path != current.cache_path
     assert_same_features(current, older)
 
@@ -345,18 +397,18 @@ def test_cache_key_changes_with_every_input(tmp_path, minilm_tokenizer, tiny_ber
 
     path = write(tmp_path, [make_doc()])
     cache = tmp_path / "cache"
-    base = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path
+    base = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache).cache_path
     variants = [
-        read_docred(path, minilm_tokenizer, REL2ID, max_seq_length=512, cache_dir=cache),
-        read_docred(path, minilm_tokenizer, REL2ID, entity_marker=None, cache_dir=cache),
-        read_docred(path, minilm_tokenizer, REL2ID, entity_marker="#", cache_dir=cache),
-        read_docred(path, AutoTokenizer.from_pretrained(tiny_bert_dir), REL2ID, cache_dir=cache),
-        read_docred(path, minilm_tokenizer, {**REL2ID, "P1": 4}, cache_dir=cache),
+        read_docred(path, minilm_tokenizer, SETTINGS.replace(max_seq_length=512), cache_dir=cache),
+        read_docred(path, minilm_tokenizer, SETTINGS.replace(entity_marker=None), cache_dir=cache),
+        read_docred(path, minilm_tokenizer, SETTINGS.replace(entity_marker="#"), cache_dir=cache),
+        read_docred(path, AutoTokenizer.from_pretrained(tiny_bert_dir), SETTINGS, cache_dir=cache),
+        read_docred(path, minilm_tokenizer, DocRESettings({**REL2ID, "P1": 4}), cache_dir=cache),
     ]
     doc = make_doc()
     doc["sents"][0][0] = "Alicia"
     write(tmp_path, [doc])
-    changed = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    changed = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert "alicia" in tokens(minilm_tokenizer, changed[0]["input_ids"])
     paths = {base, changed.cache_path, *(v.cache_path for v in variants)}
     assert len(paths) == 7
@@ -367,8 +419,8 @@ def test_cache_key_changes_with_every_input(tmp_path, minilm_tokenizer, tiny_ber
 def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path, minilm_tokenizer, caplog, damage):
     path = write(tmp_path, [make_doc(), make_doc("Doc B")])
     cache = tmp_path / "cache"
-    fresh = read_docred(path, minilm_tokenizer, REL2ID)
-    folder = Path(read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path)
+    fresh = read_docred(path, minilm_tokenizer, SETTINGS)
+    folder = Path(read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache).cache_path)
     if damage == "truncate_column":
         data = (folder / "input_ids.bin").read_bytes()
         (folder / "input_ids.bin").write_bytes(data[:-4])
@@ -384,13 +436,13 @@ def test_corrupted_cache_is_rebuilt_with_a_warning(tmp_path, minilm_tokenizer, c
         counts = np.fromfile(folder / "entity_n_mentions.bin", dtype=np.int32)
         counts[0], counts[1] = counts[0] + 1, counts[1] - 1
         counts.tofile(folder / "entity_n_mentions.bin")
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        rebuilt = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="feature_cache"):
+        rebuilt = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert "corrupted or incomplete" in caplog.text and "rebuilding" in caplog.text
     assert_same_features(fresh, rebuilt)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="feature_cache"):
+        read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert "corrupted" not in caplog.text
 
 
@@ -403,7 +455,7 @@ def test_a_failed_build_leaves_no_cache_behind(tmp_path, minilm_tokenizer, monke
 
     monkeypatch.setattr(prepro, "_featurize_chunk", crash)
     with pytest.raises(KeyboardInterrupt):
-        read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+        read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert list(cache.iterdir()) == []
 
 
@@ -415,7 +467,7 @@ def cache_warnings(caplog):
 def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm_tokenizer, monkeypatch, caplog,
                                                                  how):
     path = write(tmp_path, [make_doc(), make_doc("Doc B")])
-    fresh = read_docred(path, minilm_tokenizer, REL2ID)
+    fresh = read_docred(path, minilm_tokenizer, SETTINGS)
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # nothing can be created under a regular file, not even by root
     if how == "under_a_file":
@@ -430,8 +482,8 @@ def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm
         except PermissionError:
             pass
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        moved = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="feature_cache"):
+        moved = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert Path(moved.cache_path).parent == tmp_path / "user" / "docre"
     [warning] = cache_warnings(caplog)
     assert str(cache) in warning and f"caching features in {tmp_path / 'user' / 'docre'} instead" in warning
@@ -439,13 +491,13 @@ def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm
 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert Path(read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache).cache_path).parent == \
+    assert Path(read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache).cache_path).parent == \
         tmp_path / "home" / ".cache" / "docre"
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "user"))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        off = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache)
+    with caplog.at_level(logging.WARNING, logger="feature_cache"):
+        off = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache)
     assert off.cache_path is None
     [warning] = cache_warnings(caplog)
     assert str(cache) in warning and str(blocker / "user" / "docre") in warning and "without a cache" in warning
@@ -456,20 +508,20 @@ def test_unwritable_cache_falls_back_to_the_user_cache_then_off(tmp_path, minilm
 
 def test_an_existing_cache_in_a_read_only_folder_is_read(tmp_path, minilm_tokenizer, monkeypatch, caplog):
     path = write(tmp_path, [make_doc()])
-    built = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(prepro, "_unwritable", lambda folder: "read-only file system")
+    built = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(feature_cache, "unwritable", lambda folder: "read-only file system")
     monkeypatch.setattr(prepro, "_featurize_chunk", None)  # nothing may be built
-    with caplog.at_level(logging.WARNING, logger="prepro"):
-        again = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="feature_cache"):
+        again = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "cache")
     assert again.cache_path == built.cache_path and not cache_warnings(caplog)
 
 
 def test_resolve_cache_dir_says_where_features_go(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
-    assert prepro.resolve_cache_dir(None) is None
-    assert prepro.resolve_cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
+    assert feature_cache.resolve_cache_dir(None) is None
+    assert feature_cache.resolve_cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
     (tmp_path / "f").write_text("")
-    assert prepro.resolve_cache_dir(tmp_path / "f" / "c") == tmp_path / "user" / "docre"
+    assert feature_cache.resolve_cache_dir(tmp_path / "f" / "c") == tmp_path / "user" / "docre"
     assert os.listdir(tmp_path / "user" / "docre") == []  # the probe leaves nothing behind
 
 
@@ -504,16 +556,16 @@ def test_cli_accepts_the_flags_of_train_py(tmp_path, tiny_bert_dir, capsys, flag
 def test_same_pair_with_two_relations_is_multi_label(tmp_path, minilm_tokenizer):
     doc = make_doc("T")
     doc["labels"].append({"h": 1, "t": 2, "r": "P131"})
-    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, REL2ID)[0]
+    f = read_docred(write(tmp_path, [doc]), minilm_tokenizer, SETTINGS)[0]
     assert sorted(f["labels"].tolist()) == [[1, 3], [3, 1], [3, 2]]
 
 
 def test_bad_marker_and_length_are_refused(tmp_path, minilm_tokenizer):
     path = write(tmp_path, [make_doc()])
     with pytest.raises(ValueError, match="entity_marker"):
-        read_docred(path, minilm_tokenizer, REL2ID, entity_marker="")
+        read_docred(path, minilm_tokenizer, SETTINGS.replace(entity_marker=""))
     with pytest.raises(ValueError, match="max_seq_length=2"):
-        read_docred(path, minilm_tokenizer, REL2ID, max_seq_length=2)
+        read_docred(path, minilm_tokenizer, SETTINGS.replace(max_seq_length=2))
 
 
 def test_unknown_relations_are_problems_or_left_out_and_counted(tmp_path, minilm_tokenizer, caplog):
@@ -524,18 +576,18 @@ def test_unknown_relations_are_problems_or_left_out_and_counted(tmp_path, minilm
     path = write(tmp_path, [doc, make_doc("Doc B")])
     with pytest.raises(prepro.ValidationError, match=r"document 0 \(title 'Doc A'\): field labels\[2\]\.r: relation "
                                                      r"not in the label map \(4 classes\) \(got 'P999'\)"):
-        read_docred(path, minilm_tokenizer, REL2ID)
+        read_docred(path, minilm_tokenizer, SETTINGS)
     cache = tmp_path / "cache"
     for _ in range(2):  # built, then read from the cache
         with caplog.at_level(logging.WARNING, logger="prepro"):
-            feats = read_docred(path, minilm_tokenizer, REL2ID, cache_dir=cache, skip_unknown_relations=True)
+            feats = read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache, skip_unknown_relations=True)
         assert "2 label(s) of 1 relation(s) not in the label map (P999 x2) are left out of the features" in caplog.text
         caplog.clear()
         assert feats.stats["unknown_labels"] == {"P999": 2}
         assert feats[0]["labels"].tolist() == read_docred(write(tmp_path, [make_doc()], "known.json"),
-                                                          minilm_tokenizer, REL2ID)[0]["labels"].tolist()
+                                                          minilm_tokenizer, SETTINGS)[0]["labels"].tolist()
     bad = make_doc()
     bad["labels"].append({"h": 7, "t": 0, "r": "P999"})  # other fields are still checked
     with pytest.raises(prepro.ValidationError, match=r"field labels\[2\]\.h: must be an entity index"):
-        read_docred(write(tmp_path, [bad], "bad.json"), minilm_tokenizer, REL2ID, skip_unknown_relations=True)
+        read_docred(write(tmp_path, [bad], "bad.json"), minilm_tokenizer, SETTINGS, skip_unknown_relations=True)
     assert len(list(cache.iterdir())) == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import engine
+from engine.task import parse_args
 import train
 import utils
 
@@ -189,7 +189,7 @@ def test_configuration_labels():
 def test_every_configuration_parses_as_train_py_flags(name):
     """Each configuration's flags are train.py flags with the loss options they name (ncrl-noreg once failed)."""
     argv = ["--loss", configs.loss_of(name), *configs.flags(name, shift=0.05)]
-    args = engine.parse_args(train.DocRED(), argv, "", fill_output_dir=False)
+    args, _ = parse_args(train.DocRED(), argv, "")
     assert args.margin_reg == ("--no_margin_reg" not in argv)
     assert configs.name_of(vars(args)) == configs.resolve(name)
 

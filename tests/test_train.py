@@ -124,11 +124,11 @@ def test_evaluation_steps_and_save_path(small_synthetic_dir, tiny_bert_dir, tmp_
 def test_cpu_bf16_training_follows_fp32(small_synthetic_dir, minilm_path, tmp_path, monkeypatch):
     """--amp bf16 on CPU: MiniLM (attention dropout on, so CPU training's own attention runs) takes the steps fp32
     takes within bf16 rounding, and keeps fp32 weights."""
-    import model
+    import encoder_kernels
 
     calls = []
-    apply = model.DropoutAttentionFunction.apply
-    monkeypatch.setattr(model.DropoutAttentionFunction, "apply", lambda *a: calls.append(a[0].dtype) or apply(*a))
+    apply = encoder_kernels.DropoutAttentionFunction.apply
+    monkeypatch.setattr(encoder_kernels.DropoutAttentionFunction, "apply", lambda *a: calls.append(a[0].dtype) or apply(*a))
     losses = {}
     for amp in ("off", "bf16"):
         out = tmp_path / amp

@@ -1,4 +1,4 @@
-"""Collate, batching order, atomic writes and precision selection."""
+"""Batching order, atomic writes and precision selection (collate: tests/test_collate.py)."""
 import json
 import os
 import sys
@@ -9,39 +9,7 @@ import pytest
 import torch
 
 import utils
-from engine import epoch_batches, linear_schedule
-
-
-def feature(n_tokens, ent_pos, labels=()):
-    n = len(ent_pos)
-    hts = [[h, t] for h in range(n) for t in range(n) if h != t]
-    return {"title": "d", "input_ids": list(range(1, n_tokens + 1)), "entity_pos": ent_pos,
-            "hts": np.array(hts, dtype=np.int64).reshape(-1, 2), "labels": np.array(labels).reshape(-1, 2)}
-
-
-def test_collator_flattens_entities_pairs_and_labels():
-    f1 = feature(5, [[(1, 2)], [(2, 3), (3, 4)]], labels=[(0, 2), (0, 3)])  # 2 entities, 2 pairs
-    f2 = feature(3, [[(0, 1)], [(1, 2)], [(2, 3)]], labels=[(5, 1)])  # 3 entities, 6 pairs
-    b = utils.Collator(num_class=4, pad_token_id=9)([f1, f2])
-    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 9, 9]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    assert b["mention_pos"].tolist() == [1, 2, 3, 0, 1, 2]
-    assert b["mention_entity"].tolist() == [0, 1, 1, 2, 3, 4]
-    assert b["mention_doc"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert b["entity_doc"].tolist() == [0, 0, 1, 1, 1]
-    assert b["hts"][:2].tolist() == [[0, 1], [1, 0]] and b["hts"][2].tolist() == [2, 3]
-    assert b["pair_doc"].tolist() == [0, 0] + [1] * 6
-    assert b["labels"].shape == (8, 4)
-    assert b["labels"][0].tolist() == [0, 0, 1, 1]  # multi-label pair
-    assert b["labels"][1].tolist() == [1, 0, 0, 0]  # Na
-    assert b["labels"][7].tolist() == [0, 1, 0, 0]  # doc 2, pair 5
-    assert b["labels"][:, 0].sum() == 6
-
-
-def test_collator_accepts_documents_without_pairs():
-    b = utils.Collator(num_class=3)([feature(4, []), feature(2, [[(0, 1)]])])
-    assert b["hts"].shape == (0, 2) and b["labels"].shape == (0, 3)
-    assert b["mention_pos"].tolist() == [0] and b["entity_doc"].tolist() == [1]
+from engine.trainer import epoch_batches, linear_schedule
 
 
 def test_epoch_batches_are_a_reproducible_partition():

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-import model
+import encoder_kernels
 import utils
 
 
@@ -26,7 +26,7 @@ def main(precision: str, mode: str) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    encoder = model.load_encoder(utils.resolve_model_path("minilm")).train()
+    encoder = encoder_kernels.load_encoder(utils.resolve_model_path("minilm")).train()
     ids = torch.randint(1000, 20000, (4, 320))
     if mode == "compile":
         start = time.perf_counter()

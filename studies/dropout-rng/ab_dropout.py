@@ -1,4 +1,4 @@
-"""CPU training step with dropout masks from `bernoulli_` (torch's) against `model.keep_mask`, in one process.
+"""CPU training step with dropout masks from `bernoulli_` (torch's) against `encoder_kernels.keep_mask`, in one process.
 
     PYTHONPATH=. python studies/dropout-rng/ab_dropout.py {fp32,bf16} [repeat]
 
@@ -16,12 +16,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark  # noqa: E402
-import model  # noqa: E402
+import collate  # noqa: E402
+import encoder_kernels  # noqa: E402
 import prepro  # noqa: E402
-import utils  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "redocred" / "dev_revised.json"
-OURS = model.keep_mask
+OURS = encoder_kernels.keep_mask
 
 
 def bernoulli_keep_mask(shape, p, device):
@@ -31,7 +31,7 @@ def bernoulli_keep_mask(shape, p, device):
 
 def use(source: str) -> None:
     """Every dropout of the encoder draws its masks from `source` ("bernoulli" or "keep_mask")."""
-    model.keep_mask = bernoulli_keep_mask if source == "bernoulli" else OURS
+    encoder_kernels.keep_mask = bernoulli_keep_mask if source == "bernoulli" else OURS
 
 
 def main(precision: str, repeat: int) -> None:
@@ -46,7 +46,7 @@ def main(precision: str, repeat: int) -> None:
     features = benchmark.phase_features(spec, tokenizer, rel2id)
     net = benchmark.build_model(a, tokenizer, len(rel2id), 1024)
     trainer = benchmark.engine_trainer(benchmark.training_defaults(a), net, features,
-                                       utils.Collator(len(rel2id), tokenizer.pad_token_id or 0))
+                                       collate.DocRECollator(len(rel2id), tokenizer.pad_token_id or 0))
     batches = benchmark.index_batches(len(features), a["batch_size"])
     net.train()
     losses = {}

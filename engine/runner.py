@@ -1,0 +1,194 @@
+"""`run(task, argv)`: one command-line run of a task, from flags to scores.json.
+
+    flags -> checkpoint read and checked (--load_path) -> run directory claimed (nothing written yet)
+    -> tokenizer + encoder -> task.setup(args, mode, tokenizer, meta) -> task.build_model (+ the checkpoint's weights)
+    -> dev, test (and train) read and validated -> run directory opened (args.json, train.log)
+    -> Trainer: epochs of micro-batches, dev evaluations (tune the Decision, score, keep best.pt), last.pt
+    -> best.pt reloaded -> dev and test predicted -> task.write -> scores.json
+
+Every input is read and validated before the run directory is written, so a failing run never touches the files
+of another. The mode is "train" (from scratch, or fine-tuning with --load_path --do_train) or "test" (--load_path
+alone: the model's settings come from the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+import utils
+from engine import checkpoints as ck
+from engine.distributed import barrier, broadcast_object, init_distributed, shutdown, world_info
+from engine.inference import predict_outputs
+from engine.rundir import RunDirectory
+from engine.task import (Outputs, Split, Task, build_loss_from_args, default_decision, default_output_dir,
+                         parse_args)
+from engine.trainer import Trainer, fmt_scores, set_prior_start
+from losses import Decision
+from utils import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def configure_process(args: argparse.Namespace) -> None:
+    """Process-wide settings, made here once at start-up: glibc's mmap threshold and a cap on oneDNN's kernel
+    cache (both lower the training peak on CPU; BENCHMARKS.md)."""
+    utils.set_mmap_threshold(args.mmap_threshold_mb)
+    utils.cap_onednn_cache()
+
+
+def start_run(args: argparse.Namespace) -> Tuple[RunDirectory, int, torch.device]:
+    """Join the process group (under torchrun), claim the run directory (writing nothing), start logging, seed."""
+    rank, world, device = init_distributed(args.device)
+    if world > 1:
+        args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
+    run_dir = RunDirectory(args.output_dir, is_main=rank == 0)
+    run_dir.start_logging()
+    if run_dir.is_main:
+        run_dir.claim(args.resume, args.overwrite)
+    configure_process(args)
+    utils.set_seed(args.seed)
+    return run_dir, world, device
+
+
+def read_checkpoint(task: Task, args: argparse.Namespace, defaults: Dict[str, Any], mode: str
+                    ) -> Tuple[Optional[Dict[str, Any]], Optional[Path], str]:
+    """--load_path's checkpoint, checked against this run; in test mode the model's settings are taken from it.
+    Returns (checkpoint, its best.pt, the adopted settings for the log)."""
+    if not args.load_path:
+        return None, None, ""
+    best, _ = ck.model_files(args.load_path)
+    ckpt = ck.load_checkpoint(best)
+    adopted = ck.adopt_settings(args, defaults, ckpt, task.model_settings, str(best)) if mode == "test" else []
+    ck.check_checkpoint(ckpt, str(best), args, task.name)
+    return ckpt, best, ", ".join(adopted)
+
+
+def read_splits(task: Task, mode: str) -> Dict[str, Optional[Split]]:
+    """dev and test (and train when training), each read and validated; training needs labelled dev and train."""
+    splits = {name: task.read(name) for name in ["dev", "test"] + (["train"] if mode == "train" else [])}
+    if mode == "train" and splits["dev"] is None:
+        raise UserError("training needs --dev_file for evaluation and checkpoint selection")
+    if mode == "train" and not len(splits["train"].features):
+        raise UserError(f"--train_file {splits['train'].source}: no documents to train on")
+    return splits
+
+
+def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "") -> Dict[str, Any]:
+    """Train (unless only --load_path is given), then predict and score dev and test; returns the scores."""
+    args, defaults = parse_args(task, argv, description)
+    mode = "train" if args.do_train or not args.load_path else "test"
+    ckpt, best, adopted = read_checkpoint(task, args, defaults, mode)
+    args.output_dir = args.output_dir or default_output_dir(task, args)
+    run_dir, world, device = start_run(args)
+    loss_fn = build_loss_from_args(args)
+
+    if mode == "train":
+        tokenizer, encoder = ck.load_encoder_and_tokenizer(args)
+    else:
+        tokenizer, encoder = ck.checkpoint_encoder(ckpt, best.parent, best)
+    task.setup(args, mode, tokenizer, ck.checkpoint_meta(ckpt) if ckpt else None, str(best or ""))
+    model = task.build_model(encoder)
+    if ckpt is not None:
+        ck.load_weights(model, ckpt, best)
+    model.to(device)
+    decision = default_decision(task, args, loss_fn) if mode == "train" else Decision.from_checkpoint(ckpt, args.top_k)
+    splits = read_splits(task, mode)
+
+    run_dir.open()
+    if args.wandb:
+        run_dir.enable_wandb(args)
+    if ckpt is not None:
+        logger.info("loaded weights from %s%s", best, f" (test mode; from the checkpoint: {adopted})" if adopted else "")
+    run_dir.write_json("args.json", {**vars(args), "task": task.name, "device": str(device), "world_size": world,
+                                     "effective_batch_size": args.train_batch_size * world *
+                                     args.gradient_accumulation_steps, **task.summary()})
+
+    def predict(split: Split, aux: bool = True) -> Optional[Outputs]:
+        """The model's outputs on a split (and on its extra inputs); None on ranks other than 0."""
+        go = lambda feats, desc: predict_outputs(  # noqa: E731
+            model, feats, task.collate, task.rows, args.test_batch_size, utils.amp_dtype(device, args.amp), desc,
+            not args.no_progress, forward=task.outputs)
+        out = go(split.features, split.name)
+        extra = {k: go(v, f"{split.name} {k}") for k, v in split.aux.items()} if aux else {}
+        if out is not None:
+            out.aux = extra
+        return out
+
+    if mode == "train":
+        decision = train_and_restore_best(task, args, model, encoder, tokenizer, loss_fn, splits, run_dir, predict,
+                                          decision)
+    return write_outputs(task, run_dir, splits, predict, loss_fn, decision)
+
+
+def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, tokenizer: Any,
+                           loss_fn: Any, splits: Dict[str, Optional[Split]], run_dir: RunDirectory, predict: Any,
+                           decision: Decision) -> Decision:
+    """Run the training loop, then load best.pt into `model`; returns its decision.
+
+    encoder/ is written before the loop, so the run directory is a model folder from its first best.pt on.
+    """
+    dev, train = splits["dev"], splits["train"]
+
+    def evaluate(m: nn.Module) -> Tuple[Dict[str, Any], Decision]:
+        outputs = predict(dev, aux=False)
+        if outputs is None:  # not rank 0: rank 0 scores
+            return {}, decision
+        tuned = task.tune(outputs, dev, loss_fn, decision)
+        return {**task.score(outputs, dev, loss_fn, tuned), **tuned.report()}, tuned
+
+    if args.init_none_prior and not args.load_path and not args.resume:
+        n = set_prior_start(model, train.features, task.collate)
+        logger.info("classifier bias set to the relation priors of %d training instances", n)
+    trainer = Trainer(args, model, encoder, loss_fn, train.features, task.collate, evaluate, run_dir,
+                      task.metric, task.meta(), task.training_loss)
+    logger.info("%s: training on %d %s, %d optimizer steps, effective batch %d (%d x %d processes x %d "
+                "accumulation), loss %s, amp %s, device %s, best checkpoint by dev %s", task.name,
+                len(train.features), task.unit, trainer.total_steps, trainer.global_batch *
+                args.gradient_accumulation_steps, args.train_batch_size, world_info()[1],
+                args.gradient_accumulation_steps, loss_fn, trainer.dtype, trainer.device, task.metric)
+    if trainer.dtype is None and trainer.device.type == "cpu" and args.amp == "auto" and utils.cpu_multiplies_bf16():
+        logger.info("this CPU has bf16 matrix units (AMX): --amp bf16 trains and predicts faster (BENCHMARKS.md); "
+                    "fp32 stays the default")
+    if run_dir.is_main:
+        ck.write_encoder_folder(run_dir.file(ck.ENCODER_DIR), tokenizer, encoder.config)
+    start = time.time()
+    trainer.train()
+    logger.info("training took %.1f s", time.time() - start)
+    barrier()
+    best = ck.load_checkpoint(str(run_dir.file(ck.BEST)), trainer.device)
+    model.load_state_dict(best["model"])
+    if args.save_path and run_dir.is_main:
+        ck.copy_best(best, Path(args.save_path), tokenizer, encoder.config)
+    run_dir.plot_curves(task.metric)
+    return Decision.from_checkpoint(best, args.top_k)
+
+
+def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[Split]], predict: Any,
+                  loss_fn: Any, decision: Decision) -> Dict[str, Any]:
+    """Predict dev and test with the final model; the task writes its files; scores.json holds every score."""
+    scores: Dict[str, Any] = {}
+    for name in ("dev", "test"):
+        split = splits.get(name)
+        if split is None:
+            continue
+        outputs = predict(split)
+        if outputs is None:  # not rank 0
+            continue
+        out = task.write(run_dir, split, outputs, loss_fn, decision)
+        scores.update({f"{name}_{k}": v for k, v in out.items()})
+        if out:
+            logger.info("%s: %s", name, fmt_scores(out))
+    scores.update(decision.report(), **task.summary())
+    run_dir.write_json("scores.json", scores)
+    if run_dir.is_main:
+        logger.info("run directory %s: %s", run_dir.path, " ".join(sorted(p.name for p in run_dir.path.iterdir()
+                                                                          if not p.name.startswith("."))))
+    barrier()
+    shutdown()
+    return scores
