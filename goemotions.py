@@ -1,4 +1,4 @@
-"""GoEmotions with Neutral as the none class: data, a [CLS] classifier, ranking metrics and the CLI.
+"""GoEmotions with Neutral as the none class: data, ranking metrics and the CLI (the head: model.ClsClassifier).
 
 The NCRL paper's Table 3 setting (Zhou & Lee, IJCAI 2022) on GoEmotions (Demszky et al., ACL 2020):
 Reddit comments labeled with 27 emotions or Neutral. Neutral becomes the none class (model column 0),
@@ -8,7 +8,7 @@ the per-instance label ranking average precision (LRAP), macro-F1 and Neutral ac
 
     python goemotions.py --data_dir dataset/goemotions --loss ncrl --output_dir runs/goemotions-ncrl
 
-Training, prediction and the run directory are the engine's (engine.py); this file holds only what is specific
+Training, prediction and the run directory are the engine's (engine/); this file holds only what is specific
 to the task.
 """
 from __future__ import annotations

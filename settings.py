@@ -71,7 +71,7 @@ class DocRESettings:
         marker = meta["entity_marker"] if "entity_marker" in meta else (None if args.get("no_entity_marker")
                                                                         else "*")
         return cls(rel2id=dict(meta["rel2id"]), max_seq_length=pick("max_seq_length", 1024), entity_marker=marker,
-                   emb_size=pick("emb_size", 768), block_size=pick("block_size", 64), bilinear=pick("bilinear", "atlop"),
-                   evidence=bool(meta.get("evidence", False)),
+                   emb_size=pick("emb_size", 768), block_size=pick("block_size", 64),
+                   bilinear=pick("bilinear", "atlop"), evidence=bool(meta.get("evidence", False)),
                    evidence_threshold=args.get("evidence_threshold", EVIDENCE_THRESHOLD),
                    relation_names=dict(meta.get("relation_names") or {}))
