@@ -97,9 +97,10 @@ def predicted_facts(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: M
     sents = ([np.flatnonzero(evidence[row]).tolist() for row in rows.tolist()] if evidence is not None
              else [[] for _ in range(len(rows))])
     out: List[List[Relation]] = [[] for _ in features]
-    for d, h, t, c, v, e in zip(pair_doc[rows].tolist(), all_hts[rows, 0].tolist(), all_hts[rows, 1].tolist(),
-                                cols.tolist(), values, sents):
-        out[d].append(Relation(h, t, id2rel[c + 1], v, e))
+    docs = pair_doc[rows].tolist()
+    for d, fact in zip(docs, map(Relation, all_hts[rows, 0].tolist(), all_hts[rows, 1].tolist(),
+                                 [id2rel[c + 1] for c in cols.tolist()], values, sents)):
+        out[d].append(fact)
     return out
 
 
@@ -121,18 +122,23 @@ def official_records(facts: Sequence[Sequence[Relation]], features: Sequence[Map
                      with_evidence: bool = False) -> List[Dict[str, Any]]:
     """Official records {title, h_idx, t_idx, r} (+ "evidence") of per-feature facts, in order; a fact repeated
     under a repeated title is kept once (the first)."""
-    seen, out = set(), []
-    for f, doc_facts in zip(features, facts):
-        for rel in doc_facts:
-            key = (f["title"], rel.h_idx, rel.t_idx, rel.r)
-            if key in seen:
-                continue
+    titles = [f["title"] for f in features]
+    if with_evidence:
+        out = [{"title": t, "h_idx": rel.h_idx, "t_idx": rel.t_idx, "r": rel.r, "evidence": list(rel.evidence)}
+               for t, doc_facts in zip(titles, facts) for rel in doc_facts]
+    else:
+        out = [{"title": t, "h_idx": rel.h_idx, "t_idx": rel.t_idx, "r": rel.r}
+               for t, doc_facts in zip(titles, facts) for rel in doc_facts]
+    if len(set(titles)) == len(titles):
+        return out  # a fact appears once per document, so only repeated titles can repeat one
+    seen: set = set()
+    kept = []
+    for record in out:
+        key = (record["title"], record["h_idx"], record["t_idx"], record["r"])
+        if key not in seen:
             seen.add(key)
-            record = {"title": f["title"], "h_idx": int(rel.h_idx), "t_idx": int(rel.t_idx), "r": rel.r}
-            if with_evidence:
-                record["evidence"] = list(rel.evidence)
-            out.append(record)
-    return out
+            kept.append(record)
+    return kept
 
 
 def to_official(preds: Any, features: Sequence[Mapping[str, Any]], id2rel: Mapping[int, str],
@@ -486,7 +492,7 @@ def format_categories(cats: Mapping[str, Any]) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--pred", help="predictions (official format JSON list) to score")
     p.add_argument("--truth", required=True, help="gold DocRED/Re-DocRED file (dev, or test for --check_submission)")

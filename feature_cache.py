@@ -1,20 +1,24 @@
 """The on-disk feature cache: one folder per (file, tokenizer, label map, length, marker) key, holding the raw column
-files, titles.json and meta.json (sizes, checksums, figures); written atomically, memory-mapped on reuse, rebuilt
-when absent, stale or corrupted, and moved to the per-user cache folder when the asked one cannot be written.
+files, titles.json and meta.json (sizes, checksums, figures); built in a temporary folder and published with one
+atomic rename (safe for processes and users sharing it), memory-mapped on reuse, rebuilt when absent, stale or
+corrupted, and moved to the per-user cache folder when the asked one cannot be written.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from feature_store import ColumnSink, DocREFeatures, check_columns, compute_stats, open_columns
+from utils import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,7 @@ Build = Callable[[ColumnSink], Tuple[List[str], Dict[str, Any]]]
 
 def cache_key(file_sha256: str, enc: Any, rel2id: Dict[str, int], max_seq_length: int,
               entity_marker: Optional[str], skip_unknown: bool = False) -> str:
-    """Hash of everything the features depend on: file content, tokenizer (`enc`, a prepro.WordTokenizer), label
+    """Hash of everything the features depend on: file content, tokenizer (`enc`, a word_tokenizer.WordTokenizer), label
     map, length, marker, whether labels of unknown relations are left out, format."""
     parts = {
         "file": file_sha256,
@@ -56,8 +60,9 @@ def load_cache(folder: Path, key: str) -> DocREFeatures:
     return DocREFeatures(cols, titles, meta["stats"], path=meta["source"], cache_path=str(folder))
 
 
-def write_cache(folder: Path, key: str, source: str, build: Build, max_len: int) -> None:
-    """Run `build` into a temporary folder beside `folder`, then rename it into place."""
+def write_cache(folder: Path, key: str, source: str, build: Build, max_len: int) -> bool:
+    """Run `build` into a temporary folder beside `folder`, then publish it with one atomic rename (`publish`);
+    False when a stale cache in the way cannot be replaced (permissions)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -72,15 +77,39 @@ def write_cache(folder: Path, key: str, source: str, build: Build, max_len: int)
         meta["stats"] = {**compute_stats(open_columns(tmp, meta), max_len), **extra}
         (tmp / "titles.json").write_bytes(titles_bytes)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process (e.g. a DDP rank) renamed the same cache into place first
-            pass
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the mode mkdir would give
+        return publish(tmp, folder, key)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, folder: Path, key: str, tries: int = 3) -> bool:
+    """Rename the finished `tmp` onto `folder`. A complete cache with the same key already there (another process
+    published it first) is kept and `tmp` dropped; a stale or corrupted one is renamed aside, then removed; False
+    (one warning) when that is not allowed."""
+    for _ in range(tries):
+        try:
+            os.rename(tmp, folder)
+            return True
+        except OSError as e:
+            if not folder.exists():
+                raise
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if load_or_none(folder, key, quiet=True) is not None:
+            return True  # the same features, published by another process: used, never deleted
+        aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old.tmp")
+        try:
+            os.rename(folder, aside)
+        except FileNotFoundError:
+            continue  # another process moved it first
+        except PermissionError:
+            logger.warning("feature cache %s is stale or incomplete and this user may not replace it; the features "
+                           "are kept in memory instead", folder)
+            return False
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(errno.EEXIST, f"the feature cache {folder} kept changing under this process")
 
 
 def user_cache_dir() -> Path:
@@ -118,27 +147,47 @@ def resolve_cache_dir(cache_dir: Optional[str | os.PathLike]) -> Optional[Path]:
     return None
 
 
-def load_or_none(folder: Path, key: str) -> Optional[DocREFeatures]:
+def unreadable(folder: Path) -> Optional[str]:
+    """Why a cache folder that exists cannot be read (permissions: another user's, or its mode), or None."""
+    meta = folder / "meta.json"
+    if os.access(folder, os.R_OK | os.X_OK) and (not meta.exists() or os.access(meta, os.R_OK)):
+        return None  # readable (a missing meta.json is an incomplete cache, rebuilt)
+    owner = "another user's folder" if folder.stat().st_uid != os.getuid() else "its mode forbids reading"
+    return f"permission denied: {owner}"
+
+
+def load_or_none(folder: Path, key: str, quiet: bool = False) -> Optional[DocREFeatures]:
     """The cache in `folder`, or None when it is absent or unreadable (then it is rebuilt, never trusted)."""
     if not folder.exists():
         return None
     try:
         return load_cache(folder, key)
     except Exception as e:
-        logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
+        if not quiet:
+            logger.warning("feature cache %s is corrupted or incomplete (%s); rebuilding it", folder, e)
         return None
 
 
 def cached_features(cache_dir: str | os.PathLike, name: str, key: str, source: str, build: Build,
                     max_len: int) -> Optional[DocREFeatures]:
     """The features cached as `name` under `cache_dir` (read even from a read-only folder), else built by `build`
-    into the folder `resolve_cache_dir` picks and memory-mapped from there; None when no folder can be written."""
-    features = load_or_none(Path(cache_dir) / name, key)
-    base = resolve_cache_dir(cache_dir) if features is None else None
+    into the folder `resolve_cache_dir` picks and memory-mapped from there; None when no folder can be written.
+    A cache folder this user cannot read is left alone (one warning) and the per-user folder used instead."""
+    wanted = Path(cache_dir)
+    blocked = (wanted / name).exists() and unreadable(wanted / name)
+    if blocked:
+        fallback = user_cache_dir()
+        base = None if fallback == wanted or unwritable(fallback) else fallback
+        logger.warning("feature cache %s cannot be read (%s); %s", wanted / name, blocked,
+                       f"caching features in {base} instead" if base else "features are built in memory")
+    else:
+        features = load_or_none(wanted / name, key)
+        if features is not None:
+            return features
+        base = resolve_cache_dir(cache_dir)
     if base is None:
-        return features
-    features = load_or_none(base / name, key) if base != Path(cache_dir) else None
-    if features is None:
-        write_cache(base / name, key, source, build, max_len)
+        return None
+    features = load_or_none(base / name, key) if base != wanted else None
+    if features is None and write_cache(base / name, key, source, build, max_len):
         features = load_cache(base / name, key)
     return features

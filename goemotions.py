@@ -79,20 +79,41 @@ def check_labels(labels: Sequence[int], num_names: int, where: str) -> Tuple[int
 def read_tsv(path: str | os.PathLike, num_names: int) -> List[Comment]:
     """Comments of a GoEmotions TSV file: text, comma-separated label ids, comment id."""
     comments = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) != 3:
-                raise UserError(f"{path} line {line_no}: expected 3 tab-separated fields (text, labels, id), "
-                                 f"got {len(fields)}")
-            text, label_field, comment_id = fields
-            where = f"{path} line {line_no} (comment {comment_id!r})"
-            try:
-                ids = [int(x) for x in label_field.split(",") if x.strip()]
-            except ValueError:
-                raise UserError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
-            comments.append(Comment(text, check_labels(ids, num_names, where), comment_id))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                comments.append(tsv_comment(path, line_no, line, num_names))
+    except UnicodeDecodeError:
+        raise UserError(utf8_problem(path)) from None
     return comments
+
+
+def utf8_problem(path: str | os.PathLike) -> str:
+    """`FILE line N: not valid UTF-8 ...` for a file that does not decode (files are decoded in blocks, so the
+    line is found in the bytes)."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path}: not valid UTF-8; re-save the file as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return (f"{path} line {line}: not valid UTF-8 ({e.reason}: byte {data[e.start:e.start + 1]!r} at offset "
+                f"{e.start}); re-save the file as UTF-8")
+
+
+def tsv_comment(path: str | os.PathLike, line_no: int, line: str, num_names: int) -> Comment:
+    """One comment of a GoEmotions TSV line, or an error naming the file, line and field."""
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != 3:
+        raise UserError(f"{path} line {line_no}: expected 3 tab-separated fields (text, labels, id), "
+                        f"got {len(fields)}")
+    text, label_field, comment_id = fields
+    where = f"{path} line {line_no} (comment {comment_id!r})"
+    try:
+        ids = [int(x) for x in label_field.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
+    return Comment(text, check_labels(ids, num_names, where), comment_id)
 
 
 def comments_from_hf(split, name: str) -> List[Comment]:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -20,8 +21,11 @@ _TITLE = re.compile(r'"title"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 hex of a file's bytes, read in blocks (a cache hit never holds the file in memory)."""
+    digest = hashlib.sha256()  # hashlib.file_digest would need Python 3.11
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -45,6 +49,11 @@ def iter_documents(path: str | os.PathLike, text: str) -> Iterator[Any]:
 def _json_problem(path: str, err: json.JSONDecodeError, what: str) -> ValidationError:
     return ValidationError(path, [f"invalid JSON while reading {what}, at line {err.lineno} column {err.colno} "
                                   f"(char {err.pos}): {err.msg}; is the file truncated?"])
+
+
+def _too_deep(path: str, what: str) -> ValidationError:
+    return ValidationError(path, [f"{what}: JSON nested too deeply (more than about {sys.getrecursionlimit()} "
+                                  f"levels of [ and {{); a DocRED document nests 4 levels"])
 
 
 def _partial_title(text: str) -> str:
@@ -102,6 +111,8 @@ def _iter_spans(path: str | os.PathLike, text: str) -> Iterator[Tuple[Any, int, 
             top = json.loads(text)
         except json.JSONDecodeError as e:
             raise _json_problem(path, e, "the top level") from None
+        except RecursionError:
+            raise _too_deep(path, "the top level") from None
         raise ValidationError(path, [f"the top level must be a JSON list of documents, got {type(top).__name__}"])
     idx = _WS.match(text, idx + 1).end()
     if text[idx:idx + 1] == "]":
@@ -112,6 +123,8 @@ def _iter_spans(path: str | os.PathLike, text: str) -> Iterator[Tuple[Any, int, 
             doc, end = decoder.raw_decode(text, idx)
         except json.JSONDecodeError as e:
             raise _json_problem(path, e, f"document {i}{_partial_title(text[idx:e.pos])}") from None
+        except RecursionError:
+            raise _too_deep(path, f"document {i}{_partial_title(text[idx:idx + 10000])}") from None
         yield doc, idx, end
         i += 1
         idx = _WS.match(text, end).end()

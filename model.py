@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
+from bilinear import group_bilinear, pair_linear
 from encoder_kernels import configure_encoder
 
 if TYPE_CHECKING:
@@ -78,122 +80,35 @@ def group_rank(group: torch.Tensor, n_groups: int) -> Tuple[torch.Tensor, torch.
     return rank, counts
 
 
-# ----------------------------------------------------------------------------- group bilinear
-class GroupBilinearFunction(torch.autograd.Function):
-    """sum_g F(x_g, y_g)^T W_cg one group at a time, in reused [rows, bs, bs] buffers; backward recomputes them.
-
-    F(x, y) = x outer y (ATLOP), or with `max_sym` the NCRL authors' max(x outer y, (x outer y)^T), elementwise.
-    The forward and the input gradients run over chunks of pairs whose buffer stays in cache (PAIR_CHUNK_BYTES):
-    each row's result is the same computation, so the chunking changes no bit of it.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int,
-                max_sym: bool = False) -> torch.Tensor:
-        xs, ys, w = _group_views(x, y, weight, block_size)
-        n = x.shape[0]
-        out = torch.zeros(n, weight.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-        chunk = pair_chunk(n, block_size, x)
-        outer = x.new_empty(chunk, block_size, block_size)  # reused: fresh big tensors cost page faults on CPU
-        sym = x.new_empty(chunk, block_size, block_size) if max_sym else outer
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            o, f = outer[:b - a], (sym[:b - a] if max_sym else outer[:b - a])
-            for g in range(xs.shape[1]):
-                _block_features(xs[a:b, g], ys[a:b, g], o, f if max_sym else o)
-                out[a:b] += f.view(b - a, block_size * block_size) @ w[:, g].t()
-        ctx.save_for_backward(x, y, weight)
-        ctx.block_size, ctx.max_sym = block_size, max_sym
-        return out  # [P, K+1]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, y, weight = ctx.saved_tensors
-        bs, max_sym = ctx.block_size, ctx.max_sym
-        xs, ys, w = _group_views(x, y, weight, bs)
-        n, groups = xs.shape[:2]
-        grad = grad.to(x.dtype)
-        gx, gy = torch.zeros_like(xs), torch.zeros_like(ys)
-        gw = weight.new_zeros(groups, weight.shape[0], bs * bs)
-        if ctx.needs_input_grad[2]:  # d W sums over all pairs: one product per group, in the unchunked order
-            outer = x.new_empty(n, bs, bs)
-            sym = x.new_empty(n, bs, bs) if max_sym else outer
-            for g in range(groups):
-                _block_features(xs[:, g], ys[:, g], outer, sym)
-                torch.mm(grad.t(), sym.view(n, bs * bs), out=gw[g])
-            del outer, sym
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            chunk = pair_chunk(n, bs, x)
-            buf = x.new_empty(chunk, bs, bs)
-            outer, sym = (x.new_empty(chunk, bs, bs), x.new_empty(chunk, bs, bs)) if max_sym else (buf, buf)
-            for a in range(0, n, chunk):
-                b = min(a + chunk, n)
-                for g in range(groups):
-                    g_out = buf[:b - a]
-                    torch.mm(grad[a:b], w[:, g], out=g_out.view(b - a, bs * bs))  # G = d logits / d F
-                    if max_sym:
-                        o, f = outer[:b - a], sym[:b - a]
-                        _block_features(xs[a:b, g], ys[a:b, g], o, f)
-                        g_out = _max_sym_backward(o, g_out, out=f)
-                    gx[a:b, g] = torch.bmm(g_out, ys[a:b, g, :, None]).squeeze(-1)
-                    gy[a:b, g] = torch.bmm(xs[a:b, g, None, :], g_out).squeeze(1)
-        return gx.view_as(x), gy.view_as(y), gw.transpose(0, 1).reshape_as(weight), None, None
+# Pairs per chunk of the localized context: a chunk's buffers are [L, pairs] (4096 pairs x 1024 tokens x 4 B = 16 MB),
+# so a document's memory grows with its pairs, never with E^2 x L at once.
+CONTEXT_CHUNK_PAIRS = 4096
 
 
-# Bytes of one [rows, bs, bs] buffer of the group bilinear: small enough to stay in a core's cache between the
-# product that writes it and the one that reads it (unchunked, it is [P, bs, bs]: tens of MB through memory).
-PAIR_CHUNK_BYTES = 2 ** 21
+def head_blocks(n_entities: List[int], chunk_pairs: int) -> List[Tuple[int, int, int]]:
+    """(document, first head, end head) in flattened entity ids: runs of a document's head entities whose pairs
+    with all of its entities number at most `chunk_pairs` (at least one head per run)."""
+    if chunk_pairs < 1:
+        raise ValueError(f"chunk_pairs must be at least 1, got {chunk_pairs}")
+    blocks, first = [], 0
+    for doc, n in enumerate(n_entities):
+        rows = max(1, chunk_pairs // max(n, 1))
+        blocks += [(doc, a, min(a + rows, first + n)) for a in range(first, first + n, rows)]
+        first += n
+    return blocks
 
 
-def pair_chunk(n: int, block_size: int, x: torch.Tensor) -> int:
-    """Pairs per chunk of the group bilinear (all of them on a GPU, where memory traffic is not the limit)."""
-    if x.device.type != "cpu":
-        return max(n, 1)
-    return max(1, min(n, PAIR_CHUNK_BYTES // (block_size * block_size * x.element_size())))
-
-
-def _block_features(x: torch.Tensor, y: torch.Tensor, outer: torch.Tensor, sym: torch.Tensor) -> None:
-    """Write x outer y [P, bs, bs] into `outer` and, when `sym` is another buffer, its max-symmetrization."""
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:  # same bits; CPU's bf16 mul converts, bmm does not
-        torch.bmm(x[:, :, None], y[:, None, :], out=outer)
-    else:
-        torch.mul(x[:, :, None], y[:, None, :], out=outer)
-    if sym is not outer:
-        torch.maximum(outer, outer.transpose(1, 2), out=sym)
-
-
-def _max_sym_backward(outer: torch.Tensor, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """d/d outer_ij of sum G * max(outer, outer^T) = s_ij (G_ij + G_ji), s_ij = 1 where outer_ij > outer_ji,
-    1/2 on ties (torch.maximum's rule; the diagonal is always a tie), else 0. Written into `out`."""
-    win = (outer > outer.transpose(1, 2)).to(outer.dtype).masked_fill_(outer == outer.transpose(1, 2), 0.5)
-    return torch.add(grad, grad.transpose(1, 2), out=out).mul_(win)
-
-
-def _group_views(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, block_size: int):
-    """x, y as [P, G, bs] and the bilinear weight as [K+1, G, bs*bs]."""
-    n, groups = x.shape[0], x.shape[1] // block_size
-    return (x.view(n, groups, block_size), y.view(n, groups, block_size),
-            weight.view(weight.shape[0], groups, block_size * block_size))
-
-
-def group_bilinear(x: torch.Tensor, y: torch.Tensor, linear: nn.Linear, block_size: int,
-                   max_sym: bool = False) -> torch.Tensor:
-    """ATLOP's group bilinear `linear(flatten_g(x_g outer y_g))` without materialising the outer products;
-    `max_sym` takes max(x_g outer y_g, its transpose) per block first (the NCRL authors' DocRED head)."""
-    dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-    with torch.autocast(x.device.type, enabled=False):
-        out = GroupBilinearFunction.apply(x.to(dtype), y.to(dtype), linear.weight.to(dtype), block_size, max_sym)
-    return out + linear.bias  # [P, K+1]
-
-
-def pair_linear(linear: nn.Linear, ent: torch.Tensor, idx: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """ATLOP's extractor `linear(cat([ent[idx], context]))` [P, emb], its entity half computed once per entity
-    [E, emb] instead of once per pair (the same sum, added in another order)."""
-    width = ent.shape[-1]
-    per_entity = nn.functional.linear(ent, linear.weight[:, :width], linear.bias)  # [E, emb]
-    return per_entity[idx] + nn.functional.linear(context, linear.weight[:, width:])  # [P, emb]
+def _pair_context(hidden: torch.Tensor, att_l: torch.Tensor, rows: torch.Tensor, heads: torch.Tensor,
+                  tails: torch.Tensor, sent_pos: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    """Context [p, H] of one document's pairs (heads, tails) from `hidden` [L, H] and its entities' attention
+    `att_l` [L, E, heads], `heads` counted from the block `rows` [L, r, heads]; with `sent_pos` [S, 2] also
+    their sentence attention [p, S]."""
+    q = torch.bmm(rows, att_l.transpose(1, 2))[:, heads, tails] / att_l.shape[2]  # [L, r, E] -> [L, p]
+    q = q / (q.sum(0, keepdim=True) + 1e-5)
+    ctx = torch.matmul(q.t(), hidden.to(q.dtype))  # [p, H]
+    if sent_pos is None:
+        return (ctx,)
+    return ctx, DocREModel.sentence_attention(q.t()[None], sent_pos[None])[0]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -217,6 +132,7 @@ class DocREModel(nn.Module):
     "recompute" from the last layer's input (the encoder may then use SDPA), "eager" from the last
     attention module's own weights (needs eager attention there, e.g. DeBERTa), or "auto".
     `checkpoint_attention` and `mask_dropout` go to `encoder_kernels.configure_encoder` (CPU training kernels).
+    `context_chunk` bounds the pairs whose localized context is computed at once (memory linear in the pairs).
     `bilinear` is "atlop" (x_g outer y_g per block) or "maxsym" (the NCRL authors' DocRED head: the outer
     product of each block replaced by max(x_g outer y_g, its transpose) before the same linear layer).
     """
@@ -227,8 +143,11 @@ class DocREModel(nn.Module):
                  window_size: Optional[int] = None, window_overlap: int = 16,
                  start_token_ids: Optional[Sequence[int]] = None, end_token_ids: Optional[Sequence[int]] = None,
                  unpad: Optional[bool] = None, checkpoint_attention: bool = True, bilinear: str = "atlop",
-                 mask_dropout: bool = True):
+                 mask_dropout: bool = True, context_chunk: int = CONTEXT_CHUNK_PAIRS):
         super().__init__()
+        if context_chunk < 1:
+            raise ValueError(f"context_chunk must be at least 1 pair, got {context_chunk}")
+        self.context_chunk = context_chunk
         if emb_size % block_size:
             raise ValueError(f"emb_size {emb_size} must be a multiple of block_size {block_size}")
         if attention_rows not in ATTENTION_ROWS:
@@ -472,22 +391,48 @@ class DocREModel(nn.Module):
 
     @staticmethod
     def pool_context(hidden: torch.Tensor, entity_att: torch.Tensor, entity_doc: torch.Tensor, hts: torch.Tensor,
-                     pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None
-                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                     pair_doc: torch.Tensor, sent_pos: Optional[torch.Tensor] = None,
+                     chunk_pairs: int = CONTEXT_CHUNK_PAIRS) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Localized context c = q^T H per pair [P, H], q = mean over heads of A_h * A_t, normalised; with
-        `sent_pos` [B, S, 2] also each pair's attention per sentence [P, S] (`sentence_attention`), else None."""
-        b, length, _ = hidden.shape
-        local, counts = group_rank(entity_doc, b)
-        e_max = int(counts.max()) if len(entity_doc) else 0
-        att = entity_att.new_zeros(b, e_max, *entity_att.shape[1:]).index_put((entity_doc, local), entity_att)
-        q = torch.einsum("bihl,bjhl->bijl", att, att) / att.shape[2]  # [B, E_max, E_max, L]
-        q = q / (q.sum(-1, keepdim=True) + 1e-5)
-        ctx = torch.matmul(q.view(b, e_max * e_max, length), hidden.to(q.dtype))  # [B, E_max^2, H]
-        ctx = ctx.view(b, e_max, e_max, hidden.shape[-1])  # -1 is ambiguous when no document has entities
-        pick = (pair_doc, local[hts[:, 0]], local[hts[:, 1]])
-        if sent_pos is None:
-            return ctx[pick], None
-        return ctx[pick], DocREModel.sentence_attention(q, sent_pos)[pick]
+        `sent_pos` [B, S, 2] also each pair's attention per sentence [P, S] (`sentence_attention`), else None.
+
+        Computed for the pairs `hts` only, in blocks of head entities of one document with at most `chunk_pairs`
+        pairs (recomputed in the backward pass when training): memory grows with the pairs, never with E^2 x L."""
+        n_entities = torch.bincount(entity_doc, minlength=hidden.shape[0])  # [B]; each document's are consecutive
+        first = (n_entities.cumsum(0) - n_entities).tolist()
+        order = None if bool((hts[1:, 0] >= hts[:-1, 0]).all()) else torch.argsort(hts[:, 0], stable=True)
+        sorted_heads = hts[:, 0] if order is None else hts[order, 0]
+        starts = torch.bincount(sorted_heads, minlength=len(entity_doc) + 1).cumsum(0).tolist()  # pairs before head
+        att_l = entity_att.permute(2, 0, 1)  # [L, E, heads]
+        grad = torch.is_grad_enabled() and (hidden.requires_grad or entity_att.requires_grad)
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+            else entity_att.dtype  # q's, as the context's
+        out = [hidden.new_zeros(0 if grad else len(hts), hidden.shape[-1], dtype=dtype)]  # filled in place
+        if sent_pos is not None:
+            out.append(hidden.new_zeros(0 if grad else len(hts), sent_pos.shape[1], dtype=torch.float32))
+        parts, doc_att = [], {}
+        for doc, a, b in head_blocks(n_entities.tolist(), chunk_pairs):
+            lo, hi = (starts[a - 1] if a else 0), starts[b - 1]
+            if lo == hi:
+                continue
+            idx = slice(lo, hi) if order is None else order[lo:hi]
+            e0 = first[doc]
+            if doc not in doc_att:  # one copy per document: [L, E_doc, heads]
+                doc_att = {doc: att_l[:, e0:e0 + int(n_entities[doc])].contiguous()}
+            args = (hidden[doc], doc_att[doc], att_l[:, a:b], hts[idx, 0] - a, hts[idx, 1] - e0) \
+                + (() if sent_pos is None else (sent_pos[doc],))
+            if grad:  # kept for one torch.cat: filling a buffer in place would copy all of its gradient per chunk
+                parts.append(checkpoint(_pair_context, *args, use_reentrant=False))
+            else:
+                for column, value in zip(out, _pair_context(*args)):
+                    column[idx] = value
+        if not grad or not parts:
+            return out[0], (out[1] if sent_pos is not None else None)
+        out = [torch.cat(c) for c in zip(*parts)]  # [P, H] (, [P, S]) in head order
+        if order is not None:
+            inverse = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+            out = [o[inverse] for o in out]
+        return out[0], (out[1] if sent_pos is not None else None)
 
     @staticmethod
     def sentence_attention(q: torch.Tensor, sent_pos: torch.Tensor) -> torch.Tensor:
@@ -523,7 +468,8 @@ class DocREModel(nn.Module):
         (logits, sentence attention [P, S])."""
         ent, ent_att = self.pool_entities(hidden, mention_att, mention_pos, mention_doc, mention_entity,
                                           len(entity_doc))
-        context, sent_attn = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc, sent_pos)
+        context, sent_attn = self.pool_context(hidden, ent_att, entity_doc, hts, pair_doc, sent_pos,
+                                               self.context_chunk)
         logits = self.classify(ent, hts, context)
         return logits if sent_pos is None else (logits, sent_attn)
 

@@ -57,6 +57,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -321,15 +322,38 @@ def _check_entities(raw: Any, text: str, where: str) -> List[Dict[str, Any]]:
             raise InputError(f"{where}: field {field}.mentions: must be a non-empty list of [char_start, char_end]")
         for m_i, span in enumerate(mentions):
             _check_span(span, text, where, f"{field}.mentions[{m_i}]")
-        checked.append({"type": ent["type"], "mentions": [tuple(s) for s in mentions]})
+        checked.append({"type": ent["type"], "mentions": [tuple(s[:2]) for s in mentions]})
+    if checked and max(text) > "\uffff" and not all(len(s) == 3 for e in raw for s in e["mentions"]):
+        logger.warning("%s: the text has characters outside the BMP (e.g. emoji): mention offsets must count "
+                       "characters (Python string indices), not UTF-16 units (JavaScript's); give each mention's "
+                       "text as [start, end, text] to have them checked", where)
     return checked
 
 
+def _offset_hint(text: str, start: int, end: int, mention: str) -> str:
+    """What likely went wrong when a span misses its mention text: UTF-16 units, bytes or token indices."""
+    utf16 = text.encode("utf-16-le")
+    if utf16[2 * start:2 * end].decode("utf-16-le", errors="replace") == mention:
+        return ("; the offsets count UTF-16 units (JavaScript string indices): count characters (Python string "
+                "indices) instead")
+    if text.encode("utf-8")[start:end].decode("utf-8", errors="replace") == mention:
+        return "; the offsets count UTF-8 bytes: count characters (Python string indices) instead"
+    if " ".join(text.split()[start:end]) == mention:
+        return "; the offsets look like word indices: give character offsets instead"
+    return ""
+
+
 def _check_span(span: Any, text: str, where: str, field: str) -> None:
-    """Raise InputError unless `span` is [start, end) of ints inside `text` covering a non-whitespace character."""
-    if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
-        raise InputError(f"{where}: field {field}: must be [char_start, char_end] (two integers), got {span!r}")
-    start, end = span
+    """Raise InputError unless `span` is [start, end) of ints inside `text` covering a non-whitespace character
+    (and, given as [start, end, mention text], covering exactly that text)."""
+    if not (isinstance(span, list) and len(span) in (2, 3) and all(type(x) is int for x in span[:2])
+            and (len(span) == 2 or isinstance(span[2], str))):
+        raise InputError(f"{where}: field {field}: must be [char_start, char_end] (two integers) or [char_start, "
+                         f"char_end, mention text], got {span!r:.120}")
+    start, end = span[:2]
+    if len(span) == 3 and text[start:end] != span[2]:
+        raise InputError(f"{where}: field {field}: span [{start}, {end}] covers {text[start:end]!r:.60}, not the "
+                         f"mention text {span[2]!r:.60}{_offset_hint(text, start, end, span[2])}")
     if not 0 <= start < end <= len(text):
         raise InputError(f"{where}: field {field}: span {span} is not 0 <= char_start < char_end <= {len(text)} "
                          f"(the length of text)")
@@ -356,6 +380,8 @@ def _jsonl_item(path: str, n: int, line: str) -> Tuple[str, str, Optional[List[D
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: invalid JSON at column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply (more than about {sys.getrecursionlimit()} levels)") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: must be a JSON object with a text field, got {type(obj).__name__}")
     title = obj.get("title", f"line {n}")
@@ -424,6 +450,16 @@ def docred_documents(raw: Sequence[Any], source: str) -> List[Dict[str, Any]]:
     return [with_char_offsets(doc) for doc in raw]
 
 
+def check_unique_titles(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]]) -> None:
+    """Refuse two items with one title (outputs are keyed by title), naming both."""
+    first: Dict[str, str] = {}
+    for title, _, _, where in items:
+        if title in first:
+            raise InputError(f"{where}: field title: {title!r} is also the title of {first[title]}; titles must be "
+                             f"unique (outputs are keyed by title)")
+        first[title] = where.split(" (title")[0]
+
+
 def check_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]]) -> None:
     """Refuse empty texts and texts longer than spaCy's max_length, naming the item."""
     for title, text, _, where in items:
@@ -468,6 +504,7 @@ def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[
     items = text_items(path)
     if not items:
         raise InputError(f"{path}: the file holds no documents (only blank lines)")
+    check_unique_titles(items)  # every check before spaCy loads, whatever chunk_docs
     nlp = nlp_loader()
     check_texts(nlp, items)
     return len(items), (convert_texts(nlp, chunk, batch_size, progress)

@@ -25,9 +25,14 @@ class UserError(ValueError):
     which names the culprit and what to do, and exits with status 2, without a traceback."""
 
 
+class Interrupted(UserError):
+    """Training stopped by SIGINT/SIGTERM after saving last.pt: one line, exit status 130 (as for Ctrl-C)."""
+    status = 130
+
+
 def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) -> int:
     """The one error path of every command: run `main`; an `expected` error prints one line `error: ...` (also into
-    train.log, when open) and gives status 2, no traceback; otherwise status 0."""
+    train.log, when open) and gives status 2 (130 for utils.Interrupted and Ctrl-C), no traceback; otherwise 0."""
     try:
         main()
     except expected as e:
@@ -37,7 +42,10 @@ def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) 
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "status", 2)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves last.pt and says so itself)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -63,8 +71,13 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
         raise UserError(f"{name}: no such file") from e
     except IsADirectoryError as e:
         raise UserError(f"{name} is a folder, not a JSON file") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{name}: cannot read JSON: {e}") from e
+    except RecursionError as e:
+        raise UserError(f"{name}: cannot read JSON: nested too deeply (more than about "
+                        f"{sys.getrecursionlimit()} levels of [ and {{)") from e
 
 
 def default_encoder_path() -> str:
@@ -96,6 +109,37 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask would set it process-wide, racing other threads):
+    from /proc/self/status on Linux, else from the mode of a probe file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        probe = os.path.join(folder, "probe")
+        os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o777))
+        return 0o777 & ~os.stat(probe).st_mode
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to disk; folders that refuse it (some systems) are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -103,12 +147,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the mode open() would
     try:
         yield tmp
+        fsync_file(tmp)  # the data on disk before the name points at it
         os.replace(tmp, path)
+        fsync_file(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -12,12 +12,22 @@ import json
 import logging
 import logging.handlers
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import utils
 from utils import UserError
+
+logger = logging.getLogger(__name__)
+
+# what --overwrite removes: the old run's checkpoints, records and predictions (other files are left alone)
+OLD_RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "scores.json", "args.json", "train.log", "curves.png",
+                 "result.json", "result.zip", "dev_scores.json", "test_scores.json")
+OLD_RUN_FOLDERS = ("model", "encoder")
+STALE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
 
 
 class RunDirectory:
@@ -27,6 +37,8 @@ class RunDirectory:
         self.path = Path(path)
         self.is_main = is_main
         self.wandb = None
+        self.overwrite = False  # set by claim: the folder holds a run that --overwrite replaces
+        self.keep: Optional[Path] = None  # the --load_path being used: --overwrite never removes it
         # the records logged before the folder may be written, replayed into train.log by open()
         self.early_log = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
 
@@ -36,8 +48,9 @@ class RunDirectory:
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                             handlers=[logging.StreamHandler(sys.stdout), self.early_log], force=True)
 
-    def claim(self, resume: bool, overwrite: bool) -> None:
-        """Refuse a folder that holds another run (finished or not) unless resuming or overwriting; writes nothing."""
+    def claim(self, resume: bool, overwrite: bool) -> bool:
+        """Refuse a folder that holds another run (finished or not) unless resuming or overwriting; writes nothing.
+        Returns whether the run resumes from last.pt (--resume on an absent or empty folder is a fresh start)."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output_dir {self.path} is a file, not a folder: pass another --output_dir")
         for parent in self.path.parents:
@@ -47,19 +60,63 @@ class RunDirectory:
                 if not os.access(parent if not self.path.exists() else self.path, os.W_OK):
                     raise UserError(f"--output_dir {self.path} is not writable: pass a folder you can write to")
                 break
+        if resume and not overwrite:
+            return self.claim_resume()
         held = [n for n in ("args.json", "best.pt", "last.pt") if self.file(n).exists()]
-        if not held or resume or overwrite:
-            return
+        self.overwrite = overwrite and bool(held)
+        if not held or overwrite:
+            return False
         state = "a finished run" if self.file("scores.json").exists() else "a run (unfinished or still running)"
         raise UserError(f"--output_dir {self.path} already holds {state} ({', '.join(held)}): pass --resume to "
                         f"continue it, --overwrite to replace it, or another --output_dir")
 
+    def claim_resume(self) -> bool:
+        """--resume: True with a last.pt; False (a fresh start, every start-up option applied) on an absent or empty
+        folder; anything else is an error naming the folder, never a silent restart."""
+        if self.file("last.pt").is_file():
+            return True
+        held = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        if not held:
+            logger.info("--resume: %s has no run yet; starting a fresh one there", self.path)
+            return False
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise UserError(f"--resume: {self.path} has no last.pt to resume from (it holds {shown}): pass --overwrite "
+                        f"to start that run over, or another --output_dir")
+
+    def clear_old_run(self) -> None:
+        """--overwrite: remove the old run's checkpoints, records and predictions before anything new is written."""
+        keep = self.keep.resolve() if self.keep else None
+        for name in OLD_RUN_FILES + tuple(p.name for p in self.path.glob("*_pred*.json")):
+            path = self.file(name)
+            if path.is_file() and path.resolve() != keep:
+                path.unlink()
+        for name in OLD_RUN_FOLDERS:
+            path = self.file(name)
+            if path.is_dir() and not (keep and (keep == path.resolve() or path.resolve() in keep.parents)):
+                shutil.rmtree(path)
+        logger.info("--overwrite: removed the previous run's checkpoints, records and predictions from %s", self.path)
+
+    def remove_stale_temporaries(self) -> None:
+        """Remove the `.NAME.XXXXXXXX.tmp` files that utils.atomic_path left when a kill interrupted a write."""
+        for path in self.path.glob(".*.tmp"):
+            if not STALE_TMP.fullmatch(path.name):
+                continue
+            logger.warning("removing %s, left by an interrupted write", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     def open(self) -> None:
-        """Create the folder and start train.log (with what was logged before)."""
+        """Create the folder (clearing the old run with --overwrite, and stale temporary files) and start train.log
+        (with what was logged before)."""
         if not self.is_main:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            if self.overwrite:
+                self.clear_old_run()
+            self.remove_stale_temporaries()
             self.attach_log_file()
         except OSError as e:
             raise UserError(f"--output_dir {self.path}: cannot write there ({e.strerror})") from e
@@ -102,11 +159,21 @@ class RunDirectory:
                 self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record.get("step"))
 
     def read_metrics(self) -> List[Dict[str, Any]]:
+        """The records of metrics.jsonl; a torn last line (a kill or a full disk mid-write) is dropped (warned)."""
         path = self.file("metrics.jsonl")
         if not path.exists():
             return []
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i < len(lines) - 1:
+                    raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg}): fix or remove that line") from e
+                logger.warning("%s: dropping its torn last line %d (%.40r...)", path, i + 1, line)
+        return records
 
     def truncate_metrics(self, max_step: int) -> None:
         """Drop log lines written after the checkpoint a resumed run starts from."""

@@ -10,8 +10,11 @@ import argparse
 import contextlib
 import logging
 import math
+import signal
+import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,13 +25,15 @@ from tqdm.auto import tqdm
 import losses
 import utils
 from collate import label_counts
-from engine.checkpoints import STATE_VERSION, load_checkpoint
+from engine.checkpoints import STATE_VERSION, load_checkpoint, plain
 from engine.distributed import barrier, gather_to_zero, rng_states, set_rng_states, world_info
 from engine.rundir import RunDirectory
 from engine.task import logits_loss
 from losses import Decision
 
 logger = logging.getLogger(__name__)
+
+SAVE_SECONDS = 600  # without --save_steps, last.pt is written about every 10 minutes of training (and at evaluations)
 
 
 def build_optimizer(model: nn.Module, encoder: nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
@@ -81,6 +86,12 @@ def oom_message(args: argparse.Namespace, batch_shape: Optional[Sequence[int]] =
             f"smaller --max_seq_length.")
 
 
+def numpy_rng(states: Dict[str, Any]) -> Dict[str, Any]:
+    """RNG states read from a checkpoint, numpy's key back as the uint32 array numpy wants (`plain` made it a tensor)."""
+    name, key, *rest = states["numpy"]
+    return {**states, "numpy": (name, np.asarray(key, dtype=np.uint32), *rest)}
+
+
 def set_prior_start(model: nn.Module, features: Sequence[dict], collate: Callable) -> int:
     """--init_none_prior: the classifier bias at the training set's smoothed relation rates (`losses.positive_rates`)
     of the collated labels; returns how many training instances (rows) they count."""
@@ -121,22 +132,25 @@ class Trainer:
         self.optimizer = build_optimizer(model, encoder, args)
         self.scheduler = linear_schedule(self.optimizer, int(args.warmup_ratio * self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.stop_signal: Optional[str] = None  # the name of a SIGINT/SIGTERM received while training
+        self.last_save = time.monotonic()
         self.state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": -1.0, "best_step": -1,
                       "bad_steps": 0, "skipped_steps": 0, "last_eval_step": -1}
 
     # -- checkpoints
     def checkpoint(self, full: bool) -> Dict[str, Any]:
-        ckpt = {"version": STATE_VERSION, "model": self.module.state_dict(), "args": vars(self.args),
-                "meta": self.meta, "decision": self.decision.to_dict() if self.decision else None,
-                "state": dict(self.state)}
+        """best.pt (full=False) or last.pt: plain types and tensors only, so `torch.load(weights_only=True)` reads it."""
+        ckpt = {"version": STATE_VERSION, "model": self.module.state_dict(), "args": plain(vars(self.args)),
+                "meta": plain(self.meta), "decision": plain(self.decision.to_dict()) if self.decision else None,
+                "state": plain(dict(self.state))}
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                        scaler=self.scaler.state_dict(), rng=gather_to_zero(rng_states()))
+                        scaler=self.scaler.state_dict(), rng=plain(gather_to_zero(rng_states())))
         return ckpt
 
     def resume_from(self, path: Path) -> None:
         """Restore everything saved in last.pt."""
-        ckpt = load_checkpoint(str(path), self.device)
+        ckpt = load_checkpoint(str(path), self.device, "--resume", getattr(self.args, "trust_checkpoint", False))
         self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -144,7 +158,7 @@ class Trainer:
         self.decision = Decision.from_checkpoint(ckpt, self.args.top_k) if ckpt.get("decision") else None
         self.state.update(ckpt["state"])
         rng = ckpt["rng"]
-        set_rng_states(rng[self.rank] if len(rng) == self.world else rng[0])
+        set_rng_states(numpy_rng(rng[self.rank] if len(rng) == self.world else rng[0]))
         self.run.truncate_metrics(self.state["step"])
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state["step"],
                     self.state["epoch"], self.state["batch_in_epoch"])
@@ -234,10 +248,57 @@ class Trainer:
     def save_last(self) -> None:
         ckpt = self.checkpoint(full=True)  # every rank: it gathers the RNG states
         self.run.save("last.pt", ckpt)
+        self.last_save = time.monotonic()
+
+    # -- interrupts and periodic saves
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM only note the request (`self.stop_signal`); the loop saves last.pt at the next step
+        boundary and stops. A second signal acts as usual (e.g. Ctrl-C twice quits at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum, frame):
+            self.stop_signal = signal.Signals(signum).name
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def should(self) -> Tuple[bool, bool]:
+        """(stop: a signal came, save: --save_steps or the time-based default is due), the same on every rank."""
+        every = self.args.save_steps
+        due = (every is None and time.monotonic() - self.last_save >= SAVE_SECONDS) or \
+            (every is not None and every > 0 and self.state["step"] % every == 0)
+        flags = [self.stop_signal is not None, due]
+        if self.world > 1:
+            t = torch.tensor(flags, dtype=torch.int32, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = t.bool().tolist()
+        return flags[0], flags[1]
+
+    def stop(self) -> None:
+        """Save last.pt and leave with one line saying how to continue."""
+        self.save_last()
+        barrier()
+        raise utils.Interrupted(f"training stopped by {self.stop_signal or 'a signal'} at step {self.state['step']}: "
+                                f"last.pt saved in {self.run.path}; run the same command with --resume to continue")
 
     # -- the loop
     def train(self) -> Dict[str, Any]:
-        """Train until the epochs or --max_steps run out; returns the final state."""
+        """Train until the epochs or --max_steps run out (or SIGINT/SIGTERM: last.pt, then utils.Interrupted);
+        returns the final state."""
+        with self.catching_signals():
+            return self.loop()
+
+    def loop(self) -> Dict[str, Any]:
+        """The epochs of optimizer steps, resumed from last.pt with --resume."""
         args, state = self.args, self.state
         resume = self.run.file("last.pt")
         if args.resume and resume.exists():
@@ -283,10 +344,15 @@ class Trainer:
                 f"{state['bad_steps']} optimizer steps in a row had a non-finite loss or gradient "
                 f"(last loss {out['loss']}, grad norm {out['grad_norm']}); try a lower --learning_rate or --amp off")
         if state["batch_in_epoch"] >= self.batches_per_epoch:
+            if self.should()[0]:
+                self.stop()
             return  # the epoch's last step: train() evaluates and saves at the epoch end, once
+        stop, save = self.should()
+        if stop:
+            self.stop()
         if args.evaluation_steps > 0 and step % args.evaluation_steps == 0:
             self.evaluate_and_save()
-        elif args.save_steps > 0 and step % args.save_steps == 0:
+        elif save:
             self.save_last()
 
 

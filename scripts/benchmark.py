@@ -69,7 +69,7 @@ def int_list(text: str) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and encoder")
     g.add_argument("--data", default=None, help="a DocRED JSON file (needed for the prepro phase)")
@@ -350,7 +350,7 @@ def training_defaults(args: Dict[str, Any]) -> argparse.Namespace:
     """train.py's optimisation and loss defaults, with this run's loss, batch size and amp."""
     from engine.task import add_training_args
 
-    hp = add_training_args(argparse.ArgumentParser()).parse_args([])
+    hp = add_training_args(argparse.ArgumentParser(allow_abbrev=False)).parse_args([])
     hp.loss, hp.train_batch_size, hp.amp = args["loss"], args["batch_size"], args["amp"]
     if args["mmap_threshold_mb"] is not None:
         hp.mmap_threshold_mb = args["mmap_threshold_mb"]

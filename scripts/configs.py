@@ -73,7 +73,7 @@ def label_of(args: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="print the train.py flags of a configuration")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="print the train.py flags of a configuration")
     p.add_argument("config", help=f"one of {', '.join(CONFIGS)} (or any --loss name)")
     p.add_argument("--shift", type=float, default=None, help="NCRL's margin shift of the configurations that keep it")
     p.add_argument("--pshift", type=float, default=0.05, help="BCE's probability shift of bce-pshift")

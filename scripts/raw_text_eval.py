@@ -151,7 +151,7 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/redocred/dev_revised.json", help="a DocRED JSON file")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL)
     parser.add_argument("--limit", type=int, default=None, help="the first N documents only (after --skip)")

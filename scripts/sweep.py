@@ -176,7 +176,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0],
                                      epilog="Arguments after -- go to every run (e.g. --num_train_epochs 2).")
     parser.add_argument("script", help="run script, e.g. scripts/run_roberta.sh")
     parser.add_argument("--configs", "--losses", nargs="+", default=["ncrl"],

@@ -53,24 +53,24 @@ def leftovers(folder: Path) -> List[str]:
 # ----------------------------------------------------------------------------- writes
 
 
-def test_failed_checkpoint_write_keeps_the_previous_best(run_copy, small_synthetic_dir, tiny_bert_dir,
+def test_failed_checkpoint_write_keeps_the_previous_last(run_copy, small_synthetic_dir, tiny_bert_dir,
                                                          monkeypatch):
-    before = (run_copy / "best.pt").read_bytes()
+    before = (run_copy / "last.pt").read_bytes()
     real_save = torch.save
 
     def save_half_then_fail(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        if ".best.pt." in Path(f).name:  # the temporary file beside best.pt: cut it in half, then fail
+        if ".last.pt." in Path(f).name:  # the temporary file beside last.pt: cut it in half, then fail
             data = Path(f).read_bytes()
             Path(f).write_bytes(data[: len(data) // 2])
             raise disk_full()
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="No space left"):  # a new run in the same folder dies writing its best.pt
-        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--max_steps", 1, "--overwrite"))
-    assert (run_copy / "best.pt").read_bytes() == before
-    ckpt = torch.load(run_copy / "best.pt", map_location="cpu", weights_only=False)
-    assert ckpt["model"] and ckpt["meta"]["rel2id"]["Na"] == 0
+    with pytest.raises(OSError, match="No space left"):  # the resumed run dies writing its next last.pt
+        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--max_steps", 3, "--resume"))
+    assert (run_copy / "last.pt").read_bytes() == before
+    ckpt = torch.load(run_copy / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["model"] and ckpt["meta"]["rel2id"]["Na"] == 0 and ckpt["state"]["step"] == 2
     assert leftovers(run_copy) == []
 
 
@@ -92,24 +92,25 @@ class FailingFile:
         raise disk_full()
 
 
-def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic_dir, tiny_bert_dir,
+def test_failed_result_write_keeps_the_previous_result(run_copy, small_synthetic_dir, tiny_bert_dir, tmp_path,
                                                        monkeypatch):
     before = (run_copy / "result.json").read_text(encoding="utf-8")
     assert json.loads(before)  # the fixture's run predicted something
-    (run_copy / "dev_scores.json").unlink()  # so that the one found afterwards is this run's
+    out = tmp_path / "test-mode"  # a folder holding only an earlier result.json (--overwrite would remove it)
+    out.mkdir()
+    (out / "result.json").write_text(before, encoding="utf-8")
 
     def open_failing(file, mode="r", *args, **kwargs):
         f = open(file, mode, *args, **kwargs)
         return FailingFile(f) if ".result.json." in Path(file).name and "w" in mode else f
 
     monkeypatch.setattr(utils, "open", open_failing, raising=False)  # utils' writers see this `open`
-    with pytest.raises(OSError, match="No space left"):  # test mode into the same folder dies writing result.json
-        train.main(run_args(small_synthetic_dir, tiny_bert_dir, run_copy, "--load_path", run_copy / "best.pt",
-                            "--overwrite"))
-    assert (run_copy / "result.json").read_text(encoding="utf-8") == before
-    dev = json.loads((run_copy / "dev_scores.json").read_text(encoding="utf-8"))  # written before the failure,
+    with pytest.raises(OSError, match="No space left"):  # test mode dies writing result.json
+        train.main(run_args(small_synthetic_dir, tiny_bert_dir, out, "--load_path", run_copy / "best.pt"))
+    assert (out / "result.json").read_text(encoding="utf-8") == before
+    dev = json.loads((out / "dev_scores.json").read_text(encoding="utf-8"))  # written before the failure,
     assert {"precision", "recall", "f1", "ign_f1"} <= set(dev)  # through the same writer
-    assert leftovers(run_copy) == []
+    assert leftovers(out) == []
 
 
 # ----------------------------------------------------------------------------- numerical faults

@@ -6,13 +6,14 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+import bilinear as bilinear_module
 import encoder_kernels
-import model as model_module
+from bilinear import GroupBilinearFunction, _block_features, group_bilinear
 from collate import DocRECollator, label_counts
 from encoder_kernels import (MaskDropout, checkpointed_sdpa, configure_encoder, keep_mask, load_encoder,
                              use_mask_dropout)
 from losses import available_losses, build_loss, positive_rates
-from model import ClsClassifier, DocREModel, GroupBilinearFunction, _block_features, group_bilinear, plan_windows
+from model import ClsClassifier, DocREModel, plan_windows
 from settings import DocRESettings
 
 NUM_CLASS = 5
@@ -347,17 +348,17 @@ def test_group_bilinear_in_chunks_of_pairs_changes_no_logit_bit(monkeypatch, max
     w0, grad = torch.randn(5, 16 * 4), torch.randn(11, 5)
     results = []
     for chunk_bytes in (2 ** 40, 3 * 4 * 4 * 4):  # everything at once; 3 pairs per chunk (fp32, blocks of 4)
-        monkeypatch.setattr(model_module, "PAIR_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(bilinear_module, "PAIR_CHUNK_BYTES", chunk_bytes)
         x, y, w = (t.clone().requires_grad_() for t in (x0, y0, w0))
         out = GroupBilinearFunction.apply(x, y, w, 4, max_sym)
         out.backward(grad)
         results.append((out.detach(), x.grad, y.grad, w.grad))
-    assert model_module.pair_chunk(11, 4, x0) == 3
+    assert bilinear_module.pair_chunk(11, 4, x0) == 3
     assert torch.equal(results[0][0], results[1][0])  # logits [P, K+1]
     for a, b in zip(results[0][1:], results[1][1:]):  # gradients of x, y and the weights
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     xd, yd, wd = (t.double().requires_grad_() for t in (x0[:7], y0[:7], w0))  # 3 + 3 + 1 pairs
-    monkeypatch.setattr(model_module, "PAIR_CHUNK_BYTES", 3 * 4 * 4 * 8)
+    monkeypatch.setattr(bilinear_module, "PAIR_CHUNK_BYTES", 3 * 4 * 4 * 8)
     assert torch.autograd.gradcheck(lambda a, b, c: GroupBilinearFunction.apply(a, b, c, 4, max_sym), (xd, yd, wd))
 
 
