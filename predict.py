@@ -1,7 +1,13 @@
 """Use a trained model on DocRED JSON, raw text or `.jsonl`: `python predict.py --model RUN --input FILE`.
 
     python predict.py --model runs/roberta-ncrl --input docs.txt --output pred.json --html pred.html
-    python predict.py --model runs/roberta-ncrl/best.pt --text "Marie Curie was born in Warsaw."
+    python predict.py --model runs/roberta-ncrl/model --text "Marie Curie was born in Warsaw."
+    python predict.py verify --model runs/roberta-ncrl/model --data dataset/docred/dev.json
+
+--model is a model folder (a run's model/, or one written by save_pretrained: config.json, model.safetensors,
+tokenizer files), a run directory (its model/, else its best.pt and encoder/) or a .pt checkpoint; a pickle
+checkpoint of an older version loads only with --trust_checkpoint. `verify` re-predicts a labelled DocRED file and
+compares its F1 with the one the folder's config.json records for that file (docs/model-folder.md).
 
 Inputs and their conversion to DocRED documents are described in `text2doc.py`. The output is a JSON list, one object
 per input document in input order:
@@ -15,14 +21,18 @@ id (e.g. "P17"), `relation` its name from the model's relation names or `--rel_i
 descending score. Documents with fewer than two entities get no relations without running the model.
 
 Every input document is checked before any is converted; then `--chunk_docs` documents at a time are converted,
-predicted and appended to the output, so memory stays flat on inputs of any size (DocRED's 101,873 distant documents
-included); the output file appears only once it is complete.
+predicted and appended to the output (and to the --html page), so memory stays flat on inputs of any size (DocRED's
+101,873 distant documents included); the output files appear only once they are complete. Unwritable --output or
+--html paths are refused before any work.
 
 From Python:
     pipe = DocREPipeline.from_pretrained("runs/roberta-ncrl")
     pipe("Marie Curie was born in Warsaw.")                # one output object
     pipe(["text one", "text two"])                         # a list of them
     pipe.predict_documents(text2doc.read_inputs(...))      # converted documents
+
+From spaCy (spacy_docre.py; the same facts as this module on the same text):
+    import spacy_docre; nlp.add_pipe("docre", config={"model": "runs/roberta-ncrl/model"}); nlp(text)._.relations
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import contextlib
 import html
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +58,7 @@ if TYPE_CHECKING:
 
 # ----------------------------------------------------------------------------- the model seam
 # Two functions stand between converted documents and Relations; tests replace them with fakes:
-# - load_model(path, device): a run directory (its best.pt), an exported model folder, or a best.pt file ->
+# - load_model(path, device, progress, trust): a model folder, a run directory or a .pt checkpoint ->
 #   (bundle: the model, its settings, tokenizer, collator, loss and tuned decision; {relation id: name}).
 # - predict_docs(bundle, docs, batch_size): `docs` are converted documents (text2doc: DocRED `title`, `sents`,
 #   `vertexSet`, plus extra keys to ignore), each with at least two entities; returns one list per document, in
@@ -67,16 +78,17 @@ class ModelBundle:
     progress: bool = False
 
 
-def load_model(path: str, device: Optional[str] = None, progress: bool = False) -> Tuple[ModelBundle, Dict[str, str]]:
-    """(model bundle, relation names {relation id: name}) of a run directory, exported model folder or best.pt."""
+def load_model(path: str, device: Optional[str] = None, progress: bool = False,
+               trust: bool = False) -> Tuple[ModelBundle, Dict[str, str]]:
+    """(model bundle, relation names {relation id: name}) of a model folder, a run directory or a .pt checkpoint;
+    `trust` allows an old pickle checkpoint (--trust_checkpoint)."""
     from collate import DocRECollator
     from engine import checkpoints
     from engine.task import build_loss_from_args
     from model import DocREModel
     from settings import DocRESettings
 
-    best, _ = checkpoints.model_files(path, "--model")
-    ckpt = checkpoints.load_checkpoint(best, "cpu", "--model")
+    ckpt, best = checkpoints.read_model(path, "--model", trust)
     saved_args = ckpt.get("args", {})
     if saved_args.get("task", "docred") != "docred":
         raise InputError(f"--model {best} is a {saved_args['task']} model; predict.py runs DocRED models")
@@ -243,15 +255,47 @@ def _relations_html(out: Dict[str, Any]) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
-def render_html(outputs: Sequence[Dict[str, Any]], title: str = "DocRE predictions") -> str:
-    """One self-contained HTML page (inline CSS and script) showing the output objects."""
+def html_head(title: str = "DocRE predictions") -> str:
+    """The page up to its first document: inline CSS, title, legend."""
     legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
-    sections = [f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2><div class="text">{_text_html(out)}</div>'
-                f'{_relations_html(out)}</section>' for i, out in enumerate(outputs)]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>'
             f'<p class="legend">Entity types: {legend} &middot; click a relation to highlight its evidence '
-            f'sentences and entities.</p>{"".join(sections)}<script>{_SCRIPT}</script></body></html>\n')
+            f'sentences and entities.</p>')
+
+
+def html_section(i: int, out: Dict[str, Any]) -> str:
+    """One document of the page: its title, text with marked mentions, and relation table."""
+    return (f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2><div class="text">{_text_html(out)}</div>'
+            f'{_relations_html(out)}</section>')
+
+
+HTML_TAIL = f"<script>{_SCRIPT}</script></body></html>\n"
+
+
+def render_html(outputs: Sequence[Dict[str, Any]], title: str = "DocRE predictions") -> str:
+    """One self-contained HTML page (inline CSS and script) showing the output objects."""
+    return html_head(title) + "".join(html_section(i, out) for i, out in enumerate(outputs)) + HTML_TAIL
+
+
+@contextlib.contextmanager
+def html_writer(path: Optional[str]) -> Iterator[Callable[[Dict[str, Any]], None]]:
+    """A function that appends one output object to the HTML page at `path` (nothing when None), streamed to a
+    temporary file that replaces `path` only once the page is complete."""
+    if path is None:
+        yield lambda out: None
+        return
+    with utils.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(html_head())
+        n = 0
+
+        def write(out: Dict[str, Any]) -> None:
+            nonlocal n
+            f.write(html_section(n, out))
+            n += 1
+
+        yield write
+        f.write(HTML_TAIL)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -279,9 +323,9 @@ class DocREPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
-                        progress: bool = False, **kwargs: Any) -> "DocREPipeline":
-        """A pipeline over the trained model at `path` (run directory, model folder or best.pt)."""
-        bundle, rel_names = load_model(path, device, progress)
+                        progress: bool = False, trust: bool = False, **kwargs: Any) -> "DocREPipeline":
+        """A pipeline over the trained model at `path` (model folder, run directory or .pt checkpoint)."""
+        bundle, rel_names = load_model(path, device, progress, trust)
         return cls(bundle, read_rel_info(rel_info) if rel_info else rel_names, **kwargs)
 
     @property
@@ -322,7 +366,7 @@ class DocREPipeline:
         return outputs[0] if single else outputs
 
     def save_pretrained(self, folder: str) -> None:
-        """Export the model as a folder (best.pt without optimizer states, encoder/ config and tokenizer)."""
+        """Export the model as a model folder (config.json, model.safetensors, tokenizer files, README.md)."""
         self.model_bundle.pretrained.save(folder)
 
 
@@ -330,10 +374,11 @@ class DocREPipeline:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Predict relations with a trained model on DocRED JSON, raw "
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Predict relations with a trained model on DocRED JSON, raw "
                                                  "text (.txt, one document a line) or .jsonl ({\"title\", \"text\"} "
                                                  "a line).")
-    parser.add_argument("--model", required=True, help="run directory, exported model folder, or best.pt")
+    parser.add_argument("--model", required=True,
+                        help="model folder (RUN/model or one written by save_pretrained), run directory, or .pt")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="a .json (DocRED), .txt or .jsonl file")
     source.add_argument("--text", help="one document's text")
@@ -348,6 +393,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rel_info", default=None, help="relation names (default: the model's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow an old pickle checkpoint (it can run code: only files you trust)")
     return parser.parse_args(argv)
 
 
@@ -384,39 +431,140 @@ def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
 
 def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
-    if not Path(args.model).exists():
-        raise InputError(f"--model {args.model}: no such file or directory")
-    for flag in ("batch_size", "chunk_docs"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    check_args(args)
     n_docs, chunks = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
-                                         n_docs <= args.chunk_docs, batch_size=args.batch_size)
-    kept: List[Dict[str, Any]] = []  # for the HTML page only
+                                         n_docs <= args.chunk_docs, args.trust_checkpoint, batch_size=args.batch_size)
     bar = None
     if n_docs > args.chunk_docs and not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n_docs, desc="predict", unit="doc")
-    with json_list_writer(args.output) as write:
+    with json_list_writer(args.output) as write, html_writer(args.html) as write_html:
         for chunk in chunks:
             for out in pipe.predict_documents(chunk):
                 write(out)
-                if args.html:
-                    kept.append(out)
+                write_html(out)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    if args.html:
-        from utils import atomic_write_text
-
-        atomic_write_text(args.html, render_html(kept))
     return n_docs
+
+
+def check_writable(path: str, flag: str) -> None:
+    """An InputError, before any work, when `path` is a folder or a file that cannot be created."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{flag} {path} is a folder: name a file in it, e.g. {target / 'predictions.json'}")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # atomic_path creates the missing folders
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write there ({parent} is not a writable folder); choose another "
+                         f"path")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what would fail after the prediction work: a missing model, bad sizes, unwritable outputs."""
+    if not Path(args.model).exists():
+        raise InputError(f"--model {args.model}: no such file or directory")
+    for flag in ("batch_size", "chunk_docs"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.output != "-":
+        check_writable(args.output, "--output")
+    if args.html:
+        check_writable(args.html, "--html")
+    if args.text is not None and "\n" not in args.text and os.path.isfile(args.text):  # False on any OSError
+        logging.getLogger(__name__).warning("--text %r names an existing file, but --text predicts on the string "
+                                            "itself; pass --input %s to read the file", args.text, args.text)
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def parse_verify_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="predict.py verify", description="Re-predict a labelled DocRED file and "
+                                     "compare with the scores the model folder records for it.")
+    parser.add_argument("--model", required=True, help="model folder (RUN/model), run directory, or .pt")
+    parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file)")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="largest F1 difference (points) accepted")
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--chunk_docs", type=int, default=1000)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="allow an old pickle checkpoint (it can run code: only files you trust)")
+    return parser.parse_args(argv)
+
+
+def rescore(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, Any]:
+    """Official scores (percent; no Ign F1) of the model's predictions on a labelled DocRED file."""
+    import evaluation
+
+    gold = utils.read_json(path, "--data")
+    if not isinstance(gold, list) or not any(isinstance(d, dict) and d.get("labels") for d in gold):
+        raise InputError(f"--data {path} has no labels: verify needs a labelled DocRED file (e.g. the dev file)")
+    with_evidence = pipe.model_bundle.settings.evidence
+    preds = [{"title": out["title"], "h_idx": r["h_idx"], "t_idx": r["t_idx"], "r": r["r"],
+              **({"evidence": r["evidence"]} if with_evidence else {})}
+             for chunk in text2doc.input_chunks(path, lambda: None, chunk_docs)[1]
+             for out in pipe.predict_documents(chunk) for r in out["relations"]]
+    return evaluation.official_evaluate(preds, gold)
+
+
+def recorded_scores(config: Dict[str, Any], sha: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(split, scores) that a model folder's config.json records for the data file of SHA-256 `sha`, if any."""
+    for split, record in (config.get("training") or {}).items():
+        if isinstance(record, dict) and record.get("sha256") == sha and record.get("scores"):
+            return split, record["scores"]
+    return None
+
+
+def verify(args: argparse.Namespace) -> int:
+    """0 when the F1 on --data equals the recorded one within --tolerance (or nothing is recorded), else 1."""
+    from engine.checkpoints import CONFIG, file_sha256
+
+    if not Path(args.data).is_file() or Path(args.data).suffix.lower() != ".json":
+        raise InputError(f"--data {args.data}: no such DocRED .json file")
+    pipe = DocREPipeline.from_pretrained(args.model, None, args.device, not args.no_progress, args.trust_checkpoint,
+                                         batch_size=args.batch_size)
+    scores = rescore(pipe, args.data, args.chunk_docs)
+    print(f"{args.data}: F1 {scores['f1']:.4f}, precision {scores['precision']:.4f}, recall {scores['recall']:.4f} "
+          f"({scores['n_correct']} of {scores['n_pred']} predicted facts correct, {scores['n_gold']} gold)")
+    pre = pipe.model_bundle.pretrained
+    found = recorded_scores(pre.config, file_sha256(args.data))
+    if found is None or not isinstance(found[1].get("f1"), (int, float)):
+        print(f"note: {pre.path} records no scores for this file (not the data it was scored on, by SHA-256): "
+              f"nothing to compare")
+        return 0
+    split, recorded = found
+    where = pre.path / CONFIG
+    if abs(scores["f1"] - recorded["f1"]) > args.tolerance:
+        print(f"verify FAILED: F1 on {args.data} is {scores['f1']:.4f}, but {where} records {recorded['f1']:.4f} "
+              f"for this {split} file (tolerance {args.tolerance}): the weights, tokenizer or recorded scores do not "
+              f"belong together", file=sys.stderr)
+        return 1
+    print(f"verified: F1 {scores['f1']:.4f} equals the {recorded['f1']:.4f} that {where} records for this {split} "
+          f"file (tolerance {args.tolerance})")
+    return 0
+
+
+def verify_main(argv: List[str]) -> int:
+    """`predict.py verify ...`: exit 0 (verified, or nothing recorded), 1 (scores differ), 2 (bad input)."""
+    args = parse_verify_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    status: Dict[str, int] = {}
+    code = utils.guarded(lambda: status.setdefault("code", verify(args)))
+    return code or status.get("code", 0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; bad input prints one error line and exits with status 2 (utils.guarded)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "verify":
+        return verify_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     return utils.guarded(lambda: run(args))  # text2doc's InputError is a UserError too

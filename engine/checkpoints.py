@@ -1,10 +1,15 @@
 """Checkpoints and the model folder: loading the encoder, reading and checking checkpoints, exporting and loading a
-trained model with nothing else needed (no network, no training code).
+trained model with nothing else needed (no network, no training code, no pickle).
 
-A trained model is one folder: the run directory, or one exported by `save_pretrained`. What loading needs:
-    best.pt    weights, args, the task's meta() and the decision (an exported one: no optimizer or RNG states)
-    encoder/   the encoder's config.json and the tokenizer files (no encoder weights: they are in best.pt)
-Runs from before model folders have no encoder/: their encoder is rebuilt from args' model_name_or_path.
+A trained model is one folder, `RUN/model/` (written after training) or one exported by `save_pretrained`:
+    config.json         task, label map, settings, decision, loss, encoder name and config, training record,
+                        the toolkit's args, and the SHA-256 of model.safetensors (checked on every load)
+    model.safetensors   all weights, encoder included
+    tokenizer files     tokenizer.json, tokenizer_config.json, ...
+    README.md           the model card (Hugging Face YAML header)
+best.pt and last.pt stay in the run directory for training and --resume; they hold plain types and tensors only and
+are read with `torch.load(weights_only=True)`. An older pickle checkpoint loads only with --trust_checkpoint.
+Runs from before model folders (best.pt + encoder/) still load (test mode, predict.py).
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import argparse
 import json
 import logging
 import os
+import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,13 +34,58 @@ from utils import UserError
 logger = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: the decision is a value in the checkpoint; task metadata under "meta"
 BEST, ENCODER_DIR = "best.pt", "encoder"
-MODEL_KEYS = ("version", "model", "args", "meta", "decision")  # what an exported best.pt keeps
+MODEL_DIR, CONFIG, WEIGHTS, CARD = "model", "config.json", "model.safetensors", "README.md"
+FOLDER_FORMAT, FOLDER_VERSION = "docre-ncrl-model", 1
+MODEL_KEYS = ("version", "model", "args", "meta", "decision")  # what a model keeps of a training checkpoint
+LOCAL_ARGS = ("output_dir", "save_path", "load_path", "cache_dir", "data_dir", "resume", "overwrite", "wandb",
+              "wandb_project", "run_name", "device", "no_progress", "trust_checkpoint")  # not for a shared model
+TRUST_HINT = "pass --trust_checkpoint only if you trust where the file comes from"
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+def refuse_custom_code(folder: str | os.PathLike, what: str) -> None:
+    """A UserError when a local encoder folder's config.json asks to run its own code (`auto_map`)."""
+    config = Path(folder) / "config.json"
+    try:
+        asks = config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # unreadable: transformers names the problem
+    if asks:
+        raise UserError(f"{what} {folder}: its config.json has 'auto_map' (the model needs its own Python code); "
+                        f"this toolkit never runs code from a model folder: use an encoder transformers ships")
+
+
+def encoder_config(source: Any, what: str) -> Any:
+    """The transformers config of a folder or hub name, or of a config dict (a model folder's), without custom code."""
+    from transformers import AutoConfig
+
+    if isinstance(source, dict):
+        if "auto_map" in source:
+            raise UserError(f"{what}: its encoder config has 'auto_map' (custom code), which this toolkit never runs")
+        return AutoConfig.for_model(**source)
+    if os.path.isdir(source):
+        refuse_custom_code(source, what)
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(f"{what} {source}: the model needs its own Python code (trust_remote_code), which this "
+                            f"toolkit never runs: use an encoder transformers ships") from None
+        raise
+
+
+def load_tokenizer(source: str | os.PathLike, config: Any = None) -> Any:
+    """The tokenizer of a folder or hub name, without custom code."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"config": config} if config is not None else {}
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
 
 
 def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module]:
     """The tokenizer and encoder of --model_name_or_path, with a clear error when neither folder nor hub works."""
-    from transformers import AutoConfig, AutoTokenizer
-
     from encoder_kernels import load_encoder
 
     path = utils.resolve_model_path(args.model_name_or_path)
@@ -41,10 +94,10 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
                         f"config.json in it): point it at a folder written by save_pretrained, or use "
                         f"--model_name_or_path minilm for the packaged offline encoder.")
     try:
-        config = AutoConfig.from_pretrained(utils.resolve_model_path(args.config_name) if args.config_name else path)
-        tokenizer = AutoTokenizer.from_pretrained(
-            utils.resolve_model_path(args.tokenizer_name) if args.tokenizer_name else path)
-        encoder = load_encoder(path, config=config)  # the task's model chooses its kernels (encoder_kernels)
+        config = encoder_config(utils.resolve_model_path(args.config_name) if args.config_name else path,
+                                "--model_name_or_path")
+        tokenizer = load_tokenizer(utils.resolve_model_path(args.tokenizer_name) if args.tokenizer_name else path)
+        encoder = load_encoder(path, config=config, trust_remote_code=False)  # the task's model picks its kernels
     except OSError as e:
         raise UserError(
             f"--model_name_or_path {args.model_name_or_path!r} is neither a local folder nor reachable on the "
@@ -55,14 +108,40 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
     return tokenizer, encoder
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
-                    what: str = "--load_path") -> Dict[str, Any]:
-    """A checkpoint written by this toolkit, with an error naming the file when it is missing or damaged."""
+# ----------------------------------------------------------------------------- checkpoints (best.pt, last.pt)
+
+
+def plain(obj: Any) -> Any:
+    """`obj` with numpy arrays as tensors and numpy scalars as Python numbers, so weights_only loading reads it."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", what: str = "--load_path",
+                    trust: bool = False) -> Dict[str, Any]:
+    """A checkpoint written by this toolkit, read without unpickling code; an old pickle one only with `trust`."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such file" + (" (it is a folder: pass its best.pt)"
                                                           if os.path.isdir(path) else ""))
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise UserError(f"{what} {path} is not a readable checkpoint (truncated or another format?): "
+                            f"{type(e).__name__}: {str(e)[:200]}") from e
+        if not trust:
+            raise UserError(f"{what} {path} is a pickle checkpoint (an older format, or not this toolkit's): loading "
+                            f"it can run code hidden in the file, so it is refused; {TRUST_HINT}") from None
+        logger.warning("%s %s: loading a pickle checkpoint (--trust_checkpoint): it can run code; re-export it as a "
+                       "model folder (save_pretrained) to share it", what, path)
+        ckpt = _unpickle(path, device, what)
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
         raise UserError(f"{what} {path} is not a readable checkpoint (truncated or another format?): "
                         f"{type(e).__name__}: {str(e)[:200]}") from e
@@ -71,12 +150,25 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
     return ckpt
 
 
-def check_checkpoint(ckpt: Dict[str, Any], path: str, args: argparse.Namespace, task_name: str) -> None:
-    """Refuse a checkpoint of another task or encoder, naming both (the task checks its own metadata in setup)."""
-    saved = ckpt.get("args", {})
-    saved_task = saved.get("task", task_name)
+def _unpickle(path: str | os.PathLike, device: torch.device | str, what: str) -> Any:
+    """torch.load with pickle (the user passed --trust_checkpoint)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise UserError(f"{what} {path} is not a readable checkpoint: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def check_task(ckpt: Dict[str, Any], path: str, task_name: str) -> None:
+    """Refuse a checkpoint of another task, naming both."""
+    saved_task = ckpt.get("args", {}).get("task", task_name)
     if saved_task != task_name:
         raise UserError(f"--load_path {path} is a {saved_task} checkpoint, not one of {task_name}")
+
+
+def check_checkpoint(ckpt: Dict[str, Any], path: str, args: argparse.Namespace, task_name: str) -> None:
+    """Refuse a checkpoint of another task or encoder, naming both (the task checks its own metadata in setup)."""
+    check_task(ckpt, path, task_name)
+    saved = ckpt.get("args", {})
     saved_model = saved.get("model_name_or_path")
     if saved_model is not None and utils.resolve_model_path(saved_model) != utils.resolve_model_path(
             args.model_name_or_path):
@@ -89,14 +181,244 @@ def checkpoint_meta(ckpt: Dict[str, Any]) -> Dict[str, Any]:
     return ckpt.get("meta") or {k: ckpt[k] for k in ("rel2id", "rid2col", "label_names") if k in ckpt}
 
 
+# ----------------------------------------------------------------------------- the model folder: writing
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes."""
+    from json_stream import file_sha256 as digest
+
+    return digest(path)
+
+
+def json_args(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's flags a shared model keeps: JSON types, without local paths and run-directory switches."""
+    return json.loads(json.dumps({k: v for k, v in args.items() if k not in LOCAL_ARGS}, default=str))
+
+
+def data_record(path: Optional[str], scores: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """{file name, SHA-256, scores} of a data file the model was scored on (None when there is no file)."""
+    if not path or not os.path.isfile(path):
+        return None
+    record: Dict[str, Any] = {"file": os.path.basename(path), "sha256": file_sha256(path)}
+    if scores is not None:
+        record["scores"] = json.loads(json.dumps(plain(scores), default=str))
+    return record
+
+
+def distinct_tensors(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """(each distinct tensor once, contiguous on the CPU; {alias: the name stored}) of a state dict whose modules
+    share weights (the head reuses the encoder's last attention layer)."""
+    first: Dict[Tuple[Any, ...], str] = {}
+    weights, aliases = {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and key in first:
+            aliases[name] = first[key]
+            continue
+        first[key] = name
+        weights[name] = t.detach().cpu().contiguous().clone()
+    return weights, aliases
+
+
+def folder_config(ckpt: Dict[str, Any], encoder_cfg: Any, training: Dict[str, Any], sha: str,
+                  task: Optional[str] = None) -> Dict[str, Any]:
+    """config.json of a model folder: what prediction needs, and what a reader wants to know, in JSON."""
+    args, meta = json_args(ckpt.get("args", {})), json.loads(json.dumps(plain(checkpoint_meta(ckpt)), default=str))
+    args["task"] = task or args.get("task", "docred")  # checked when the folder is loaded (check_checkpoint)
+    loss_keys = ("loss", "shift", "margin_reg", "prob_shift", "afl_gamma_pos", "top_k")
+    return {"format": FOLDER_FORMAT, "format_version": FOLDER_VERSION, "task": args["task"],
+            "label_map": meta.get("rel2id"), "relation_names": meta.get("relation_names"),
+            "settings": meta.get("settings"), "evidence": bool(meta.get("evidence", False)),
+            "loss": {k: args[k] for k in loss_keys if k in args},
+            "decision": json.loads(json.dumps(plain(ckpt.get("decision")), default=str)),
+            "encoder": {"name": args.get("model_name_or_path"), "config": encoder_cfg.to_dict()},
+            "training": training, "meta": meta, "args": args, "state_version": ckpt.get("version", STATE_VERSION),
+            "weights": {"file": WEIGHTS, "sha256": sha}}
+
+
+def save_model_folder(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: Any, encoder_cfg: Any,
+                      training: Optional[Dict[str, Any]] = None, task: Optional[str] = None) -> Path:
+    """Write a model folder: model.safetensors, the tokenizer files, config.json (last: it records the weights'
+    SHA-256) and README.md. `training` is the record of the data the model was trained and scored on; `task` the
+    task's name (default: the checkpoint's, else docred)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write a model folder to {folder}: it is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    weights, aliases = distinct_tensors(ckpt["model"])
+    with utils.atomic_path(folder / WEIGHTS) as tmp:
+        save_file(weights, tmp, metadata={"format": "pt"})
+        shutil.copymode(folder / "tokenizer_config.json", tmp)  # the mode the tokenizer files got from the umask
+    config = folder_config(ckpt, encoder_cfg, training or {}, file_sha256(folder / WEIGHTS), task)
+    config["weights"]["aliases"] = aliases
+    utils.atomic_write_json(folder / CONFIG, config, indent=1)
+    utils.atomic_write_text(folder / CARD, model_card(config))
+    return folder
+
+
+def _card_metrics(config: Dict[str, Any]) -> List[Tuple[str, str, float]]:
+    """(split, metric, value) of every recorded score, for the card."""
+    out = []
+    for split in ("dev", "test"):
+        record = (config.get("training") or {}).get(split) or {}
+        for name, value in (record.get("scores") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append((split, name, float(value)))
+    return out
+
+
+def model_card(config: Dict[str, Any]) -> str:
+    """README.md of a model folder: Hugging Face's YAML header, then how it was trained, its scores and its use."""
+    training, args = config.get("training") or {}, config.get("args") or {}
+    dataset = training.get("data_name") or config["task"]
+    metrics = _card_metrics(config)
+    names = sorted({name for _, name, _ in metrics})
+    results = "".join(f"      - {{name: {split} {name}, type: {name}, value: {value:.4f}}}\n"
+                      for split, name, value in metrics)
+    header = (f"---\nlibrary_name: docre-ncrl\nlicense: unknown  # set it: the encoder's and the data's terms apply\n"
+              f"tags: [relation-extraction, {config['task']}]\ndatasets: [{dataset}]\nmetrics: [{', '.join(names)}]\n"
+              f"model-index:\n- name: {config['task']}-{args.get('loss', 'model')}\n  results:\n"
+              f"  - task: {{type: relation-extraction}}\n    dataset: {{name: {dataset}, type: {dataset}}}\n"
+              f"    metrics:\n{results or '      []' + chr(10)}---\n")
+    dev = training.get("dev") or {}
+    rows = "".join(f"| {split} | {name} | {value:.2f} |\n" for split, name, value in metrics)
+    loss = ", ".join(f"{k}={v}" for k, v in (config.get("loss") or {}).items())
+    return (header + f"\n# {config['task']} model ({config['encoder']['name']}, {args.get('loss', '?')})\n\n"
+            f"A document-level relation extraction model of the docre-ncrl toolkit (ATLOP + NCRL).\n\n"
+            f"## Training\n\n- task: {config['task']}; encoder: `{config['encoder']['name']}`; loss: {loss}\n"
+            f"- training data: `{training.get('train_file')}`; dev data: `{dev.get('file')}` "
+            f"(SHA-256 `{dev.get('sha256')}`)\n- decision: `{json.dumps(config.get('decision'))}`; evidence: "
+            f"{config.get('evidence')}\n- epochs {args.get('num_train_epochs')}, batch {args.get('train_batch_size')} "
+            f"x {args.get('gradient_accumulation_steps')}, learning rate {args.get('learning_rate')}, seed "
+            f"{args.get('seed')}\n\n## Scores (percent)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n"
+            f"## Use\n\n```bash\npython predict.py --model THIS_FOLDER --input docs.json --output pred.json\n"
+            f"python predict.py --model THIS_FOLDER --text \"Marie Curie was born in Warsaw.\"\n"
+            f"python predict.py verify --model THIS_FOLDER --data {dev.get('file') or 'dev.json'}  # re-scores the "
+            f"dev file\n```\n\nLoading checks `model.safetensors` against the SHA-256 in `config.json`; nothing "
+            f"in this folder is pickled. See docs/model-folder.md of the toolkit.\n")
+
+
+# ----------------------------------------------------------------------------- the model folder: reading
+
+
+def read_folder_config(folder: Path, what: str) -> Optional[Dict[str, Any]]:
+    """config.json of a model folder of this toolkit; None when `folder` has no such file."""
+    path = folder / CONFIG
+    if not path.is_file():
+        return None
+    config = utils.read_json(path, what)
+    if not isinstance(config, dict) or config.get("format") != FOLDER_FORMAT:
+        return None  # e.g. a Hugging Face encoder's config.json
+    return config
+
+
+def locate_model(path: str | os.PathLike, what: str = "--load_path") -> Tuple[Path, Optional[Dict[str, Any]]]:
+    """(model folder, its config) or (checkpoint file, None) of a run directory, a model folder or a .pt file."""
+    path = Path(path)
+    if path.is_file() and path.name in (CONFIG, WEIGHTS):
+        path = path.parent
+    if path.is_dir():
+        for folder in (path, path / MODEL_DIR):
+            config = read_folder_config(folder, what)
+            if config is not None:
+                return folder, config
+        if (path / BEST).is_file():
+            return path / BEST, None
+        raise UserError(f"{what} {path} is not a model folder: it has neither {MODEL_DIR}/{CONFIG} nor {CONFIG} of "
+                        f"this toolkit, nor {BEST} (a run directory has them once training has evaluated)")
+    if not path.exists():
+        raise UserError(f"{what} {path}: no such file or folder")
+    return path, None
+
+
+def load_model_folder(folder: Path, config: Dict[str, Any], what: str = "--model") -> Dict[str, Any]:
+    """A model folder as a checkpoint dict (weights, args, meta, decision, encoder, config), its weights checked
+    against the SHA-256 that config.json records before they are read."""
+    from safetensors.torch import load_file
+
+    weights = folder / (config.get("weights") or {}).get("file", WEIGHTS)
+    expected = (config.get("weights") or {}).get("sha256")
+    if not weights.is_file():
+        raise UserError(f"{what} {folder}: {weights.name} is missing; download the whole folder again")
+    actual = file_sha256(weights)
+    if actual != expected:
+        raise UserError(f"{what} {weights} does not match the SHA-256 its {CONFIG} records (changed or truncated "
+                        f"file: {actual[:16]}... instead of {str(expected)[:16]}...); download the folder again")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error for damaged headers
+        raise UserError(f"{what} {weights} is not a readable safetensors file: {str(e)[:200]}") from e
+    aliases = (config.get("weights") or {}).get("aliases") or {}
+    state.update({alias: state[name] for alias, name in aliases.items() if name in state})
+    return {"version": config.get("state_version", STATE_VERSION), "model": state, "args": config.get("args", {}),
+            "meta": config.get("meta", {}), "decision": config.get("decision"), "encoder": config.get("encoder"),
+            "folder": config}
+
+
+def read_model(path: str | os.PathLike, what: str = "--load_path", trust: bool = False,
+               device: torch.device | str = "cpu") -> Tuple[Dict[str, Any], Path]:
+    """(checkpoint dict, where it was read: a model folder or a .pt file) of anything `locate_model` accepts."""
+    found, config = locate_model(path, what)
+    if config is not None:
+        return load_model_folder(found, config, what), found
+    return load_checkpoint(found, device, what, trust), found
+
+
+def encoder_source(source: Path) -> Path:
+    """The folder holding a model's tokenizer files: the model folder itself, or encoder/ beside a best.pt."""
+    return source if source.is_dir() else source.parent / ENCODER_DIR
+
+
+def checkpoint_encoder(ckpt: Dict[str, Any], source: Path) -> Tuple[Any, nn.Module]:
+    """(tokenizer, untrained encoder) of a model read by `read_model`: a model folder's config and tokenizer; a
+    checkpoint's encoder/ beside it, else (runs from before model folders) its --model_name_or_path."""
+    from encoder_kernels import load_encoder
+
+    if ckpt.get("encoder"):  # a model folder
+        config = encoder_config(ckpt["encoder"]["config"], f"{source / CONFIG}")
+        return load_tokenizer(source, config), load_encoder(None, config=config)
+    folder = encoder_source(source)
+    if not (folder / "config.json").is_file():
+        name = ckpt.get("args", {}).get("model_name_or_path")
+        if name is None:
+            raise UserError(f"{source} has no {ENCODER_DIR}/ folder beside it and names no encoder in its args: "
+                            f"it cannot be rebuilt")
+        folder = utils.resolve_model_path(name)
+    try:
+        config = encoder_config(str(folder), f"{source}: encoder")
+        tokenizer = load_tokenizer(folder)
+    except OSError as e:
+        raise UserError(f"{source} has no {ENCODER_DIR}/ folder beside it (a run from before model folders), and "
+                        f"its encoder {str(folder)!r} (--model_name_or_path of its args) is not available here "
+                        f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): put the encoder's "
+                        f"config.json and tokenizer files into {source.parent / ENCODER_DIR}. ({str(e)[:200]})") from e
+    return tokenizer, load_encoder(None, config=config)
+
+
+def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: Path) -> None:
+    """The checkpoint's weights into `model`, with an error naming the file when they do not fit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: its weights do not fit the model its settings describe (a checkpoint of "
+                        f"another version of the head?): {str(e)[:400]}") from e
+
+
+# ----------------------------------------------------------------------------- a model ready to use
+
+
 @dataclass
 class Pretrained:
     """A trained model loaded from its folder, in eval mode: the model, its tokenizer, the checkpoint without
-    weights (args, meta, decision) and where it came from."""
+    weights (args, meta, decision; a model folder's config under "folder") and where it came from."""
     model: nn.Module
     tokenizer: Any
     checkpoint: Dict[str, Any]
-    path: Path  # the best.pt read
+    path: Path  # the model folder or the .pt file read
 
     @property
     def args(self) -> argparse.Namespace:
@@ -106,30 +428,28 @@ class Pretrained:
     def meta(self) -> Dict[str, Any]:
         return checkpoint_meta(self.checkpoint)
 
+    @property
+    def config(self) -> Dict[str, Any]:
+        """config.json of a model folder; empty for a .pt checkpoint."""
+        return self.checkpoint.get("folder") or {}
+
     def decision(self) -> Decision:
         return Decision.from_checkpoint(self.checkpoint, self.checkpoint.get("args", {}).get("top_k", -1))
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Export this model as a folder that `load_pretrained` reads (see `save_pretrained`)."""
+        """Export this model as a model folder (see `save_model_folder`), keeping its training record."""
         return save_pretrained(folder, {**self.checkpoint, "model": self.model.state_dict()}, self.tokenizer,
-                               self.model.encoder.config)
+                               self.model.encoder.config, self.config.get("training"))
 
 
-def model_files(path: str | os.PathLike, what: str = "--load_path") -> Tuple[Path, Path]:
-    """(best.pt, model folder) of a run directory, an exported model folder or a best.pt file."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / BEST).is_file():
-            raise UserError(f"{what} {path} is not a model folder: it has no {BEST} (a run directory or a folder "
-                            f"exported with save_pretrained has one; is the run still before its first evaluation?)")
-        return path / BEST, path
-    if not path.exists():
-        raise UserError(f"{what} {path}: no such file or folder")
-    return path, path.parent
+def save_pretrained(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: Any, config: Any,
+                    training: Optional[Dict[str, Any]] = None) -> Path:
+    """Export a model folder (safetensors, config.json, tokenizer files, model card) from a checkpoint dict."""
+    return save_model_folder(folder, {k: ckpt[k] for k in MODEL_KEYS if k in ckpt}, tokenizer, config, training)
 
 
 def write_encoder_folder(folder: str | os.PathLike, tokenizer: Any, config: Any) -> None:
-    """encoder/: the encoder's config.json and the tokenizer files, all a model folder needs besides best.pt."""
+    """encoder/: the encoder's config.json and the tokenizer files, which make a run directory's best.pt loadable."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
@@ -148,88 +468,49 @@ def copy_best(ckpt: Dict[str, Any], path: Path, tokenizer: Any, config: Any) -> 
     write_encoder_folder(folder, tokenizer, config)
 
 
-def save_pretrained(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer: Any, config: Any) -> Path:
-    """Export a model folder: best.pt (weights, args, meta, decision) and encoder/ (config, tokenizer)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"cannot export a model to {folder}: it is a file")
-    write_encoder_folder(folder / ENCODER_DIR, tokenizer, config)
-    utils.atomic_torch_save({k: ckpt[k] for k in MODEL_KEYS if k in ckpt}, folder / BEST)
-    return folder
-
-
-def checkpoint_encoder(ckpt: Dict[str, Any], folder: Path, best: Path) -> Tuple[Any, nn.Module]:
-    """(tokenizer, untrained encoder) of a model folder: from its encoder/, else (runs from before model folders)
-    from the config and tokenizer of the checkpoint's --model_name_or_path, with an error saying what is missing."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    source = folder / ENCODER_DIR
-    if not (source / "config.json").is_file():
-        name = ckpt.get("args", {}).get("model_name_or_path")
-        if name is None:
-            raise UserError(f"{best} has no {ENCODER_DIR}/ folder beside it and names no encoder in its args: "
-                            f"it cannot be rebuilt")
-        source = utils.resolve_model_path(name)
-    try:
-        config = AutoConfig.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as e:
-        raise UserError(f"{best} has no {ENCODER_DIR}/ folder beside it (a run from before model folders), and "
-                        f"its encoder {source!r} (--model_name_or_path of its args) is not available here "
-                        f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): put the encoder's "
-                        f"config.json and tokenizer files into {folder / ENCODER_DIR}. ({str(e)[:200]})") from e
-    from encoder_kernels import load_encoder
-
-    return tokenizer, load_encoder(None, config=config)
-
-
-def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: Path) -> None:
-    """The checkpoint's weights into `model`, with an error naming the file when they do not fit."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: its weights do not fit the model its settings describe (a checkpoint of "
-                        f"another version of the head?): {str(e)[:400]}") from e
-
-
 Build = Callable[[Any, nn.Module], nn.Module]  # (tokenizer, untrained encoder) -> the task's model
 
 
-def build_pretrained(ckpt: Dict[str, Any], best: Path, build: Build, device: torch.device | str = "cpu") -> Pretrained:
-    """`build(tokenizer, encoder)` on the folder's encoder, with the checkpoint's weights, on `device`."""
-    tokenizer, encoder = checkpoint_encoder(ckpt, best.parent, best)
+def build_pretrained(ckpt: Dict[str, Any], source: Path, build: Build, device: torch.device | str = "cpu"
+                     ) -> Pretrained:
+    """`build(tokenizer, encoder)` on the model's encoder, with the checkpoint's weights, on `device`."""
+    tokenizer, encoder = checkpoint_encoder(ckpt, source)
     model = build(tokenizer, encoder)
-    load_weights(model, ckpt, best)
+    load_weights(model, ckpt, source)
     model.to(device).eval()
-    return Pretrained(model, tokenizer, {k: v for k, v in ckpt.items() if k != "model"}, best)
+    return Pretrained(model, tokenizer, {k: v for k, v in ckpt.items() if k != "model"}, source)
 
 
 def load_pretrained(path: str | os.PathLike, build: Build, device: torch.device | str = "cpu",
-                    what: str = "--model") -> Pretrained:
-    """The trained model of a run directory, exported model folder or best.pt: nothing else and no network needed.
+                    what: str = "--model", trust: bool = False) -> Pretrained:
+    """The trained model of a run directory, model folder or .pt file: nothing else and no network needed.
 
     `build(tokenizer, encoder)` makes the task's model on the untrained encoder (the engine knows no task).
     """
-    best, _ = model_files(path, what)
-    return build_pretrained(load_checkpoint(best, "cpu", what), best, build, device)
+    ckpt, source = read_model(path, what, trust)
+    return build_pretrained(ckpt, source, build, device)
+
+
+# ----------------------------------------------------------------------------- test mode
 
 
 ENGINE_SETTINGS = ("model_name_or_path", "loss", "shift", "margin_reg", "prob_shift", "top_k")
 
 
 def adopt_settings(args: argparse.Namespace, defaults: Dict[str, Any], ckpt: Dict[str, Any],
-                   model_settings: Tuple[str, ...], path: str) -> List[str]:
+                   model_settings: Tuple[str, ...], path: str, given: Optional[set] = None) -> List[str]:
     """Test mode: the model's settings (encoder, loss and rule, the task's `model_settings`) from the checkpoint's
-    args; a flag given explicitly (not at its default) with another value is an error naming both. Returns the
-    adopted `name=value`s that differ from this run's defaults, for the log."""
+    args; a flag given explicitly (in `given`, else: not at its default) with another value is an error naming both.
+    Returns the adopted `name=value`s that differ from this run's defaults, for the log."""
     saved, adopted = ckpt.get("args", {}), []
     for name in ENGINE_SETTINGS + tuple(model_settings):
         if name not in saved:
             continue  # an older checkpoint without it: keep the flag
         value, default = getattr(args, name), defaults.get(name)
-        if value != default and name == "model_name_or_path":
+        explicit = name in given if given is not None else value != default
+        if explicit and name == "model_name_or_path":
             continue  # check_checkpoint names both encoders
-        if value != default and value != saved[name]:
+        if explicit and value != saved[name]:
             raise UserError(f"--load_path {path} was trained with --{name} {saved[name]!r}, but this run passes "
                             f"--{name} {value!r}: drop the flag (test mode takes it from the checkpoint)")
         setattr(args, name, saved[name])

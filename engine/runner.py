@@ -4,11 +4,11 @@
     -> tokenizer + encoder -> task.setup(args, mode, tokenizer, meta) -> task.build_model (+ the checkpoint's weights)
     -> dev, test (and train) read and validated -> run directory opened (args.json, train.log)
     -> Trainer: epochs of micro-batches, dev evaluations (tune the Decision, score, keep best.pt), last.pt
-    -> best.pt reloaded -> dev and test predicted -> task.write -> scores.json
+    -> best.pt reloaded -> dev and test predicted -> task.write -> scores.json -> model/ (the model folder)
 
 Every input is read and validated before the run directory is written, so a failing run never touches the files
 of another. The mode is "train" (from scratch, or fine-tuning with --load_path --do_train) or "test" (--load_path
-alone: the model's settings come from the checkpoint).
+alone: the model's settings come from the checkpoint). --load_path is a model folder, a run directory or a .pt file.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,8 +26,8 @@ from engine import checkpoints as ck
 from engine.distributed import barrier, broadcast_object, init_distributed, shutdown, world_info
 from engine.inference import predict_outputs
 from engine.rundir import RunDirectory
-from engine.task import (Outputs, Split, Task, build_loss_from_args, default_decision, default_output_dir,
-                         parse_args)
+from engine.task import (Outputs, Split, Task, add_training_args, build_loss_from_args, default_decision,
+                         default_output_dir, parse_args)
 from engine.trainer import Trainer, fmt_scores, set_prior_start
 from losses import Decision
 from utils import UserError
@@ -49,24 +49,41 @@ def start_run(args: argparse.Namespace) -> Tuple[RunDirectory, int, torch.device
         args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
     run_dir = RunDirectory(args.output_dir, is_main=rank == 0)
     run_dir.start_logging()
-    if run_dir.is_main:
-        run_dir.claim(args.resume, args.overwrite)
+    if run_dir.is_main:  # --resume on an absent or empty folder: a fresh start (the prior start included)
+        args.resume = run_dir.claim(args.resume, args.overwrite)
+    if world > 1:
+        args.resume = broadcast_object(args.resume)
     configure_process(args)
     utils.set_seed(args.seed)
     return run_dir, world, device
 
 
-def read_checkpoint(task: Task, args: argparse.Namespace, defaults: Dict[str, Any], mode: str
-                    ) -> Tuple[Optional[Dict[str, Any]], Optional[Path], str]:
-    """--load_path's checkpoint, checked against this run; in test mode the model's settings are taken from it.
-    Returns (checkpoint, its best.pt, the adopted settings for the log)."""
+def read_checkpoint(task: Task, args: argparse.Namespace, defaults: Dict[str, Any], mode: str,
+                    argv: Optional[Sequence[str]] = None) -> Tuple[Optional[Dict[str, Any]], Optional[Path], str]:
+    """--load_path's model (a model folder, a run directory or a .pt file), checked against this run; in test mode
+    the model's settings are taken from it. Returns (checkpoint, where it was read, the adopted settings)."""
     if not args.load_path:
         return None, None, ""
-    best, _ = ck.model_files(args.load_path)
-    ckpt = ck.load_checkpoint(best)
-    adopted = ck.adopt_settings(args, defaults, ckpt, task.model_settings, str(best)) if mode == "test" else []
-    ck.check_checkpoint(ckpt, str(best), args, task.name)
-    return ckpt, best, ", ".join(adopted)
+    ckpt, source = ck.read_model(args.load_path, "--load_path", args.trust_checkpoint)
+    ck.check_task(ckpt, str(source), task.name)
+    given = given_flags(task, argv)
+    adopted = ck.adopt_settings(args, defaults, ckpt, task.model_settings, str(source), given) if mode == "test" else []
+    if ckpt.get("encoder") and "model_name_or_path" not in given:  # a model folder carries its encoder
+        args.model_name_or_path = ckpt["args"].get("model_name_or_path", args.model_name_or_path)
+    ck.check_checkpoint(ckpt, str(source), args, task.name)
+    return ckpt, source, ", ".join(adopted)
+
+
+def given_flags(task: Task, argv: Optional[Sequence[str]]) -> set:
+    """The destinations of the flags given on the command line (whatever their value, defaults included)."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    add_training_args(parser)
+    task.add_args(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    parser._defaults.clear()  # the task's set_defaults
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given))
 
 
 def read_splits(task: Task, mode: str) -> Dict[str, Optional[Split]]:
@@ -83,15 +100,18 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     """Train (unless only --load_path is given), then predict and score dev and test; returns the scores."""
     args, defaults = parse_args(task, argv, description)
     mode = "train" if args.do_train or not args.load_path else "test"
-    ckpt, best, adopted = read_checkpoint(task, args, defaults, mode)
+    ckpt, best, adopted = read_checkpoint(task, args, defaults, mode, argv)
     args.output_dir = args.output_dir or default_output_dir(task, args)
     run_dir, world, device = start_run(args)
+    run_dir.keep = Path(best) if best else None  # --overwrite never removes the --load_path being read
     loss_fn = build_loss_from_args(args)
 
-    if mode == "train":
+    if mode == "train" and not (ckpt or {}).get("encoder"):
         tokenizer, encoder = ck.load_encoder_and_tokenizer(args)
-    else:
-        tokenizer, encoder = ck.checkpoint_encoder(ckpt, best.parent, best)
+    else:  # test mode, or fine-tuning a model folder: its encoder config and tokenizer (weights from the folder)
+        tokenizer, encoder = ck.checkpoint_encoder(ckpt, best)
+        if mode == "train" and args.gradient_checkpointing:
+            encoder.gradient_checkpointing_enable()
     task.setup(args, mode, tokenizer, ck.checkpoint_meta(ckpt) if ckpt else None, str(best or ""))
     model = task.build_model(encoder)
     if ckpt is not None:
@@ -120,16 +140,38 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
             out.aux = extra
         return out
 
+    finish = None
     if mode == "train":
-        decision = train_and_restore_best(task, args, model, encoder, tokenizer, loss_fn, splits, run_dir, predict,
-                                          decision)
-    return write_outputs(task, run_dir, splits, predict, loss_fn, decision)
+        decision, best_ckpt = train_and_restore_best(task, args, model, encoder, tokenizer, loss_fn, splits, run_dir,
+                                                     predict, decision)
+        finish = lambda scores: write_model_folder(run_dir, args, model, best_ckpt, tokenizer,  # noqa: E731
+                                                   encoder.config, splits, scores, task.name)
+    return write_outputs(task, run_dir, splits, predict, loss_fn, decision, finish)
+
+
+def write_model_folder(run_dir: RunDirectory, args: argparse.Namespace, model: nn.Module, best: Dict[str, Any],
+                       tokenizer: Any, encoder_config: Any, splits: Dict[str, Optional[Split]],
+                       scores: Dict[str, Any], task: str) -> None:
+    """RUN/model/: the best weights (safetensors), config.json with the data record, tokenizer files, model card."""
+    def scored(name: str) -> Optional[Dict[str, Any]]:
+        split = splits.get(name)
+        prefix = f"{name}_"
+        return ck.data_record(split.source if split else None,
+                              {k[len(prefix):]: v for k, v in scores.items() if k.startswith(prefix)})
+
+    training = {"data_name": Path(str(getattr(args, "data_dir", "") or "")).name or None,
+                "train_file": Path(str(getattr(args, "train_file", "") or "")).name or None,
+                "dev": scored("dev"), "test": scored("test")}
+    folder = ck.save_model_folder(run_dir.file(ck.MODEL_DIR), {**best, "model": model.state_dict()}, tokenizer,
+                                  encoder_config, training, task)
+    logger.info("model folder %s (config.json, model.safetensors, tokenizer, README.md): use it with predict.py "
+                "--model, or check it with predict.py verify", folder)
 
 
 def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, tokenizer: Any,
                            loss_fn: Any, splits: Dict[str, Optional[Split]], run_dir: RunDirectory, predict: Any,
-                           decision: Decision) -> Decision:
-    """Run the training loop, then load best.pt into `model`; returns its decision.
+                           decision: Decision) -> Tuple[Decision, Dict[str, Any]]:
+    """Run the training loop, then load best.pt into `model`; returns its decision and checkpoint.
 
     encoder/ is written before the loop, so the run directory is a model folder from its first best.pt on.
     """
@@ -166,12 +208,14 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
     if args.save_path and run_dir.is_main:
         ck.copy_best(best, Path(args.save_path), tokenizer, encoder.config)
     run_dir.plot_curves(task.metric)
-    return Decision.from_checkpoint(best, args.top_k)
+    return Decision.from_checkpoint(best, args.top_k), {k: v for k, v in best.items() if k in ck.MODEL_KEYS}
 
 
 def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[Split]], predict: Any,
-                  loss_fn: Any, decision: Decision) -> Dict[str, Any]:
-    """Predict dev and test with the final model; the task writes its files; scores.json holds every score."""
+                  loss_fn: Any, decision: Decision, finish: Optional[Callable[[Dict[str, Any]], None]] = None
+                  ) -> Dict[str, Any]:
+    """Predict dev and test with the final model; the task writes its files; scores.json holds every score;
+    `finish(scores)` then runs on the main process (after training: the model folder)."""
     scores: Dict[str, Any] = {}
     for name in ("dev", "test"):
         split = splits.get(name)
@@ -186,6 +230,8 @@ def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[
             logger.info("%s: %s", name, fmt_scores(out))
     scores.update(decision.report(), **task.summary())
     run_dir.write_json("scores.json", scores)
+    if finish is not None and run_dir.is_main:
+        finish(scores)
     if run_dir.is_main:
         logger.info("run directory %s: %s", run_dir.path, " ".join(sorted(p.name for p in run_dir.path.iterdir()
                                                                           if not p.name.startswith("."))))

@@ -168,8 +168,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--evaluation_steps", type=int, default=-1,
                    help="also evaluate every N optimizer steps (-1: only at the end of each epoch)")
     g.add_argument("--logging_steps", type=int, default=10)
-    g.add_argument("--save_steps", type=int, default=0,
-                   help="also write last.pt every N optimizer steps (0: at evaluations only)")
+    g.add_argument("--save_steps", type=int, default=None,
+                   help="also write last.pt every N optimizer steps (default: about every 10 minutes of training; "
+                        "0: at evaluations only); SIGINT/SIGTERM write it at the next step and stop")
     g.add_argument("--seed", type=int, default=66)
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="auto: bf16 on GPUs that support it, fp16 + GradScaler on older ones, off on CPU "
@@ -188,6 +189,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--do_train", action="store_true",
                    help="train even when --load_path is given (fine-tuning after distant pretraining)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its last.pt")
+    g.add_argument("--trust_checkpoint", action="store_true",
+                   help="allow loading an old pickle checkpoint (it can run code: only files you trust)")
     g.add_argument("--max_bad_steps", type=int, default=10,
                    help="abort after this many optimizer steps in a row with a non-finite loss or gradient")
     g.add_argument("--wandb", action="store_true")
@@ -222,7 +225,7 @@ def add_split_args(group: argparse._ArgumentGroup, data_dir: str, train: str, de
 def parse_args(task: Task, argv: Optional[Sequence[str]], description: str = ""
                ) -> Tuple[argparse.Namespace, Dict[str, Any]]:
     """The shared flags plus the task's, and the parser's defaults (a flag differing from its default was given)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=description)
     add_training_args(parser)
     task.add_args(parser)
     args = parser.parse_args(argv)

@@ -5,15 +5,19 @@ encoder copy and the training data (rel_info.json included) are deleted, and eve
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
+from engine import checkpoints as ck
 from engine.inference import predict_outputs
 import evaluation
 import predict
@@ -63,7 +67,7 @@ def output_triples(outputs):
 
 
 def test_run_folder_holds_the_model(trained):
-    run, _ = trained
+    run, only_test = trained
     assert (run / "encoder" / "config.json").is_file() and (run / "encoder" / "tokenizer.json").is_file()
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
     meta = ckpt["meta"]
@@ -71,6 +75,34 @@ def test_run_folder_holds_the_model(trained):
                              "bilinear": "atlop"}
     assert meta["entity_marker"] == "*" and set(meta["relation_names"]) == set(meta["rel2id"]) - {"Na"}
     assert json.loads((run / "result.json").read_text()), "the tiny model should predict something to compare"
+    for name in ("best.pt", "last.pt"):
+        torch.load(run / name, map_location="cpu", weights_only=True)  # plain types and tensors only
+
+
+def test_run_writes_a_model_folder_without_pickle(trained):
+    run, only_test = trained
+    model = run / "model"
+    names = {p.name for p in model.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(n.endswith((".pt", ".bin", ".pkl", ".pickle")) for n in names)
+    config = json.loads((model / "config.json").read_text())
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert config["task"] == "docred" and config["label_map"] == ckpt["meta"]["rel2id"]
+    assert config["settings"] == ckpt["meta"]["settings"] and config["settings"]["emb_size"] == 48
+    assert config["decision"] == ckpt["decision"] and config["loss"]["loss"] == "bce" and config["evidence"] is False
+    assert config["encoder"]["config"]["model_type"] == "bert" and "output_dir" not in config["args"]
+    assert config["weights"]["sha256"] == ck.file_sha256(model / "model.safetensors")
+    dev = config["training"]["dev"]
+    assert (dev["file"], dev["sha256"]) == ("dev.json", ck.file_sha256(only_test / "test.json"))
+    assert dev["scores"]["f1"] == pytest.approx(json.loads((run / "scores.json").read_text())["dev_f1"])
+    assert config["training"]["train_file"] == "train_annotated.json"
+    card = (model / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: docre-ncrl\nlicense: ") and "model-index:" in card
+    assert f"value: {dev['scores']['f1']:.4f}" in card and "predict.py verify --model" in card
+    weights = safetensors.torch.load_file(str(model / "model.safetensors"))
+    aliases = config["weights"]["aliases"]  # weights the head shares with the encoder, stored once
+    assert set(weights) | set(aliases) == set(ckpt["model"]) and not set(weights) & set(aliases)
+    assert any(k.startswith("encoder.") for k in weights)
 
 
 def test_test_mode_needs_only_the_checkpoint_and_the_test_file(trained, tmp_path):
@@ -97,13 +129,14 @@ def test_save_path_copy_loads_on_its_own(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value, saved", [("--emb_size", 64, 48), ("--loss", "atl", "'bce'"),
-                                                ("--max_seq_length", 512, 256)])
+                                                ("--max_seq_length", 512, 256),
+                                                ("--max_seq_length", 1024, 256)])  # 1024: the flag's default
 def test_conflicting_flag_is_an_error_naming_both(trained, tmp_path, flag, value, saved):
     run, only_test = trained
     with pytest.raises(UserError) as err:
         run_test_mode(run, only_test, tmp_path / "x", flag, value)
     msg = str(err.value)
-    assert f"trained with {flag} {saved}" in msg and f"passes {flag} {value!r}" in msg and str(run / "best.pt") in msg
+    assert f"trained with {flag} {saved}" in msg and f"passes {flag} {value!r}" in msg and str(run / "model") in msg
 
 
 def test_unknown_test_relations_are_reported_and_scored_as_misses(trained, tmp_path):
@@ -178,13 +211,27 @@ def test_raw_text_from_the_folder_alone_api_and_cli_agree(trained, tmp_path):
     assert cli == [dict(out, title="text")]
 
 
+def test_fine_tuning_starts_from_the_model_folder_alone(trained, small_synthetic_dir, tmp_path):
+    """--load_path RUN/model --do_train: the folder's encoder and weights (the original encoder is gone)."""
+    run, _ = trained
+    out = tmp_path / "tuned"
+    train.main(["--load_path", str(run / "model"), "--do_train", "--data_dir", str(small_synthetic_dir), *HEAD,
+                *common(out), "--loss", "bce", "--max_steps", "1", "--learning_rate", "0"])
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["args"]["model_name_or_path"] == json.loads((run / "model" / "config.json").read_text())["args"][
+        "model_name_or_path"]
+    before = safetensors.torch.load_file(str(run / "model" / "model.safetensors"))
+    after = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))  # lr 0: kept
+
+
 def test_exported_folder_predicts_the_same(trained, tmp_path):
     run, only_test = trained
     pipe = predict.DocREPipeline.from_pretrained(str(run / "best.pt"))
     pipe.save_pretrained(str(tmp_path / "exported"))
-    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["best.pt", "encoder"]
-    ckpt = torch.load(tmp_path / "exported" / "best.pt", weights_only=False)
-    assert set(ckpt) == {"version", "model", "args", "meta", "decision"}
+    names = {p.name for p in (tmp_path / "exported").iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= names
+    assert not any(n.endswith(".pt") for n in names) and "encoder" not in names
     gold = json.loads((only_test / "test.json").read_text())
     assert predict.DocREPipeline.from_pretrained(str(tmp_path / "exported"))(gold) == pipe(gold)
     run_test_mode(tmp_path / "exported", only_test, tmp_path / "t")
@@ -239,3 +286,139 @@ def test_raw_text_eval_measures_both_paths(trained):
     assert result["gold_entities_relations"] == len(preds)
     assert result["gold_entities_official"]["f1"] == pytest.approx(evaluation.official_evaluate(preds, docs)["f1"])
     assert result["raw_text_docs_per_s"] > 0 and 0 <= result["raw_text_relations_by_name"]["f1"] <= 100
+
+
+# ----------------------------------------------------------------------------- the model folder: trust and integrity
+LOGITS = """
+import sys, torch, predict, text2doc
+from engine.inference import predict_outputs
+bundle, _ = predict.load_model(sys.argv[1])
+feats = predict.featurize(bundle, text2doc.read_inputs(sys.argv[2], lambda: None))
+out = predict_outputs(bundle.pretrained.model, feats, bundle.collate, lambda f: len(f["hts"]), 4, None, progress=False)
+torch.save(out.logits, sys.argv[3])
+"""
+
+
+def logits_of(bundle, path):
+    feats = predict.featurize(bundle, text2doc.read_inputs(path, lambda: None))
+    return predict_outputs(bundle.pretrained.model, feats, bundle.collate, lambda f: len(f["hts"]), 4, None,
+                           progress=False).logits
+
+
+def test_folder_round_trip_in_a_fresh_process(trained, tmp_path):
+    run, only_test = trained
+    pipe = predict.DocREPipeline.from_pretrained(str(run / "best.pt"))
+    pipe.save_pretrained(str(tmp_path / "exported"))
+    proc = subprocess.run([sys.executable, "-c", LOGITS, str(tmp_path / "exported"), str(only_test / "test.json"),
+                           str(tmp_path / "logits.pt")], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert torch.allclose(fresh, logits_of(pipe.model_bundle, only_test / "test.json"), atol=1e-5)
+
+
+class _Marker:
+    """Unpickling it writes a marker file: a stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return exec, (f"open({self.path!r}, 'w').write('ran')",)
+
+
+def test_a_pickle_that_runs_code_is_never_unpickled_without_trust(trained, tmp_path, caplog):
+    run, only_test = trained
+    marker, evil = tmp_path / "marker", tmp_path / "evil"
+    shutil.copytree(run / "encoder", evil / "encoder")
+    ckpt = {"version": 2, "model": _Marker(marker), "args": {"task": "docred"}, "meta": {}}
+    for name in ("best.pt", "last.pt"):
+        torch.save(ckpt, evil / name)
+    with pytest.raises(UserError, match="--trust_checkpoint"):
+        predict.load_model(str(evil))
+    with pytest.raises(UserError, match="pickle checkpoint .* --trust_checkpoint"):
+        run_test_mode(evil, only_test, tmp_path / "t")
+    with pytest.raises(UserError, match="--trust_checkpoint"):
+        ck.load_checkpoint(evil / "last.pt", what="--resume")  # what Trainer.resume_from reads
+    assert predict.main(["--model", str(evil), "--text", "Ada Lovelace met Charles Babbage."]) == 2
+    assert predict.main(["verify", "--model", str(evil), "--data", str(only_test / "test.json")]) == 2
+    assert not marker.exists()
+    ck.load_checkpoint(evil / "best.pt", trust=True)  # the flag: the file is unpickled, with a warning
+    assert marker.exists() and "it can run code" in caplog.text
+
+
+def test_old_pickle_checkpoint_loads_with_trust_checkpoint(trained, tmp_path):
+    run, only_test = trained
+    import numpy as np
+
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["decision"] = {**ckpt["decision"], "threshold": np.float64(ckpt["decision"]["threshold"])}  # as before
+    old = tmp_path / "old"
+    shutil.copytree(run / "encoder", old / "encoder")
+    torch.save(ckpt, old / "best.pt")
+    with pytest.raises(UserError, match="pickle checkpoint"):
+        predict.load_model(str(old))
+    gold = json.loads((only_test / "test.json").read_text())
+    assert predict.DocREPipeline.from_pretrained(str(old), trust=True)(gold) == predict.DocREPipeline.from_pretrained(
+        str(run))(gold)
+    run_test_mode(old, only_test, tmp_path / "t", "--trust_checkpoint")
+    assert (tmp_path / "t" / "result.json").read_text() == (run / "result.json").read_text()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_changed_weights_are_refused_before_any_prediction(trained, tmp_path, monkeypatch, capsys, damage):
+    run, only_test = trained
+    folder = tmp_path / "model"
+    shutil.copytree(run / "model", folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data if damage == "flip" else data[:len(data) // 2]))
+    monkeypatch.setattr(predict, "predict_docs", lambda *a: pytest.fail("predicted with changed weights"))
+    out = tmp_path / "pred.json"
+    assert predict.main(["--model", str(folder), "--input", str(only_test / "test.json"), "--output", str(out),
+                         "--no_progress"]) == 2
+    assert f"{weights} does not match the SHA-256 its config.json records" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(UserError, match="does not match the SHA-256"):
+        run_test_mode(folder, only_test, tmp_path / "t")
+
+
+def test_verify_passes_on_the_honest_folder_and_fails_on_edited_scores(trained, tmp_path, capsys):
+    run, only_test = trained
+    data = str(only_test / "test.json")  # the dev file's bytes
+    assert predict.main(["verify", "--model", str(run), "--data", data, "--no_progress"]) == 0
+    assert "verified: F1" in capsys.readouterr().out
+    edited = tmp_path / "edited"
+    shutil.copytree(run / "model", edited)
+    config = json.loads((edited / "config.json").read_text())
+    recorded = config["training"]["dev"]["scores"]["f1"]
+    config["training"]["dev"]["scores"]["f1"] = recorded + 5
+    (edited / "config.json").write_text(json.dumps(config))
+    assert predict.main(["verify", "--model", str(edited), "--data", data, "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"records {recorded + 5:.4f}" in err and f"is {recorded:.4f}" in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads((only_test / "test.json").read_text())[:2]))
+    assert predict.main(["verify", "--model", str(run), "--data", str(other), "--no_progress"]) == 0
+    assert "records no scores for this file" in capsys.readouterr().out
+
+
+def test_folders_asking_for_custom_code_are_refused(trained, tiny_bert_dir, tmp_path):
+    run, _ = trained
+    encoder = tmp_path / "custom"
+    shutil.copytree(tiny_bert_dir, encoder)
+    config = json.loads((encoder / "config.json").read_text())
+    (encoder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
+    args = argparse.Namespace(model_name_or_path=str(encoder), config_name="", tokenizer_name="",
+                              gradient_checkpointing=False)
+    with pytest.raises(UserError, match="auto_map"):
+        ck.load_encoder_and_tokenizer(args)
+    folder = tmp_path / "model"
+    shutil.copytree(run / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["encoder"]["config"]["auto_map"] = {"AutoModel": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="auto_map"):
+        predict.load_model(str(folder))

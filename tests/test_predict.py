@@ -52,7 +52,8 @@ def fake_predict_docs(bundle, docs, batch_size):
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    monkeypatch.setattr(predict, "load_model", lambda path, device=None, progress=False: ("bundle", REL_NAMES))
+    monkeypatch.setattr(predict, "load_model",
+                        lambda path, device=None, progress=False, trust=False: ("bundle", REL_NAMES))
     monkeypatch.setattr(predict, "predict_docs", fake_predict_docs)
 
 
@@ -338,6 +339,30 @@ def test_html_page_has_mentions_rows_evidence_and_escapes(fake_model, nlp):
     assert parser.rows[0]["data-evidence"] == " ".join(map(str, outputs[0]["relations"][0]["evidence"]))
 
 
+def test_html_escapes_every_input_string(fake_model):
+    """<script> and attribute-breaking quotes in the text, title, entity names and types, relation names and ids."""
+    bad = '<script>alert(1)</script>"\'><img src=x onerror=alert(2)>'
+    text = f"A{bad} met B{bad}."
+    b_start = text.index("B")
+    out = {"title": f"T{bad}", "text": text, "sent_spans": [[0, len(text)]], "sents": [text.split()],
+           "entities": [{"name": f"A{bad}", "type": f"PER{bad}",
+                         "mentions": [{"sent_id": 0, "pos": [0, 1], "text": f"A{bad}", "char_start": 0,
+                                       "char_end": 1 + len(bad)}]},
+                        {"name": f"B{bad}", "type": f"ORG{bad}",
+                         "mentions": [{"sent_id": 0, "pos": [2, 3], "text": f"B{bad}", "char_start": b_start,
+                                       "char_end": b_start + 1 + len(bad)}]}],
+           "relations": [{"h_idx": 0, "t_idx": 1, "r": f"P1{bad}", "relation": f"knows{bad}", "score": 1.0,
+                          "evidence": [0]}]}
+    page = predict.render_html([out], title=f"page{bad}")
+    parser = _PageParser()
+    parser.feed(page)
+    assert bad not in page and "<script>alert" not in page and "<img" not in page  # every < > " ' escaped
+    assert parser.scripts == 1 and parser.external == [] and parser.stack == []
+    assert len(parser.marks) == 2 and len(parser.rows) == 1
+    assert all(set(m) == {"class", "data-ent", "title"} for m in parser.marks)  # no attribute broke out
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&gt;&lt;img") == 13  # each string shown
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -381,6 +406,35 @@ def test_cli_in_chunks_writes_the_same_file_and_checks_everything_first(fake_mod
                          "--no_progress"]) == 2
     assert not out.exists() and not list(tmp_path.glob(".never.json*"))
     assert predict.main(["--model", str(tmp_path), "--text", "x", "--chunk_docs", "0"]) == 2
+
+
+def test_cli_refuses_unwritable_outputs_before_any_work(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(predict, "read_source", lambda *a: pytest.fail("input read before the output was checked"))
+    (tmp_path / "a-file").write_text("x")
+    for flag, target, message in [("--output", tmp_path, "is a folder"),
+                                  ("--output", tmp_path / "a-file" / "out.json", "cannot write there"),
+                                  ("--html", tmp_path, "is a folder"),
+                                  ("--html", tmp_path / "a-file" / "x" / "p.html", "cannot write there")]:
+        assert predict.main(["--model", str(tmp_path), "--text", "x", flag, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag} {target}" in err and message in err
+
+
+def test_cli_text_naming_a_file_warns(fake_model, tmp_path, caplog, capsys):
+    path = _write(tmp_path, "docs.txt", ["Marie Curie was born in Warsaw, Poland."])
+    assert predict.main(["--model", str(tmp_path), "--text", path]) == 0
+    assert f"pass --input {path}" in caplog.text
+
+
+def test_cli_html_is_streamed(fake_model, monkeypatch, tmp_path):
+    """The page is written section by section while predicting, never rendered from a list of all outputs."""
+    monkeypatch.setattr(predict, "render_html", lambda *a, **k: pytest.fail("all outputs kept for one page"))
+    path = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw, Poland.", "Paris is the capital of France."])
+    page = tmp_path / "out.html"
+    assert predict.main(["--model", str(tmp_path), "--input", path, "--html", str(page), "--chunk_docs", "1",
+                         "--no_progress", "--output", str(tmp_path / "o.json")]) == 0
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.count("<section") == 2 and text.endswith("</html>\n")
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
