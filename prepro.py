@@ -21,21 +21,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import os
 import time
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from feature_cache import Build, cache_key, cached_features
-from feature_store import COLUMNS, RAGGED, ColumnSink, DocREFeatures, compute_stats
+from feature_store import COLUMNS, RAGGED, ColumnSink, DocREFeatures, compute_stats, pair_index
 from json_stream import file_sha256, iter_documents, read_text
+from utils import read_json
 from validation import CorpusValidator, Labels, ValidationError, check_not_empty
+from word_tokenizer import WordTokenizer
 
 if TYPE_CHECKING:
     from settings import DocRESettings
@@ -50,8 +51,7 @@ CHUNK_DOCS = 256  # documents tokenized per batch call
 
 def build_rel2id(rel_info_file: str | os.PathLike) -> Dict[str, int]:
     """Label map from a rel_info.json: Na -> 0, then the relation ids in the file's order."""
-    with open(rel_info_file, encoding="utf-8") as f:
-        rel_info = json.load(f)
+    rel_info = read_json(rel_info_file, "the relation file")
     if not isinstance(rel_info, dict) or not rel_info:
         raise ValueError(f"{rel_info_file}: expected a non-empty JSON object {{relation id: name}}")
     rel2id = {"Na": 0}
@@ -76,8 +76,7 @@ def load_rel2id(data_dir: Optional[str] = None, rel2id_file: Optional[str] = Non
                 rel_info_file: Optional[str] = None) -> Dict[str, int]:
     """The label map: `rel2id_file`, else built from rel_info (given or <data_dir>/rel_info.json), else meta/."""
     if rel2id_file is not None:
-        with open(rel2id_file, encoding="utf-8") as f:
-            return _check_rel2id(json.load(f), str(rel2id_file))
+        return _check_rel2id(read_json(rel2id_file, "the label map"), str(rel2id_file))
     if rel_info_file is None and data_dir is not None and (Path(data_dir) / "rel_info.json").exists():
         rel_info_file = str(Path(data_dir) / "rel_info.json")
     if rel_info_file is not None:
@@ -93,104 +92,6 @@ def check_num_class(rel2id: Dict[str, int], num_class: Optional[int]) -> int:
         raise ValueError(f"--num_class {num_class} does not match the label map, which has {len(rel2id)} classes "
                          f"(Na + {len(rel2id) - 1} relations); drop --num_class or pass the matching --rel2id")
     return len(rel2id)
-
-
-# ----------------------------------------------------------------------------- tokenization
-
-
-def _prefix_space_json(spec: Any) -> Any:
-    """Turn on add_prefix_space in every ByteLevel pre-tokenizer of a tokenizer.json subtree."""
-    if isinstance(spec, dict):
-        spec = {k: _prefix_space_json(v) for k, v in spec.items()}
-        if spec.get("type") == "ByteLevel" and "add_prefix_space" in spec:
-            spec["add_prefix_space"] = True
-        return spec
-    if isinstance(spec, list):
-        return [_prefix_space_json(v) for v in spec]
-    return spec
-
-
-class WordTokenizer:
-    """Tokenizes documents given as word lists: token ids with the tokenizer's special tokens, and the word index
-    of every content token.
-
-    Each distinct word of a batch of documents is tokenized once, as a pre-tokenized word (exactly what
-    `tokenizer(words, is_split_into_words=True)` does word by word, since pre-tokenized words never interact), and
-    documents are assembled from those pieces with NumPy. The special tokens come from the tokenizer's own
-    post-processor (`build_inputs_with_special_tokens` for slow tokenizers).
-
-    Fast tokenizers get a private copy of their Rust backend so that (a) byte-level BPE words get their leading
-    space (RoBERTa sees " Paris" inside text, not "Paris"), (b) no truncation or padding preset in tokenizer.json
-    applies, (c) a literal "[SEP]" in a document is text, not a special token.
-    """
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-        self.backend = None
-        if backend is not None:
-            from tokenizers import Tokenizer
-
-            spec = json.loads(backend.to_str())
-            spec["pre_tokenizer"] = _prefix_space_json(spec.get("pre_tokenizer"))
-            self.backend = Tokenizer.from_str(json.dumps(spec))
-            self.backend.no_truncation()
-            self.backend.no_padding()
-            self.backend.encode_special_tokens = True
-            probe = self.backend.encode(["x"], is_pretokenized=True, add_special_tokens=True)
-            ids, word_ids = probe.ids, probe.word_ids
-        else:
-            ids = tokenizer.build_inputs_with_special_tokens([-1])
-            word_ids = [None if i != -1 else 0 for i in ids]
-        content = [i for i, w in enumerate(word_ids) if w is not None]
-        self.prefix_ids = np.asarray(ids[:content[0]], dtype=np.int32)
-        self.suffix_ids = np.asarray(ids[content[-1] + 1:], dtype=np.int32)
-        self.n_prefix, self.n_suffix = len(self.prefix_ids), len(self.suffix_ids)
-
-    def fingerprint(self) -> str:
-        """A hash of everything about the tokenizer that changes its output."""
-        if self.backend is not None:
-            body = self.backend.to_str()
-        else:
-            body = json.dumps(sorted(self.tokenizer.get_vocab().items()), ensure_ascii=False)
-        return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-    def check_marker(self, marker: Optional[str]) -> None:
-        """Raise when the entity marker would produce no token (then nothing could point at it)."""
-        if marker is not None and (not isinstance(marker, str) or self._pieces([marker])[1][0] == 0):
-            raise ValueError(f"entity_marker must be a string that yields at least one token, got {marker!r}")
-
-    def _pieces(self, words: List[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """(token ids of all `words` concatenated [T], number of tokens of each word [len(words)])."""
-        if self.backend is None:
-            pieces = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
-            return (np.fromiter(chain.from_iterable(pieces), dtype=np.int32),
-                    np.fromiter(map(len, pieces), dtype=np.int64, count=len(words)))
-        bounds = np.linspace(0, len(words), num=9, dtype=np.int64)  # a few parts, encoded in parallel
-        parts = [words[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        encs = self.backend.encode_batch(parts, is_pretokenized=True, add_special_tokens=False)
-        ids = [np.asarray(e.ids, dtype=np.int32) for e in encs]
-        counts = [np.bincount(np.asarray(e.word_ids, dtype=np.int64), minlength=len(p)) for e, p in zip(encs, parts)]
-        return np.concatenate(ids or [np.zeros(0, np.int32)]), np.concatenate(counts or [np.zeros(0, np.int64)])
-
-    def encode(self, docs: List[List[str]]) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """For each word list: (content token ids [L], word index of each content token [L])."""
-        flat = list(chain.from_iterable(docs))
-        vocab = {w: i for i, w in enumerate(dict.fromkeys(flat))}
-        piece_ids, piece_len = self._pieces(list(vocab))
-        piece_start = np.cumsum(piece_len) - piece_len
-        uid = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))  # [W]
-        tok_len = piece_len[uid]  # [W]
-        word_of_tok = np.repeat(np.arange(len(flat)), tok_len)  # [T]
-        offset_in_word = np.arange(len(word_of_tok)) - np.repeat(np.cumsum(tok_len) - tok_len, tok_len)
-        ids = piece_ids[piece_start[uid][word_of_tok] + offset_in_word]  # [T]
-        doc_words = np.cumsum([0] + [len(d) for d in docs])
-        doc_toks = np.concatenate([[0], np.cumsum(tok_len)])[doc_words]
-        return [(ids[a:b], word_of_tok[a:b] - w0) for a, b, w0 in zip(doc_toks[:-1], doc_toks[1:], doc_words[:-1])]
-
-    def with_special_tokens(self, content: np.ndarray) -> np.ndarray:
-        """[prefix specials] + content + [suffix specials]."""
-        return np.concatenate([self.prefix_ids, content, self.suffix_ids])
 
 
 # ----------------------------------------------------------------------------- features
@@ -376,31 +277,112 @@ def _in_memory(source: str, build: Build, max_len: int) -> DocREFeatures:
     return DocREFeatures(cols, titles, {**compute_stats(cols, max_len), **extra}, path=source)
 
 
+PairFilter = Callable[[Dict[str, Any]], Iterable[Tuple[int, int]]]  # a document -> its candidate (h, t) pairs
+
+
+class CandidatePairs(Sequence):
+    """Features restricted to each document's candidate pairs (a `pair_filter`): `hts` [n_kept, 2] in (h, t) order
+    and `labels` re-indexed into it; everything else, and the corpus attributes, are the wrapped features'."""
+
+    def __init__(self, base: DocREFeatures, hts: List[np.ndarray], label_pairs: List[np.ndarray]):
+        self.base, self.hts, self.label_pairs = base, hts, label_pairs
+        self.titles, self.cols, self.path, self.cache_path = base.titles, base.cols, base.path, base.cache_path
+        n_pairs = sum(len(h) for h in hts)
+        positive = sum(len(np.unique(p)) for p in label_pairs)
+        self.stats = {**base.stats, "pairs": n_pairs, "positive_pairs": positive, "negative_pairs": n_pairs - positive}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        f = self.base[i]
+        i = i + len(self) if i < 0 else i
+        f["hts"] = self.hts[i].copy()  # [n_kept, 2]
+        f["labels"] = np.stack([self.label_pairs[i], f["labels"][:, 1]], axis=1)  # [n_pos, 2]
+        return f
+
+
+def _restrict_pairs(features: DocREFeatures, docs: Sequence[Any], pair_filter: PairFilter,
+                    source: str) -> CandidatePairs:
+    """Keep each document's candidate pairs; a label on another pair, or a pair that names no entity pair, is a
+    problem (ValidationError naming the document)."""
+    hts, label_pairs, problems = [], [], []
+    for i, doc in enumerate(docs):
+        n = int(features.cols["doc_n_entities"][i])
+        kept = np.asarray(sorted(set(map(tuple, pair_filter(doc)))), dtype=np.int64).reshape(-1, 2)  # [k, 2]
+        where = f"document {i} (title {features.titles[i]!r})"
+        if ((kept < 0) | (kept >= n)).any() or (kept[:, 0] == kept[:, 1]).any():
+            problems.append(f"{where}: field vertexSet: the pair filter gave pairs that are not two entities of "
+                            f"the document's {n}")
+            continue
+        lookup = np.full(n * (n - 1), -1, dtype=np.int64)  # position in pair_index(n) -> kept row
+        lookup[kept[:, 0] * (n - 1) + kept[:, 1] - (kept[:, 1] > kept[:, 0])] = np.arange(len(kept))
+        rows = lookup[features[i]["labels"][:, 0]]  # [n_pos]
+        if (rows < 0).any():
+            full = pair_index(n)[features[i]["labels"][rows < 0, 0]]
+            problems.append(f"{where}: field labels: relation(s) on pair(s) {full.tolist()[:5]} outside the "
+                            f"candidate pairs")
+        hts.append(kept)
+        label_pairs.append(rows)
+    if problems:
+        raise ValidationError(source, problems)
+    return CandidatePairs(features, hts, label_pairs)
+
+
+MAX_ENTITIES = 250  # DocRED-style documents have a few dozen (Re-DocRED dev: at most 36)
+MAX_ENTITIES_HELP = (f"a document with more entities is an error naming it (default {MAX_ENTITIES}, 0: no limit; "
+                     f"its E x (E - 1) pairs cost memory and time in proportion)")
+
+
+def check_max_entities(source: str, features: DocREFeatures, max_entities: Optional[int]) -> None:
+    """ValidationError naming each document with more than `max_entities` entities (None: no limit)."""
+    if max_entities is None:
+        return
+    counts = np.asarray(features.cols["doc_n_entities"])  # [N]
+    over = np.flatnonzero(counts > max_entities)
+    if len(over):
+        raise ValidationError(source, [
+            f"document {i} (title {features.titles[i]!r}): field vertexSet: {counts[i]} entities, more than "
+            f"--max_entities {max_entities} ({counts[i] * (counts[i] - 1)} entity pairs): check the document, or "
+            f"raise --max_entities if it is meant" for i in over[:10].tolist()])
+
+
 def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRESettings, *,
                             skip_unknown_relations: bool = False, source: str = "the documents",
-                            show_progress: bool = False) -> DocREFeatures:
+                            show_progress: bool = False, pair_filter: Optional[PairFilter] = None,
+                            max_entities: Optional[int] = None) -> DocREFeatures:
     """Validated features of DocRED documents held in memory (dicts with title, sents, vertexSet and optional
     labels; other keys are ignored), one per document, with no file and no cache.
 
     Every rule of validation.py applies, as to a file: problems raise one ValidationError naming `source`, the
     document index and title and the field. An empty list gives empty features. Labels of relations outside the
     label map are problems, or with `skip_unknown_relations` left out and counted (see read_docred).
+    With `pair_filter`, a document's pairs are only those it returns (`CandidatePairs`), not every ordered pair.
+    A document with more than `max_entities` entities is a problem (None: no limit).
     """
     if isinstance(docs, (str, bytes, dict)):
         raise ValidationError(source, [f"expected a list of documents, got {type(docs).__name__}"])
     enc = _word_tokenizer(tokenizer, settings)
+    if pair_filter is not None:
+        docs = list(docs)  # read again by the filter
 
     def build(sink: ColumnSink) -> Tuple[List[str], Dict[str, Any]]:
         return _build(source, docs, enc, settings, sink, show_progress, skip_unknown_relations)
 
     features = _in_memory(source, build, settings.max_seq_length)
+    check_max_entities(source, features, max_entities)
+    if pair_filter is not None:
+        features = _restrict_pairs(features, docs, pair_filter, source)
     _report(source, features)
     return features
 
 
 def read_docred(path: str | os.PathLike, tokenizer: Any, settings: DocRESettings,
                 cache_dir: Optional[str | os.PathLike] = None, show_progress: bool = False, allow_empty: bool = False,
-                skip_unknown_relations: bool = False) -> DocREFeatures:
+                skip_unknown_relations: bool = False, pair_filter: Optional[PairFilter] = None,
+                max_entities: Optional[int] = None) -> DocREFeatures:
     """Validated features of a DocRED file, one per document (as features_from_documents makes them from its
     documents); memory-mapped from `cache_dir` when given.
 
@@ -408,7 +390,8 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, settings: DocRESettings
     `feature_cache.resolve_cache_dir` says. A file without documents raises ValidationError unless `allow_empty`.
     Labels of relations outside `settings.rel2id` are problems, or with `skip_unknown_relations` (scoring a model on
     a file with relations it was not trained on) left out of the features, counted in `stats["unknown_labels"]`
-    and warned of.
+    and warned of. `pair_filter` keeps only each document's candidate pairs, as in features_from_documents (the
+    cache holds every pair; the filter applies after it).
     """
     path = str(path)
     enc = _word_tokenizer(tokenizer, settings)
@@ -427,6 +410,9 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, settings: DocRESettings
         features = _in_memory(path, build, settings.max_seq_length)
     if not allow_empty:
         check_not_empty(path, len(features))
+    check_max_entities(path, features, max_entities)
+    if pair_filter is not None:
+        features = _restrict_pairs(features, iter_documents(path, read_text(path)), pair_filter, path)
     _report(path, features)
     return features
 
@@ -435,7 +421,8 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, settings: DocRESettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Preprocess a DocRED file into cached features and print figures, "
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Preprocess a DocRED file into cached features and print figures, "
                                                  "or (--build_meta) write meta/rel2id.json from a rel_info.json.")
     parser.add_argument("--data_dir", default="dataset/docred")
     parser.add_argument("--file", help="a DocRED JSON file, relative to --data_dir")
@@ -449,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rel_info", default=None, help="rel_info.json to build the label map from")
     parser.add_argument("--num_class", type=int, default=None, help="checked against the label map")
     parser.add_argument("--build_meta", action="store_true", help="write --out from --rel_info and exit")
+    parser.add_argument("--max_entities", type=int, default=MAX_ENTITIES, help=MAX_ENTITIES_HELP)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "meta" / "rel2id.json"))
     return parser
 
@@ -482,6 +470,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              entity_marker=None if args.no_entity_marker else "*")
     start = time.perf_counter()
     features = read_docred(os.path.join(args.data_dir, args.file), tokenizer, settings, cache_dir=cache_dir,
+                           max_entities=args.max_entities if args.max_entities > 0 else None,
                            show_progress=True)
     seconds = time.perf_counter() - start
     s = dict(features.stats, seconds=round(seconds, 3), docs_per_s=round(len(features) / max(seconds, 1e-9), 1))

@@ -1,7 +1,8 @@
 """Train, evaluate and predict document-level relation extraction on DocRED (ATLOP's head; BCE, ATL or NCRL).
 
-This file is the DocRED task: its flags, data, model, decision and files. The loop, checkpoints, run
-directory and DDP are the engine's (engine/), shared with dialogre.py and goemotions.py. The DocRED path itself
+This file is the DocRED task: its flags, data, decision and files. The loop, checkpoints, run directory and DDP
+are the engine's (engine/), shared with dialogre.py and goemotions.py; the model's hooks (flags, settings, batches,
+loss terms, outputs, checkpoint meta) are docre_task.DocRETask's, shared with train_bio.py. The DocRED path itself
 (documents -> features -> model -> facts) is the library's, one `DocRESettings` value fixing it:
 prepro.read_docred -> collate.DocRECollator -> DocREModel.from_settings -> evaluation.facts_of_outputs.
 
@@ -12,35 +13,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import torch
-from torch import nn
+from typing import Any, Dict, List, Optional, Sequence
 
 import evaluation
 import feature_cache
-import losses
 import prepro
 import utils
-from collate import DocRECollator
+from docre_task import DocRETask, add_model_args
 from engine.distributed import rank_zero_first, world_info
 from engine.rundir import RunDirectory
 from engine.runner import run
 from engine.task import Outputs, Split, Task, add_split_args
 from losses import Decision
-from model import DocREModel
-from settings import DocRESettings
 from utils import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class DocRED(Task):
+class DocRED(DocRETask, Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
-    model_settings = ("emb_size", "block_size", "max_seq_length", "no_entity_marker", "bilinear", "evidence_lambda")
-    settings: DocRESettings
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -54,18 +47,8 @@ class DocRED(Task):
         g.add_argument("--rel_info", default=None, help="rel_info.json (default <data_dir>/rel_info.json)")
         g.add_argument("--rel2id", default=None, help="label map JSON (default: built from rel_info.json)")
         g.add_argument("--num_class", type=int, default=None, help="checked against the label map (97 on DocRED)")
-        g.add_argument("--max_seq_length", type=int, default=1024)
-        g.add_argument("--no_entity_marker", action="store_true", help="do not put * around mentions")
-        g.add_argument("--emb_size", type=int, default=768)
-        g.add_argument("--block_size", type=int, default=64)
-        g.add_argument("--bilinear", default="atlop", choices=["atlop", "maxsym"],
-                       help="group bilinear head: ATLOP's, or the NCRL authors' max-symmetrized blocks (their "
-                            "DocRED runs)")
-        g.add_argument("--evidence_lambda", type=float, default=0.0,
-                       help="weight of the evidence loss KL(evidence || sentence attention) (DREEAM: 0.1 with "
-                            "BERT, 0.05 with RoBERTa; 0 = off, and no evidence is written)")
-        g.add_argument("--evidence_threshold", type=float, default=losses.EVIDENCE_THRESHOLD,
-                       help="a predicted relation's evidence: the sentences whose attention passes this")
+        g.add_argument("--max_entities", type=int, default=prepro.MAX_ENTITIES, help=prepro.MAX_ENTITIES_HELP)
+        add_model_args(g)
         g.add_argument("--select_metric", default="ign_f1", choices=["f1", "ign_f1"],
                        help="dev score that picks best.pt (ATLOP and the NCRL authors: f1, which the paper "
                             "scripts pass); ign_f1 falls back to f1 when --ign_train_file is absent")
@@ -89,14 +72,9 @@ class DocRED(Task):
             diff = sorted(set(saved.items()) ^ set(rel2id.items()))[:5]
             raise UserError(f"--load_path {source} was trained with a label map of {len(saved)} classes, but this "
                             f"run's map has {len(rel2id)} (first differences: {diff}); pass its --rel2id.")
-        self.settings = DocRESettings(
-            rel2id, max_seq_length=args.max_seq_length, entity_marker=None if args.no_entity_marker else "*",
-            emb_size=args.emb_size, block_size=args.block_size, bilinear=args.bilinear,
-            evidence=args.evidence_lambda > 0, evidence_threshold=args.evidence_threshold,
-            relation_names=self.relation_names(rel2id))
+        self.configure(rel2id, self.relation_names(rel2id))
         off = args.cache_dir is not None and args.cache_dir.lower() == "none"
         self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
-        self.collator = DocRECollator(self.settings.num_class, tokenizer.pad_token_id or 0)
         if self.ign_file() is None:
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
                            "--ign_train_file %s is absent", self.path(args.ign_train_file))
@@ -133,21 +111,6 @@ class DocRED(Task):
         path = self.path(self.args.ign_train_file)
         return path if path and os.path.exists(path) else None
 
-    # -- model, and what a checkpoint carries
-    def build_model(self, encoder: nn.Module) -> nn.Module:
-        return DocREModel.from_settings(self.settings, encoder, tokenizer=self.tokenizer)
-
-    def meta(self) -> Dict[str, Any]:
-        """The settings, and (for older readers) the label map, relation names, model arguments and marker."""
-        s = self.settings
-        return {"settings": s.to_dict(), "rel2id": s.rel2id, **({"relation_names": s.relation_names}
-                                                                  if s.relation_names else {}),
-                "model": {k: v for k, v in s.model_kwargs().items()}, "entity_marker": s.entity_marker,
-                "evidence": s.evidence}
-
-    def summary(self) -> Dict[str, Any]:
-        return {"num_class": self.settings.num_class}
-
     # -- data
     def read(self, split: str) -> Optional[Split]:
         a = self.args
@@ -171,43 +134,18 @@ class DocRED(Task):
             # test mode: labels of relations the model does not know are left out of the features and count as
             # misses in the scores, which compare with the file's own labels
             features = prepro.read_docred(path, self.tokenizer, self.settings, cache_dir=self.cache,
-                                          show_progress=world_info()[0] == 0, skip_unknown_relations=test_mode)
+                                          show_progress=world_info()[0] == 0, skip_unknown_relations=test_mode,
+                                          max_entities=a.max_entities or None)
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
                             f"to select the best checkpoint")
         return Split(split, features, docs, source=path)
 
-    def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
-        return self.collator(features)
-
-    def rows(self, feature: dict) -> int:
-        return len(feature["hts"])
-
-    # -- evidence (DREEAM's supervision of the localized-context attention)
-    def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
-                      autocast) -> List[Tuple[torch.Tensor, int]]:
-        """The relation loss over pairs, plus --evidence_lambda x KL(evidence || sentence attention) over positive
-        pairs when evidence is on."""
-        if not self.settings.evidence:
-            return super().training_loss(model, batch, labels, loss_fn, autocast)
-        with autocast():
-            logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
-        target = losses.evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])  # [P, S]
-        evidence = self.args.evidence_lambda * losses.evidence_loss(sent_attn.float(), target, labels)
-        return [(loss_fn(logits.float(), labels), len(labels)),
-                (evidence, int(losses.positive_pairs(labels).sum()))]
-
-    def outputs(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Logits `[P, K+1]`, and with evidence on each pair's sentence attention `[P, S]`."""
-        return model.named_outputs(batch, evidence=self.settings.evidence)
-
     # -- decisions and scores
     def predictions(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> List[dict]:
         """The official-format facts of `outputs` under `decision`, with their evidence sentences when on."""
-        s = self.settings
-        facts = evaluation.facts_of_outputs(outputs.logits, split.features, decision, loss_fn, s.id2rel,
-                                            outputs.evidence, s.evidence_threshold)
+        facts = self.facts(outputs, split, loss_fn, decision)
         return evaluation.official_records(facts, split.features, with_evidence=outputs.evidence is not None)
 
     def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:

@@ -50,7 +50,12 @@ TASKS: Dict[str, TaskSpec] = {
     "goemotions": TaskSpec("goemotions", "GoEmotions (Table 3 of the NCRL paper)",
                            (("dev_map", "Dev mAP"), ("test_map", "Test mAP"), ("test_lrap", "Test LRAP"),
                             ("test_macro_f1", "Test macro-F1")), "dev_map", "dev_map"),
+    **{name: TaskSpec(name, f"{title} (ATLOP's biomedical experiment, train_bio.py)",
+                      (("dev_f1", "Dev F1"), ("test_f1", "Test F1"), ("test_intra_f1", "Test intra F1"),
+                       ("test_inter_f1", "Test inter F1")), "dev_f1", "dev_f1")
+       for name, title in (("cdr", "CDR"), ("gda", "GDA"))},
 }
+TEST_MODE_TASKS = ("docred", "cdr", "gda")  # their --load_path runs without --do_train only score a model
 
 
 @dataclass(frozen=True, order=True)
@@ -209,7 +214,7 @@ def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
         if task is None:
             notes.append(f"{name}: unknown task (no `task` in args.json), left out")
             continue
-        if task == "docred" and args.get("load_path") and not args.get("do_train"):
+        if task in TEST_MODE_TASKS and args.get("load_path") and not args.get("do_train"):
             notes.append(f"{name}: a test-mode run (--load_path without --do_train), left out")
             continue
         scores, finished = read_scores(path)
@@ -487,7 +492,7 @@ def plot_curves(sweep_dir: str | Path, out: str | Path) -> Optional[Path]:
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="folder holding the run directories (e.g. runs/sweep-<time>)")
     parser.add_argument("--paper", action="store_true", help="add the paper's published numbers beneath our rows")
     parser.add_argument("--paper_file", default=str(PAPER_FILE), help="published numbers (JSON, with sources)")

@@ -1,0 +1,275 @@
+"""The biomedical task: PubTator and EoG .data readers (biomed.py), the pair filter, train_bio.py end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pytest
+
+import biomed
+import prepro
+import text2doc
+import train_bio
+import utils
+from conftest import ROOT, shared_file
+from settings import DocRESettings
+
+CDR = biomed.DATASETS["cdr"]
+SAMPLE = ("cdr", "CDR_sample.PubTator.txt")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return text2doc.load_spacy()
+
+
+@pytest.fixture(scope="module")
+def sample_docs(nlp) -> List[Dict[str, Any]]:
+    """The CDR sample set read from PubTator (its one unmatched relation dropped)."""
+    return biomed.read_pubtator(str(shared_file(*SAMPLE)), nlp, drop_unmatched=True)[0]
+
+
+def pubtator_blocks(path: Path) -> List[str]:
+    return path.read_text(encoding="utf-8").strip().split("\n\n")
+
+
+def write_blocks(path: Path, blocks: List[str]) -> Path:
+    path.write_text("\n\n".join(blocks) + "\n\n", encoding="utf-8")
+    return path
+
+
+def write_data(docs: List[Dict[str, Any]], path: Path, dataset: biomed.BioDataset = CDR) -> Path:
+    """An EoG .data file written from its description: PMID, text (sentences "|", tokens " "), then per typed pair
+    relation, direction, cross, two closest-mention spans, and per argument ids, names, type, starts, ends, sentences
+    (word ids over the whole document)."""
+    lines = []
+    for d in docs:
+        offset = np.concatenate([[0], np.cumsum([len(s) for s in d["sents"]])])
+        fields = [d["title"], "|".join(" ".join(s) for s in d["sents"])]
+        positive = {(lab["h"], lab["t"]) for lab in d["labels"]}
+
+        def arg(e: int) -> List[str]:
+            ms = d["vertexSet"][e]
+            return [ms[0]["id"], "|".join(m["name"] for m in ms), ms[0]["type"],
+                    ":".join(str(offset[m["sent_id"]] + m["pos"][0]) for m in ms),
+                    ":".join(str(offset[m["sent_id"]] + m["pos"][1]) for m in ms),
+                    ":".join(str(m["sent_id"]) for m in ms)]
+
+        for h, t in biomed.typed_pairs(d, dataset):
+            rel = f"1:{dataset.relation}:2" if (h, t) in positive else "1:NR:2"
+            cross = "NON-CROSS" if biomed.is_intra(d, h, t) else "CROSS"
+            fields += [rel, "L2R", cross, "0-1", "0-1", *arg(h), *arg(t)]
+        lines.append("\t".join(fields))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def canonical(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """A document with its labels in a fixed order."""
+    return {**doc, "labels": sorted(doc["labels"], key=lambda lab: (lab["h"], lab["t"], lab["r"]))}
+
+
+# ----------------------------------------------------------------------------- the real sample set
+
+
+def test_sample_set_parses_with_its_counts(sample_docs):
+    path = shared_file(*SAMPLE)
+    blocks = pubtator_blocks(path)
+    relation_lines = [ln for b in blocks for ln in b.splitlines() if ln.count("\t") == 3]
+    assert len(blocks) == len(sample_docs) == 50
+    assert len(relation_lines) == 124
+    with pytest.raises(biomed.BioFormatError, match=r"document 5 \(PMID 2385256\), line 143: field relation: CID "
+                                                    r"names identifier 'D008278'"):
+        biomed.parse_pubtator(str(path))
+    abstracts, dropped = biomed.parse_pubtator(str(path), drop_unmatched=True)
+    assert dropped == 1 and sum(len(a.relations) for a in abstracts) == 123
+    assert sum(len(d["labels"]) for d in sample_docs) == 123
+    assert all(a.title and a.abstract for a in abstracts)
+    for a in abstracts:  # mention texts equal the text at their offsets (read here independently of the parser)
+        for m in a.mentions:
+            assert a.text[m.start:m.end] == m.text
+    n_lines = sum(1 for b in blocks for ln in b.splitlines() if ln.count("\t") in (5, 6))
+    assert sum(len(a.mentions) for a in abstracts) + sum(a.ungrounded for a in abstracts) == n_lines == 925
+    for d in sample_docs:  # every mention is exactly its tokens
+        for ent in d["vertexSet"]:
+            for m in ent:
+                words = d["sents"][m["sent_id"]][m["pos"][0]:m["pos"][1]]
+                assert "".join(words) == m["name"].replace(" ", "")
+
+
+def test_sample_set_is_valid_docred_and_pairs_are_typed(sample_docs, minilm_tokenizer):
+    settings = DocRESettings(CDR.rel2id, max_seq_length=512)
+    docs = [biomed.keep_paired(d, CDR) for d in sample_docs]
+    feats = prepro.features_from_documents(docs, minilm_tokenizer, settings, pair_filter=biomed.pair_filter(CDR))
+    assert len(feats) == 50
+    n_pairs = 0
+    for f, d in zip(feats, docs):
+        types = biomed.entity_types(d)
+        assert all("Chemical" in types[h] and "Disease" in types[t] for h, t in f["hts"].tolist())
+        assert len(f["hts"]) == len(biomed.typed_pairs(d, CDR))
+        gold = {(lab["h"], lab["t"]) for lab in d["labels"]}
+        assert {tuple(f["hts"][r]) for r in f["labels"][:, 0]} == gold
+        n_pairs += len(f["hts"])
+    assert feats.stats["pairs"] == n_pairs and feats.stats["positive_pairs"] == 123
+
+
+def test_data_file_reads_into_the_same_documents_as_its_pubtator_twin(sample_docs, tmp_path):
+    path = write_data([biomed.keep_paired(d, CDR) for d in sample_docs], tmp_path / "sample.data")
+    assert biomed.detect_format(str(path)) == "data"
+    assert biomed.detect_format(str(shared_file(*SAMPLE))) == "pubtator"
+    data_docs, counts = biomed.read_data(str(path))
+    assert counts["name_mismatches"] == 0
+    twins = [canonical(biomed.keep_paired(d, CDR)) for d in sample_docs]
+    assert [canonical(d) for d in data_docs] == twins
+
+
+def test_not_include_pairs_are_left_out_of_the_candidates(sample_docs, tmp_path):
+    doc = biomed.keep_paired(sample_docs[0], CDR)
+    path = write_data([doc], tmp_path / "one.data")
+    line = path.read_text().rstrip("\n").split("\t")
+    pair = next(i for i in range(2, len(line), 17) if line[i] == "1:NR:2")
+    line[pair] = "not_include"
+    path.write_text("\t".join(line) + "\n")
+    (read,), _ = biomed.read_data(str(path))
+    assert len(read["excluded_pairs"]) == 1
+    assert len(biomed.typed_pairs(read, CDR)) == len(biomed.typed_pairs(doc, CDR)) - 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+GOOD = ["1|t|Aspirin causes ulcers.", "1|a|Ulcers follow aspirin use.",
+        "1\t0\t7\tAspirin\tChemical\tD1", "1\t15\t21\tulcers\tDisease\tD2", "1\tCID\tD1\tD2"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ((3, "1\t15\t99\tulcers\tDisease\tD2"), r"line 4: field offsets: \[15, 99\) is not a span of the text"),
+    ((3, "1\t15\t21\tulcer!\tDisease\tD2"), r"line 4: field text: 'ulcer!' differs from the text at its offsets"),
+    ((4, "1\tCID\tD1\tD9"), r"line 5: field relation: CID names identifier 'D9'"),
+    ((1, None), r"field abstract: (a mention line before the title and abstract lines|no `1\|a\|` line)"),
+    ((2, "1\tx\t7\tAspirin\tChemical\tD1"), r"line 3: field offsets: not integers"),
+])
+def test_bad_pubtator_names_file_document_line_and_field(tmp_path, nlp, change, message):
+    lines = list(GOOD)
+    i, new = change
+    if new is None:
+        del lines[i]
+    else:
+        lines[i] = new
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(biomed.BioFormatError, match=message) as err:
+        biomed.read_pubtator(str(path), nlp)
+    assert str(path) in str(err.value) and "document 0 (PMID 1)" in str(err.value)
+
+
+def test_good_pubtator_and_token_splitting(tmp_path, nlp):
+    lines = list(GOOD) + ["1\t25\t29\tcers\tDisease\tD3"]  # "Ulcers": a boundary inside a spaCy token
+    path = tmp_path / "good.txt"
+    path.write_text("\n".join(lines) + "\n")
+    (doc,), counts = biomed.read_pubtator(str(path), nlp)
+    assert counts["mentions_off_token_boundaries"] == 1 and counts["tokens_split"] == 1
+    assert doc["sents"] == [["Aspirin", "causes", "ulcers", "."], ["Ul", "cers", "follow", "aspirin", "use", "."]]
+    assert [[m["name"] for m in e] for e in doc["vertexSet"]] == [["Aspirin"], ["ulcers"], ["cers"]]
+    assert doc["labels"] == [{"h": 0, "t": 1, "r": "CID", "evidence": []}]
+
+
+def test_bad_data_file_and_unknown_format(tmp_path):
+    bad = tmp_path / "bad.data"
+    bad.write_text("1\tA b .\t1:CID:2\tL2R\n")
+    with pytest.raises(utils.UserError, match="neither a PubTator file"):
+        biomed.read_corpus(str(bad), lambda: None)
+    fields = ["1", "Aspirin causes ulcers .", "1:CID:2", "L2R", "NON-CROSS", "0-1", "2-3",
+              "D1", "Aspirin", "Chemical", "0", "1", "0", "D2", "ulcers", "Disease", "2", "9", "0"]
+    bad.write_text("\t".join(fields) + "\n")
+    with pytest.raises(biomed.BioFormatError, match=r"document 0 \(PMID 1\), line 1, pair 0: field mention offsets "
+                                                    r"of 'D2': words \[2, 9\) are not inside sentence 0"):
+        biomed.read_data(str(bad))
+
+
+def test_a_label_outside_the_candidate_pairs_is_refused(minilm_tokenizer):
+    doc = {"title": "x", "sents": [["A", "b", "c", "."]],
+           "vertexSet": [[{"name": "A", "pos": [0, 1], "sent_id": 0, "type": "Chemical"}],
+                         [{"name": "b", "pos": [1, 2], "sent_id": 0, "type": "Disease"}],
+                         [{"name": "c", "pos": [2, 3], "sent_id": 0, "type": "Chemical"}]],
+           "labels": [{"h": 0, "t": 2, "r": "CID"}]}
+    settings = DocRESettings(CDR.rel2id, max_seq_length=64)
+    with pytest.raises(prepro.ValidationError, match=r"document 0 \(title 'x'\): field labels: .*\[\[0, 2\]\]"):
+        prepro.features_from_documents([doc], minilm_tokenizer, settings, pair_filter=biomed.pair_filter(CDR))
+    doc["labels"] = [{"h": 2, "t": 1, "r": "CID"}]
+    f = prepro.features_from_documents([doc], minilm_tokenizer, settings, pair_filter=biomed.pair_filter(CDR))[0]
+    assert f["hts"].tolist() == [[0, 1], [2, 1]] and f["labels"].tolist() == [[1, 1]]
+
+
+def test_cli_refuses_bad_input_with_status_2(tmp_path, minilm_path, capsys):
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(GOOD[:4] + ["1\tCID\tD1\tD9"]) + "\n")
+    argv = ["--data_dir", str(tmp_path), "--train_file", "bad.txt", "--dev_file", "bad.txt", "--test_file", "",
+            "--model_name_or_path", minilm_path, "--output_dir", str(tmp_path / "run"), "--device", "cpu"]
+    assert utils.guarded(lambda: train_bio.main(argv)) == 2
+    assert "field relation: CID names identifier 'D9'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- learning and the engine
+
+
+def split_sample(tmp_path: Path, n_train: int = 40) -> Path:
+    blocks = pubtator_blocks(shared_file(*SAMPLE))
+    data = tmp_path / "cdr"
+    data.mkdir()
+    write_blocks(data / "train.txt", blocks[:n_train])
+    write_blocks(data / "test.txt", blocks[n_train:])
+    return data
+
+
+def baselines(docs: List[Dict[str, Any]]) -> Dict[str, float]:
+    """Text-blind F1 on the candidate pairs: every pair, and every pair with mentions in one sentence."""
+    gold, intra = [], []
+    for d in docs:
+        pos = {(lab["h"], lab["t"]) for lab in d["labels"]}
+        for h, t in biomed.typed_pairs(d, CDR):
+            gold.append((h, t) in pos)
+            intra.append(biomed.is_intra(d, h, t))
+    gold, intra = np.array(gold), np.array(intra)
+    return {"every pair": biomed.pair_f1(np.ones_like(gold), gold)["f1"],
+            "same sentence": biomed.pair_f1(intra, gold)["f1"]}
+
+
+def test_torchrun_two_processes_then_test_mode_and_table(tmp_path, tiny_bert_dir):
+    blocks = pubtator_blocks(shared_file(*SAMPLE))
+    data = tmp_path / "cdr"
+    data.mkdir()
+    write_blocks(data / "train.txt", blocks[:6])  # holds the sample's unmatched relation
+    write_blocks(data / "dev.txt", blocks[40:43])
+    write_blocks(data / "test.txt", blocks[43:46])
+    common = ["--data_dir", str(data), "--train_file", "train.txt", "--dev_file", "dev.txt", "--test_file",
+              "test.txt", "--device", "cpu", "--no_progress", "--emb_size", "64", "--block_size", "16",
+              "--max_seq_length", "512", "--drop_unmatched_relations"]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "sweep" / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "train_bio.py"), *common, "--model_name_or_path", tiny_bert_dir, "--output_dir", str(run),
+           "--max_steps", "2", "--train_batch_size", "2", "--loss", "bce"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = json.loads((run / "args.json").read_text())
+    assert args["task"] == "cdr" and args["world_size"] == 2 and args["reader"]["train"]["dropped_relations"] == 1
+    for name in ("best.pt", "dev_pred.json", "dev_scores.json", "test_pred.json", "test_scores.json", "scores.json"):
+        assert (run / name).exists(), name
+    assert (run / "model" / "config.json").exists()
+    scores = json.loads((run / "scores.json").read_text())
+    assert {"dev_f1", "test_f1", "test_intra_f1", "test_inter_f1"} <= set(scores)
+    again = train_bio.main([*common, "--load_path", str(run), "--output_dir", str(tmp_path / "test-mode")])
+    assert again["test_f1"] == pytest.approx(scores["test_f1"])
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_tables
+
+    report = make_tables.main([str(tmp_path / "sweep")])
+    assert "## CDR" in report.markdown and "| tiny" in report.markdown.replace("| tiny-bert", "| tiny")
