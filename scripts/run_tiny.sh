@@ -17,7 +17,10 @@ fi
 PRIOR_FLAG=()
 if [ "${INIT_PRIOR:-1}" = 1 ]; then PRIOR_FLAG=(--init_none_prior); fi
 source scripts/launch.sh
-$LAUNCH train.py \
+# the run directory: --output_dir when given, else the one train.py names (runs/docred-<loss>-minilm-seed<seed>-<time>)
+OUT=runs/tiny-$(date +%Y%m%d-%H%M%S)
+for ((i = 1; i < $#; i++)); do if [ "${!i}" = --output_dir ]; then j=$((i + 1)); OUT=${!j}; fi; done
+$LAUNCH train.py --output_dir "$OUT" \
   --data_dir "$DATA_DIR" \
   --model_name_or_path "${MODEL:-minilm}" \
   --train_file train_annotated.json --dev_file dev.json --test_file test.json \
@@ -26,3 +29,7 @@ $LAUNCH train.py \
   --num_train_epochs "${EPOCHS:-4}" --num_labels 4 "${PRIOR_FLAG[@]}" \
   --loss "${LOSS:-ncrl}" --shift "${SHIFT:-0}" --seed "${SEED:-66}" \
   "$@"
+echo
+echo "Next, the trained model on your own text (or a file: --input docs.txt --html pred.html):"
+echo "  python predict.py --model $OUT/model --text \"Marie Curie was born in Warsaw. She moved to Paris in 1891.\""
+echo "  python predict.py verify --model $OUT/model --data $DATA_DIR/dev.json"
