@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+import entities
 import evaluation
 import feature_cache
 import losses
@@ -39,7 +40,8 @@ class DocRED(Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
-    model_settings = ("emb_size", "block_size", "max_seq_length", "no_entity_marker", "bilinear", "evidence_lambda")
+    model_settings = ("emb_size", "block_size", "max_seq_length", "no_entity_marker", "bilinear", "evidence_lambda",
+                      "end_to_end", "max_span_width")
     settings: DocRESettings
 
     @classmethod
@@ -72,6 +74,7 @@ class DocRED(Task):
         g.add_argument("--cache_dir", default=None, help="feature cache (default <data_dir>/.cache; 'none' to disable)")
         g.add_argument("--transformer_type", default=None, help="accepted for ATLOP's scripts and ignored: special "
                                                                   "tokens come from the tokenizer")
+        entities.add_args(g)
 
     # -- set-up: the label map and the settings, once
     def setup(self, args: argparse.Namespace, mode: str, tokenizer: Any, meta: Optional[Dict[str, Any]] = None,
@@ -94,9 +97,15 @@ class DocRED(Task):
             emb_size=args.emb_size, block_size=args.block_size, bilinear=args.bilinear,
             evidence=args.evidence_lambda > 0, evidence_threshold=args.evidence_threshold,
             relation_names=self.relation_names(rel2id))
+        try:  # --end_to_end: entity heads (entities.py); off, the settings are unchanged
+            self.settings = entities.task_settings(self.settings, args, meta, self.path(args.train_file))
+        except ValueError as e:
+            raise UserError(str(e)) from e
         off = args.cache_dir is not None and args.cache_dir.lower() == "none"
         self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
         self.collator = DocRECollator(self.settings.num_class, tokenizer.pad_token_id or 0)
+        if self.settings.end_to_end:
+            self.collator = entities.EntityCollator(self.collator, self.settings.max_span_width)
         if self.ign_file() is None:
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
                            "--ign_train_file %s is absent", self.path(args.ign_train_file))
@@ -176,6 +185,9 @@ class DocRED(Task):
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
                             f"to select the best checkpoint")
+        if self.settings.end_to_end:  # each document's words, gold mentions, clusters and types
+            raw = docs if docs is not None else utils.read_json(path, f"--{split}_file")
+            features = entities.JoinedFeatures(features, entities.entity_fields(raw, self.tokenizer, self.settings))
         return Split(split, features, docs, source=path)
 
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
@@ -188,7 +200,9 @@ class DocRED(Task):
     def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
                       autocast) -> List[Tuple[torch.Tensor, int]]:
         """The relation loss over pairs, plus --evidence_lambda x KL(evidence || sentence attention) over positive
-        pairs when evidence is on."""
+        pairs when evidence is on; with --end_to_end, the entity heads' losses too."""
+        if self.settings.end_to_end:
+            return entities.joint_loss(model, batch, labels, loss_fn, autocast, entities.loss_weights(self.args))
         if not self.settings.evidence:
             return super().training_loss(model, batch, labels, loss_fn, autocast)
         with autocast():
