@@ -1,0 +1,160 @@
+"""End to end (issue #36): the entity heads against per-example references, the scorer against hand counts,
+`--end_to_end` off leaving the model as it was, and a learning test on the synthetic corpus."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import entities
+import evaluation_e2e as e2e
+from settings import DocRESettings
+
+
+# ----------------------------------------------------------------------------- heads against references
+def test_candidate_spans_match_a_loop():
+    word_sent = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    ok = np.array([True] * 7 + [False, True])
+    expect = [(s, e) for s in range(9) for e in range(s + 1, min(s + 3, 9) + 1)
+              if word_sent[s] == word_sent[e - 1] and ok[s] and ok[e - 1]]
+    assert sorted(map(tuple, entities.candidate_spans(word_sent, ok, 3).tolist())) == sorted(expect)
+
+
+def test_name_features_by_hand():
+    assert entities.name_features(["Barack", "Obama"], ["Obama"]) == [0.0, 1.0, 1.0, 0.0, 1.0]
+    assert entities.name_features(["International", "Business", "Machines"], ["IBM"])[3] == 1.0
+    assert entities.name_features(["Fredrik", "Idestam"], ["Idestam"])[:3] == [0.0, 1.0, 1.0]
+    assert entities.name_features(["Paris"], ["paris"])[0] == 1.0
+    assert entities.name_features([","], ["Paris"]) == [0.0] * entities.NAME_FEATURES
+
+
+def test_average_link_clustering_by_hand():
+    p = np.array([[0, .9, .6, .1], [.9, 0, .3, .1], [.6, .3, 0, .8], [.1, .1, .8, 0]])
+    # {0,1} merge first (.9), then {2,3} (.8); their mean link (.6+.3+.1+.1)/4 = .275 stays apart
+    assert entities.cluster_mentions(p).tolist() == [0, 0, 1, 1]
+    p2 = p.copy()
+    p2[1, 2] = p2[2, 1] = .95  # now {1,2} first; {0} joins at (.9+.6)/2 = .75; {3} at (.1+.1+.8)/3 = .33 stays
+    assert entities.cluster_mentions(p2).tolist() == [0, 0, 0, 1]
+    assert entities.cluster_mentions(np.zeros((0, 0))).tolist() == []
+
+
+def test_heads_match_per_example_loops():
+    torch.manual_seed(0)
+    heads = entities.EntityHeads(8, 3, 4, dim=6)
+    hidden = torch.randn(2, 7, 8)
+    doc, start, end, width = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 2]), torch.tensor([2, 0, 5]), torch.tensor([2, 1, 4])
+    got = heads.span_logits(hidden, doc, start, end, width)
+    for i in range(3):
+        x = heads.span_start(hidden[doc[i], start[i]]) + heads.span_end(hidden[doc[i], end[i]]) + heads.span_width(width[i])
+        assert torch.allclose(got[i], heads.span_out(torch.relu(x))[0], atol=1e-6)
+    men = heads.mention_embeddings(hidden, doc, start, end)
+    types = heads.type_logits(men, torch.tensor([1, 0, 1]), 2)
+    assert torch.allclose(types[0], heads.typer(men[1]), atol=1e-6)
+    assert torch.allclose(types[1], heads.typer((men[0] + men[2]) / 2), atol=1e-6)
+
+
+def test_entity_batch_labels_gold_spans_and_pairs(minilm_tokenizer):
+    doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."], ["Obama", "left", "."]],
+           "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"},
+                          {"name": "Obama", "sent_id": 1, "pos": [0, 1], "type": "PER"}],
+                         [{"name": "Paris", "sent_id": 0, "pos": [3, 4], "type": "LOC"}]]}
+    settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["LOC", "PER"])
+    (f,) = entities.entity_fields([doc], minilm_tokenizer, settings)
+    b = entities.entity_batch([f], 3)
+    words = b["e2e_span_word"][b["e2e_span_label"] == 1].tolist()
+    assert sorted(words) == [[0, 2], [3, 4], [5, 6]]
+    assert b["e2e_span_word"][:, 1].le(5).logical_or(b["e2e_span_word"][:, 0].ge(5)).all()  # within sentences
+    assert b["e2e_pair"].tolist() == [[0, 1], [0, 2], [1, 2]]
+    assert b["e2e_pair_label"].tolist() == [1.0, 0.0, 0.0]
+    assert b["e2e_entity_type"].tolist() == [1, 0]
+
+
+# ----------------------------------------------------------------------------- the scorer against hand counts
+def _ent(t, *spans):
+    return {"type": t, "mentions": [{"char_start": a, "char_end": b} for a, b in spans]}
+
+
+def _rel(h, t, r):
+    return {"h_idx": h, "t_idx": t, "r": r}
+
+
+GOLD = [{"title": "a", "entities": [_ent("PER", (0, 5), (10, 15)), _ent("ORG", (20, 25)), _ent("LOC", (30, 35), (40, 45))],
+         "relations": [_rel(0, 1, "P1"), _rel(2, 0, "P2")]},
+        {"title": "b", "entities": [_ent("PER", (0, 3)), _ent("PER", (5, 8))], "relations": [_rel(0, 1, "P3")]},
+        {"title": "c", "entities": [_ent("LOC", (0, 4))], "relations": []}]
+PRED = [{"title": "a",
+         "entities": [_ent("PER", (0, 5), (10, 15)),  # exact
+                      _ent("LOC", (20, 25)),  # right cluster, wrong type
+                      _ent("LOC", (30, 35)), _ent("LOC", (40, 45)),  # a gold cluster split in two
+                      _ent("MISC", (50, 52)),  # spurious
+                      _ent("PER", (1, 5))],  # partial span
+         "relations": [_rel(0, 1, "P1"),  # relaxed right, strict wrong (tail type)
+                       _rel(2, 0, "P2"),  # head cluster split: wrong
+                       _rel(0, 1, "P9")]},  # wrong relation
+        {"title": "b", "entities": [_ent("PER", (0, 3), (5, 8))],  # two gold clusters merged
+         "relations": []}]  # document c: no prediction
+
+
+def test_end_to_end_scores_match_hand_counts():
+    s = e2e.end_to_end_scores(GOLD, PRED)
+    counts = {k: (v["tp"], v["n_pred"], v["n_gold"]) for k, v in s.items()}
+    assert counts == {"mention": (5 + 2, 7 + 2, 5 + 2 + 1), "coref": (2, 6 + 1, 3 + 2 + 1),
+                      "entity": (1, 6 + 1, 3 + 2 + 1), "relation_relaxed": (1, 3, 3), "relation_strict": (0, 3, 3)}
+    assert s["mention"]["precision"] == pytest.approx(700 / 9)
+    assert s["mention"]["f1"] == pytest.approx(2 * (7 / 9) * (7 / 8) / (7 / 9 + 7 / 8) * 100)
+    assert s["relation_strict"]["f1"] == 0.0
+
+
+def test_unknown_predicted_title_is_refused():
+    with pytest.raises(ValueError, match="no gold document"):
+        e2e.end_to_end_scores(GOLD, [{"title": "zzz", "entities": [], "relations": []}])
+
+
+def test_gold_outputs_score_perfectly(synthetic_dir):
+    docs = json.loads((synthetic_dir / "dev.json").read_text())[:4]
+    gold = e2e.gold_outputs(docs)
+    assert all(v["f1"] == 100.0 for v in e2e.end_to_end_scores(gold, gold).values())
+
+
+# ----------------------------------------------------------------------------- off changes nothing
+def test_end_to_end_off_leaves_settings_and_model_unchanged(minilm_path):
+    from transformers import AutoModel
+
+    s = DocRESettings({"Na": 0, "P1": 1}, emb_size=32, block_size=8)
+    args = argparse.Namespace(end_to_end=False, max_span_width=10)
+    assert entities.task_settings(s, args, None, None) is s
+    from model import DocREModel
+
+    torch.manual_seed(0)
+    plain = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
+    assert not hasattr(plain, "entity_heads")
+    on = entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10),
+                                {"settings": {"entity_types": ["PER"]}}, None)
+    assert (on.end_to_end, on.entity_marker, on.entity_types) == (True, None, ["PER"])
+    assert DocRESettings.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+
+
+def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
+    from transformers import AutoModel
+
+    import prepro
+    from collate import DocRECollator
+    from model import DocREModel
+
+    docs = json.loads((synthetic_dir / "dev.json").read_text())[:2]
+    s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), emb_size=32, block_size=8, entity_marker=None,
+                      end_to_end=True, entity_types=entities.entity_types_of(docs))
+    model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path)).eval()
+    feats = entities.JoinedFeatures(prepro.features_from_documents(docs, minilm_tokenizer, s),
+                                    entities.entity_fields(docs, minilm_tokenizer, s))
+    batch = entities.EntityCollator(DocRECollator(s.num_class), s.max_span_width)([feats[0], feats[1]])
+    with torch.no_grad():
+        _, logits = entities.encode_and_score(model, batch)
+        assert torch.equal(logits, model(**batch))
+        terms = entities.entity_losses(model.entity_heads, model.encode(batch["input_ids"], batch["attention_mask"],
+                                                                        batch["mention_pos"], batch["mention_doc"])[0],
+                                       batch)
+    assert set(terms) == {"mention", "coref", "type"} and all(torch.isfinite(v) for v, _ in terms.values())
