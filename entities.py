@@ -424,3 +424,39 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
     """{mention, coref, type: weight} of the flags."""
     return {"mention": args.mention_weight, "coref": args.coref_weight, "type": args.type_weight}
+
+
+# ----------------------------------------------------------------------------- output objects (predict.py)
+def token_offsets(doc: Dict[str, Any]) -> List[List[Tuple[int, int]]]:
+    """[start, end) characters of each token of a converted document in its `text` (tokens are found in order
+    from their sentence's start; a token not found verbatim keeps the position reached)."""
+    text, out = doc["text"], []
+    for sent, (pos, _) in zip(doc["sents"], doc["sent_spans"]):
+        row = []
+        for word in sent:
+            at = text.find(word, pos)
+            at = pos if at < 0 else at
+            row.append((at, at + len(word)))
+            pos = at + len(word)
+        out.append(row)
+    return out
+
+
+def output_objects(bundle: Any, docs: Sequence[Dict[str, Any]], rel_names: Dict[str, str],
+                   batch_size: int) -> List[Dict[str, Any]]:
+    """predict.py's output objects of converted documents, their entities and relations predicted by the model in
+    one encoder pass per document (the documents' own entities are ignored)."""
+    import predict
+
+    pre = bundle.pretrained
+    preds = predict_documents(pre.model, pre.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
+                              batch_size)
+    out = []
+    for doc, (vs, rels) in zip(docs, preds):
+        offsets, text = token_offsets(doc), doc["text"]
+        spans = [[(offsets[m["sent_id"]][m["pos"][0]][0], offsets[m["sent_id"]][m["pos"][1] - 1][1]) for m in ent]
+                 for ent in vs]
+        vs = [[dict(m, char_start=a, char_end=b, name=text[a:b]) for m, (a, b) in zip(ent, sp)]
+              for ent, sp in zip(vs, spans)]
+        out.append(predict.assemble_output({**doc, "vertexSet": vs}, rels, rel_names))
+    return out

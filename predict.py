@@ -269,13 +269,34 @@ def read_rel_info(path: str) -> Dict[str, str]:
     return names
 
 
+ENTITY_SOURCES = ("model", "spacy", "given")
+
+
+def entity_source(choice: Optional[str], settings: Any) -> Optional[str]:
+    """"model" where asked for, or by default for a model with entity heads; else `choice` (None: as before, spaCy
+    for text and the given entities of DocRED JSON and .jsonl)."""
+    has_heads = bool(getattr(settings, "end_to_end", False))
+    if choice == "model" and not has_heads:
+        raise InputError("--entities model needs a model trained with --end_to_end (this one has no entity heads)")
+    return "model" if choice is None and has_heads else choice
+
+
+def spacy_for(name: str, entities: Optional[str]) -> Any:
+    """The spaCy pipeline; without its NER when the model finds the entities (sentences and tokens only)."""
+    nlp = text2doc.load_spacy(name)
+    if entities == "model" and "ner" in nlp.pipe_names:
+        nlp.disable_pipe("ner")
+    return nlp
+
+
 class DocREPipeline:
     """Raw text or converted documents in, output objects (see the module docstring) out."""
 
     def __init__(self, model_bundle: Any, rel_names: Dict[str, str], spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
-                 batch_size: int = 4, nlp: Any = None):
+                 batch_size: int = 4, nlp: Any = None, entities: Optional[str] = None):
         self.model_bundle, self.rel_names = model_bundle, rel_names
         self.spacy_model, self.batch_size, self._nlp = spacy_model, batch_size, nlp
+        self.entities = entity_source(entities, model_bundle.settings)
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
@@ -288,11 +309,15 @@ class DocREPipeline:
     def nlp(self) -> Any:
         """The spaCy pipeline, loaded on first use."""
         if self._nlp is None:
-            self._nlp = text2doc.load_spacy(self.spacy_model)
+            self._nlp = spacy_for(self.spacy_model, self.entities)
         return self._nlp
 
     def predict_documents(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order."""
+        if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
+            import entities
+
+            return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size)
         runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
         predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
         if len(predicted) != len(runnable):
@@ -346,6 +371,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help=f"spaCy pipeline for raw text (default {text2doc.DEFAULT_SPACY_MODEL}, else "
                              f"{text2doc.FALLBACK_SPACY_MODEL})")
     parser.add_argument("--rel_info", default=None, help="relation names (default: the model's)")
+    parser.add_argument("--entities", default=None, choices=ENTITY_SOURCES,
+                        help="model: the model's entity heads (default for models trained with --end_to_end); "
+                             "spacy: spaCy's NER on text; given: the .jsonl spans or DocRED JSON's vertexSet")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -389,9 +417,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("batch_size", "chunk_docs"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    n_docs, chunks = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
+    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities))
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
-                                         n_docs <= args.chunk_docs, batch_size=args.batch_size)
+                                         n_docs <= args.chunk_docs, batch_size=args.batch_size,
+                                         entities=args.entities)
     kept: List[Dict[str, Any]] = []  # for the HTML page only
     bar = None
     if n_docs > args.chunk_docs and not args.no_progress:
