@@ -86,7 +86,9 @@ class JoinedFeatures:
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
         return {**self.base[i], **self.extra[i]}
 
     def __iter__(self):
