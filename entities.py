@@ -286,6 +286,21 @@ def joint_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.T
 
 
 # ----------------------------------------------------------------------------- decoding
+def non_overlapping(spans: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the spans [M, 2] greedy decoding keeps: by descending probability, each span that
+    shares no word with one kept before (nested mentions are 0.16% of Re-DocRED dev's; this bounds mentions by words)."""
+    if not len(spans):
+        return np.zeros(0, dtype=np.int64)
+    taken = np.zeros(int(spans[:, 1].max()), dtype=bool)
+    kept = []
+    for i in np.argsort(-prob, kind="stable").tolist():
+        a, b = spans[i]
+        if not taken[a:b].any():
+            taken[a:b] = True
+            kept.append(i)
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
 def cluster_mentions(prob: np.ndarray, threshold: float = COREF_THRESHOLD) -> np.ndarray:
     """Average-link agglomerative clustering of n mentions under pair probabilities `prob` [n, n] (symmetric):
     merge the two clusters of highest mean pair probability while it exceeds `threshold`. Cluster id per mention,
@@ -340,6 +355,8 @@ def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Se
     prob = torch.sigmoid(heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
                                            b["e2e_span_width"]).float())
     keep = (prob > MENTION_THRESHOLD).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
+    words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * (int(b["e2e_span_word"].max(initial=0)) + 1)
+    keep = keep[torch.from_numpy(non_overlapping(words.cpu().numpy(), prob[keep].cpu().numpy())).to(keep.device)]
     men_all = heads.mention_embeddings(hidden, b["e2e_span_doc"][keep], b["e2e_span_start"][keep],
                                        b["e2e_span_end"][keep])
     span_doc = b["e2e_span_doc"][keep].cpu().numpy()

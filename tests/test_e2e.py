@@ -240,3 +240,10 @@ def test_entity_heads_learn_synthetic_mentions(synthetic_dir, minilm_path, minil
     mention_f1, blind = _f1(pred, gold), _blind_mention_f1(train, dev)
     print(f"mention F1 {mention_f1:.3f}, best text-blind {blind:.3f}")
     assert mention_f1 > blind + 0.2, (mention_f1, blind)
+
+
+def test_non_overlapping_decoding_by_hand():
+    spans = np.array([[0, 2], [1, 3], [3, 4], [0, 1], [5, 7]])
+    prob = np.array([0.9, 0.95, 0.6, 0.7, 0.8])
+    # [1,3) first; [0,2) overlaps it; [3,4) and [5,7) are free; [0,1) is free of [1,3)
+    assert entities.non_overlapping(spans, prob).tolist() == [1, 2, 3, 4]
