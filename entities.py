@@ -355,7 +355,8 @@ def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Se
     prob = torch.sigmoid(heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
                                            b["e2e_span_width"]).float())
     keep = (prob > MENTION_THRESHOLD).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
-    words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * (int(b["e2e_span_word"].max(initial=0)) + 1)
+    width = int(b["e2e_span_word"].max()) + 1 if len(b["e2e_span_word"]) else 1
+    words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * width  # [M, 2] words unique in the batch
     keep = keep[torch.from_numpy(non_overlapping(words.cpu().numpy(), prob[keep].cpu().numpy())).to(keep.device)]
     men_all = heads.mention_embeddings(hidden, b["e2e_span_doc"][keep], b["e2e_span_start"][keep],
                                        b["e2e_span_end"][keep])

@@ -247,3 +247,39 @@ def test_non_overlapping_decoding_by_hand():
     prob = np.array([0.9, 0.95, 0.6, 0.7, 0.8])
     # [1,3) first; [0,2) overlaps it; [3,4) and [5,7) are free; [0,1) is free of [1,3)
     assert entities.non_overlapping(spans, prob).tolist() == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- train.py and predict.py
+@pytest.fixture(scope="module")
+def e2e_run(small_synthetic_dir, tiny_bert_dir, tmp_path_factory):
+    """A tiny-BERT model trained a few steps with --end_to_end."""
+    import train
+
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    train.main(["--data_dir", str(small_synthetic_dir), "--model_name_or_path", tiny_bert_dir, "--end_to_end",
+                "--num_train_epochs", "1", "--output_dir", str(out), "--no_progress", "--loss", "atl",
+                "--test_file", "", "--classifier_lr", "1e-2", "--max_seq_length", "256"])
+    return out
+
+
+def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run, one_thread):
+    import predict
+
+    pipe = predict.DocREPipeline.from_pretrained(str(e2e_run))
+    assert pipe.entities == "model" and pipe.model_bundle.settings.end_to_end
+    assert pipe.model_bundle.settings.entity_types == ["LOC", "MISC", "NUM", "ORG", "PER", "TIME"]
+    pipe.model_bundle.pretrained.model.entity_heads.span_out.bias.data.fill_(5.0)  # every candidate a mention
+    text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
+    out = pipe(text)
+    assert out["entities"] and all(text[m["char_start"]:m["char_end"]] == m["text"]
+                                   for e in out["entities"] for m in e["mentions"])
+    assert all(0 <= r["h_idx"] < len(out["entities"]) for r in out["relations"])
+
+
+def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    import predict
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--end_to_end"):
+        predict.entity_source("model", DocRESettings({"Na": 0}))
+    assert predict.entity_source(None, DocRESettings({"Na": 0})) is None
