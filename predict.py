@@ -281,6 +281,15 @@ def entity_source(choice: Optional[str], settings: Any) -> Optional[str]:
     return "model" if choice is None and has_heads else choice
 
 
+def check_entity_source(entities: Optional[str], suffix: str) -> None:
+    """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON (it carries entities)."""
+    if entities == "given" and suffix == ".txt":
+        raise InputError("--entities given needs entity spans: a .jsonl with \"entities\" or DocRED JSON")
+    if entities == "spacy" and suffix == ".json":
+        raise InputError("--entities spacy reads text (.txt, .jsonl, --text); DocRED JSON carries its entities "
+                         "(--entities given, or model)")
+
+
 def spacy_for(name: str, entities: Optional[str]) -> Any:
     """The spaCy pipeline; without its NER when the model finds the entities (sentences and tokens only)."""
     nlp = text2doc.load_spacy(name)
@@ -417,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("batch_size", "chunk_docs"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    check_entity_source(args.entities, ".txt" if args.text is not None else Path(args.input).suffix.lower())
     n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities))
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
                                          n_docs <= args.chunk_docs, batch_size=args.batch_size,

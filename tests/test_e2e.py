@@ -283,3 +283,15 @@ def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_
     with pytest.raises(UserError, match="--end_to_end"):
         predict.entity_source("model", DocRESettings({"Na": 0}))
     assert predict.entity_source(None, DocRESettings({"Na": 0})) is None
+
+
+def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
+    import predict
+
+    (tmp_path / "a.txt").write_text("Paris is in France.\n")
+    assert predict.main(["--model", str(tmp_path), "--input", str(tmp_path / "a.txt"), "--entities", "given"]) == 2
+    assert predict.main(["--model", str(tmp_path), "--text", "x", "--entities", "given"]) == 2
+    (tmp_path / "d.json").write_text("[]")
+    assert predict.main(["--model", str(tmp_path), "--input", str(tmp_path / "d.json"), "--entities", "spacy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--entities given needs entity spans") == 2 and "--entities spacy reads text" in err
