@@ -38,6 +38,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--coref_weight", type=float, default=1.0, help="weight of the coreference loss (end to end)")
     group.add_argument("--type_weight", type=float, default=1.0, help="weight of the entity type loss (end to end)")
     group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
+    group.add_argument("--mention_pos_weight", type=float, default=1.0,
+                       help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end)")
 
 
 def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
@@ -251,8 +253,8 @@ def encode_and_score(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[
     return hidden, logits
 
 
-def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]
-                  ) -> Dict[str, Tuple[torch.Tensor, int]]:
+def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, torch.Tensor],
+                  pos_weight: float = 1.0) -> Dict[str, Tuple[torch.Tensor, int]]:
     """{mention, coref, type: (mean loss in fp32, count)}: BCE over candidate spans, BCE over gold mention pairs,
     cross-entropy over gold entities with a known type; a term without instances is left out."""
     b = batch
@@ -261,7 +263,8 @@ def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, tor
     if len(b["e2e_span_label"]):
         span = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
                                  b["e2e_span_width"]).float()
-        out["mention"] = (bce(span, b["e2e_span_label"]), len(span))
+        weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
+        out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
     if not len(b["e2e_men_doc"]):
         return out
     men = heads.mention_embeddings(hidden, b["e2e_men_doc"], b["e2e_men_start"], b["e2e_men_end"])
@@ -280,7 +283,7 @@ def joint_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.T
     """The relation loss on gold entities plus the weighted entity losses, from one encoder pass."""
     with autocast():
         hidden, logits = encode_and_score(model, batch)
-        terms = entity_losses(model.entity_heads, hidden, batch)
+        terms = entity_losses(model.entity_heads, hidden, batch, weights.get("mention_pos", 1.0))
     out = [(loss_fn(logits.float(), labels), len(labels))]
     return out + [(weights[k] * loss, n) for k, (loss, n) in terms.items() if weights.get(k, 0.0)]
 
@@ -442,8 +445,9 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
-    """{mention, coref, type: weight} of the flags."""
-    return {"mention": args.mention_weight, "coref": args.coref_weight, "type": args.type_weight}
+    """{mention, coref, type: weight, mention_pos: the gold spans' weight in the mention loss} of the flags."""
+    return {"mention": args.mention_weight, "coref": args.coref_weight, "type": args.type_weight,
+            "mention_pos": getattr(args, "mention_pos_weight", 1.0)}
 
 
 # ----------------------------------------------------------------------------- output objects (predict.py)

@@ -295,3 +295,16 @@ def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
     assert predict.main(["--model", str(tmp_path), "--input", str(tmp_path / "d.json"), "--entities", "spacy"]) == 2
     err = capsys.readouterr().err
     assert err.count("--entities given needs entity spans") == 2 and "--entities spacy reads text" in err
+
+
+def test_mention_pos_weight_weighs_gold_spans():
+    heads = entities.EntityHeads(4, 2, 2, dim=3)
+    b = {"e2e_span_doc": torch.tensor([0, 0]), "e2e_span_start": torch.tensor([0, 1]), "e2e_span_end": torch.tensor([0, 1]),
+         "e2e_span_width": torch.tensor([1, 1]), "e2e_span_label": torch.tensor([1.0, 0.0]),
+         "e2e_men_doc": torch.zeros(0, dtype=torch.long)}
+    hidden = torch.randn(1, 2, 4)
+    with torch.no_grad():
+        z = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"], b["e2e_span_width"])
+        got = entities.entity_losses(heads, hidden, b, pos_weight=3.0)["mention"][0]
+    expect = (3 * torch.nn.functional.softplus(-z[0]) + torch.nn.functional.softplus(z[1])) / 2
+    assert torch.allclose(got, expect, atol=1e-6)
