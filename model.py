@@ -196,7 +196,12 @@ class DocREModel(nn.Module):
         clash = sorted(set(runtime) & set(stored))
         if clash:
             raise ValueError(f"{clash} are DocRESettings fields: change the settings, not the runtime knobs")
-        return cls(encoder, tokenizer=tokenizer, **stored, **runtime)
+        model = cls(encoder, tokenizer=tokenizer, **stored, **runtime)
+        if settings.end_to_end:  # the entity heads of entities.py (issue #36); off: nothing is added
+            from entities import EntityHeads
+
+            model.entity_heads = EntityHeads(model.hidden_size, len(settings.entity_types), settings.max_span_width)
+        return model
 
     @torch.no_grad()
     def init_classifier_bias(self, rates) -> None:

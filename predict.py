@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import html
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import text2doc
 import utils
 from evaluation import Relation
+from html_view import html_writer
 from text2doc import InputError
 
 if TYPE_CHECKING:
@@ -173,131 +173,6 @@ def assemble_output(doc: Dict[str, Any], relations: Sequence[Relation], rel_name
             "entities": [_output_entity(ent) for ent in doc["vertexSet"]], "relations": rels}
 
 
-# ----------------------------------------------------------------------------- HTML
-
-TYPE_COLOURS = {"PER": "#ffd6a5", "ORG": "#bde0fe", "LOC": "#caffbf", "TIME": "#fdffb6", "NUM": "#e4c1f9",
-                "MISC": "#ffc6c6"}
-_CSS = """
-body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-.legend span, mark { padding: 0 .2em; border-radius: 3px; }
-.legend span { margin-right: .6em; }
-.text { white-space: pre-wrap; background: #fafafa; border: 1px solid #ddd; padding: .8em; }
-mark { color: inherit; cursor: default; }
-mark.on { outline: 2px solid #333; }
-.sent.evi { background: #fff3b0; box-shadow: 0 0 0 2px #fff3b0; }
-table { border-collapse: collapse; margin-top: .8em; }
-th, td { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
-td.score { text-align: right; font-variant-numeric: tabular-nums; }
-tr.rel { cursor: pointer; } tr.rel:hover { background: #f0f0f0; } tr.rel.on { background: #dde8ff; }
-"""
-_CSS += "".join(f"mark.t-{t}, .legend .t-{t} {{ background: {c}; }}\n" for t, c in TYPE_COLOURS.items())
-_SCRIPT = """
-document.querySelectorAll('tr.rel').forEach(function (row) {
-  row.addEventListener('click', function () {
-    var doc = row.closest('section');
-    doc.querySelectorAll('.on, .evi').forEach(function (el) { el.classList.remove('on', 'evi'); });
-    row.classList.add('on');
-    row.dataset.evidence.split(' ').filter(Boolean).forEach(function (s) {
-      doc.querySelector('.sent[data-sent="' + s + '"]').classList.add('evi');
-    });
-    [row.dataset.h, row.dataset.t].forEach(function (e) {
-      doc.querySelectorAll('mark[data-ent="' + e + '"]').forEach(function (m) { m.classList.add('on'); });
-    });
-  });
-});
-"""
-
-
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _sentence_html(text: str, span: Sequence[int], marks: Sequence[Tuple[int, int, int, str]]) -> str:
-    """One sentence's text with its mentions (start, end, entity index, type) highlighted; overlaps keep the first."""
-    pieces, pos = [], span[0]
-    for start, end, e_i, etype in sorted(marks):
-        if start < pos:
-            continue
-        pieces.append(_esc(text[pos:start]))
-        pieces.append(f'<mark class="t-{_esc(etype)}" data-ent="{e_i}" title="{_esc(etype)}, entity {e_i}">'
-                      f'{_esc(text[start:end])}</mark>')
-        pos = end
-    pieces.append(_esc(text[pos:span[1]]))
-    return "".join(pieces)
-
-
-def _text_html(out: Dict[str, Any]) -> str:
-    """A document's text, each sentence a span with data-sent, each mention a mark with its type and entity."""
-    marks: Dict[int, List[Tuple[int, int, int, str]]] = {}
-    for e_i, ent in enumerate(out["entities"]):
-        for m in ent["mentions"]:
-            marks.setdefault(m["sent_id"], []).append((m["char_start"], m["char_end"], e_i, ent["type"]))
-    text, pieces, pos = out["text"], [], 0
-    for s_i, span in enumerate(out["sent_spans"]):
-        pieces.append(_esc(text[pos:span[0]]))
-        pieces.append(f'<span class="sent" data-sent="{s_i}">{_sentence_html(text, span, marks.get(s_i, []))}</span>')
-        pos = span[1]
-    pieces.append(_esc(text[pos:]))
-    return "".join(pieces)
-
-
-def _relations_html(out: Dict[str, Any]) -> str:
-    """The relation table of one document; a row's data attributes name its entities and evidence sentences."""
-    names = [e["name"] for e in out["entities"]]
-    rows = [f'<tr class="rel" data-h="{r["h_idx"]}" data-t="{r["t_idx"]}" '
-            f'data-evidence="{" ".join(map(str, r["evidence"]))}"><td>{_esc(names[r["h_idx"]])}</td>'
-            f'<td>{_esc(r["relation"])} <small>({_esc(r["r"])})</small></td><td>{_esc(names[r["t_idx"]])}</td>'
-            f'<td class="score">{r["score"]:.3f}</td></tr>' for r in out["relations"]]
-    if not rows:
-        rows = ['<tr><td colspan="4">no relation predicted</td></tr>']
-    return ("<table><thead><tr><th>head</th><th>relation</th><th>tail</th><th>score</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
-
-
-def html_head(title: str = "DocRE predictions") -> str:
-    """The page up to its first document: inline CSS, title, legend."""
-    legend = "".join(f'<span class="t-{t}">{t}</span>' for t in TYPE_COLOURS)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f'<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>'
-            f'<p class="legend">Entity types: {legend} &middot; click a relation to highlight its evidence '
-            f'sentences and entities.</p>')
-
-
-def html_section(i: int, out: Dict[str, Any]) -> str:
-    """One document of the page: its title, text with marked mentions, and relation table."""
-    return (f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2><div class="text">{_text_html(out)}</div>'
-            f'{_relations_html(out)}</section>')
-
-
-HTML_TAIL = f"<script>{_SCRIPT}</script></body></html>\n"
-
-
-def render_html(outputs: Sequence[Dict[str, Any]], title: str = "DocRE predictions") -> str:
-    """One self-contained HTML page (inline CSS and script) showing the output objects."""
-    return html_head(title) + "".join(html_section(i, out) for i, out in enumerate(outputs)) + HTML_TAIL
-
-
-@contextlib.contextmanager
-def html_writer(path: Optional[str]) -> Iterator[Callable[[Dict[str, Any]], None]]:
-    """A function that appends one output object to the HTML page at `path` (nothing when None), streamed to a
-    temporary file that replaces `path` only once the page is complete."""
-    if path is None:
-        yield lambda out: None
-        return
-    with utils.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(html_head())
-        n = 0
-
-        def write(out: Dict[str, Any]) -> None:
-            nonlocal n
-            f.write(html_section(n, out))
-            n += 1
-
-        yield write
-        f.write(HTML_TAIL)
-
-
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -313,13 +188,43 @@ def read_rel_info(path: str) -> Dict[str, str]:
     return names
 
 
+ENTITY_SOURCES = ("model", "spacy", "given")
+
+
+def entity_source(choice: Optional[str], settings: Any) -> Optional[str]:
+    """"model" where asked for, or by default for a model with entity heads; else `choice` (None: as before, spaCy
+    for text and the given entities of DocRED JSON and .jsonl)."""
+    has_heads = bool(getattr(settings, "end_to_end", False))
+    if choice == "model" and not has_heads:
+        raise InputError("--entities model needs a model trained with --end_to_end (this one has no entity heads)")
+    return "model" if choice is None and has_heads else choice
+
+
+def check_entity_source(entities: Optional[str], suffix: str) -> None:
+    """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON (it carries entities)."""
+    if entities == "given" and suffix == ".txt":
+        raise InputError("--entities given needs entity spans: a .jsonl with \"entities\" or DocRED JSON")
+    if entities == "spacy" and suffix == ".json":
+        raise InputError("--entities spacy reads text (.txt, .jsonl, --text); DocRED JSON carries its entities "
+                         "(--entities given, or model)")
+
+
+def spacy_for(name: str, entities: Optional[str]) -> Any:
+    """The spaCy pipeline; without its NER when the model finds the entities (sentences and tokens only)."""
+    nlp = text2doc.load_spacy(name)
+    if entities == "model" and "ner" in nlp.pipe_names:
+        nlp.disable_pipe("ner")
+    return nlp
+
+
 class DocREPipeline:
     """Raw text or converted documents in, output objects (see the module docstring) out."""
 
     def __init__(self, model_bundle: Any, rel_names: Dict[str, str], spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
-                 batch_size: int = 4, nlp: Any = None):
+                 batch_size: int = 4, nlp: Any = None, entities: Optional[str] = None):
         self.model_bundle, self.rel_names = model_bundle, rel_names
         self.spacy_model, self.batch_size, self._nlp = spacy_model, batch_size, nlp
+        self.entities = entity_source(entities, getattr(model_bundle, "settings", None))
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
@@ -332,11 +237,15 @@ class DocREPipeline:
     def nlp(self) -> Any:
         """The spaCy pipeline, loaded on first use."""
         if self._nlp is None:
-            self._nlp = text2doc.load_spacy(self.spacy_model)
+            self._nlp = spacy_for(self.spacy_model, self.entities)
         return self._nlp
 
     def predict_documents(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order."""
+        if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
+            import entities
+
+            return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size)
         runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
         predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
         if len(predicted) != len(runnable):
@@ -391,6 +300,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help=f"spaCy pipeline for raw text (default {text2doc.DEFAULT_SPACY_MODEL}, else "
                              f"{text2doc.FALLBACK_SPACY_MODEL})")
     parser.add_argument("--rel_info", default=None, help="relation names (default: the model's)")
+    parser.add_argument("--entities", default=None, choices=ENTITY_SOURCES,
+                        help="model: the model's entity heads (default for models trained with --end_to_end); "
+                             "spacy: spaCy's NER on text; given: the .jsonl spans or DocRED JSON's vertexSet")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--trust_checkpoint", action="store_true",
@@ -432,9 +344,11 @@ def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
 def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     check_args(args)
-    n_docs, chunks = read_source(args, lambda: text2doc.load_spacy(args.spacy_model))
+    check_entity_source(args.entities, ".txt" if args.text is not None else Path(args.input).suffix.lower())
+    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities))
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
-                                         n_docs <= args.chunk_docs, args.trust_checkpoint, batch_size=args.batch_size)
+                                         n_docs <= args.chunk_docs, args.trust_checkpoint, batch_size=args.batch_size,
+                                         entities=args.entities)
     bar = None
     if n_docs > args.chunk_docs and not args.no_progress:
         from tqdm import tqdm
@@ -485,8 +399,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_verify_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="predict.py verify", description="Re-predict a labelled DocRED file and "
-                                     "compare with the scores the model folder records for it.")
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="predict.py verify",
+                                     description="Re-predict a labelled DocRED file and compare with the scores the "
+                                                 "model folder records for it.")
     parser.add_argument("--model", required=True, help="model folder (RUN/model), run directory, or .pt")
     parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file)")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest F1 difference (points) accepted")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from losses import EVIDENCE_THRESHOLD
 
@@ -27,6 +27,9 @@ class DocRESettings:
     evidence: bool = False  # the model was trained with evidence supervision and predicts evidence sentences
     evidence_threshold: float = EVIDENCE_THRESHOLD
     relation_names: Dict[str, str] = field(default_factory=dict)  # {relation id: name}, for output files
+    end_to_end: bool = False  # the model has entity heads (mentions, coreference, types): entities.py
+    entity_types: List[str] = field(default_factory=list)  # the training file's `type` labels, in id order
+    max_span_width: int = 10  # longest mention (words) the span head proposes
 
     @property
     def num_class(self) -> int:

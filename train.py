@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
+from torch import nn
+
+import entities
 import evaluation
 import feature_cache
 import prepro
 import utils
-from docre_task import DocRETask, add_model_args
+from docre_task import MODEL_SETTINGS, DocRETask, add_model_args
 from engine.distributed import rank_zero_first, world_info
 from engine.rundir import RunDirectory
 from engine.runner import run
@@ -34,6 +38,7 @@ class DocRED(DocRETask, Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
+    model_settings = MODEL_SETTINGS + ("end_to_end", "max_span_width")
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -55,6 +60,7 @@ class DocRED(DocRETask, Task):
         g.add_argument("--cache_dir", default=None, help="feature cache (default <data_dir>/.cache; 'none' to disable)")
         g.add_argument("--transformer_type", default=None, help="accepted for ATLOP's scripts and ignored: special "
                                                                   "tokens come from the tokenizer")
+        entities.add_args(g)
 
     # -- set-up: the label map and the settings, once
     def setup(self, args: argparse.Namespace, mode: str, tokenizer: Any, meta: Optional[Dict[str, Any]] = None,
@@ -75,6 +81,12 @@ class DocRED(DocRETask, Task):
         self.configure(rel2id, self.relation_names(rel2id))
         off = args.cache_dir is not None and args.cache_dir.lower() == "none"
         self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
+        try:  # --end_to_end: entity heads (entities.py); off, the settings are unchanged
+            self.settings = entities.task_settings(self.settings, args, meta, self.path(args.train_file))
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        if self.settings.end_to_end:
+            self.collator = entities.EntityCollator(self.collator, self.settings.max_span_width)
         if self.ign_file() is None:
             logger.warning("Ign F1 is not computed (null in every score): the annotated training file "
                            "--ign_train_file %s is absent", self.path(args.ign_train_file))
@@ -140,7 +152,17 @@ class DocRED(DocRETask, Task):
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):
             raise UserError(f"--dev_file {path} has no labels in any document: training needs a labelled dev set "
                             f"to select the best checkpoint")
+        if self.settings.end_to_end:  # each document's words, gold mentions, clusters and types
+            raw = docs if docs is not None else utils.read_json(path, f"--{split}_file")
+            features = entities.JoinedFeatures(features, entities.entity_fields(raw, self.tokenizer, self.settings))
         return Split(split, features, docs, source=path)
+
+    def training_loss(self, model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
+                      autocast) -> List[Tuple[torch.Tensor, int]]:
+        """With --end_to_end, the relation loss and the entity heads' losses; else the shared terms."""
+        if self.settings.end_to_end:
+            return entities.joint_loss(model, batch, labels, loss_fn, autocast, entities.loss_weights(self.args))
+        return super().training_loss(model, batch, labels, loss_fn, autocast)
 
     # -- decisions and scores
     def predictions(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> List[dict]:

@@ -129,11 +129,15 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
     docs = read_docs(path, skip, limit)
     pipe = predict.DocREPipeline.from_pretrained(model, batch_size=batch_size)
     nlp = text2doc.load_spacy(spacy_model)
+    given, pipe.entities = pipe.entities, "given"  # (c): the gold entities, whatever the model could find itself
     start = time.perf_counter()
     on_gold = pipe(docs)
+    pipe.entities = given
     gold_seconds = time.perf_counter() - start
     start = time.perf_counter()
+    before, pipe.entities = pipe.entities, "spacy"
     on_text = pipe.predict_documents(text2doc.convert_texts(nlp, plain_items(docs)))
+    pipe.entities = before
     text_seconds = time.perf_counter() - start
     by_name, gold_by_name = Counter(), Counter()
     for doc, text_out, gold_out in zip(docs, on_text, on_gold):
@@ -143,11 +147,35 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
     preds = [{"title": o["title"], "h_idx": r["h_idx"], "t_idx": r["t_idx"], "r": r["r"]}
              for o in on_gold for r in o["relations"]]
     official = evaluation.official_evaluate(preds, docs)
-    return {"raw_text_relations_by_name": prf(by_name), "gold_entities_relations_by_name": prf(gold_by_name),
-            "gold_entities_official": {k: official[k] for k in ("precision", "recall", "f1")},
-            "raw_text_docs_per_s": len(docs) / text_seconds, "gold_entities_docs_per_s": len(docs) / gold_seconds,
-            "raw_text_relations": sum(len(o["relations"]) for o in on_text),
-            "gold_entities_relations": len(preds)}
+    result = {"raw_text_relations_by_name": prf(by_name), "gold_entities_relations_by_name": prf(gold_by_name),
+              "gold_entities_official": {k: official[k] for k in ("precision", "recall", "f1")},
+              "raw_text_docs_per_s": len(docs) / text_seconds, "gold_entities_docs_per_s": len(docs) / gold_seconds,
+              "raw_text_relations": sum(len(o["relations"]) for o in on_text),
+              "gold_entities_relations": len(preds)}
+    if pipe.entities == "model":  # issue #36: both raw-text paths side by side, with the end-to-end scores
+        result["paths"] = {"model": text_path(pipe, predict.spacy_for(spacy_model, "model"), docs, "model"),
+                           "spacy": text_path(pipe, nlp, docs, "spacy")}
+    return result
+
+
+def text_path(pipe: Any, nlp: Any, docs: Sequence[Dict[str, Any]], entities: str) -> Dict[str, Any]:
+    """One raw-text path (`entities` "model" or "spacy"): relations by name, entity recall (a), the end-to-end
+    scores of evaluation_e2e, documents per second (conversion included)."""
+    import evaluation_e2e
+
+    before, pipe.entities = pipe.entities, entities
+    start = time.perf_counter()
+    outs = pipe.predict_documents(text2doc.convert_texts(nlp, plain_items(docs)))
+    seconds = time.perf_counter() - start
+    pipe.entities = before
+    counts, found, total = Counter(), 0, 0
+    for doc, out in zip(docs, outs):
+        gold = gold_output(doc)
+        counts.update(dict(zip(("tp", "fp", "fn"), relation_counts(gold, out))))
+        f, t = entities_found(gold, out)
+        found, total = found + f, total + t
+    return {"relations_by_name": prf(counts), "entity_recall": found / max(total, 1), "docs_per_s": len(docs) / seconds,
+            "end_to_end": evaluation_e2e.end_to_end_scores(evaluation_e2e.gold_outputs(docs), outs)}
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:

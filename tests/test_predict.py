@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import html_view
 import predict
 import prepro
 import validation
@@ -325,7 +326,7 @@ def test_html_page_has_mentions_rows_evidence_and_escapes(fake_model, nlp):
     text = 'Barack Obama met <script>alert("x")</script> Angela Merkel in Berlin & Paris.'
     pipe = predict.DocREPipeline("bundle", REL_NAMES, nlp=nlp)
     outputs = pipe([text, "Marie Curie was born in Warsaw, Poland."], titles=["<b>one</b>", "two"])
-    page = predict.render_html(outputs)
+    page = html_view.render_html(outputs)
     parser = _PageParser()
     parser.feed(page)
     assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
@@ -353,7 +354,7 @@ def test_html_escapes_every_input_string(fake_model):
                                        "char_end": b_start + 1 + len(bad)}]}],
            "relations": [{"h_idx": 0, "t_idx": 1, "r": f"P1{bad}", "relation": f"knows{bad}", "score": 1.0,
                           "evidence": [0]}]}
-    page = predict.render_html([out], title=f"page{bad}")
+    page = html_view.render_html([out], title=f"page{bad}")
     parser = _PageParser()
     parser.feed(page)
     assert bad not in page and "<script>alert" not in page and "<img" not in page  # every < > " ' escaped
@@ -428,7 +429,7 @@ def test_cli_text_naming_a_file_warns(fake_model, tmp_path, caplog, capsys):
 
 def test_cli_html_is_streamed(fake_model, monkeypatch, tmp_path):
     """The page is written section by section while predicting, never rendered from a list of all outputs."""
-    monkeypatch.setattr(predict, "render_html", lambda *a, **k: pytest.fail("all outputs kept for one page"))
+    monkeypatch.setattr(html_view, "render_html", lambda *a, **k: pytest.fail("all outputs kept for one page"))
     path = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw, Poland.", "Paris is the capital of France."])
     page = tmp_path / "out.html"
     assert predict.main(["--model", str(tmp_path), "--input", path, "--html", str(page), "--chunk_docs", "1",

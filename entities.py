@@ -1,0 +1,486 @@
+"""End to end (issue #36): entity heads on the relation model's encoder, trained jointly with it.
+
+- mentions: every span of at most `max_span_width` words inside one sentence is scored from its first and last
+  token states and a width embedding (span-based, as JEREX; it can propose nested spans, which BIO cannot);
+- coreference: a scorer over pairs of mention embeddings and name-match features (`name_features`), then
+  average-link clustering of the predicted mentions (`cluster_mentions`);
+- types: the mean of an entity's mention embeddings into the training file's `type` labels.
+
+Training: the relation head runs as before on the gold entities, and the entity heads on the same encoder pass
+(`joint_loss`). Prediction: one encoder pass per document serves the entity heads and then the relation head on
+the predicted entities (`predict_documents`); the last-layer attention rows of every word's first token are taken in
+that pass, so a predicted mention's row is a lookup. No entity marker is used (the text is not yet known to hold
+entities when it is encoded).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+ENTITY_DIM = 256  # width of the span and mention representations
+NAME_FEATURES = 5  # see name_features
+MENTION_THRESHOLD = 0.5
+COREF_THRESHOLD = 0.5
+
+
+# ----------------------------------------------------------------------------- flags
+def add_args(group: argparse._ArgumentGroup) -> None:
+    """--end_to_end and its loss weights."""
+    group.add_argument("--end_to_end", action="store_true",
+                       help="also train entity heads (mentions, coreference, types) on the encoder, so the model "
+                            "reads raw text without spaCy's NER (implies no entity marker)")
+    group.add_argument("--mention_weight", type=float, default=1.0, help="weight of the mention loss (end to end)")
+    group.add_argument("--coref_weight", type=float, default=1.0, help="weight of the coreference loss (end to end)")
+    group.add_argument("--type_weight", type=float, default=1.0, help="weight of the entity type loss (end to end)")
+    group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
+    group.add_argument("--mention_pos_weight", type=float, default=1.0,
+                       help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end)")
+
+
+def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
+    """The `type` labels of the documents' mentions, sorted."""
+    return sorted({m["type"] for d in docs for ent in d.get("vertexSet", []) for m in ent if m.get("type")})
+
+
+# ----------------------------------------------------------------------------- per-document fields
+def entity_fields(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any) -> List[Dict[str, Any]]:
+    """Per document: each word's first and last token (input_ids coordinates), whether it survives truncation, its
+    sentence; the words; the gold mentions [M, 2] (document word [start, end)), their entity, each entity's type id
+    (-1: unknown). The tokens are those prepro makes without an entity marker."""
+    import prepro
+
+    enc = prepro.WordTokenizer(tokenizer)
+    words = [[w for s in d["sents"] for w in s] for d in docs]
+    budget = settings.max_seq_length - enc.n_prefix - enc.n_suffix
+    type_id = {t: i for i, t in enumerate(settings.entity_types)}
+    out = []
+    for doc, ws, (_, wid) in zip(docs, words, enc.encode(words)):
+        idx = np.arange(len(ws))
+        first = np.searchsorted(wid, idx, "left")  # [W]
+        last = np.searchsorted(wid, idx, "right") - 1  # [W]
+        sent_len = [len(s) for s in doc["sents"]]
+        start = np.cumsum([0] + sent_len)
+        spans = [(start[m["sent_id"]] + m["pos"][0], start[m["sent_id"]] + m["pos"][1], e)
+                 for e, ent in enumerate(doc["vertexSet"]) for m in ent]
+        gold = np.asarray(spans, dtype=np.int64).reshape(-1, 3)
+        out.append({"word_first": first + enc.n_prefix, "word_last": last + enc.n_prefix,
+                    "word_ok": (last >= first) & (last < budget),
+                    "word_sent": np.repeat(np.arange(len(sent_len)), sent_len), "words": ws,
+                    "gold_spans": gold[:, :2], "gold_entity": gold[:, 2],
+                    "entity_type": np.array([type_id.get(ent[0].get("type"), -1) for ent in doc["vertexSet"]],
+                                            dtype=np.int64)})
+    return out
+
+
+class JoinedFeatures:
+    """prepro's features with the entity fields merged into each document's dict; other attributes pass through."""
+
+    def __init__(self, base: Any, extra: Sequence[Dict[str, Any]]):
+        if len(base) != len(extra):
+            raise ValueError(f"{len(base)} features but {len(extra)} entity field sets")
+        self.base, self.extra = base, list(extra)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return {**self.base[i], **self.extra[i]}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["base"], name)
+
+
+# ----------------------------------------------------------------------------- names
+_PUNCT = re.compile(r"^\W+$")
+
+
+def name_key(words: Sequence[str]) -> Tuple[str, ...]:
+    """A mention's words case-folded, punctuation-only words dropped."""
+    return tuple(w.casefold() for w in words if not _PUNCT.match(w))
+
+
+def acronym(words: Sequence[str]) -> str:
+    """Initials of the capitalised words of a name of two or more words ("" otherwise)."""
+    caps = [w[0] for w in words if w[:1].isupper()]
+    return "".join(caps).casefold() if len(caps) >= 2 else ""
+
+
+def name_features(a: Sequence[str], b: Sequence[str]) -> List[float]:
+    """Name-match features of two mentions: same name, one's words within the other's, same last word, one the
+    acronym of the other, one's name a substring of the other's."""
+    ka, kb = name_key(a), name_key(b)
+    if not ka or not kb:
+        return [0.0] * NAME_FEATURES
+    sa, sb = " ".join(ka), " ".join(kb)
+    short_a, short_b = sa.replace(".", "").replace(" ", ""), sb.replace(".", "").replace(" ", "")
+    return [float(ka == kb), float(set(ka) <= set(kb) or set(kb) <= set(ka)), float(ka[-1] == kb[-1]),
+            float(acronym(a) == short_b or acronym(b) == short_a), float(sa in sb or sb in sa)]
+
+
+def pair_features(names: Sequence[Sequence[str]], pairs: np.ndarray) -> np.ndarray:
+    """`name_features` of each pair [P, 2] of `names` -> [P, NAME_FEATURES] float32."""
+    feats = [name_features(names[i], names[j]) for i, j in pairs.tolist()]
+    return np.asarray(feats, dtype=np.float32).reshape(-1, NAME_FEATURES)
+
+
+def upper_pairs(n: int) -> np.ndarray:
+    """All (i, j), i < j < n -> [n (n - 1) / 2, 2]."""
+    i, j = np.triu_indices(n, k=1)
+    return np.stack([i, j], 1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- candidates and the batch
+def candidate_spans(word_sent: np.ndarray, word_ok: np.ndarray, max_width: int) -> np.ndarray:
+    """Word spans [C, 2] ([start, end)) of at most `max_width` words inside one sentence whose first and last words
+    survive truncation, ordered by start then width."""
+    n = len(word_sent)
+    start = np.arange(n)[:, None]  # [W, 1]
+    end = start + np.arange(1, max_width + 1)[None, :]  # [W, K]
+    last = np.minimum(end, n) - 1
+    valid = (end <= n) & (word_sent[last] == word_sent[start]) & word_ok[start] & word_ok[last]
+    return np.stack([np.broadcast_to(start, end.shape)[valid], end[valid]], 1).reshape(-1, 2)
+
+
+def _span_codes(spans: np.ndarray, n_words: int) -> np.ndarray:
+    return spans[:, 0] * (n_words + 1) + spans[:, 1]
+
+
+def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str, torch.Tensor]:
+    """The entity heads' batch fields (all `e2e_*`): the words kept [N], the candidate spans [C] with gold labels,
+    the gold mentions [Mg] with their entities, coreference pairs [Pc] with labels and name features, entity types."""
+    cols: Dict[str, List[np.ndarray]] = {k: [] for k in (
+        "word_doc", "word_tok", "span_doc", "span_start", "span_end", "span_width", "span_row", "span_word",
+        "span_label",
+        "men_doc", "men_start", "men_end", "men_entity", "pair", "pair_label", "pair_feat", "entity_type")}
+    n_word = n_men = n_ent = 0
+    for d, f in enumerate(features):
+        ok, n = np.asarray(f["word_ok"], bool), len(f["word_ok"])
+        row = np.cumsum(ok) - 1 + n_word  # [W] row of each kept word in the batch's word list
+        cols["word_doc"].append(np.full(int(ok.sum()), d))
+        cols["word_tok"].append(np.asarray(f["word_first"])[ok])
+        spans = candidate_spans(np.asarray(f["word_sent"]), ok, max_width)
+        gold = np.asarray(f["gold_spans"], dtype=np.int64).reshape(-1, 2)
+        cols["span_doc"].append(np.full(len(spans), d))
+        cols["span_start"].append(np.asarray(f["word_first"])[spans[:, 0]])
+        cols["span_end"].append(np.asarray(f["word_last"])[spans[:, 1] - 1])
+        cols["span_width"].append(spans[:, 1] - spans[:, 0])
+        cols["span_row"].append(row[spans[:, 0]])
+        cols["span_word"].append(spans)
+        cols["span_label"].append(np.isin(_span_codes(spans, n), _span_codes(gold, n)).astype(np.float32))
+        kept = ok[gold[:, 0]] & ok[gold[:, 1] - 1] if len(gold) else np.zeros(0, bool)
+        gold, ent = gold[kept], np.asarray(f["gold_entity"], dtype=np.int64)[kept]
+        cols["men_doc"].append(np.full(len(gold), d))
+        cols["men_start"].append(np.asarray(f["word_first"])[gold[:, 0]])
+        cols["men_end"].append(np.asarray(f["word_last"])[gold[:, 1] - 1])
+        cols["men_entity"].append(ent + n_ent)
+        pairs = upper_pairs(len(gold))
+        cols["pair"].append(pairs + n_men)
+        cols["pair_label"].append((ent[pairs[:, 0]] == ent[pairs[:, 1]]).astype(np.float32))
+        cols["pair_feat"].append(pair_features([f["words"][a:b] for a, b in gold.tolist()], pairs))
+        types = np.asarray(f["entity_type"], dtype=np.int64)
+        cols["entity_type"].append(np.where(np.bincount(ent, minlength=len(types)) > 0, types, -1))
+        n_word, n_men, n_ent = n_word + int(ok.sum()), n_men + len(gold), n_ent + len(types)
+    shapes = {"pair": (-1, 2), "span_word": (-1, 2), "pair_feat": (-1, NAME_FEATURES)}
+    return {f"e2e_{k}": torch.from_numpy(np.concatenate(v).reshape(shapes.get(k, (-1,)))) for k, v in cols.items()}
+
+
+class EntityCollator:
+    """The DocRED batch plus the entity heads' fields."""
+
+    def __init__(self, base: Any, max_width: int):
+        self.base, self.max_width = base, max_width
+
+    def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        return {**self.base(features), **entity_batch(features, self.max_width)}
+
+
+# ----------------------------------------------------------------------------- heads
+class EntityHeads(nn.Module):
+    """Span scorer, mention embeddings, mention-pair coreference scorer and entity typer over token states."""
+
+    def __init__(self, hidden: int, n_types: int, max_width: int, dim: int = ENTITY_DIM):
+        super().__init__()
+        self.span_start = nn.Linear(hidden, dim)
+        self.span_end = nn.Linear(hidden, dim, bias=False)
+        self.span_width = nn.Embedding(max_width + 1, dim)
+        self.span_out = nn.Linear(dim, 1)
+        self.mention = nn.Linear(2 * hidden, dim)
+        self.pair = nn.Sequential(nn.Linear(3 * dim + NAME_FEATURES, dim), nn.ReLU(), nn.Linear(dim, 1))
+        self.typer = nn.Linear(dim, max(n_types, 1))
+
+    def span_logits(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                    width: torch.Tensor) -> torch.Tensor:
+        """Mention logit of each span [C] from its first and last token states (`hidden` [B, L, H]) and width."""
+        x = self.span_start(hidden[doc, start]) + self.span_end(hidden[doc, end]) + self.span_width(width)
+        return self.span_out(torch.relu(x)).squeeze(-1)  # [C]
+
+    def mention_embeddings(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
+                           end: torch.Tensor) -> torch.Tensor:
+        """tanh(W [h_first; h_last]) of each mention [M, dim]."""
+        return torch.tanh(self.mention(torch.cat([hidden[doc, start], hidden[doc, end]], -1)))
+
+    def pair_logits(self, men: torch.Tensor, pairs: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Coreference logit of each mention pair [P] from [m_i; m_j; m_i * m_j; name features]."""
+        a, b = men[pairs[:, 0]], men[pairs[:, 1]]
+        return self.pair(torch.cat([a, b, a * b, feats.to(a.dtype)], -1)).squeeze(-1)
+
+    def type_logits(self, men: torch.Tensor, men_entity: torch.Tensor, n_entities: int) -> torch.Tensor:
+        """Type logits [E, T] of the mean mention embedding of each entity."""
+        total = men.new_zeros(n_entities, men.shape[1]).index_add_(0, men_entity, men)
+        count = torch.bincount(men_entity, minlength=n_entities).clamp(min=1).to(men.dtype)
+        return self.typer(total / count[:, None])
+
+
+# ----------------------------------------------------------------------------- training
+def encode_and_score(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(token states [B, L, H], relation logits [P, K+1] on the batch's gold entities): `model(**batch)`'s
+    computation, keeping the states for the entity heads."""
+    mp, md, me = batch["mention_pos"], batch["mention_doc"], batch["mention_entity"]
+    kept = mp < batch["attention_mask"].sum(1)[md]
+    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], mp[kept], md[kept])
+    logits = model.score(hidden, att, mp[kept], md[kept], me[kept], batch["entity_doc"], batch["hts"],
+                         batch["pair_doc"])
+    return hidden, logits
+
+
+def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, torch.Tensor],
+                  pos_weight: float = 1.0) -> Dict[str, Tuple[torch.Tensor, int]]:
+    """{mention, coref, type: (mean loss in fp32, count)}: BCE over candidate spans, BCE over gold mention pairs,
+    cross-entropy over gold entities with a known type; a term without instances is left out."""
+    b = batch
+    out: Dict[str, Tuple[torch.Tensor, int]] = {}
+    bce = nn.functional.binary_cross_entropy_with_logits
+    if len(b["e2e_span_label"]):
+        span = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
+                                 b["e2e_span_width"]).float()
+        weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
+        out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
+    if not len(b["e2e_men_doc"]):
+        return out
+    men = heads.mention_embeddings(hidden, b["e2e_men_doc"], b["e2e_men_start"], b["e2e_men_end"])
+    if len(b["e2e_pair_label"]):
+        pair = heads.pair_logits(men, b["e2e_pair"], b["e2e_pair_feat"]).float()
+        out["coref"] = (bce(pair, b["e2e_pair_label"]), len(pair))
+    known = b["e2e_entity_type"] >= 0
+    if known.any():
+        types = heads.type_logits(men, b["e2e_men_entity"], len(b["e2e_entity_type"])).float()
+        out["type"] = (nn.functional.cross_entropy(types[known], b["e2e_entity_type"][known]), int(known.sum()))
+    return out
+
+
+def joint_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
+               autocast: Any, weights: Dict[str, float]) -> List[Tuple[torch.Tensor, int]]:
+    """The relation loss on gold entities plus the weighted entity losses, from one encoder pass."""
+    with autocast():
+        hidden, logits = encode_and_score(model, batch)
+        terms = entity_losses(model.entity_heads, hidden, batch, weights.get("mention_pos", 1.0))
+    out = [(loss_fn(logits.float(), labels), len(labels))]
+    return out + [(weights[k] * loss, n) for k, (loss, n) in terms.items() if weights.get(k, 0.0)]
+
+
+# ----------------------------------------------------------------------------- decoding
+def non_overlapping(spans: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the spans [M, 2] greedy decoding keeps: by descending probability, each span that
+    shares no word with one kept before (nested mentions are 0.16% of Re-DocRED dev's; this bounds mentions by words)."""
+    if not len(spans):
+        return np.zeros(0, dtype=np.int64)
+    taken = np.zeros(int(spans[:, 1].max()), dtype=bool)
+    kept = []
+    for i in np.argsort(-prob, kind="stable").tolist():
+        a, b = spans[i]
+        if not taken[a:b].any():
+            taken[a:b] = True
+            kept.append(i)
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
+def cluster_mentions(prob: np.ndarray, threshold: float = COREF_THRESHOLD) -> np.ndarray:
+    """Average-link agglomerative clustering of n mentions under pair probabilities `prob` [n, n] (symmetric):
+    merge the two clusters of highest mean pair probability while it exceeds `threshold`. Cluster id per mention,
+    numbered by first mention."""
+    n = len(prob)
+    label = np.arange(n)
+    total = np.array(prob, dtype=np.float64).reshape(n, n)  # [c, c] sums of pair probabilities between clusters
+    size = np.ones(n)
+    alive = np.ones(n, bool)
+    while alive.sum() > 1:
+        mean = total / np.outer(size, size)
+        mean[~alive, :] = mean[:, ~alive] = -1.0
+        np.fill_diagonal(mean, -1.0)
+        a, b = np.unravel_index(np.argmax(mean), mean.shape)
+        if mean[a, b] <= threshold:
+            break
+        a, b = min(a, b), max(a, b)
+        total[a] += total[b]
+        total[:, a] += total[:, b]
+        size[a] += size[b]
+        alive[b] = False
+        label[label == b] = a
+    _, first = np.unique(label, return_index=True)
+    order = {lab: i for i, lab in enumerate(label[np.sort(first)])}
+    return np.array([order[lab] for lab in label], dtype=np.int64)
+
+
+def _doc_entities(f: Dict[str, Any], spans: np.ndarray, men: torch.Tensor, heads: EntityHeads
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """(cluster id of each predicted mention [M], type id of each cluster [E]) of one document."""
+    pairs = upper_pairs(len(spans))
+    names = [f["words"][a:b] for a, b in spans.tolist()]
+    prob = np.zeros((len(spans), len(spans)))
+    if len(pairs):
+        feats = torch.from_numpy(pair_features(names, pairs)).to(men.device)
+        p = torch.sigmoid(heads.pair_logits(men, torch.from_numpy(pairs).to(men.device), feats).float()).cpu()
+        prob[pairs[:, 0], pairs[:, 1]] = prob[pairs[:, 1], pairs[:, 0]] = p.numpy()
+    cluster = cluster_mentions(prob)
+    types = heads.type_logits(men, torch.from_numpy(cluster).to(men.device), int(cluster.max()) + 1 if len(cluster)
+                              else 0).argmax(-1).cpu().numpy()
+    return cluster, types
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]]
+                  ) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
+    """One encoder pass: per document its predicted entities {spans [M, 2] (words), cluster [M], types [E],
+    hts [P, 2]}, and the relation logits [P, K+1] of all their ordered pairs, documents in order."""
+    heads: EntityHeads = model.entity_heads
+    b = batch
+    hidden, att = model.encode(b["input_ids"], b["attention_mask"], b["e2e_word_tok"], b["e2e_word_doc"])
+    prob = torch.sigmoid(heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
+                                           b["e2e_span_width"]).float())
+    keep = (prob > MENTION_THRESHOLD).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
+    width = int(b["e2e_span_word"].max()) + 1 if len(b["e2e_span_word"]) else 1
+    words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * width  # [M, 2] words unique in the batch
+    keep = keep[torch.from_numpy(non_overlapping(words.cpu().numpy(), prob[keep].cpu().numpy())).to(keep.device)]
+    men_all = heads.mention_embeddings(hidden, b["e2e_span_doc"][keep], b["e2e_span_start"][keep],
+                                       b["e2e_span_end"][keep])
+    span_doc = b["e2e_span_doc"][keep].cpu().numpy()
+    spans_all = b["e2e_span_word"][keep].cpu().numpy()  # [M, 2] document word spans
+    docs, ent_offset, ment_entity, ent_doc, hts, pair_doc = [], 0, [], [], [], []
+    for d, f in enumerate(features):
+        rows = np.flatnonzero(span_doc == d)
+        cluster, types = _doc_entities(f, spans_all[rows], men_all[rows], heads)
+        n_ent = len(types)
+        pairs = np.argwhere(~np.eye(n_ent, dtype=bool)).astype(np.int64).reshape(-1, 2)  # [E (E - 1), 2] h != t
+        docs.append({"spans": spans_all[rows], "cluster": cluster, "types": types, "hts": pairs})
+        ment_entity.append(cluster + ent_offset)
+        ent_doc.append(np.full(n_ent, d))
+        hts.append(pairs + ent_offset)
+        pair_doc.append(np.full(len(pairs), d))
+        ent_offset += n_ent
+    dev = hidden.device
+    as_t = lambda xs, shape=(-1,): torch.from_numpy(np.concatenate(xs).reshape(shape).astype(np.int64)).to(dev)  # noqa: E731
+    kept_rows = b["e2e_span_row"][keep]
+    logits = model.score(hidden, att[kept_rows], b["e2e_span_start"][keep], b["e2e_span_doc"][keep],
+                         as_t(ment_entity), as_t(ent_doc), as_t(hts, (-1, 2)), as_t(pair_doc))
+    return docs, logits.float().cpu()
+
+
+def vertex_set(doc: Dict[str, Any], pred: Dict[str, Any], type_names: Sequence[str]) -> List[List[Dict[str, Any]]]:
+    """DocRED's vertexSet of a document's predicted entities (mentions in document order)."""
+    sent_start = np.cumsum([0] + [len(s) for s in doc["sents"]])
+    words = [w for s in doc["sents"] for w in s]
+    out: List[List[Dict[str, Any]]] = [[] for _ in pred["types"]]
+    for (a, b), c in zip(pred["spans"].tolist(), pred["cluster"].tolist()):
+        s = int(np.searchsorted(sent_start, a, "right") - 1)
+        out[c].append({"name": " ".join(words[a:b]), "sent_id": s, "pos": [a - int(sent_start[s]), b - int(sent_start[s])],
+                       "type": type_names[int(pred["types"][c])] if type_names else "MISC"})
+    return out
+
+
+def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Sequence[Dict[str, Any]],
+                      decision: Any, loss_fn: Any, batch_size: int = 4) -> List[Tuple[List[List[Dict[str, Any]]],
+                                                                                    List[Any]]]:
+    """Per document (title, sents; entities ignored): (predicted vertexSet, its relations as evaluation.Relation)."""
+    import evaluation
+    import prepro
+    from collate import DocRECollator
+
+    plain = [{"title": d["title"], "sents": d["sents"], "vertexSet": []} for d in docs]
+    base = prepro.features_from_documents(plain, tokenizer, settings, source="the documents")
+    features = JoinedFeatures(base, entity_fields(plain, tokenizer, settings))
+    collate = EntityCollator(DocRECollator(settings.num_class, tokenizer.pad_token_id or 0), settings.max_span_width)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(features), batch_size):
+        feats = [features[j] for j in range(i, min(i + batch_size, len(features)))]
+        batch = {k: v.to(device) for k, v in collate(feats).items() if k != "labels"}
+        preds, logits = predict_batch(model, batch, feats)
+        facts = evaluation.facts_of_outputs(logits, [{"title": f["title"], "hts": p["hts"]} for f, p in
+                                                     zip(feats, preds)], decision, loss_fn, settings.id2rel)
+        out += [(vertex_set(doc, p, settings.entity_types), r) for doc, p, r in
+                zip(docs[i:i + len(feats)], preds, facts)]
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------- the DocRED task's hooks
+def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[str, Any]],
+                  train_path: Optional[str]) -> Any:
+    """The settings with the entity heads on (--end_to_end, or a checkpoint that has them): no entity marker, the
+    type labels of the checkpoint or of the training file, the span width."""
+    saved = (meta or {}).get("settings") or {}
+    if not (getattr(args, "end_to_end", False) or saved.get("end_to_end")):
+        return settings
+    if settings.evidence:
+        raise ValueError("--end_to_end with --evidence_lambda is not supported yet")
+    types = list(saved.get("entity_types") or [])
+    if not types and train_path:
+        import utils
+
+        types = entity_types_of(utils.read_json(train_path, "--train_file"))
+    return settings.replace(end_to_end=True, entity_marker=None, entity_types=types,
+                            max_span_width=int(saved.get("max_span_width", args.max_span_width)))
+
+
+def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
+    """{mention, coref, type: weight, mention_pos: the gold spans' weight in the mention loss} of the flags."""
+    return {"mention": args.mention_weight, "coref": args.coref_weight, "type": args.type_weight,
+            "mention_pos": getattr(args, "mention_pos_weight", 1.0)}
+
+
+# ----------------------------------------------------------------------------- output objects (predict.py)
+def token_offsets(doc: Dict[str, Any]) -> List[List[Tuple[int, int]]]:
+    """[start, end) characters of each token of a converted document in its `text` (tokens are found in order
+    from their sentence's start; a token not found verbatim keeps the position reached)."""
+    text, out = doc["text"], []
+    for sent, (pos, _) in zip(doc["sents"], doc["sent_spans"]):
+        row = []
+        for word in sent:
+            at = text.find(word, pos)
+            at = pos if at < 0 else at
+            row.append((at, at + len(word)))
+            pos = at + len(word)
+        out.append(row)
+    return out
+
+
+def output_objects(bundle: Any, docs: Sequence[Dict[str, Any]], rel_names: Dict[str, str],
+                   batch_size: int) -> List[Dict[str, Any]]:
+    """predict.py's output objects of converted documents, their entities and relations predicted by the model in
+    one encoder pass per document (the documents' own entities are ignored)."""
+    import predict
+
+    pre = bundle.pretrained
+    preds = predict_documents(pre.model, pre.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
+                              batch_size)
+    out = []
+    for doc, (vs, rels) in zip(docs, preds):
+        offsets, text = token_offsets(doc), doc["text"]
+        spans = [[(offsets[m["sent_id"]][m["pos"][0]][0], offsets[m["sent_id"]][m["pos"][1] - 1][1]) for m in ent]
+                 for ent in vs]
+        vs = [[dict(m, char_start=a, char_end=b, name=text[a:b]) for m, (a, b) in zip(ent, sp)]
+              for ent, sp in zip(vs, spans)]
+        out.append(predict.assemble_output({**doc, "vertexSet": vs}, rels, rel_names))
+    return out

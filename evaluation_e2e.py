@@ -1,0 +1,98 @@
+"""End-to-end scores (issue #36) of predicted entities and relations against gold DocRED documents, in JEREX's
+definitions (Eberts & Ulges, EACL 2021; their `jerex/evaluation/joint_evaluator.py`):
+
+- mention: a predicted mention is correct when its character span equals a gold mention's;
+- coreference: an entity cluster (the set of its mentions' spans) is correct when it equals a gold cluster exactly
+  (singletons included; a cluster split in two or merged with another scores nothing);
+- entity: cluster and type both exact;
+- relation, relaxed (JEREX's "without entity type"): head cluster, tail cluster and relation all exact;
+- relation, strict (JEREX's "with entity type", the figure their paper reports): as relaxed, and both entities'
+  types exact too.
+
+Each is micro precision, recall and F1 over the documents, each document's predictions and gold taken as sets.
+Documents are output objects (`predict.py`'s format: entities with mentions' `char_start`/`char_end` and a `type`,
+relations `h_idx`, `t_idx`, `r`); predictions are aligned to the gold by title, and spans are characters of the text
+`text2doc.join_sents` makes from the gold sentences, so any system that writes that format is measured alike.
+
+    python evaluation_e2e.py --gold dev.json --pred predictions.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, FrozenSet, List, Sequence, Set, Tuple
+
+LEVELS = ("mention", "coref", "entity", "relation_relaxed", "relation_strict")
+Span = Tuple[int, int]
+
+
+def doc_sets(out: Dict[str, Any]) -> Dict[str, Set[Any]]:
+    """The five sets of one output object, one per level of `LEVELS`."""
+    clusters: List[FrozenSet[Span]] = [frozenset((m["char_start"], m["char_end"]) for m in ent["mentions"])
+                                       for ent in out["entities"]]
+    types = [ent.get("type") for ent in out["entities"]]
+    rels = [(r["h_idx"], r["t_idx"], r["r"]) for r in out.get("relations", [])]
+    return {"mention": {s for c in clusters for s in c}, "coref": set(clusters),
+            "entity": set(zip(clusters, types)),
+            "relation_relaxed": {(clusters[h], clusters[t], r) for h, t, r in rels},
+            "relation_strict": {((clusters[h], types[h]), (clusters[t], types[t]), r) for h, t, r in rels}}
+
+
+def prf(tp: int, n_pred: int, n_gold: int) -> Dict[str, float]:
+    """Precision, recall and F1 in percent (0 where undefined)."""
+    p = 100.0 * tp / n_pred if n_pred else 0.0
+    r = 100.0 * tp / n_gold if n_gold else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def end_to_end_scores(gold: Sequence[Dict[str, Any]], pred: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """{level: {precision, recall, f1, tp, n_pred, n_gold}} of predicted output objects against gold ones, aligned by
+    title (a gold document without a prediction predicts nothing; a predicted title not in the gold is an error)."""
+    by_title = {g["title"]: g for g in gold}
+    extra = sorted({p["title"] for p in pred} - set(by_title))
+    if extra:
+        raise ValueError(f"{len(extra)} predicted document(s) have no gold document of that title, e.g. {extra[0]!r}")
+    preds = {p["title"]: doc_sets(p) for p in pred}
+    counts = {k: [0, 0, 0] for k in LEVELS}
+    for title, g in by_title.items():
+        gs = doc_sets(g)
+        ps = preds.get(title, {k: set() for k in LEVELS})
+        for k in LEVELS:
+            c = counts[k]
+            c[0], c[1], c[2] = c[0] + len(gs[k] & ps[k]), c[1] + len(ps[k]), c[2] + len(gs[k])
+    return {k: {**prf(*c), "tp": c[0], "n_pred": c[1], "n_gold": c[2]} for k, c in counts.items()}
+
+
+def gold_outputs(docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Output objects of gold DocRED documents (char spans of `text2doc.join_sents`; an entity's type: its first
+    mention's)."""
+    import text2doc
+
+    out = []
+    for doc in docs:
+        conv = text2doc.with_char_offsets(doc)
+        ents = [{"type": ent[0].get("type"), "mentions": [{"char_start": m["char_start"], "char_end": m["char_end"]}
+                                                          for m in ent]} for ent in conv["vertexSet"]]
+        rels = [{"h_idx": r["h"], "t_idx": r["t"], "r": r["r"]} for r in doc.get("labels") or []]
+        out.append({"title": doc["title"], "entities": ents, "relations": rels})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gold", required=True, help="DocRED JSON with the gold entities and labels")
+    parser.add_argument("--pred", required=True, help="predict.py's output JSON (a list of output objects)")
+    args = parser.parse_args(argv)
+    with open(args.gold, encoding="utf-8") as f:
+        gold = gold_outputs(json.load(f))
+    with open(args.pred, encoding="utf-8") as f:
+        scores = end_to_end_scores(gold, json.load(f))
+    for k in LEVELS:
+        s = scores[k]
+        print(f"{k:18s} P {s['precision']:6.2f}  R {s['recall']:6.2f}  F1 {s['f1']:6.2f}  "
+              f"({s['tp']} of {s['n_pred']} predicted, {s['n_gold']} gold)")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

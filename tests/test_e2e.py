@@ -1,0 +1,310 @@
+"""End to end (issue #36): the entity heads against per-example references, the scorer against hand counts,
+`--end_to_end` off leaving the model as it was, and a learning test on the synthetic corpus."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import entities
+import evaluation_e2e as e2e
+from settings import DocRESettings
+
+
+# ----------------------------------------------------------------------------- heads against references
+def test_candidate_spans_match_a_loop():
+    word_sent = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    ok = np.array([True] * 7 + [False, True])
+    expect = [(s, e) for s in range(9) for e in range(s + 1, min(s + 3, 9) + 1)
+              if word_sent[s] == word_sent[e - 1] and ok[s] and ok[e - 1]]
+    assert sorted(map(tuple, entities.candidate_spans(word_sent, ok, 3).tolist())) == sorted(expect)
+
+
+def test_name_features_by_hand():
+    assert entities.name_features(["Barack", "Obama"], ["Obama"]) == [0.0, 1.0, 1.0, 0.0, 1.0]
+    assert entities.name_features(["International", "Business", "Machines"], ["IBM"])[3] == 1.0
+    assert entities.name_features(["Fredrik", "Idestam"], ["Idestam"])[:3] == [0.0, 1.0, 1.0]
+    assert entities.name_features(["Paris"], ["paris"])[0] == 1.0
+    assert entities.name_features([","], ["Paris"]) == [0.0] * entities.NAME_FEATURES
+
+
+def test_average_link_clustering_by_hand():
+    p = np.array([[0, .9, .6, .1], [.9, 0, .3, .1], [.6, .3, 0, .8], [.1, .1, .8, 0]])
+    # {0,1} merge first (.9), then {2,3} (.8); their mean link (.6+.3+.1+.1)/4 = .275 stays apart
+    assert entities.cluster_mentions(p).tolist() == [0, 0, 1, 1]
+    p2 = p.copy()
+    p2[1, 2] = p2[2, 1] = .95  # now {1,2} first; {0} joins at (.9+.6)/2 = .75; {3} at (.1+.1+.8)/3 = .33 stays
+    assert entities.cluster_mentions(p2).tolist() == [0, 0, 0, 1]
+    assert entities.cluster_mentions(np.zeros((0, 0))).tolist() == []
+
+
+def test_heads_match_per_example_loops():
+    torch.manual_seed(0)
+    heads = entities.EntityHeads(8, 3, 4, dim=6)
+    hidden = torch.randn(2, 7, 8)
+    doc, start, end, width = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 2]), torch.tensor([2, 0, 5]), torch.tensor([2, 1, 4])
+    got = heads.span_logits(hidden, doc, start, end, width)
+    for i in range(3):
+        x = heads.span_start(hidden[doc[i], start[i]]) + heads.span_end(hidden[doc[i], end[i]]) + heads.span_width(width[i])
+        assert torch.allclose(got[i], heads.span_out(torch.relu(x))[0], atol=1e-6)
+    men = heads.mention_embeddings(hidden, doc, start, end)
+    types = heads.type_logits(men, torch.tensor([1, 0, 1]), 2)
+    assert torch.allclose(types[0], heads.typer(men[1]), atol=1e-6)
+    assert torch.allclose(types[1], heads.typer((men[0] + men[2]) / 2), atol=1e-6)
+
+
+def test_entity_batch_labels_gold_spans_and_pairs(minilm_tokenizer):
+    doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."], ["Obama", "left", "."]],
+           "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"},
+                          {"name": "Obama", "sent_id": 1, "pos": [0, 1], "type": "PER"}],
+                         [{"name": "Paris", "sent_id": 0, "pos": [3, 4], "type": "LOC"}]]}
+    settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["LOC", "PER"])
+    (f,) = entities.entity_fields([doc], minilm_tokenizer, settings)
+    b = entities.entity_batch([f], 3)
+    words = b["e2e_span_word"][b["e2e_span_label"] == 1].tolist()
+    assert sorted(words) == [[0, 2], [3, 4], [5, 6]]
+    assert b["e2e_span_word"][:, 1].le(5).logical_or(b["e2e_span_word"][:, 0].ge(5)).all()  # within sentences
+    assert b["e2e_pair"].tolist() == [[0, 1], [0, 2], [1, 2]]
+    assert b["e2e_pair_label"].tolist() == [1.0, 0.0, 0.0]
+    assert b["e2e_entity_type"].tolist() == [1, 0]
+
+
+# ----------------------------------------------------------------------------- the scorer against hand counts
+def _ent(t, *spans):
+    return {"type": t, "mentions": [{"char_start": a, "char_end": b} for a, b in spans]}
+
+
+def _rel(h, t, r):
+    return {"h_idx": h, "t_idx": t, "r": r}
+
+
+GOLD = [{"title": "a", "entities": [_ent("PER", (0, 5), (10, 15)), _ent("ORG", (20, 25)), _ent("LOC", (30, 35), (40, 45))],
+         "relations": [_rel(0, 1, "P1"), _rel(2, 0, "P2")]},
+        {"title": "b", "entities": [_ent("PER", (0, 3)), _ent("PER", (5, 8))], "relations": [_rel(0, 1, "P3")]},
+        {"title": "c", "entities": [_ent("LOC", (0, 4))], "relations": []}]
+PRED = [{"title": "a",
+         "entities": [_ent("PER", (0, 5), (10, 15)),  # exact
+                      _ent("LOC", (20, 25)),  # right cluster, wrong type
+                      _ent("LOC", (30, 35)), _ent("LOC", (40, 45)),  # a gold cluster split in two
+                      _ent("MISC", (50, 52)),  # spurious
+                      _ent("PER", (1, 5))],  # partial span
+         "relations": [_rel(0, 1, "P1"),  # relaxed right, strict wrong (tail type)
+                       _rel(2, 0, "P2"),  # head cluster split: wrong
+                       _rel(0, 1, "P9")]},  # wrong relation
+        {"title": "b", "entities": [_ent("PER", (0, 3), (5, 8))],  # two gold clusters merged
+         "relations": []}]  # document c: no prediction
+
+
+def test_end_to_end_scores_match_hand_counts():
+    s = e2e.end_to_end_scores(GOLD, PRED)
+    counts = {k: (v["tp"], v["n_pred"], v["n_gold"]) for k, v in s.items()}
+    assert counts == {"mention": (5 + 2, 7 + 2, 5 + 2 + 1), "coref": (2, 6 + 1, 3 + 2 + 1),
+                      "entity": (1, 6 + 1, 3 + 2 + 1), "relation_relaxed": (1, 3, 3), "relation_strict": (0, 3, 3)}
+    assert s["mention"]["precision"] == pytest.approx(700 / 9)
+    assert s["mention"]["f1"] == pytest.approx(2 * (7 / 9) * (7 / 8) / (7 / 9 + 7 / 8) * 100)
+    assert s["relation_strict"]["f1"] == 0.0
+
+
+def test_unknown_predicted_title_is_refused():
+    with pytest.raises(ValueError, match="no gold document"):
+        e2e.end_to_end_scores(GOLD, [{"title": "zzz", "entities": [], "relations": []}])
+
+
+def test_gold_outputs_score_perfectly(synthetic_dir):
+    docs = json.loads((synthetic_dir / "dev.json").read_text())[:4]
+    gold = e2e.gold_outputs(docs)
+    assert all(v["f1"] == 100.0 for v in e2e.end_to_end_scores(gold, gold).values())
+
+
+# ----------------------------------------------------------------------------- off changes nothing
+def test_end_to_end_off_leaves_settings_and_model_unchanged(minilm_path):
+    from transformers import AutoModel
+
+    s = DocRESettings({"Na": 0, "P1": 1}, emb_size=32, block_size=8)
+    args = argparse.Namespace(end_to_end=False, max_span_width=10)
+    assert entities.task_settings(s, args, None, None) is s
+    from model import DocREModel
+
+    torch.manual_seed(0)
+    plain = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
+    assert not hasattr(plain, "entity_heads")
+    on = entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10),
+                                {"settings": {"entity_types": ["PER"]}}, None)
+    assert (on.end_to_end, on.entity_marker, on.entity_types) == (True, None, ["PER"])
+    assert DocRESettings.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+
+
+def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
+    from transformers import AutoModel
+
+    import prepro
+    from collate import DocRECollator
+    from model import DocREModel
+
+    docs = json.loads((synthetic_dir / "dev.json").read_text())[:2]
+    s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), emb_size=32, block_size=8, entity_marker=None,
+                      end_to_end=True, entity_types=entities.entity_types_of(docs))
+    model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path)).eval()
+    feats = entities.JoinedFeatures(prepro.features_from_documents(docs, minilm_tokenizer, s),
+                                    entities.entity_fields(docs, minilm_tokenizer, s))
+    batch = entities.EntityCollator(DocRECollator(s.num_class), s.max_span_width)([feats[0], feats[1]])
+    with torch.no_grad():
+        _, logits = entities.encode_and_score(model, batch)
+        assert torch.equal(logits, model(**batch))
+        terms = entities.entity_losses(model.entity_heads, model.encode(batch["input_ids"], batch["attention_mask"],
+                                                                        batch["mention_pos"], batch["mention_doc"])[0],
+                                       batch)
+    assert set(terms) == {"mention", "coref", "type"} and all(torch.isfinite(v) for v, _ in terms.values())
+
+
+# ----------------------------------------------------------------------------- learning
+def _head_of(doc, n_sents=3):
+    """The document's first sentences, its mentions there (entities without one dropped), no labels."""
+    ents = [[m for m in ent if m["sent_id"] < n_sents] for ent in doc["vertexSet"]]
+    return {"title": doc["title"], "sents": doc["sents"][:n_sents], "vertexSet": [e for e in ents if e], "labels": []}
+
+
+def _word_spans(doc):
+    start = np.cumsum([0] + [len(s) for s in doc["sents"]])
+    return {(int(start[m["sent_id"]]) + m["pos"][0], int(start[m["sent_id"]]) + m["pos"][1])
+            for ent in doc["vertexSet"] for m in ent}
+
+
+def _f1(pred, gold):
+    tp = len(pred & gold)
+    return 2 * tp / (len(pred) + len(gold)) if pred or gold else 1.0
+
+
+def _blind_mention_f1(train, dev):
+    """The best text-blind mention guess: every word, or every span of the most frequent (position in sentence,
+    width) of the training mentions."""
+    common = max({(m["pos"][0], m["pos"][1] - m["pos"][0]) for d in train for e in d["vertexSet"] for m in e},
+                 key=lambda k: sum((m["pos"][0], m["pos"][1] - m["pos"][0]) == k for d in train
+                                   for e in d["vertexSet"] for m in e))
+    scores = []
+    for guess in ("every word", "common span"):
+        pred, gold = set(), set()
+        for i, d in enumerate(dev):
+            start = np.cumsum([0] + [len(s) for s in d["sents"]])
+            if guess == "every word":
+                pred |= {(i, w, w + 1) for w in range(int(start[-1]))}
+            else:
+                pred |= {(i, int(start[s]) + common[0], int(start[s]) + common[0] + common[1])
+                         for s in range(len(d["sents"])) if common[0] + common[1] <= len(d["sents"][s])}
+            gold |= {(i, a, b) for a, b in _word_spans(d)}
+        scores.append(_f1(pred, gold))
+    return max(scores)
+
+
+def test_entity_heads_learn_synthetic_mentions(synthetic_dir, minilm_path, minilm_tokenizer, one_thread):
+    """A few dozen joint steps on the first sentences of 40 synthetic documents: mention F1 and entity F1 on dev
+    beat the best text-blind guesses (mentions: every word or the commonest span; entities: the same spans, each
+    its own entity, typed with the commonest type)."""
+    from transformers import AutoModel
+
+    import losses
+    import prepro
+    from collate import DocRECollator
+    from model import DocREModel
+
+    read = lambda name: [_head_of(d) for d in json.loads((synthetic_dir / name).read_text())]  # noqa: E731
+    train, dev = read("train_annotated.json"), read("dev.json")[:8]
+    torch.manual_seed(0)
+    s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), max_seq_length=256, emb_size=32, block_size=8,
+                      entity_marker=None, end_to_end=True, entity_types=entities.entity_types_of(train),
+                      max_span_width=4)
+    model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
+    feats = entities.JoinedFeatures(prepro.features_from_documents(train, minilm_tokenizer, s),
+                                    entities.entity_fields(train, minilm_tokenizer, s))
+    collate = entities.EntityCollator(DocRECollator(s.num_class), s.max_span_width)
+    enc_ids = {id(p) for p in model.encoder.parameters()}
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) in enc_ids], "lr": 1e-4},
+                             {"params": [p for p in model.parameters() if id(p) not in enc_ids], "lr": 3e-3}])
+    loss_fn, rng = losses.build_loss("atl"), np.random.default_rng(0)
+    model.train()
+    for _ in range(30):
+        batch = collate([feats[int(i)] for i in rng.choice(len(feats), 4, replace=False)])
+        terms = entities.joint_loss(model, batch, batch.pop("labels"), loss_fn, contextlib.nullcontext,
+                                    {"mention": 1, "coref": 1, "type": 1})
+        opt.zero_grad()
+        sum(t for t, _ in terms[1:]).backward()  # the entity heads only: the relation loss is the usual one
+        opt.step()
+    decision = losses.Decision(top_k=4)
+    preds = entities.predict_documents(model, minilm_tokenizer, s, dev, decision, loss_fn)
+    pred = {(i, (m["sent_id"], *m["pos"])) for i, (vs, _) in enumerate(preds) for e in vs for m in e}
+    gold = {(i, (m["sent_id"], *m["pos"])) for i, d in enumerate(dev) for e in d["vertexSet"] for m in e}
+    mention_f1, blind = _f1(pred, gold), _blind_mention_f1(train, dev)
+    print(f"mention F1 {mention_f1:.3f}, best text-blind {blind:.3f}")
+    assert mention_f1 > blind + 0.2, (mention_f1, blind)
+
+
+def test_non_overlapping_decoding_by_hand():
+    spans = np.array([[0, 2], [1, 3], [3, 4], [0, 1], [5, 7]])
+    prob = np.array([0.9, 0.95, 0.6, 0.7, 0.8])
+    # [1,3) first; [0,2) overlaps it; [3,4) and [5,7) are free; [0,1) is free of [1,3)
+    assert entities.non_overlapping(spans, prob).tolist() == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- train.py and predict.py
+@pytest.fixture(scope="module")
+def e2e_run(small_synthetic_dir, tiny_bert_dir, tmp_path_factory):
+    """A tiny-BERT model trained a few steps with --end_to_end."""
+    import train
+
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    train.main(["--data_dir", str(small_synthetic_dir), "--model_name_or_path", tiny_bert_dir, "--end_to_end",
+                "--num_train_epochs", "1", "--output_dir", str(out), "--no_progress", "--loss", "atl",
+                "--test_file", "", "--classifier_lr", "1e-2", "--max_seq_length", "256"])
+    return out
+
+
+def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run, one_thread):
+    import predict
+
+    pipe = predict.DocREPipeline.from_pretrained(str(e2e_run))
+    assert pipe.entities == "model" and pipe.model_bundle.settings.end_to_end
+    assert pipe.model_bundle.settings.entity_types == ["LOC", "MISC", "NUM", "ORG", "PER", "TIME"]
+    pipe.model_bundle.pretrained.model.entity_heads.span_out.bias.data.fill_(5.0)  # every candidate a mention
+    text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
+    out = pipe(text)
+    assert out["entities"] and all(text[m["char_start"]:m["char_end"]] == m["text"]
+                                   for e in out["entities"] for m in e["mentions"])
+    assert all(0 <= r["h_idx"] < len(out["entities"]) for r in out["relations"])
+
+
+def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    import predict
+    from utils import UserError
+
+    with pytest.raises(UserError, match="--end_to_end"):
+        predict.entity_source("model", DocRESettings({"Na": 0}))
+    assert predict.entity_source(None, DocRESettings({"Na": 0})) is None
+
+
+def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
+    import predict
+
+    (tmp_path / "a.txt").write_text("Paris is in France.\n")
+    assert predict.main(["--model", str(tmp_path), "--input", str(tmp_path / "a.txt"), "--entities", "given"]) == 2
+    assert predict.main(["--model", str(tmp_path), "--text", "x", "--entities", "given"]) == 2
+    (tmp_path / "d.json").write_text("[]")
+    assert predict.main(["--model", str(tmp_path), "--input", str(tmp_path / "d.json"), "--entities", "spacy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--entities given needs entity spans") == 2 and "--entities spacy reads text" in err
+
+
+def test_mention_pos_weight_weighs_gold_spans():
+    heads = entities.EntityHeads(4, 2, 2, dim=3)
+    b = {"e2e_span_doc": torch.tensor([0, 0]), "e2e_span_start": torch.tensor([0, 1]), "e2e_span_end": torch.tensor([0, 1]),
+         "e2e_span_width": torch.tensor([1, 1]), "e2e_span_label": torch.tensor([1.0, 0.0]),
+         "e2e_men_doc": torch.zeros(0, dtype=torch.long)}
+    hidden = torch.randn(1, 2, 4)
+    with torch.no_grad():
+        z = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"], b["e2e_span_width"])
+        got = entities.entity_losses(heads, hidden, b, pos_weight=3.0)["mention"][0]
+    expect = (3 * torch.nn.functional.softplus(-z[0]) + torch.nn.functional.softplus(z[1])) / 2
+    assert torch.allclose(got, expect, atol=1e-6)
