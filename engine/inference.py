@@ -10,14 +10,9 @@ from tqdm.auto import tqdm
 
 import utils
 from engine.distributed import gather_to_zero, world_info
-from engine.task import Outputs
+from engine.task import Outputs, logits_forward
 
 Forward = Callable[[nn.Module, Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
-
-
-def logits_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The default outputs of a batch: the model's logits."""
-    return {"logits": model(**batch)}
 
 
 def _oom(batch_size: int, n_docs: int, n_tokens: int) -> str:

@@ -66,6 +66,11 @@ def logits_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.
     return [(loss_fn(logits.float(), labels), labels.shape[0])]
 
 
+def logits_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The default outputs of a batch: the model's logits."""
+    return {"logits": model(**batch)}
+
+
 class Task:
     """What a task provides to the engine; the module docstring gives the order of the calls."""
     name = "task"  # written into args.json, checked in checkpoints
@@ -113,7 +118,7 @@ class Task:
 
     def outputs(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """What prediction keeps of one batch, by the names of `Outputs`' fields: `[rows, ...]` each."""
-        return {"logits": model(**batch)}
+        return logits_forward(model, batch)
 
     def tune(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Decision:
         """The decision tuned on dev: BCE's global threshold by the dev metric; other losses keep `decision`."""
