@@ -24,7 +24,8 @@ from torch import nn
 
 ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
-MENTION_THRESHOLD = 0.5
+MENTION_THRESHOLD = 0.5  # a model without a tuned one (`mention_threshold`)
+MENTION_KEY = "mention_threshold"  # its name in the decision's params (losses.Decision), stored with the model
 COREF_THRESHOLD = 0.5
 
 
@@ -34,11 +35,13 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--end_to_end", action="store_true",
                        help="also train entity heads (mentions, coreference, types) on the encoder, so the model "
                             "reads raw text without spaCy's NER (implies no entity marker)")
-    group.add_argument("--mention_weight", type=float, default=1.0, help="weight of the mention loss (end to end)")
-    group.add_argument("--coref_weight", type=float, default=1.0, help="weight of the coreference loss (end to end)")
-    group.add_argument("--type_weight", type=float, default=1.0, help="weight of the entity type loss (end to end)")
+    # defaults of the 400/100 study (studies/end-to-end): weights 1 and pos_weight 1 found 56% of the gold entities
+    # and cost 3.5 points of gold-entity relation F1; these found 76% and cost about one
+    group.add_argument("--mention_weight", type=float, default=0.5, help="weight of the mention loss (end to end)")
+    group.add_argument("--coref_weight", type=float, default=0.5, help="weight of the coreference loss (end to end)")
+    group.add_argument("--type_weight", type=float, default=0.5, help="weight of the entity type loss (end to end)")
     group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
-    group.add_argument("--mention_pos_weight", type=float, default=1.0,
+    group.add_argument("--mention_pos_weight", type=float, default=3.0,
                        help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end)")
 
 
@@ -347,17 +350,54 @@ def _doc_entities(f: Dict[str, Any], spans: np.ndarray, men: torch.Tensor, heads
     return cluster, types
 
 
-@torch.no_grad()
-def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]]
-                  ) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
-    """One encoder pass: per document its predicted entities {spans [M, 2] (words), cluster [M], types [E],
-    hts [P, 2]}, and the relation logits [P, K+1] of all their ordered pairs, documents in order."""
-    heads: EntityHeads = model.entity_heads
+def mention_threshold(decision: Any) -> float:
+    """The mention threshold of a decision (losses.Decision): the value tuned on dev and stored with the model, or
+    MENTION_THRESHOLD for a model trained without one."""
+    return float((getattr(decision, "params", None) or {}).get(MENTION_KEY, MENTION_THRESHOLD))
+
+
+def with_mention_threshold(decision: Any, threshold: float) -> Any:
+    """`decision` with its mention threshold set to `threshold` (a new value)."""
+    return decision.replace(params={**decision.params, MENTION_KEY: float(threshold)})
+
+
+def at_mention_threshold(bundle: Any, threshold: Optional[float]) -> Any:
+    """A model bundle (predict.ModelBundle) whose decision has the mention threshold `threshold` (None: the bundle,
+    with the threshold stored with the model): the `--mention_threshold` flags."""
+    if threshold is None:
+        return bundle
+    import dataclasses
+
+    return dataclasses.replace(bundle, decision=with_mention_threshold(bundle.decision, threshold))
+
+
+def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoder pass of a batch: token states [B, L, H], the attention rows of its kept words, and the mention
+    probability of each candidate span [C] (fp32)."""
     b = batch
     hidden, att = model.encode(b["input_ids"], b["attention_mask"], b["e2e_word_tok"], b["e2e_word_doc"])
-    prob = torch.sigmoid(heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
-                                           b["e2e_span_width"]).float())
-    keep = (prob > MENTION_THRESHOLD).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
+    prob = torch.sigmoid(model.entity_heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"],
+                                                        b["e2e_span_end"], b["e2e_span_width"]).float())
+    return hidden, att, prob
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
+                  threshold: float = MENTION_THRESHOLD) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
+    """One encoder pass: per document its predicted entities {spans [M, 2] (words), cluster [M], types [E],
+    hts [P, 2]}, and the relation logits [P, K+1] of all their ordered pairs, documents in order."""
+    return decode_batch(model, batch, features, *span_probabilities(model, batch), threshold)
+
+
+def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
+                 hidden: torch.Tensor, att: torch.Tensor, prob: torch.Tensor, threshold: float,
+                 max_entities: Optional[int] = None) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
+    """`predict_batch`'s entities and relation logits from its encoder pass (`span_probabilities`), the spans of
+    mention probability above `threshold` kept; a document of more than `max_entities` gets no pairs."""
+    heads: EntityHeads = model.entity_heads
+    b = batch
+    keep = (prob > threshold).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
     width = int(b["e2e_span_word"].max()) + 1 if len(b["e2e_span_word"]) else 1
     words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * width  # [M, 2] words unique in the batch
     keep = keep[torch.from_numpy(non_overlapping(words.cpu().numpy(), prob[keep].cpu().numpy())).to(keep.device)]
@@ -370,7 +410,8 @@ def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Se
         rows = np.flatnonzero(span_doc == d)
         cluster, types = _doc_entities(f, spans_all[rows], men_all[rows], heads)
         n_ent = len(types)
-        pairs = np.argwhere(~np.eye(n_ent, dtype=bool)).astype(np.int64).reshape(-1, 2)  # [E (E - 1), 2] h != t
+        scored = n_ent if max_entities is None or n_ent <= max_entities else 0  # entities whose pairs are scored
+        pairs = np.argwhere(~np.eye(scored, dtype=bool)).astype(np.int64).reshape(-1, 2)  # [E (E - 1), 2] h != t
         docs.append({"spans": spans_all[rows], "cluster": cluster, "types": types, "hts": pairs})
         ment_entity.append(cluster + ent_offset)
         ent_doc.append(np.full(n_ent, d))
@@ -400,27 +441,48 @@ def vertex_set(doc: Dict[str, Any], pred: Dict[str, Any], type_names: Sequence[s
 def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Sequence[Dict[str, Any]],
                       decision: Any, loss_fn: Any, batch_size: int = 4) -> List[Tuple[List[List[Dict[str, Any]]],
                                                                                     List[Any]]]:
-    """Per document (title, sents; entities ignored): (predicted vertexSet, its relations as evaluation.Relation)."""
-    import evaluation
-    import prepro
+    """Per document (title, sents; entities ignored): (predicted vertexSet, its relations as evaluation.Relation),
+    at the decision's mention threshold."""
     from collate import DocRECollator
 
     plain = [{"title": d["title"], "sents": d["sents"], "vertexSet": []} for d in docs]
-    base = prepro.features_from_documents(plain, tokenizer, settings, source="the documents")
-    features = JoinedFeatures(base, entity_fields(plain, tokenizer, settings))
+    features = document_features(plain, tokenizer, settings)
     collate = EntityCollator(DocRECollator(settings.num_class, tokenizer.pad_token_id or 0), settings.max_span_width)
+    threshold = mention_threshold(decision)
+    decoded = decode_features(model, features, collate, settings, decision, loss_fn, [threshold], batch_size)
+    return [(vertex_set(doc, p, settings.entity_types), r) for doc, (p, r) in zip(docs, decoded[threshold])]
+
+
+def document_features(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any) -> JoinedFeatures:
+    """prepro's features of DocRED documents joined with their entity fields."""
+    import prepro
+
+    base = prepro.features_from_documents(docs, tokenizer, settings, source="the documents")
+    return JoinedFeatures(base, entity_fields(docs, tokenizer, settings))
+
+
+@torch.no_grad()
+def decode_features(model: nn.Module, features: Sequence[Dict[str, Any]], collate: Any, settings: Any, decision: Any,
+                    loss_fn: Any, thresholds: Sequence[float], batch_size: int, dtype: Optional[torch.dtype] = None,
+                    max_entities: Optional[int] = None) -> Dict[float, List[Tuple[Dict[str, Any], List[Any]]]]:
+    """Per mention threshold, each feature's predicted entities (`decode_batch`) and relations under `decision`:
+    one encoder pass per document serves every threshold."""
+    import evaluation
+    import utils
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    out: Dict[float, List[Tuple[Dict[str, Any], List[Any]]]] = {t: [] for t in thresholds}
     for i in range(0, len(features), batch_size):
         feats = [features[j] for j in range(i, min(i + batch_size, len(features)))]
         batch = {k: v.to(device) for k, v in collate(feats).items() if k != "labels"}
-        preds, logits = predict_batch(model, batch, feats)
-        facts = evaluation.facts_of_outputs(logits, [{"title": f["title"], "hts": p["hts"]} for f, p in
-                                                     zip(feats, preds)], decision, loss_fn, settings.id2rel)
-        out += [(vertex_set(doc, p, settings.entity_types), r) for doc, p, r in
-                zip(docs[i:i + len(feats)], preds, facts)]
+        with utils.autocast(device, dtype):
+            encoded = span_probabilities(model, batch)
+            for t in thresholds:
+                preds, logits = decode_batch(model, batch, feats, *encoded, t, max_entities)
+                hts = [{"title": f["title"], "hts": p["hts"]} for f, p in zip(feats, preds)]
+                out[t] += zip(preds, evaluation.facts_of_outputs(logits, hts, decision, loss_fn, settings.id2rel))
     model.train(was_training)
     return out
 

@@ -502,6 +502,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--fact_cache_dir", help="folder to cache the training fact sets in")
     p.add_argument("--per_relation", action="store_true", help="also print per-relation, intra/inter and #relation tables")
     p.add_argument("--json", action="store_true", help="print one JSON object with unrounded percentages")
+    p.add_argument("--end_to_end", action="store_true",
+                   help="--pred is predict.py's output (its own entities and relations): score mentions, "
+                        "coreference, entities and relations in JEREX's senses (evaluation_e2e.py)")
     p.add_argument("--check_submission", metavar="RESULT_JSON", help="validate a Codalab submission against --truth")
     p.add_argument("--codalab_zip", metavar="OUT_ZIP", help="write OUT_ZIP with result.json (from --check_submission "
                    "or --pred) at its root")
@@ -518,7 +521,12 @@ def run(args: argparse.Namespace) -> None:
     if args.check_submission:
         check_submission(args.check_submission, args.truth, rel_ids)
         print(f"{args.check_submission}: valid submission")
-    if args.pred:
+    if args.pred and args.end_to_end:
+        import evaluation_e2e
+
+        scores = evaluation_e2e.score_files(args.truth, args.pred)
+        print(json.dumps(scores) if args.json else evaluation_e2e.format_scores(scores))
+    elif args.pred:
         check_predictions(args.pred, args.truth, rel_ids)
         if not args.train_annotated:
             print("note: no --train_annotated, so Ign F1 is not computed", file=sys.stderr)

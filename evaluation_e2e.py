@@ -15,6 +15,7 @@ relations `h_idx`, `t_idx`, `r`); predictions are aligned to the gold by title, 
 `text2doc.join_sents` makes from the gold sentences, so any system that writes that format is measured alike.
 
     python evaluation_e2e.py --gold dev.json --pred predictions.json
+    python evaluation.py --end_to_end --truth dev.json --pred predictions.json [--json]   # the same scores
 """
 from __future__ import annotations
 
@@ -78,19 +79,27 @@ def gold_outputs(docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
+    """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file."""
+    with open(gold_path, encoding="utf-8") as f:
+        gold = gold_outputs(json.load(f))
+    with open(pred_path, encoding="utf-8") as f:
+        return end_to_end_scores(gold, json.load(f))
+
+
+def format_scores(scores: Dict[str, Dict[str, float]]) -> str:
+    """One line per level: P, R, F1 and the counts."""
+    return "\n".join(f"{k:18s} P {s['precision']:6.2f}  R {s['recall']:6.2f}  F1 {s['f1']:6.2f}  "
+                     f"({s['tp']} of {s['n_pred']} predicted, {s['n_gold']} gold)" for k, s in scores.items())
+
+
 def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gold", required=True, help="DocRED JSON with the gold entities and labels")
     parser.add_argument("--pred", required=True, help="predict.py's output JSON (a list of output objects)")
     args = parser.parse_args(argv)
-    with open(args.gold, encoding="utf-8") as f:
-        gold = gold_outputs(json.load(f))
-    with open(args.pred, encoding="utf-8") as f:
-        scores = end_to_end_scores(gold, json.load(f))
-    for k in LEVELS:
-        s = scores[k]
-        print(f"{k:18s} P {s['precision']:6.2f}  R {s['recall']:6.2f}  F1 {s['f1']:6.2f}  "
-              f"({s['tp']} of {s['n_pred']} predicted, {s['n_gold']} gold)")
+    scores = score_files(args.gold, args.pred)
+    print(format_scores(scores))
     return scores
 
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+import e2e_tuning
 import entities
 import evaluation
 import feature_cache
@@ -164,7 +165,25 @@ class DocRED(DocRETask, Task):
             return entities.joint_loss(model, batch, labels, loss_fn, autocast, entities.loss_weights(self.args))
         return super().training_loss(model, batch, labels, loss_fn, autocast)
 
+    def clip_groups(self, model: nn.Module) -> List[List[nn.Parameter]]:
+        """With --end_to_end, the entity heads apart from the rest: their gradient (the new span scorer's, about
+        3x the relation head's at the start) would otherwise shrink every relation step under the shared clip."""
+        if not self.settings.end_to_end:
+            return super().clip_groups(model)
+        heads = {id(p) for p in model.entity_heads.parameters()}
+        return [[p for p in model.parameters() if id(p) not in heads], list(model.entity_heads.parameters())]
+
     # -- decisions and scores
+    def tune_with_model(self, model: nn.Module, split: Split, loss_fn: Any,
+                        decision: Decision) -> Tuple[Decision, Dict[str, Any]]:
+        """With --end_to_end, the mention threshold tuned on the entity heads' predictions on `split` (e2e_tuning),
+        and the end-to-end scores at it; else nothing."""
+        if not self.settings.end_to_end:
+            return decision, {}
+        dtype = utils.amp_dtype(next(model.parameters()).device, self.args.amp)
+        return e2e_tuning.tune(model, split, self.collate, self.settings, decision, loss_fn,
+                               self.args.test_batch_size, dtype)
+
     def predictions(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> List[dict]:
         """The official-format facts of `outputs` under `decision`, with their evidence sentences when on."""
         facts = self.facts(outputs, split, loss_fn, decision)

@@ -181,14 +181,14 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
         outputs = predict(dev, aux=False)
         if outputs is None:  # not rank 0: rank 0 scores
             return {}, decision
-        tuned = task.tune(outputs, dev, loss_fn, decision)
-        return {**task.score(outputs, dev, loss_fn, tuned), **tuned.report()}, tuned
+        tuned, extra = task.tune_with_model(m, dev, loss_fn, task.tune(outputs, dev, loss_fn, decision))
+        return {**task.score(outputs, dev, loss_fn, tuned), **extra, **tuned.report()}, tuned
 
     if args.init_none_prior and not args.load_path and not args.resume:
         n = set_prior_start(model, train.features, task.collate)
         logger.info("classifier bias set to the relation priors of %d training instances", n)
     trainer = Trainer(args, model, encoder, loss_fn, train.features, task.collate, evaluate, run_dir,
-                      task.metric, task.meta(), task.training_loss)
+                      task.metric, task.meta(), task.training_loss, task.clip_groups(model))
     logger.info("%s: training on %d %s, %d optimizer steps, effective batch %d (%d x %d processes x %d "
                 "accumulation), loss %s, amp %s, device %s, best checkpoint by dev %s", task.name,
                 len(train.features), task.unit, trainer.total_steps, trainer.global_batch *

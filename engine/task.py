@@ -12,8 +12,11 @@ drives it through this lifecycle, each hook once where it says so:
     task.read(split) -> Split                "dev", "test", then "train": features and gold (None: not asked for)
     task.collate(features), task.rows(f)     a batch of features; how many output rows a feature yields
     task.training_loss(model, batch, ...)    the loss terms of one micro-batch (training)
+    task.clip_groups(model)                  parameter groups whose gradients are clipped each on its own
     task.outputs(model, batch)               what prediction keeps per row: {"logits": ..., "evidence": ...}
     task.tune(outputs, dev, loss_fn, d)      the Decision tuned on dev (each evaluation)
+    task.tune_with_model(model, dev, ...)    decisions that need the model run again on dev, with their scores
+                                             (the end-to-end mention threshold; default none)
     task.score(outputs, split, loss_fn, d)   scores in percent of a labelled split
     task.write(run, split, outputs, ...)     the split's prediction files (after training), returns its scores
     task.meta(), task.summary()              what a checkpoint carries for the model to be used alone; facts of
@@ -116,6 +119,10 @@ class Task:
         weighs each by its own count across ranks); default: the loss of the logits, a mean over the rows."""
         return logits_loss(model, batch, labels, loss_fn, autocast)
 
+    def clip_groups(self, model: nn.Module) -> List[List[nn.Parameter]]:
+        """Parameter groups clipped to --max_grad_norm each on its own; default: one, every parameter."""
+        return [list(model.parameters())]
+
     def outputs(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """What prediction keeps of one batch, by the names of `Outputs`' fields: `[rows, ...]` each."""
         return logits_forward(model, batch)
@@ -125,6 +132,11 @@ class Task:
         if not loss_fn.tunes_threshold:
             return decision
         return losses.tune_threshold(decision, lambda d: self.score(outputs, split, loss_fn, d)[self.metric])
+
+    def tune_with_model(self, model: nn.Module, split: Split, loss_fn: Any,
+                        decision: Decision) -> Tuple[Decision, Dict[str, Any]]:
+        """Decisions tuned by running `model` again on dev, and the dev scores they give; default: none."""
+        return decision, {}
 
     def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
         """Scores (percent) of `outputs` on a labelled split."""

@@ -111,8 +111,9 @@ class Trainer:
                  train_features: Sequence[dict], collate: Callable,
                  evaluate: Optional[Callable[[nn.Module], Tuple[Dict[str, Any], Decision]]],
                  run: Optional[RunDirectory], metric: str, checkpoint_meta: Dict[str, Any],
-                 training_loss: Optional[Callable] = None):
+                 training_loss: Optional[Callable] = None, clip_groups: Optional[List[List[nn.Parameter]]] = None):
         self.args, self.loss_fn, self.features = args, loss_fn, train_features
+        self.clip_groups = clip_groups or [list(model.parameters())]
         self.training_loss = training_loss or logits_loss
         self.collate, self.evaluate, self.run, self.metric = collate, evaluate, run, metric
         self.meta = checkpoint_meta
@@ -201,10 +202,15 @@ class Trainer:
         return self.optimizer_step([self.micro_step(b, len(group), sync=j == len(group) - 1)
                                     for j, b in enumerate(group)])
 
+    def clip(self) -> float:
+        """Clip each group's gradient to --max_grad_norm on its own; the norm of them all, before clipping."""
+        norms = [torch.nn.utils.clip_grad_norm_(g, self.args.max_grad_norm) for g in self.clip_groups]
+        return (torch.stack(norms).square().sum().sqrt() if len(norms) > 1 else norms[0]).item()
+
     def optimizer_step(self, losses: List[float]) -> Dict[str, float]:
         """Clip, step, schedule; skip the step when the loss or gradient is not finite."""
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm).item()
+        grad_norm = self.clip()
         loss = float(np.mean(losses))
         finite = math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler.is_enabled())
         if finite:

@@ -308,3 +308,102 @@ def test_mention_pos_weight_weighs_gold_spans():
         got = entities.entity_losses(heads, hidden, b, pos_weight=3.0)["mention"][0]
     expect = (3 * torch.nn.functional.softplus(-z[0]) + torch.nn.functional.softplus(z[1])) / 2
     assert torch.allclose(got, expect, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- end-to-end scores and threshold on dev
+E2E_KEYS = ("dev_e2e_mention_f1", "dev_e2e_coref_f1", "dev_e2e_entity_f1", "dev_e2e_relation_strict_f1",
+            "dev_e2e_relation_relaxed_f1", "dev_mention_threshold")
+
+
+def _spy_thresholds(monkeypatch) -> list:
+    """The mention threshold of every entities.decode_batch call, in order."""
+    seen, real = [], entities.decode_batch
+    monkeypatch.setattr(entities, "decode_batch", lambda *a: seen.append(a[6]) or real(*a))
+    return seen
+
+
+def test_dev_evaluations_log_end_to_end_scores_and_the_best_threshold_is_stored(e2e_run):
+    records = [json.loads(line) for line in (e2e_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "dev_f1" in r]
+    assert evals and all(k in r for r in evals for k in E2E_KEYS), evals
+    best = max(evals, key=lambda r: r["dev_ign_f1"])  # the first of the highest relation score picks best.pt
+    config = json.loads((e2e_run / "model" / "config.json").read_text())
+    assert config["decision"]["params"]["mention_threshold"] == best["dev_mention_threshold"]
+
+
+def test_mention_threshold_is_tuned_on_hand_made_probabilities(e2e_run, small_synthetic_dir, monkeypatch, one_thread):
+    import e2e_tuning
+    import predict
+    from collate import DocRECollator
+
+    b = predict.DocREPipeline.from_pretrained(str(e2e_run)).model_bundle
+    s, tok = b.settings, b.pretrained.tokenizer
+    dev = json.loads((small_synthetic_dir / "dev.json").read_text())
+    split = argparse.Namespace(features=entities.document_features(dev, tok, s), gold=dev)
+    collate = entities.EntityCollator(DocRECollator(s.num_class, tok.pad_token_id or 0), s.max_span_width)
+    real = entities.span_probabilities
+
+    def hand_made(model, batch):  # gold spans 0.35, every other candidate 0.15
+        hidden, att, _ = real(model, batch)
+        return hidden, att, 0.15 + 0.2 * batch["e2e_span_label"]
+
+    monkeypatch.setattr(entities, "span_probabilities", hand_made)
+    seen = _spy_thresholds(monkeypatch)
+    scores = e2e_tuning.grid_scores(b.pretrained.model, split, collate, s, b.decision, b.loss_fn, 2)
+    assert seen == list(e2e_tuning.MENTION_GRID) * 2  # one encoder pass per batch of 2 documents, every threshold
+    mention = {t: v["mention"] for t, v in scores.items()}
+    assert mention[0.2] == mention[0.3] and mention[0.3]["precision"] == 100.0 and mention[0.1]["precision"] < 100.0
+    assert all(mention[t]["n_pred"] == 0 for t in (0.4, 0.5, 0.9))
+    assert e2e_tuning.best_threshold(scores) == 0.3  # 0.2 and 0.3 tie: the one nearer 0.5
+    flat = e2e_tuning.flat_scores(scores[0.3])
+    assert flat["e2e_mention_f1"] == mention[0.3]["f1"] and set(flat) >= {k[len("dev_"):] for k in E2E_KEYS[:-1]}
+    assert entities.mention_threshold(entities.with_mention_threshold(b.decision, 0.3)) == 0.3
+
+
+def test_stored_threshold_is_used_at_prediction_and_old_folders_use_half(e2e_run, tmp_path, monkeypatch, one_thread):
+    import shutil
+
+    import predict
+
+    folders = {}
+    for name, value in (("tuned", 0.3), ("old", None)):
+        folders[name] = shutil.copytree(e2e_run / "model", tmp_path / name)
+        config = json.loads((folders[name] / "config.json").read_text())
+        config["decision"]["params"].pop("mention_threshold")
+        config["decision"]["params"].update({"mention_threshold": value} if value is not None else {})
+        (folders[name] / "config.json").write_text(json.dumps(config))
+    seen = _spy_thresholds(monkeypatch)
+    text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
+    tuned = predict.DocREPipeline.from_pretrained(str(folders["tuned"]))
+    tuned(text)
+    predict.DocREPipeline.from_pretrained(str(folders["old"]))(text)
+    tuned.model_bundle = entities.at_mention_threshold(tuned.model_bundle, 0.7)  # --mention_threshold
+    tuned(text)
+    assert seen == [0.3, 0.5, 0.7]
+
+
+def test_evaluation_cli_scores_end_to_end(synthetic_dir, tmp_path, capsys):
+    import evaluation
+
+    dev = synthetic_dir / "dev.json"
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(e2e.gold_outputs(json.loads(dev.read_text()))))
+    assert evaluation.main(["--end_to_end", "--truth", str(dev), "--pred", str(pred), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) == set(e2e.LEVELS) and all(v["f1"] == 100.0 for v in scores.values())
+    e2e.main(["--gold", str(dev), "--pred", str(pred)])
+    assert capsys.readouterr().out.count("F1 100.00") == len(e2e.LEVELS)
+
+
+def test_predict_mention_threshold_flag_overrides_the_stored_value(e2e_run, tmp_path, one_thread):
+    """predict.py --mention_threshold: 1.0 keeps no span, a threshold near 0 keeps many."""
+    import predict
+
+    text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
+    counts = []
+    for value in ("1.0", "0.0001"):
+        out = tmp_path / f"pred-{value}.json"
+        assert predict.main(["--model", str(e2e_run), "--text", text, "--output", str(out), "--no_progress",
+                             "--mention_threshold", value]) == 0
+        counts.append(len(json.loads(out.read_text())[0]["entities"]))
+    assert counts[0] == 0 < counts[1]

@@ -88,3 +88,36 @@ def test_prior_start_and_the_authors_head_reach_the_checkpoint(small_synthetic_d
     bias = ckpt["model"]["bilinear.bias"]
     assert bias[0] == 0 and torch.allclose(bias[1:], expected, atol=1e-6)  # lr 0: the start, unchanged
     assert np.all(bias[1:].numpy() < 0)  # every relation starts below the none class
+
+
+def test_clip_groups_are_clipped_each_on_its_own():
+    """Two clip groups: each gradient is scaled to --max_grad_norm by its own norm; the logged norm is of both."""
+    from types import SimpleNamespace
+
+    from engine.trainer import Trainer
+
+    small, large = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    small.grad, large.grad = torch.tensor([0.3, 0.4]), torch.tensor([30.0, 40.0])  # norms 0.5 and 50
+    args = SimpleNamespace(max_grad_norm=1.0)
+    norm = Trainer.clip(SimpleNamespace(clip_groups=[[small], [large]], args=args))
+    assert norm == pytest.approx((0.5 ** 2 + 50 ** 2) ** 0.5)
+    assert torch.allclose(small.grad, torch.tensor([0.3, 0.4]))  # under the limit: untouched
+    assert float(large.grad.norm()) == pytest.approx(1.0, rel=1e-4)
+    small.grad, large.grad = torch.tensor([0.3, 0.4]), torch.tensor([30.0, 40.0])
+    Trainer.clip(SimpleNamespace(clip_groups=[[small, large]], args=args))  # one group: the large norm scales both
+    assert float(small.grad.norm()) == pytest.approx(0.5 / 50.0025, rel=1e-3)
+
+
+def test_end_to_end_clips_the_entity_heads_apart():
+    """DocRED's clip groups: every parameter once; with --end_to_end the entity heads form their own group."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Module()
+    model.encoder, model.entity_heads = torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)
+    task = train.DocRED()
+    task.settings = SimpleNamespace(end_to_end=False)
+    assert [len(g) for g in task.clip_groups(model)] == [4]
+    task.settings = SimpleNamespace(end_to_end=True)
+    rest, heads = task.clip_groups(model)
+    assert {id(p) for p in heads} == {id(p) for p in model.entity_heads.parameters()}
+    assert {id(p) for p in rest} == {id(p) for p in model.encoder.parameters()}
