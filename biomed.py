@@ -34,10 +34,11 @@ import bisect
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+import prepro
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class BioDataset:
     @property
     def rel2id(self) -> Dict[str, int]:
         return {"Na": 0, self.relation: 1}
+
+    @property
+    def pair_types(self) -> List[List[str]]:
+        """The candidate pairs' [[head type, tail type]], as `DocRESettings.pair_types` records them."""
+        return [[self.head_type, self.tail_type]]
 
 
 DATASETS = {"cdr": BioDataset("cdr", "CID", "Chemical", "Disease"),
@@ -440,22 +446,15 @@ def read_data(path: str, log: bool = True) -> Tuple[List[Dict[str, Any]], Dict[s
 # ----------------------------------------------------------------------------- candidate pairs
 
 
-def entity_types(doc: Dict[str, Any]) -> List[Set[str]]:
-    """The mention types of each entity."""
-    return [{m.get("type", "") for m in ent} for ent in doc["vertexSet"]]
-
-
 def typed_pairs(doc: Dict[str, Any], dataset: BioDataset) -> List[Tuple[int, int]]:
     """The candidate (head, tail) pairs: a head-type entity with a tail-type one, less the excluded pairs."""
-    types = entity_types(doc)
-    excluded = {tuple(p) for p in doc.get("excluded_pairs", [])}
-    return [(h, t) for h, th in enumerate(types) for t, tt in enumerate(types)
-            if h != t and dataset.head_type in th and dataset.tail_type in tt and (h, t) not in excluded]
+    return prepro.typed_pairs(doc, dataset.pair_types)
 
 
-def pair_filter(dataset: BioDataset) -> Callable[[Dict[str, Any]], List[Tuple[int, int]]]:
-    """prepro's `pair_filter` for a dataset: each document's typed candidate pairs."""
-    return lambda doc: typed_pairs(doc, dataset)
+def pair_filter(dataset: BioDataset) -> prepro.PairFilter:
+    """prepro's `pair_filter` for a dataset: each document's typed candidate pairs (what a model trained on it
+    applies by itself, from `DocRESettings.pair_types`)."""
+    return prepro.type_pair_filter(dataset.pair_types)
 
 
 def keep_paired(doc: Dict[str, Any], dataset: BioDataset) -> Dict[str, Any]:
@@ -498,3 +497,17 @@ def pair_scores(pred: np.ndarray, gold: np.ndarray, intra: np.ndarray) -> Dict[s
         scores.update({f"{name}_f1": sub["f1"], f"{name}_precision": sub["precision"],
                        f"{name}_recall": sub["recall"], f"{name}_n_gold": sub["n_gold"]})
     return scores
+
+
+def text_blind_scores(docs: Sequence[Dict[str, Any]], dataset: BioDataset) -> Dict[str, Dict[str, float]]:
+    """Scores of two rules that never read the text, over the candidate pairs: predict every pair, and predict the
+    pairs with a head and a tail mention in one sentence (the bar a model must clear on a small sample)."""
+    gold, intra = [], []
+    for d in docs:
+        positive = {(lab["h"], lab["t"]) for lab in d["labels"]}
+        for h, t in typed_pairs(d, dataset):
+            gold.append((h, t) in positive)
+            intra.append(is_intra(d, h, t))
+    gold_a, intra_a = np.array(gold, dtype=bool), np.array(intra, dtype=bool)  # [P], [P]
+    return {"every_pair": pair_scores(np.ones_like(gold_a), gold_a, intra_a),
+            "same_sentence": pair_scores(intra_a, gold_a, intra_a)}

@@ -97,8 +97,8 @@ def check_num_class(rel2id: Dict[str, int], num_class: Optional[int]) -> int:
 # ----------------------------------------------------------------------------- features
 
 
-def _mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], np.ndarray, np.ndarray,
-                                                                        np.ndarray, np.ndarray, np.ndarray]:
+def mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], np.ndarray, np.ndarray,
+                                                                       np.ndarray, np.ndarray, np.ndarray]:
     """The document's words with markers inserted as words of their own.
 
     Returns (words, first word slot of each mention, last word slot of each mention, sentence id of each mention,
@@ -145,7 +145,7 @@ def _mention_spans(wid: np.ndarray, first_slot: np.ndarray, last_slot: np.ndarra
 def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[Labels], enc: WordTokenizer, max_len: int,
                      marker: Optional[str], sink: ColumnSink) -> None:
     """Tokenize a chunk of valid documents and append their feature columns to `sink`."""
-    marked = [_mark_words(doc, marker) for doc in docs]
+    marked = [mark_words(doc, marker) for doc in docs]
     encoded = enc.encode([m[0] for m in marked])
     budget = max_len - enc.n_prefix - enc.n_suffix  # content tokens that fit
     cols: Dict[str, List[Any]] = {k: [] for k in COLUMNS}
@@ -280,6 +280,25 @@ def _in_memory(source: str, build: Build, max_len: int) -> DocREFeatures:
 PairFilter = Callable[[Dict[str, Any]], Iterable[Tuple[int, int]]]  # a document -> its candidate (h, t) pairs
 
 
+def entity_types(doc: Dict[str, Any]) -> List[set]:
+    """The mention types of each entity of `doc`."""
+    return [{m.get("type", "") for m in ent} for ent in doc["vertexSet"]]
+
+
+def typed_pairs(doc: Dict[str, Any], pair_types: Sequence[Sequence[str]]) -> List[Tuple[int, int]]:
+    """The (h, t) entity pairs of `doc` whose head has a mention of type A and tail one of type B for some [A, B]
+    of `pair_types`, less the document's `excluded_pairs` (the one rule of typed candidate pairs)."""
+    types = entity_types(doc)
+    excluded = {tuple(p) for p in doc.get("excluded_pairs", [])}
+    return [(h, t) for h, th in enumerate(types) for t, tt in enumerate(types)
+            if h != t and (h, t) not in excluded and any(a in th and b in tt for a, b in pair_types)]
+
+
+def type_pair_filter(pair_types: Sequence[Sequence[str]]) -> Optional[PairFilter]:
+    """The pair filter keeping `typed_pairs` (None, every pair, when `pair_types` is empty)."""
+    return (lambda doc: typed_pairs(doc, pair_types)) if pair_types else None
+
+
 class CandidatePairs(Sequence):
     """Features restricted to each document's candidate pairs (a `pair_filter`): `hts` [n_kept, 2] in (h, t) order
     and `labels` re-indexed into it; everything else, and the corpus attributes, are the wrapped features'."""
@@ -359,12 +378,14 @@ def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRE
     Every rule of validation.py applies, as to a file: problems raise one ValidationError naming `source`, the
     document index and title and the field. An empty list gives empty features. Labels of relations outside the
     label map are problems, or with `skip_unknown_relations` left out and counted (see read_docred).
-    With `pair_filter`, a document's pairs are only those it returns (`CandidatePairs`), not every ordered pair.
-    A document with more than `max_entities` entities is a problem (None: no limit).
+    With `pair_filter` (default: the typed pairs of `settings.pair_types`, if any), a document's pairs are only
+    those it returns (`CandidatePairs`), not every ordered pair. A document with more than `max_entities` entities
+    is a problem (None: no limit).
     """
     if isinstance(docs, (str, bytes, dict)):
         raise ValidationError(source, [f"expected a list of documents, got {type(docs).__name__}"])
     enc = _word_tokenizer(tokenizer, settings)
+    pair_filter = pair_filter or type_pair_filter(settings.pair_types)
     if pair_filter is not None:
         docs = list(docs)  # read again by the filter
 
@@ -390,11 +411,12 @@ def read_docred(path: str | os.PathLike, tokenizer: Any, settings: DocRESettings
     `feature_cache.resolve_cache_dir` says. A file without documents raises ValidationError unless `allow_empty`.
     Labels of relations outside `settings.rel2id` are problems, or with `skip_unknown_relations` (scoring a model on
     a file with relations it was not trained on) left out of the features, counted in `stats["unknown_labels"]`
-    and warned of. `pair_filter` keeps only each document's candidate pairs, as in features_from_documents (the
-    cache holds every pair; the filter applies after it).
+    and warned of. `pair_filter` (default: `settings.pair_types`' typed pairs, if any) keeps only each document's
+    candidate pairs, as in features_from_documents (the cache holds every pair; the filter applies after it).
     """
     path = str(path)
     enc = _word_tokenizer(tokenizer, settings)
+    pair_filter = pair_filter or type_pair_filter(settings.pair_types)
 
     def build(sink: ColumnSink) -> Tuple[List[str], Dict[str, Any]]:  # reads the file only when there is no cache
         return _build(path, iter_documents(path, read_text(path)), enc, settings, sink, show_progress,

@@ -30,6 +30,16 @@ class DocRESettings:
     end_to_end: bool = False  # the model has entity heads (mentions, coreference, types): entities.py
     entity_types: List[str] = field(default_factory=list)  # the training file's `type` labels, in id order
     max_span_width: int = 10  # longest mention (words) the span head proposes
+    pair_types: List[List[str]] = field(default_factory=list)  # [[head type, tail type], ...]: the only candidate
+    # pairs (a pair whose head has a mention of the first type and tail one of the second; CDR: [["Chemical",
+    # "Disease"]]); empty: every ordered entity pair
+
+    def __post_init__(self) -> None:
+        """Refuse pair types that are not [head type, tail type] string pairs (they come from JSON files)."""
+        if not (isinstance(self.pair_types, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in self.pair_types)):
+            raise ValueError(f"settings.pair_types must be a list of [head type, tail type] string pairs, got "
+                             f"{self.pair_types!r}")
 
     @property
     def num_class(self) -> int:

@@ -2,8 +2,9 @@
 
 This file is the biomedical task (ATLOP's name): its flags, data, scores and files. The model's hooks are
 docre_task.DocRETask's, shared with train.py; the readers are biomed.py's (PubTator or EoG's `.data`, told apart by
-content, both to DocRED-form documents); features come from the DocRED path with a pair filter, so each abstract's
-candidates are its chemical->disease (CDR) or gene->disease (GDA) entity pairs, one relation plus "no relation".
+content, both to DocRED-form documents); features come from the DocRED path with the settings' `pair_types`, so
+each abstract's candidates are its chemical->disease (CDR) or gene->disease (GDA) entity pairs, one relation plus "no
+relation"; the model folder records the rule, so predict.py scores the same pairs.
 Scores are ATLOP's (F1 over candidate pairs), plus intra- and inter-sentence F1; best.pt is chosen by dev F1.
 
     python train_bio.py --data_dir dataset/cdr --model_name_or_path allenai/scibert_scivocab_cased --loss atl
@@ -81,6 +82,7 @@ class Bio(DocRETask, Task):
         if saved is not None and saved != rel2id:
             raise UserError(f"--load_path {source} was trained with the label map {saved}, not {self.name}'s {rel2id}")
         self.configure(rel2id, {})
+        self.settings = self.settings.replace(pair_types=self.dataset.pair_types)  # the candidates, in the model
 
     def nlp(self) -> Any:
         """The spaCy pipeline, loaded on first use (only PubTator input needs it)."""
@@ -111,8 +113,7 @@ class Bio(DocRETask, Task):
         docs = self.documents(path, split)
         if not docs:
             raise UserError(f"--{split}_file {path}: no documents")
-        features = prepro.features_from_documents(docs, self.tokenizer, self.settings, source=path,
-                                                  pair_filter=biomed.pair_filter(self.dataset))
+        features = prepro.features_from_documents(docs, self.tokenizer, self.settings, source=path)  # typed pairs
         if split == "dev" and self.mode == "train" and not any(d["labels"] for d in docs):
             raise UserError(f"--dev_file {path} has no {self.dataset.relation} relation in any document: training "
                             f"needs a labelled dev set to select the best checkpoint")

@@ -105,13 +105,13 @@ def test_sample_set_parses_with_its_counts(sample_docs):
 
 
 def test_sample_set_is_valid_docred_and_pairs_are_typed(sample_docs, minilm_tokenizer):
-    settings = DocRESettings(CDR.rel2id, max_seq_length=512)
+    settings = DocRESettings(CDR.rel2id, max_seq_length=512, pair_types=CDR.pair_types)  # the filter, as data
     docs = [biomed.keep_paired(d, CDR) for d in sample_docs]
-    feats = prepro.features_from_documents(docs, minilm_tokenizer, settings, pair_filter=biomed.pair_filter(CDR))
+    feats = prepro.features_from_documents(docs, minilm_tokenizer, settings)
     assert len(feats) == 50
     n_pairs = 0
     for f, d in zip(feats, docs):
-        types = biomed.entity_types(d)
+        types = prepro.entity_types(d)
         assert all("Chemical" in types[h] and "Disease" in types[t] for h, t in f["hts"].tolist())
         assert len(f["hts"]) == len(biomed.typed_pairs(d, CDR))
         gold = {(lab["h"], lab["t"]) for lab in d["labels"]}
@@ -220,26 +220,13 @@ def test_cli_refuses_bad_input_with_status_2(tmp_path, minilm_path, capsys):
 # ----------------------------------------------------------------------------- learning and the engine
 
 
-def split_sample(tmp_path: Path, n_train: int = 40) -> Path:
-    blocks = pubtator_blocks(shared_file(*SAMPLE))
-    data = tmp_path / "cdr"
-    data.mkdir()
-    write_blocks(data / "train.txt", blocks[:n_train])
-    write_blocks(data / "test.txt", blocks[n_train:])
-    return data
-
-
-def baselines(docs: List[Dict[str, Any]]) -> Dict[str, float]:
-    """Text-blind F1 on the candidate pairs: every pair, and every pair with mentions in one sentence."""
-    gold, intra = [], []
-    for d in docs:
-        pos = {(lab["h"], lab["t"]) for lab in d["labels"]}
-        for h, t in biomed.typed_pairs(d, CDR):
-            gold.append((h, t) in pos)
-            intra.append(biomed.is_intra(d, h, t))
-    gold, intra = np.array(gold), np.array(intra)
-    return {"every pair": biomed.pair_f1(np.ones_like(gold), gold)["f1"],
-            "same sentence": biomed.pair_f1(intra, gold)["f1"]}
+def test_text_blind_baselines_of_the_held_out_abstracts(sample_docs):
+    """The figures docs/biomedical.md and studies/cdr-sample give for the last 10 abstracts (227 pairs, 36 CID)."""
+    scores = biomed.text_blind_scores(sample_docs[40:], CDR)
+    every, same = scores["every_pair"], scores["same_sentence"]
+    assert (every["n_pred"], every["n_gold"], every["intra_n_gold"]) == (227, 36, 25)
+    assert round(every["f1"], 1) == 27.4 and round(same["f1"], 1) == 53.8
+    assert round(same["intra_f1"], 1) == 61.0 and same["inter_f1"] == 0
 
 
 def test_torchrun_two_processes_then_test_mode_and_table(tmp_path, tiny_bert_dir):
@@ -273,3 +260,35 @@ def test_torchrun_two_processes_then_test_mode_and_table(tmp_path, tiny_bert_dir
 
     report = make_tables.main([str(tmp_path / "sweep")])
     assert "## CDR" in report.markdown and "| tiny" in report.markdown.replace("| tiny-bert", "| tiny")
+
+
+def test_bio_model_folder_predicts_only_its_candidate_pairs(tmp_path, tiny_bert_dir, sample_docs, capsys):
+    import predict
+
+    data = tmp_path / "cdr"
+    data.mkdir()
+    blocks = pubtator_blocks(shared_file(*SAMPLE))
+    write_blocks(data / "train.txt", blocks[:2])
+    write_blocks(data / "dev.txt", blocks[40:42])
+    run = tmp_path / "run"
+    train_bio.main(["--data_dir", str(data), "--train_file", "train.txt", "--dev_file", "dev.txt", "--test_file", "",
+                    "--model_name_or_path", tiny_bert_dir, "--output_dir", str(run), "--device", "cpu",
+                    "--no_progress", "--emb_size", "64", "--block_size", "16", "--max_seq_length", "512",
+                    "--max_steps", "1", "--loss", "bce"])
+    config_path = run / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["meta"]["settings"]["pair_types"] == [["Chemical", "Disease"]]
+    config["decision"]["threshold"] = 1e-6  # every pair the model scores is predicted
+    config_path.write_text(json.dumps(config))
+    doc = sample_docs[45]  # all its entities: chemical->disease, disease->chemical and same-type pairs
+    docs = tmp_path / "docs.json"
+    docs.write_text(json.dumps([doc]))
+    out = tmp_path / "pred.json"
+    assert predict.main(["--model", str(run / "model"), "--input", str(docs), "--output", str(out)]) == 0
+    pairs = {(r["h_idx"], r["t_idx"]) for r in json.loads(out.read_text())[0]["relations"]}
+    assert pairs and pairs == set(biomed.typed_pairs(doc, CDR))
+    assert len(doc["vertexSet"]) * (len(doc["vertexSet"]) - 1) > len(pairs)
+    config["meta"]["settings"]["pair_types"] = [["Chemical"]]
+    config_path.write_text(json.dumps(config))
+    assert predict.main(["--model", str(run / "model"), "--input", str(docs), "--output", str(out)]) == 2
+    assert "pair_types must be a list of [head type, tail type]" in capsys.readouterr().err

@@ -228,7 +228,7 @@ def test_real_dev_file(minilm_tokenizer):
     assert features.stats["documents"] == 500 and features.stats["truncated_mentions"] == 0
     # the batch-of-distinct-words tokenization equals tokenizing each whole document
     for doc, f in zip(docs[:100], features):
-        words = prepro._mark_words(doc, "*")[0]
+        words = prepro.mark_words(doc, "*")[0]
         assert f["input_ids"].tolist() == minilm_tokenizer(words, is_split_into_words=True)["input_ids"]
     for doc, f in zip(docs, features):
         n_sents, pos = len(doc["sents"]), f["sent_pos"]
@@ -268,7 +268,7 @@ def test_byte_level_words_get_their_leading_space(tmp_path, tiny_roberta_dir):
     doc = make_doc()
     f = read_docred(write(tmp_path, [doc]), tokenizer, SETTINGS)[0]
     # exactly the tokens of the running text " * Alice Smith * was born ...", every word with its space
-    words = prepro._mark_words(doc, "*")[0]
+    words = prepro.mark_words(doc, "*")[0]
     assert f["input_ids"][1:-1].tolist() == tokenizer(" " + " ".join(words), add_special_tokens=False)["input_ids"]
     assert tokens(tokenizer, f["input_ids"][1:4]) == ["Ġ*", "ĠAlice", "Ġ"]
 
