@@ -23,6 +23,8 @@ mark.on { outline: 2px solid #333; }
 table { border-collapse: collapse; margin-top: .8em; }
 th, td { border: 1px solid #ccc; padding: .2em .6em; text-align: left; }
 td.score { text-align: right; font-variant-numeric: tabular-nums; }
+.truncated { border-left: 4px solid #c00; padding: .3em .8em; background: #fff0f0; }
+.unread { color: #999; } .cut { color: #c00; font-weight: bold; }
 tr.rel { cursor: pointer; } tr.rel:hover { background: #f0f0f0; } tr.rel.on { background: #dde8ff; }
 """
 _CSS += "".join(f"mark.t-{t}, .legend .t-{t} {{ background: {c}; }}\n" for t, c in TYPE_COLOURS.items())
@@ -47,14 +49,20 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+CUT = -1  # the entity index of the mark that shows where reading stopped (truncated_at)
+CUT_HTML = '<span class="cut" title="--max_seq_length: the model read nothing after this">[not read past here]</span>'
+
+
 def _sentence_html(text: str, span: Sequence[int], marks: Sequence[Tuple[int, int, int, str]]) -> str:
-    """One sentence's text with its mentions (start, end, entity index, type) highlighted; overlaps keep the first."""
+    """One sentence's text with its mentions (start, end, entity index, type) highlighted, and the cut (an empty
+    mark of entity CUT); overlaps keep the first."""
     pieces, pos = [], span[0]
     for start, end, e_i, etype in sorted(marks):
         if start < pos:
             continue
         pieces.append(_esc(text[pos:start]))
-        pieces.append(f'<mark class="t-{_esc(etype)}" data-ent="{e_i}" title="{_esc(etype)}, entity {e_i}">'
+        pieces.append(CUT_HTML if e_i == CUT else
+                      f'<mark class="t-{_esc(etype)}" data-ent="{e_i}" title="{_esc(etype)}, entity {e_i}">'
                       f'{_esc(text[start:end])}</mark>')
         pos = end
     pieces.append(_esc(text[pos:span[1]]))
@@ -62,15 +70,21 @@ def _sentence_html(text: str, span: Sequence[int], marks: Sequence[Tuple[int, in
 
 
 def _text_html(out: Dict[str, Any]) -> str:
-    """A document's text, each sentence a span with data-sent, each mention a mark with its type and entity."""
+    """A document's text, each sentence a span with data-sent, each mention a mark with its type and entity; with a
+    `truncated_at`, the cut is marked and the sentences after it are grey."""
     marks: Dict[int, List[Tuple[int, int, int, str]]] = {}
     for e_i, ent in enumerate(out["entities"]):
         for m in ent["mentions"]:
             marks.setdefault(m["sent_id"], []).append((m["char_start"], m["char_end"], e_i, ent["type"]))
+    cut = out.get("truncated_at")
     text, pieces, pos = out["text"], [], 0
     for s_i, span in enumerate(out["sent_spans"]):
+        unread = cut is not None and span[0] >= cut
+        if cut is not None and (span[0] < cut < span[1] or unread and pos <= cut):
+            marks.setdefault(s_i, []).append((max(cut, span[0]), max(cut, span[0]), CUT, ""))
         pieces.append(_esc(text[pos:span[0]]))
-        pieces.append(f'<span class="sent" data-sent="{s_i}">{_sentence_html(text, span, marks.get(s_i, []))}</span>')
+        pieces.append(f'<span class="sent{" unread" * unread}" data-sent="{s_i}">'
+                      f'{_sentence_html(text, span, marks.get(s_i, []))}</span>')
         pos = span[1]
     pieces.append(_esc(text[pos:]))
     return "".join(pieces)
@@ -100,7 +114,10 @@ def html_head(title: str = "DocRE predictions") -> str:
 
 def html_section(i: int, out: Dict[str, Any]) -> str:
     """One document of the page: its title, text with marked mentions, and relation table."""
-    return (f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2><div class="text">{_text_html(out)}</div>'
+    cut = out.get("truncated_at")
+    note = "" if cut is None else (f'<p class="truncated">Truncated: the model read only the first {cut} of '
+                                   f'{len(out["text"])} characters (--max_seq_length); the grey text was not read.</p>')
+    return (f'<section data-doc="{i}"><h2>{_esc(out["title"])}</h2>{note}<div class="text">{_text_html(out)}</div>'
             f'{_relations_html(out)}</section>')
 
 

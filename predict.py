@@ -13,12 +13,15 @@ Inputs and their conversion to DocRED documents are described in `text2doc.py`. 
 per input document in input order:
     {"title", "text", "sent_spans": [[char_start, char_end]], "sents": [[tokens]],
      "entities": [{"name", "type", "mentions": [{"sent_id", "pos": [start, end], "text", "char_start", "char_end"}]}],
-     "relations": [{"h_idx", "t_idx", "r", "relation", "score", "evidence": [sent ids]}]}
+     "relations": [{"h_idx", "t_idx", "r", "relation", "score", "evidence": [sent ids]}], "truncated_at"}
 `text` is the input text (for DocRED input: the tokens joined by single spaces, see `text2doc.join_sents`); every
 mention's `text == text[char_start:char_end]`; `pos` is [start, end) in tokens of sentence `sent_id`. An entity's
 `name` is its longest mention (the first on ties), its `type` its mentions' most frequent type. `r` is the relation
 id (e.g. "P17"), `relation` its name from the model's relation names or `--rel_info`; relations are sorted by
 descending score. Documents with fewer than two entities get no relations without running the model.
+`truncated_at` is null when the whole document was read (the default: the encoder's windows cover any length), else
+the character offset in `text` of the first word not wholly read under --max_seq_length; a warning names the file,
+the document (index and title) and the entities left with no mention before it.
 
 Every input document is checked before any is converted; then `--chunk_docs` documents at a time are converted,
 predicted and appended to the output (and to the --html page), so memory stays flat on inputs of any size (DocRED's
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import entities
 import text2doc
 import utils
 from evaluation import Relation
@@ -54,6 +58,8 @@ from text2doc import InputError
 
 if TYPE_CHECKING:
     from settings import DocRESettings
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the model seam
@@ -68,7 +74,8 @@ if TYPE_CHECKING:
 @dataclass
 class ModelBundle:
     """A trained DocRED model ready to predict: the engine's Pretrained (model, tokenizer, checkpoint), the settings
-    it was trained with, the batch collator, the loss whose rule turns logits into labels and the tuned decision."""
+    it was trained with and reads documents by (`reading_settings`), the batch collator, the loss whose rule turns
+    logits into labels and the tuned decision."""
     pretrained: Any  # engine.checkpoints.Pretrained
     settings: DocRESettings
     collate: Any
@@ -78,10 +85,26 @@ class ModelBundle:
     progress: bool = False
 
 
-def load_model(path: str, device: Optional[str] = None, progress: bool = False,
-               trust: bool = False) -> Tuple[ModelBundle, Dict[str, str]]:
+WHOLE_DOCUMENT = sys.maxsize  # the settings' max_seq_length that reads every token
+AS_TRAINED = "as trained"  # read documents at the length the model was trained with (verify: its recorded scores)
+MaxLength = Union[int, str, None]  # a number of tokens, None (no cap) or AS_TRAINED
+MIN_SEQ_LENGTH = 16  # the smallest --max_seq_length: the special tokens and a few words
+
+
+def reading_settings(settings: DocRESettings, max_seq_length: MaxLength) -> DocRESettings:
+    """The settings with the length prediction reads: at most `max_seq_length` tokens, every token for None, the
+    trained length for AS_TRAINED (that length is a training memory budget: the model reads longer inputs in
+    windows)."""
+    if max_seq_length == AS_TRAINED:
+        return settings
+    return settings.replace(max_seq_length=max_seq_length or WHOLE_DOCUMENT)
+
+
+def load_model(path: str, device: Optional[str] = None, progress: bool = False, trust: bool = False,
+               max_seq_length: MaxLength = None) -> Tuple[ModelBundle, Dict[str, str]]:
     """(model bundle, relation names {relation id: name}) of a model folder, a run directory or a .pt checkpoint;
-    `trust` allows an old pickle checkpoint (--trust_checkpoint)."""
+    `trust` allows an old pickle checkpoint (--trust_checkpoint); `max_seq_length` caps the tokens read of each
+    document (`reading_settings`; None: whole documents)."""
     from collate import DocRECollator
     from engine import checkpoints
     from engine.task import build_loss_from_args
@@ -90,10 +113,11 @@ def load_model(path: str, device: Optional[str] = None, progress: bool = False,
 
     ckpt, best = checkpoints.read_model(path, "--model", trust)
     saved_args = ckpt.get("args", {})
-    if saved_args.get("task", "docred") != "docred":
+    if saved_args.get("task", "docred") not in ("docred", "cdr", "gda"):  # the tasks of DocREModel (train_bio.py)
         raise InputError(f"--model {best} is a {saved_args['task']} model; predict.py runs DocRED models")
     try:
-        settings = DocRESettings.from_checkpoint(checkpoints.checkpoint_meta(ckpt), saved_args)
+        settings = reading_settings(DocRESettings.from_checkpoint(checkpoints.checkpoint_meta(ckpt), saved_args),
+                                    max_seq_length)
     except ValueError as e:
         raise InputError(f"--model {best}: {e}") from None
     dev = utils.select_device(device)
@@ -135,6 +159,59 @@ def predict_docs(model_bundle: ModelBundle, docs: Sequence[Dict[str, Any]], batc
                               forward=lambda model, batch: model.named_outputs(batch, evidence=s.evidence))
     return evaluation.facts_of_outputs(outputs.logits, features, b.decision, b.loss_fn, s.id2rel, outputs.evidence,
                                        s.evidence_threshold if s.evidence else None)
+
+
+# ----------------------------------------------------------------------------- reading length
+
+
+@contextlib.contextmanager
+def prepro_quiet() -> Iterator[None]:
+    """prepro's own reports off: they name "the documents" of one chunk; `warn_truncated` names the user's file."""
+    log = logging.getLogger("prepro")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def truncation_points(docs: Sequence[Dict[str, Any]], tokenizer: Any,
+                      settings: DocRESettings) -> List[Optional[Tuple[int, int]]]:
+    """Per converted document: None when it fits settings.max_seq_length, else (its length in tokens, the character
+    offset in its text of the first word not wholly read with its markers), counted as prepro counts: a mention is
+    read exactly when it ends at or before that offset."""
+    import numpy as np
+
+    import prepro
+
+    if settings.max_seq_length == WHOLE_DOCUMENT or not docs:
+        return [None] * len(docs)
+    enc = prepro.WordTokenizer(tokenizer)
+    budget = settings.max_seq_length - enc.n_prefix - enc.n_suffix
+    marked = [prepro.mark_words(doc, settings.entity_marker) for doc in docs]
+    points: List[Optional[Tuple[int, int]]] = []
+    for doc, (_, first, last, *_), (content, wid) in zip(docs, marked, enc.encode([m[0] for m in marked])):
+        if len(content) <= budget:
+            points.append(None)
+            continue
+        opens, ends = (first, last) if settings.entity_marker is not None else (first[:0], last[:0])  # marker slots
+        slot = int(wid[budget])  # the word slot of the first token left out; an end marker's belongs to its word
+        word = slot - int(np.searchsorted(np.union1d(opens, ends), slot)) - int(slot in ends)
+        starts = [a for row in entities.token_offsets(doc) for a, _ in row]
+        points.append((len(content) + enc.n_prefix + enc.n_suffix, starts[word] if word < len(starts)
+                       else len(doc["text"])))
+    return points
+
+
+def warn_truncated(where: str, out: Dict[str, Any], n_tokens: int, max_seq_length: int) -> None:
+    """One warning for a document read only up to its `truncated_at`, naming it and the entities lost."""
+    cut = out["truncated_at"]
+    lost = sum(all(m["char_end"] > cut for m in e["mentions"]) for e in out["entities"])
+    logger.warning("%s: field text: %d tokens, more than --max_seq_length %d: read up to character %d of %d "
+                   "(truncated_at); %d of %d entities have no mention before it and are scored from a zero "
+                   "embedding; leave out --max_seq_length to read the whole document", where, n_tokens,
+                   max_seq_length, cut, len(out["text"]), lost, len(out["entities"]))
 
 
 # ----------------------------------------------------------------------------- output assembly
@@ -228,9 +305,11 @@ class DocREPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
-                        progress: bool = False, trust: bool = False, **kwargs: Any) -> "DocREPipeline":
-        """A pipeline over the trained model at `path` (model folder, run directory or .pt checkpoint)."""
-        bundle, rel_names = load_model(path, device, progress, trust)
+                        progress: bool = False, trust: bool = False, max_seq_length: MaxLength = None,
+                        **kwargs: Any) -> "DocREPipeline":
+        """A pipeline over the trained model at `path` (model folder, run directory or .pt checkpoint), reading
+        whole documents or at most `max_seq_length` tokens of each (`reading_settings`)."""
+        bundle, rel_names = load_model(path, device, progress, trust, max_seq_length)
         return cls(bundle, read_rel_info(rel_info) if rel_info else rel_names, **kwargs)
 
     @property
@@ -240,11 +319,24 @@ class DocREPipeline:
             self._nlp = spacy_for(self.spacy_model, self.entities)
         return self._nlp
 
-    def predict_documents(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Output objects of converted documents, in order."""
-        if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
-            import entities
+    def predict_documents(self, docs: Sequence[Dict[str, Any]], source: str = "the documents",
+                          first: int = 0) -> List[Dict[str, Any]]:
+        """Output objects of converted documents, in order, each with its `truncated_at`; a document read only in
+        part is named in a warning as document `first + i` of `source`."""
+        with prepro_quiet():
+            outputs = self._outputs(docs)
+        b = self.model_bundle
+        points = truncation_points(docs, b.pretrained.tokenizer, b.settings)
+        outputs = [dict(out, truncated_at=point and point[1]) for out, point in zip(outputs, points)]
+        for i, (out, point) in enumerate(zip(outputs, points)):
+            if point is not None:
+                warn_truncated(f"{source}: document {first + i} (title {out['title']!r})", out, point[0],
+                               b.settings.max_seq_length)
+        return outputs
 
+    def _outputs(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Output objects of converted documents, in order (without `truncated_at`)."""
+        if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
             return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size)
         runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
         predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
@@ -294,6 +386,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--max_seq_length", type=int, default=None,
+                        help="read at most this many tokens of each document (default: whole documents, in the "
+                             "encoder's windows; the training length is not a limit)")
     parser.add_argument("--chunk_docs", type=int, default=1000,
                         help="documents converted and predicted at a time: memory stays flat over inputs of any size")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL,
@@ -303,6 +398,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--entities", default=None, choices=ENTITY_SOURCES,
                         help="model: the model's entity heads (default for models trained with --end_to_end); "
                              "spacy: spaCy's NER on text; given: the .jsonl spans or DocRED JSON's vertexSet")
+    parser.add_argument("--mention_threshold", type=float, default=None,
+                        help="--entities model: a span is a mention above this probability (default: the value "
+                             "tuned on dev and stored with the model; 0.5 for models trained before that)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--trust_checkpoint", action="store_true",
@@ -347,18 +445,21 @@ def run(args: argparse.Namespace) -> int:
     check_entity_source(args.entities, ".txt" if args.text is not None else Path(args.input).suffix.lower())
     n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities))
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
-                                         n_docs <= args.chunk_docs, args.trust_checkpoint, batch_size=args.batch_size,
-                                         entities=args.entities)
+                                         n_docs <= args.chunk_docs, args.trust_checkpoint, args.max_seq_length,
+                                         batch_size=args.batch_size, entities=args.entities)
+    pipe.model_bundle = entities.at_mention_threshold(pipe.model_bundle, args.mention_threshold)
     bar = None
     if n_docs > args.chunk_docs and not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n_docs, desc="predict", unit="doc")
+    source, first = args.input or "--text", 0
     with json_list_writer(args.output) as write, html_writer(args.html) as write_html:
         for chunk in chunks:
-            for out in pipe.predict_documents(chunk):
+            for out in pipe.predict_documents(chunk, source, first):
                 write(out)
                 write_html(out)
+            first += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -386,6 +487,9 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "chunk_docs"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
+        raise InputError(f"--max_seq_length must be >= {MIN_SEQ_LENGTH} (the special tokens and a few words), got "
+                         f"{args.max_seq_length}; leave it out to read whole documents")
     if args.output != "-":
         check_writable(args.output, "--output")
     if args.html:
@@ -424,8 +528,8 @@ def rescore(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, Any]:
     with_evidence = pipe.model_bundle.settings.evidence
     preds = [{"title": out["title"], "h_idx": r["h_idx"], "t_idx": r["t_idx"], "r": r["r"],
               **({"evidence": r["evidence"]} if with_evidence else {})}
-             for chunk in text2doc.input_chunks(path, lambda: None, chunk_docs)[1]
-             for out in pipe.predict_documents(chunk) for r in out["relations"]]
+             for k, chunk in enumerate(text2doc.input_chunks(path, lambda: None, chunk_docs)[1])
+             for out in pipe.predict_documents(chunk, path, k * chunk_docs) for r in out["relations"]]
     return evaluation.official_evaluate(preds, gold)
 
 
@@ -444,7 +548,7 @@ def verify(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file() or Path(args.data).suffix.lower() != ".json":
         raise InputError(f"--data {args.data}: no such DocRED .json file")
     pipe = DocREPipeline.from_pretrained(args.model, None, args.device, not args.no_progress, args.trust_checkpoint,
-                                         batch_size=args.batch_size)
+                                         AS_TRAINED, batch_size=args.batch_size)  # as the recorded scores were made
     scores = rescore(pipe, args.data, args.chunk_docs)
     print(f"{args.data}: F1 {scores['f1']:.4f}, precision {scores['precision']:.4f}, recall {scores['recall']:.4f} "
           f"({scores['n_correct']} of {scores['n_pred']} predicted facts correct, {scores['n_gold']} gold)")

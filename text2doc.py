@@ -48,8 +48,13 @@ Input files (`read_inputs`), by suffix:
   [char_start, char_end) spans with 0 <= char_start < char_end <= len(text) that cover a non-whitespace character.
   A span that starts or ends inside a token is widened to whole tokens, and the mention's offsets are those of the
   widened span; a span across a sentence boundary is clipped as above (with a warning). User entities are kept as
-  given: no grouping, no pronoun filter.
-Bad input raises `InputError`, naming the file, the line or document, and the field.
+  given: no grouping, no pronoun filter. Spans may overlap or nest, in one entity or across entities (DocRED has
+  nested mentions); the same span twice in one entity is an error. `"entities": []` means no entities (so no
+  relations); without `entities` (or null) spaCy's NER finds them.
+Texts: an empty or whitespace-only text, a NUL character (a binary or UTF-16 file) or more characters than spaCy's
+max_length is an error; a text without words or entities gives a document without entities (no relations).
+Bad input raises `InputError`, naming the file, the line or document, and the field; every check of a file runs
+before spaCy loads (the length check right after), so nothing is converted or written.
 """
 from __future__ import annotations
 
@@ -322,6 +327,9 @@ def _check_entities(raw: Any, text: str, where: str) -> List[Dict[str, Any]]:
             raise InputError(f"{where}: field {field}.mentions: must be a non-empty list of [char_start, char_end]")
         for m_i, span in enumerate(mentions):
             _check_span(span, text, where, f"{field}.mentions[{m_i}]")
+            if span[:2] in (s[:2] for s in mentions[:m_i]):
+                raise InputError(f"{where}: field {field}.mentions[{m_i}]: span {span[:2]} is listed twice in this "
+                                 f"entity; give each mention once")
         checked.append({"type": ent["type"], "mentions": [tuple(s[:2]) for s in mentions]})
     if checked and max(text) > "\uffff" and not all(len(s) == 3 for e in raw for s in e["mentions"]):
         logger.warning("%s: the text has characters outside the BMP (e.g. emoji): mention offsets must count "
@@ -460,20 +468,26 @@ def check_unique_titles(items: Sequence[Tuple[str, str, Optional[List[Dict[str, 
         first[title] = where.split(" (title")[0]
 
 
-def check_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]]) -> None:
-    """Refuse empty texts and texts longer than spaCy's max_length, naming the item."""
+def check_texts(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]],
+                max_length: Optional[int] = None) -> None:
+    """Refuse empty texts, texts with a NUL character and texts longer than `max_length` (spaCy's), naming the
+    item."""
     for title, text, _, where in items:
         if not text.strip():
             raise InputError(f"{where}: field text: empty")
-        if len(text) > nlp.max_length:
+        nul = text.find("\0")
+        if nul >= 0:
+            raise InputError(f"{where}: field text: a NUL character at character {nul}: a binary file, or UTF-16 "
+                             f"text? Save it as UTF-8 text")
+        if max_length is not None and len(text) > max_length:
             raise InputError(f"{where}: field text: {len(text)} characters, more than spaCy's max_length "
-                             f"{nlp.max_length}; split the document")
+                             f"{max_length}; split the document")
 
 
 def convert_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]],
                   batch_size: int = 32, progress: bool = False) -> List[Dict[str, Any]]:
     """Converted documents of (title, text, user entities or None, where) items, parsed with `nlp.pipe`."""
-    check_texts(nlp, items)
+    check_texts(items, nlp.max_length)
     parsed: Iterable[Any] = nlp.pipe((text for _, text, _, _ in items), batch_size=batch_size)
     if progress:
         from tqdm import tqdm
@@ -505,7 +519,8 @@ def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[
     if not items:
         raise InputError(f"{path}: the file holds no documents (only blank lines)")
     check_unique_titles(items)  # every check before spaCy loads, whatever chunk_docs
+    check_texts(items)
     nlp = nlp_loader()
-    check_texts(nlp, items)
+    check_texts(items, nlp.max_length)
     return len(items), (convert_texts(nlp, chunk, batch_size, progress)
                         for chunk in _batched(items, chunk_docs or len(items)))

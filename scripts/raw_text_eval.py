@@ -16,7 +16,9 @@ NER speed is documents per second of the conversion (spaCy plus grouping), with 
 
 With `--model` (a trained model folder) it also runs the model on both paths (the raw-text one and the gold
 entities, i.e. test mode's predictions) and reports (b) relation P/R/F1 matched by entity names, (c) the official F1
-on gold entities, and documents per second of each path (conversion included for raw text; model loaded).
+on gold entities, and documents per second of each path (conversion included for raw text; model loaded). A model
+trained with --end_to_end finds its own entities at the mention threshold tuned on dev and stored with it (0.5 for
+one trained before that); `--mention_threshold` overrides it.
 
     OMP_NUM_THREADS=1 python scripts/raw_text_eval.py --data dev.json --skip 400 --model runs/<run>
 """
@@ -32,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import entities  # noqa: E402
 import predict  # noqa: E402
 import text2doc  # noqa: E402
 
@@ -122,12 +125,16 @@ def prf(counts: Counter) -> Dict[str, float]:
 
 
 def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
-                  limit: Optional[int] = None, skip: int = 0, batch_size: int = 4) -> Dict[str, Any]:
-    """(b) relation scores by entity names from raw text, (c) official F1 on gold entities, and both speeds."""
+                  limit: Optional[int] = None, skip: int = 0, batch_size: int = 4,
+                  mention_threshold: Optional[float] = None, max_seq_length: Optional[int] = None) -> Dict[str, Any]:
+    """(b) relation scores by entity names from raw text, (c) official F1 on gold entities, and both speeds; the
+    model's own entities at `mention_threshold` (None: the threshold stored with the model); documents read whole,
+    as predict.py reads them, or up to `max_seq_length` tokens."""
     import evaluation
 
     docs = read_docs(path, skip, limit)
-    pipe = predict.DocREPipeline.from_pretrained(model, batch_size=batch_size)
+    pipe = predict.DocREPipeline.from_pretrained(model, max_seq_length=max_seq_length, batch_size=batch_size)
+    pipe.model_bundle = entities.at_mention_threshold(pipe.model_bundle, mention_threshold)
     nlp = text2doc.load_spacy(spacy_model)
     given, pipe.entities = pipe.entities, "given"  # (c): the gold entities, whatever the model could find itself
     start = time.perf_counter()
@@ -153,6 +160,7 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
               "raw_text_relations": sum(len(o["relations"]) for o in on_text),
               "gold_entities_relations": len(preds)}
     if pipe.entities == "model":  # issue #36: both raw-text paths side by side, with the end-to-end scores
+        result["mention_threshold"] = entities.mention_threshold(pipe.model_bundle.decision)
         result["paths"] = {"model": text_path(pipe, predict.spacy_for(spacy_model, "model"), docs, "model"),
                            "spacy": text_path(pipe, nlp, docs, "spacy")}
     return result
@@ -185,10 +193,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="the first N documents only (after --skip)")
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N documents (e.g. training ones)")
     parser.add_argument("--model", default=None, help="a trained model folder: also measure relations (b), (c)")
+    parser.add_argument("--mention_threshold", type=float, default=None,
+                        help="end to end: a span is a mention above this probability (default: the threshold tuned "
+                             "on dev and stored with the model; 0.5 for a model without one)")
+    parser.add_argument("--max_seq_length", type=int, default=None,
+                        help="read at most this many tokens of each document (default: whole documents, as predict.py)")
     args = parser.parse_args(argv)
     result = measure(args.data, args.spacy_model, args.limit, args.skip)
     if args.model:
-        result.update(measure_model(args.data, args.model, args.spacy_model, args.limit, args.skip))
+        result.update(measure_model(args.data, args.model, args.spacy_model, args.limit, args.skip,
+                                    mention_threshold=args.mention_threshold, max_seq_length=args.max_seq_length))
     print(json.dumps(result, indent=1))
     return result
 

@@ -167,7 +167,8 @@ def run_predict(*args):
 def test_predict_on_docred_input_equals_test_mode_and_the_api(trained, tmp_path):
     run, only_test = trained
     out = tmp_path / "pred.json"
-    proc = run_predict("--model", run, "--input", only_test / "test.json", "--output", out)
+    # at the training length, as test mode reads (predict.py reads whole documents by default)
+    proc = run_predict("--model", run, "--input", only_test / "test.json", "--output", out, "--max_seq_length", 256)
     assert proc.returncode == 0, proc.stderr[-2000:]
     outputs = json.loads(out.read_text())
     assert output_triples(outputs) == triples(json.loads((run / "result.json").read_text()))
@@ -175,7 +176,7 @@ def test_predict_on_docred_input_equals_test_mode_and_the_api(trained, tmp_path)
     assert all(r["relation"] == names[r["r"]] and r["evidence"] == [] for o in outputs for r in o["relations"])
     gold = json.loads((only_test / "test.json").read_text())
     assert [len(o["entities"]) for o in outputs] == [len(d["vertexSet"]) for d in gold]
-    pipe = predict.DocREPipeline.from_pretrained(str(run))
+    pipe = predict.DocREPipeline.from_pretrained(str(run), max_seq_length=256)
     assert pipe(gold) == outputs and pipe(gold[0]) == outputs[0]
 
 
@@ -279,7 +280,7 @@ def test_raw_text_eval_measures_both_paths(trained):
     import raw_text_eval
 
     run, only_test = trained
-    result = raw_text_eval.measure_model(str(only_test / "test.json"), str(run), limit=2)
+    result = raw_text_eval.measure_model(str(only_test / "test.json"), str(run), limit=2, max_seq_length=256)
     docs = json.loads((only_test / "test.json").read_text())[:2]
     titles = {d["title"] for d in docs}
     preds = [p for p in json.loads((run / "result.json").read_text()) if p["title"] in titles]

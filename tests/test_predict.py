@@ -6,10 +6,12 @@ per document, so that everything around the model is tested without one.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,9 +46,13 @@ def _mentions(doc):
     return [m for ent in doc["vertexSet"] for m in ent]
 
 
+FAKE_BUNDLE = SimpleNamespace(pretrained=SimpleNamespace(tokenizer=None),  # whole documents: no tokenizer needed
+                              settings=DocRESettings({"Na": 0}, max_seq_length=predict.WHOLE_DOCUMENT))
+
+
 def fake_predict_docs(bundle, docs, batch_size):
     """One relation per document: entity 0 -> entity 1, evidence the sentences of their first mentions."""
-    assert bundle == "bundle" and batch_size >= 1
+    assert bundle is FAKE_BUNDLE and batch_size >= 1
     return [[predict.Relation(0, 1, "P17", 0.75, sorted({d["vertexSet"][0][0]["sent_id"],
                                                          d["vertexSet"][1][0]["sent_id"]}))] for d in docs]
 
@@ -54,7 +60,8 @@ def fake_predict_docs(bundle, docs, batch_size):
 @pytest.fixture
 def fake_model(monkeypatch):
     monkeypatch.setattr(predict, "load_model",
-                        lambda path, device=None, progress=False, trust=False: ("bundle", REL_NAMES))
+                        lambda path, device=None, progress=False, trust=False, max_seq_length=None:
+                        (FAKE_BUNDLE, REL_NAMES))
     monkeypatch.setattr(predict, "predict_docs", fake_predict_docs)
 
 
@@ -206,6 +213,9 @@ def test_user_mention_across_sentences_is_clipped_to_its_longest_part(nlp, tmp_p
     ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[2, 1]]}]}', "mentions[0]: span [2, 1] is not"),
     ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[0, "3"]]}]}', "must be [char_start, char_end]"),
     ('{"text": "Ada  Lovelace", "entities": [{"type": "PER", "mentions": [[3, 5]]}]}', "covers only whitespace"),
+    ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[0, 3], [0, 3, "Ada"]]}]}',
+     "entities[0].mentions[1]: span [0, 3] is listed twice"),
+    ('{"text": "Ada\\u0000 Lovelace"}', "field text: a NUL character at character 3"),
 ])
 def test_jsonl_errors_name_file_line_and_field(nlp, tmp_path, line, message):
     path = _write(tmp_path, "bad.jsonl", ['{"text": "Fine."}', line])
@@ -226,6 +236,34 @@ def test_other_input_errors(nlp, tmp_path):
         text2doc.read_inputs(tmp_path / "latin1.txt", lambda: nlp)
     with pytest.raises(InputError, match="field text: empty"):
         text2doc.convert_texts(nlp, [("t", " \n", None, "--text")])
+
+
+def test_nested_and_overlapping_spans_are_allowed(nlp, tmp_path):
+    text = "Marie Curie was born in Warsaw."
+    line = {"text": text, "entities": [{"type": "PER", "mentions": [[0, 11]]}, {"type": "PER", "mentions": [[6, 11]]},
+                                       {"type": "LOC", "mentions": [[24, 30], [24, 31]]}]}
+    docs = text2doc.read_inputs(_write(tmp_path, "in.jsonl", [json.dumps(line)]), lambda: nlp)
+    assert [[m["name"] for m in ent] for ent in docs[0]["vertexSet"]] == [["Marie Curie"], ["Curie"],
+                                                                         ["Warsaw", "Warsaw."]]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("nul.txt", b"Marie Curie\x00 was born in Warsaw.\n", "line 1: field text: a NUL character at character 11"),
+    ("utf16.txt", "Marie Curie was born in Warsaw.\n".encode("utf-16-le"), "a NUL character at character 1"),
+    ("bad.txt", b"Marie \xff Curie\n", "not valid UTF-8 (invalid start byte at byte 6)"),
+    ("dup.jsonl", b'{"title": "a", "text": "Ada."}\n{"title": "a", "text": "Bob."}\n',
+     "line 2 (title 'a'): field title"),
+    ("outside.jsonl", b'{"text": "Ada.", "entities": [{"type": "PER", "mentions": [[0, 9]]}]}\n', "span [0, 9] is not"),
+])
+def test_cli_bad_text_is_one_line_exit_2_and_keeps_the_old_output(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "out.json"
+    out.write_text("previous")
+    assert predict.main(["--model", str(tmp_path), "--input", str(path), "--output", str(out), "--no_progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}") and message in err and "\n" not in err
+    assert out.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "out.json"])
 
 
 def test_docred_input_gets_joined_text_offsets(synthetic_dir):
@@ -324,7 +362,7 @@ class _PageParser(HTMLParser):
 
 def test_html_page_has_mentions_rows_evidence_and_escapes(fake_model, nlp):
     text = 'Barack Obama met <script>alert("x")</script> Angela Merkel in Berlin & Paris.'
-    pipe = predict.DocREPipeline("bundle", REL_NAMES, nlp=nlp)
+    pipe = predict.DocREPipeline(FAKE_BUNDLE, REL_NAMES, nlp=nlp)
     outputs = pipe([text, "Marie Curie was born in Warsaw, Poland."], titles=["<b>one</b>", "two"])
     page = html_view.render_html(outputs)
     parser = _PageParser()
@@ -476,3 +514,94 @@ def test_measure_on_real_documents():
     result = raw_text_eval.measure(str(shared_file("redocred", "dev_revised.json")), limit=5)
     assert result["documents"] == 5 and 0.4 < result["entity_recall"] <= 1
     assert result["aligned_recall"] <= result["entity_recall"]
+
+
+# ----------------------------------------------------------------------------- long documents
+
+
+@pytest.fixture(scope="module")
+def untrained_folder(tmp_path_factory, minilm_path, minilm_tokenizer):
+    """A model folder (trained at 512 tokens) of the packaged MiniLM and an untrained head whose bias predicts P17
+    for every pair, so every pair's score shows what the model read: no training."""
+    import torch
+
+    from encoder_kernels import load_encoder
+    from engine import checkpoints
+    from model import DocREModel
+
+    encoder = load_encoder(minilm_path)
+    settings = DocRESettings({"Na": 0, "P17": 1}, max_seq_length=512, emb_size=64, block_size=8,
+                             relation_names={"P17": "country"})
+    torch.manual_seed(0)
+    model = DocREModel.from_settings(settings, encoder, tokenizer=minilm_tokenizer)
+    with torch.no_grad():
+        model.bilinear.bias.copy_(torch.tensor([0.0, 20.0]))
+    ckpt = {"version": checkpoints.STATE_VERSION, "model": model.state_dict(), "decision": None,
+            "args": {"task": "docred", "model_name_or_path": minilm_path, "loss": "atl", "top_k": -1, "shift": 0.0,
+                     "margin_reg": True, "prob_shift": 0.0, "afl_gamma_pos": 1.0},
+            "meta": {"settings": settings.to_dict(), "rel2id": settings.rel2id,
+                     "relation_names": settings.relation_names}}
+    return checkpoints.save_model_folder(tmp_path_factory.mktemp("untrained") / "model", ckpt, minilm_tokenizer,
+                                         encoder.config)
+
+
+def _long_jsonl(tmp_path, n_sents=90, every=6):
+    """One document of `n_sents` sentences (about 1,500 MiniLM tokens: three windows of 512), a PER entity in every
+    `every`-th sentence."""
+    text, ents = "", []
+    for i in range(n_sents):
+        name = f"Anna {chr(65 + i % 26)}{chr(65 + i // 26)}berg"
+        sent = f"In the year {1800 + i} the scientist {name} wrote a long letter about her travels to the coast."
+        text += (" " if text else "") + sent
+        if i % every == 0:
+            start = len(text) - len(sent) + sent.index(name)
+            ents.append({"type": "PER", "mentions": [[start, start + len(name), name]]})
+    return _write(tmp_path, "long.jsonl", [json.dumps({"title": "long", "text": text, "entities": ents})])
+
+
+def _score_spread(out, entities):
+    """(mean, standard deviation) of the scores of the pairs among `entities`."""
+    import statistics
+
+    scores = [r["score"] for r in out["relations"] if r["h_idx"] in entities and r["t_idx"] in entities]
+    assert len(scores) == len(entities) * (len(entities) - 1)
+    return statistics.mean(scores), statistics.pstdev(scores)
+
+
+def test_long_document_is_read_whole_unless_capped(untrained_folder, tmp_path, caplog, one_thread):
+    """A model trained at 512 tokens reads a 1,500-token document whole (three windows): the last entities are scored
+    like the first. --max_seq_length 128 truncates, says so naming the file and the document, and marks it."""
+    path = _long_jsonl(tmp_path)
+    out, page = tmp_path / "out.json", tmp_path / "out.html"
+    args = ["--model", str(untrained_folder), "--input", path, "--output", str(out), "--html", str(page),
+            "--no_progress"]
+    assert predict.main(args) == 0
+    whole, = json.loads(out.read_text())
+    n = len(whole["entities"])
+    assert whole["truncated_at"] is None and "truncated" not in caplog.text and 'class="cut"' not in page.read_text()
+    first, last = _score_spread(whole, range(4)), _score_spread(whole, range(n - 4, n))
+    assert last[1] > 0.2 * first[1] > 0 and abs(last[0] - first[0]) < 5 * first[1]  # read, not zero embeddings
+
+    assert predict.main(args + ["--max_seq_length", "128"]) == 0
+    cut, = json.loads(out.read_text())
+    assert 0 < cut["truncated_at"] < len(cut["text"]) // 4
+    assert f"{path}: document 0 (title 'long'): field text:" in caplog.text and "--max_seq_length 128" in caplog.text
+    assert int(re.search(r"field text: (\d+) tokens", caplog.text).group(1)) > 2 * 512  # more than two windows
+    assert _score_spread(cut, range(n - 4, n))[1] < 1e-4  # zero embeddings: every pair scored alike
+    html = page.read_text()
+    assert 'class="truncated"' in html and html.count('class="cut"') == 1 and "sent unread" in html
+
+
+def test_truncation_point_is_where_prepro_stops(minilm_tokenizer, raw_doc, synthetic_dir):
+    """A mention is featurized exactly when it ends at or before truncated_at, markers or not, at every cap."""
+    docs = [raw_doc] + text2doc.read_inputs(synthetic_dir / "dev.json", lambda: None)[:3]
+    for marker in ("*", None):
+        for cap in (16, 23, 40, 64, 101):
+            settings = DocRESettings({"Na": 0}, max_seq_length=cap, entity_marker=marker)
+            points = predict.truncation_points(docs, minilm_tokenizer, settings)
+            feats = prepro.features_from_documents(docs, minilm_tokenizer, settings)
+            for doc, point, feat in zip(docs, points, feats):
+                cut = len(doc["text"]) if point is None else point[1]
+                kept = [sum(m["char_end"] <= cut for m in ent) for ent in doc["vertexSet"]]
+                assert kept == [len(spans) for spans in feat["entity_pos"]], (marker, cap, doc["title"])
+                assert point is None and len(feat["input_ids"]) <= cap or point[0] > cap == len(feat["input_ids"])
