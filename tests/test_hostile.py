@@ -279,12 +279,17 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
     monkeypatch.setattr(trainer_module.Trainer, "step", step)
     out = tmp_path / "run"
     argv = run_args(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 5, "--save_steps", 0, "--test_file", "")
-    assert utils.guarded(lambda: train.main(argv)) == 130
+    # Python's own handler to start from (a job a shell starts in the background has SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert utils.guarded(lambda: train.main(argv)) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is gone
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: training stopped by SIGINT at step 2: last.pt saved in")
     assert err[-1].endswith("run the same command with --resume to continue") and "Traceback" not in "\n".join(err)
     assert torch.load(out / "last.pt", weights_only=False)["state"]["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     def ctrl_c():
         raise KeyboardInterrupt
