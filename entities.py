@@ -382,19 +382,13 @@ def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]
     return hidden, att, prob
 
 
-@torch.no_grad()
-def predict_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
-                  threshold: float = MENTION_THRESHOLD) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
-    """One encoder pass: per document its predicted entities {spans [M, 2] (words), cluster [M], types [E],
-    hts [P, 2]}, and the relation logits [P, K+1] of all their ordered pairs, documents in order."""
-    return decode_batch(model, batch, features, *span_probabilities(model, batch), threshold)
-
-
 def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
                  hidden: torch.Tensor, att: torch.Tensor, prob: torch.Tensor, threshold: float,
                  max_entities: Optional[int] = None) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
-    """`predict_batch`'s entities and relation logits from its encoder pass (`span_probabilities`), the spans of
-    mention probability above `threshold` kept; a document of more than `max_entities` gets no pairs."""
+    """Per document its predicted entities {spans [M, 2] (words), cluster [M], types [E], hts [P, 2]}, and the
+    relation logits [P, K+1] of all their ordered pairs, documents in order, from the batch's encoder pass
+    (`span_probabilities`): the spans of mention probability above `threshold` kept; a document of more than
+    `max_entities` gets no pairs."""
     heads: EntityHeads = model.entity_heads
     b = batch
     keep = (prob > threshold).nonzero().squeeze(-1)  # [M] kept candidates, by document then start

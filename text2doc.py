@@ -325,11 +325,13 @@ def _check_entities(raw: Any, text: str, where: str) -> List[Dict[str, Any]]:
         mentions = ent["mentions"]
         if not isinstance(mentions, list) or not mentions:
             raise InputError(f"{where}: field {field}.mentions: must be a non-empty list of [char_start, char_end]")
+        seen: set = set()  # the entity's spans so far: a hostile file may give one entity 10^5 mentions
         for m_i, span in enumerate(mentions):
             _check_span(span, text, where, f"{field}.mentions[{m_i}]")
-            if span[:2] in (s[:2] for s in mentions[:m_i]):
+            if tuple(span[:2]) in seen:
                 raise InputError(f"{where}: field {field}.mentions[{m_i}]: span {span[:2]} is listed twice in this "
                                  f"entity; give each mention once")
+            seen.add(tuple(span[:2]))
         checked.append({"type": ent["type"], "mentions": [tuple(s[:2]) for s in mentions]})
     if checked and max(text) > "\uffff" and not all(len(s) == 3 for e in raw for s in e["mentions"]):
         logger.warning("%s: the text has characters outside the BMP (e.g. emoji): mention offsets must count "

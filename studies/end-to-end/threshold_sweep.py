@@ -1,5 +1,5 @@
 """Diagnostic: the model path's end-to-end scores at several mention thresholds (tuned on the scored docs: optimistic)."""
-import dataclasses, json, sys, time
+import json, sys, time
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]; sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import torch; torch.set_num_threads(1)
 import entities, predict, text2doc, evaluation_e2e, raw_text_eval as rte
@@ -10,8 +10,8 @@ conv = text2doc.convert_texts(nlp, rte.plain_items(docs))
 gold = evaluation_e2e.gold_outputs(docs)
 res = {}
 stored = pipe.model_bundle
-for th in (0.5, 0.4, 0.3, 0.2):  # the threshold as a value of the decision (entities.with_mention_threshold)
-    pipe.model_bundle = dataclasses.replace(stored, decision=entities.with_mention_threshold(stored.decision, th))
+for th in (0.5, 0.4, 0.3, 0.2):  # the threshold as a value of the decision (what --mention_threshold does)
+    pipe.model_bundle = entities.at_mention_threshold(stored, th)
     outs = pipe.predict_documents(conv)
     s = evaluation_e2e.end_to_end_scores(gold, outs)
     found = sum(rte.entities_found(rte.gold_output(d), o)[0] for d, o in zip(docs, outs)) / sum(len(d["vertexSet"]) for d in docs)
