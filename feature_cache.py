@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -23,6 +24,8 @@ from utils import current_umask
 logger = logging.getLogger(__name__)
 
 FEATURE_FORMAT_VERSION = 2  # 2: sentence spans and evidence; bump when the features of the same input change
+
+ABANDONED_SECONDS = 3600  # a temporary build folder none of whose files changed for this long was left by a killed run
 
 # fills a sink with the features of a file; returns (titles, extra figures for stats)
 Build = Callable[[ColumnSink], Tuple[List[str], Dict[str, Any]]]
@@ -64,6 +67,7 @@ def write_cache(folder: Path, key: str, source: str, build: Build, max_len: int)
     """Run `build` into a temporary folder beside `folder`, then publish it with one atomic rename (`publish`);
     False when a stale cache in the way cannot be replaced (permissions)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    sweep_abandoned(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         sink = ColumnSink(tmp)
@@ -82,6 +86,24 @@ def write_cache(folder: Path, key: str, source: str, build: Build, max_len: int)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_abandoned(folder: Path, idle_seconds: float = ABANDONED_SECONDS) -> int:
+    """Remove the temporary folders of `folder` (builds and stale caches renamed aside) that no file has changed in
+    for `idle_seconds`: a run killed mid-build leaves one, and a live build writes its columns all along. The
+    number removed."""
+    now, removed = time.time(), 0
+    for tmp in folder.parent.glob(f".{folder.name}.*.tmp"):
+        try:
+            newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.iterdir()])
+        except OSError:
+            continue  # published, removed or unreadable meanwhile: not ours to judge
+        if now - newest >= idle_seconds:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += not tmp.exists()
+    if removed:
+        logger.info("removed %d abandoned temporary folder(s) of feature cache %s", removed, folder)
+    return removed
 
 
 def publish(tmp: Path, folder: Path, key: str, tries: int = 3) -> bool:

@@ -481,7 +481,14 @@ def check_texts(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], 
         if nul >= 0:
             raise InputError(f"{where}: field text: a NUL character at character {nul}: a binary file, or UTF-16 "
                              f"text? Save it as UTF-8 text")
-        if max_length is not None and len(text) > max_length:
+    if max_length is not None:
+        check_lengths(items, max_length)
+
+
+def check_lengths(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]], max_length: int) -> None:
+    """Refuse texts longer than spaCy's `max_length`, naming the item."""
+    for title, text, _, where in items:
+        if len(text) > max_length:
             raise InputError(f"{where}: field text: {len(text)} characters, more than spaCy's max_length "
                              f"{max_length}; split the document")
 
@@ -490,6 +497,12 @@ def convert_texts(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[s
                   batch_size: int = 32, progress: bool = False) -> List[Dict[str, Any]]:
     """Converted documents of (title, text, user entities or None, where) items, parsed with `nlp.pipe`."""
     check_texts(items, nlp.max_length)
+    return _parse(nlp, items, batch_size, progress)
+
+
+def _parse(nlp: Any, items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]], batch_size: int,
+           progress: bool) -> List[Dict[str, Any]]:
+    """`convert_texts` of items already checked."""
     parsed: Iterable[Any] = nlp.pipe((text for _, text, _, _ in items), batch_size=batch_size)
     if progress:
         from tqdm import tqdm
@@ -523,6 +536,5 @@ def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[
     check_unique_titles(items)  # every check before spaCy loads, whatever chunk_docs
     check_texts(items)
     nlp = nlp_loader()
-    check_texts(items, nlp.max_length)
-    return len(items), (convert_texts(nlp, chunk, batch_size, progress)
-                        for chunk in _batched(items, chunk_docs or len(items)))
+    check_lengths(items, nlp.max_length)
+    return len(items), (_parse(nlp, chunk, batch_size, progress) for chunk in _batched(items, chunk_docs or len(items)))

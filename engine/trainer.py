@@ -260,7 +260,8 @@ class Trainer:
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
         """SIGINT and SIGTERM only note the request (`self.stop_signal`); the loop saves last.pt at the next step
-        boundary and stops. A second signal acts as usual (e.g. Ctrl-C twice quits at once)."""
+        boundary and stops. A second signal acts as usual (e.g. Ctrl-C twice quits at once). A signal the process
+        ignores (`nohup`, a shell's background job) stays ignored."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -270,7 +271,8 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,21 @@ def test_a_complete_cache_in_place_is_used_not_replaced(tmp_path, minilm_tokeniz
     assert folder.stat().st_ino == inode and tmp.exists()  # the one in place kept; the caller drops its own
 
 
+def test_a_killed_builds_temporary_folder_is_swept_and_a_live_one_kept(tmp_path, minilm_tokenizer):
+    path = write_docs(tmp_path, [make_doc()])
+    folder = Path(read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "c").cache_path)
+    old, live = (folder.parent / f".{folder.name}.{tag}.tmp" for tag in ("killed", "live"))
+    for tmp in (old, live):
+        tmp.mkdir()
+        (tmp / "input_ids.bin").write_bytes(b"1234")
+    hours_ago = time.time() - 2 * feature_cache.ABANDONED_SECONDS
+    for f in (old / "input_ids.bin", old):
+        os.utime(f, (hours_ago, hours_ago))
+    shutil.rmtree(folder)  # the next read rebuilds, and sweeps first
+    assert read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=tmp_path / "c").cache_path == str(folder)
+    assert not old.exists() and live.exists()
+
+
 def test_an_unreadable_cache_folder_is_left_alone_with_a_clear_warning(tmp_path, minilm_tokenizer, caplog,
                                                                        monkeypatch):
     """Another user's 0700 cache: one warning saying so, features cached in the per-user folder, nothing deleted
@@ -295,6 +311,22 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
         raise KeyboardInterrupt
 
     assert utils.guarded(ctrl_c) == 130 and capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
+
+
+def test_an_ignored_sigint_stays_ignored_while_training():
+    """nohup and a shell's background job ignore SIGINT: training must not start catching it."""
+    import types
+
+    from engine import trainer as trainer_module
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with trainer_module.Trainer.catching_signals(types.SimpleNamespace(stop_signal=None)):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # still caught to save last.pt
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------- the last tracebacks
