@@ -136,13 +136,14 @@ def load_model(path: str, device: Optional[str] = None, progress: bool = False, 
 
 
 def featurize(bundle: ModelBundle, docs: Sequence[Dict[str, Any]]) -> Any:
-    """prepro's features of converted documents under the model's settings (labels dropped)."""
+    """prepro's features of converted documents under the model's settings (labels dropped); truncation is reported
+    by `warn_truncated`, against the user's file."""
     import prepro
 
     plain = [{k: d[k] for k in ("title", "sents", "vertexSet")} for d in docs]
     try:
         return prepro.features_from_documents(plain, bundle.pretrained.tokenizer, bundle.settings,
-                                              source="the documents")
+                                              source="the documents", report=False)  # warn_truncated names the file
     except prepro.ValidationError as e:
         raise InputError(str(e)) from None
 
@@ -162,18 +163,6 @@ def predict_docs(model_bundle: ModelBundle, docs: Sequence[Dict[str, Any]], batc
 
 
 # ----------------------------------------------------------------------------- reading length
-
-
-@contextlib.contextmanager
-def prepro_quiet() -> Iterator[None]:
-    """prepro's own reports off: they name "the documents" of one chunk; `warn_truncated` names the user's file."""
-    log = logging.getLogger("prepro")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def truncation_points(docs: Sequence[Dict[str, Any]], tokenizer: Any,
@@ -329,8 +318,7 @@ class DocREPipeline:
                           first: int = 0) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order, each with its `truncated_at`; a document read only in
         part is named in a warning as document `first + i` of `source`."""
-        with prepro_quiet():
-            outputs = self._outputs(docs)
+        outputs = self._outputs(docs)
         b = self.model_bundle
         points = truncation_points(docs, b.pretrained.tokenizer, b.settings)
         outputs = [dict(out, truncated_at=point and point[1]) for out, point in zip(outputs, points)]
@@ -496,6 +484,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
         raise InputError(f"--max_seq_length must be >= {MIN_SEQ_LENGTH} (the special tokens and a few words), got "
                          f"{args.max_seq_length}; leave it out to read whole documents")
+    if args.mention_threshold is not None and not 0.0 <= args.mention_threshold <= 1.0:
+        raise InputError(f"--mention_threshold is a probability in [0, 1], got {args.mention_threshold}")
     if args.output != "-":
         check_writable(args.output, "--output")
     if args.html:

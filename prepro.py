@@ -371,7 +371,7 @@ def check_max_entities(source: str, features: DocREFeatures, max_entities: Optio
 def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRESettings, *,
                             skip_unknown_relations: bool = False, source: str = "the documents",
                             show_progress: bool = False, pair_filter: Optional[PairFilter] = None,
-                            max_entities: Optional[int] = None) -> DocREFeatures:
+                            max_entities: Optional[int] = None, report: bool = True) -> DocREFeatures:
     """Validated features of DocRED documents held in memory (dicts with title, sents, vertexSet and optional
     labels; other keys are ignored), one per document, with no file and no cache.
 
@@ -380,7 +380,8 @@ def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRE
     label map are problems, or with `skip_unknown_relations` left out and counted (see read_docred).
     With `pair_filter` (default: the typed pairs of `settings.pair_types`, if any), a document's pairs are only
     those it returns (`CandidatePairs`), not every ordered pair. A document with more than `max_entities` entities
-    is a problem (None: no limit).
+    is a problem (None: no limit). `report=False` leaves out the log lines of what was read, truncated or left out
+    (predict.py reports truncation against the user's own file instead).
     """
     if isinstance(docs, (str, bytes, dict)):
         raise ValidationError(source, [f"expected a list of documents, got {type(docs).__name__}"])
@@ -396,7 +397,8 @@ def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRE
     check_max_entities(source, features, max_entities)
     if pair_filter is not None:
         features = _restrict_pairs(features, docs, pair_filter, source)
-    _report(source, features)
+    if report:
+        _report(source, features)
     return features
 
 
