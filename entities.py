@@ -1,7 +1,10 @@
 """End to end (issue #36): entity heads on the relation model's encoder, trained jointly with it.
 
-- mentions: every span of at most `max_span_width` words inside one sentence is scored from its first and last
-  token states and a width embedding (span-based, as JEREX; it can propose nested spans, which BIO cannot);
+- mentions: every span of at most `max_span_width` words inside one sentence is scored (span-based, as JEREX; it can
+  propose nested spans, which BIO cannot). The "rich" span head (`--span_head`, the default) scores a span from its
+  first and last token states, the mean of its token states, its width and the casing of its first and last words
+  (`word_shapes`: the encoder may be uncased, and capitals are most of what tells a name from a common noun);
+  "endpoints", the first head, from the first and last token states and the width only;
 - coreference: a scorer over pairs of mention embeddings and name-match features (`name_features`), then
   average-link clustering of the predicted mentions (`cluster_mentions`);
 - types: the mean of an entity's mention embeddings into the training file's `type` labels.
@@ -24,9 +27,16 @@ from torch import nn
 
 ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
+SPAN_HEADS = ("rich", "endpoints")  # see the module docstring; a model folder without the field has "endpoints"
+N_SHAPES = 5  # word_shapes
 MENTION_THRESHOLD = 0.5  # a model without a tuned one (`mention_threshold`)
 MENTION_KEY = "mention_threshold"  # its name in the decision's params (losses.Decision), stored with the model
 COREF_THRESHOLD = 0.5
+# decoding ranks a span by its probability plus this per word: by probability alone, a name's inner span often
+# outranks the whole name ("Korea" in "Democratic People 's Republic of Korea": 317 of the 411 boundary errors of
+# the first head on the 400/100 study's held-out documents were inside the gold span); measured there, +0.5 to +1.2
+# mention F1 on either half of the documents (studies/end-to-end, "Rich span head")
+LONGER_SPAN_BONUS = 0.05
 
 
 # ----------------------------------------------------------------------------- flags
@@ -41,6 +51,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--coref_weight", type=float, default=0.5, help="weight of the coreference loss (end to end)")
     group.add_argument("--type_weight", type=float, default=0.5, help="weight of the entity type loss (end to end)")
     group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
+    group.add_argument("--span_head", choices=SPAN_HEADS, default="rich",
+                       help="what the mention head scores a span from (end to end; see entities.py)")
     group.add_argument("--mention_pos_weight", type=float, default=3.0,
                        help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end)")
 
@@ -51,6 +63,18 @@ def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- per-document fields
+def word_shapes(words: Sequence[str]) -> np.ndarray:
+    """The casing class of each word [W]: 0 other (punctuation, symbols), 1 lower case first letter, 2 capitalised,
+    3 all capitals (two letters or more), 4 a digit first."""
+    def shape(w: str) -> int:
+        if w[:1].isdigit():
+            return 4
+        if w[:1].isupper():
+            return 3 if len(w) > 1 and w.isupper() else 2
+        return 1 if w[:1].isalpha() else 0
+    return np.array([shape(w) for w in words], dtype=np.int64)
+
+
 def entity_fields(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any) -> List[Dict[str, Any]]:
     """Per document: each word's first and last token (input_ids coordinates), whether it survives truncation, its
     sentence; the words; the gold mentions [M, 2] (document word [start, end)), their entity, each entity's type id
@@ -74,6 +98,7 @@ def entity_fields(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any)
         out.append({"word_first": first + enc.n_prefix, "word_last": last + enc.n_prefix,
                     "word_ok": (last >= first) & (last < budget),
                     "word_sent": np.repeat(np.arange(len(sent_len)), sent_len), "words": ws,
+                    "word_shape": word_shapes(ws),
                     "gold_spans": gold[:, :2], "gold_entity": gold[:, 2],
                     "entity_type": np.array([type_id.get(ent[0].get("type"), -1) for ent in doc["vertexSet"]],
                                             dtype=np.int64)})
@@ -163,7 +188,7 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
     the gold mentions [Mg] with their entities, coreference pairs [Pc] with labels and name features, entity types."""
     cols: Dict[str, List[np.ndarray]] = {k: [] for k in (
         "word_doc", "word_tok", "span_doc", "span_start", "span_end", "span_width", "span_row", "span_word",
-        "span_label",
+        "span_shape", "span_label",
         "men_doc", "men_start", "men_end", "men_entity", "pair", "pair_label", "pair_feat", "entity_type")}
     n_word = n_men = n_ent = 0
     for d, f in enumerate(features):
@@ -179,6 +204,7 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
         cols["span_width"].append(spans[:, 1] - spans[:, 0])
         cols["span_row"].append(row[spans[:, 0]])
         cols["span_word"].append(spans)
+        cols["span_shape"].append(np.asarray(f["word_shape"])[np.stack([spans[:, 0], spans[:, 1] - 1], 1)])
         cols["span_label"].append(np.isin(_span_codes(spans, n), _span_codes(gold, n)).astype(np.float32))
         kept = ok[gold[:, 0]] & ok[gold[:, 1] - 1] if len(gold) else np.zeros(0, bool)
         gold, ent = gold[kept], np.asarray(f["gold_entity"], dtype=np.int64)[kept]
@@ -193,7 +219,7 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
         types = np.asarray(f["entity_type"], dtype=np.int64)
         cols["entity_type"].append(np.where(np.bincount(ent, minlength=len(types)) > 0, types, -1))
         n_word, n_men, n_ent = n_word + int(ok.sum()), n_men + len(gold), n_ent + len(types)
-    shapes = {"pair": (-1, 2), "span_word": (-1, 2), "pair_feat": (-1, NAME_FEATURES)}
+    shapes = {"pair": (-1, 2), "span_word": (-1, 2), "span_shape": (-1, 2), "pair_feat": (-1, NAME_FEATURES)}
     return {f"e2e_{k}": torch.from_numpy(np.concatenate(v).reshape(shapes.get(k, (-1,)))) for k, v in cols.items()}
 
 
@@ -211,20 +237,35 @@ class EntityCollator:
 class EntityHeads(nn.Module):
     """Span scorer, mention embeddings, mention-pair coreference scorer and entity typer over token states."""
 
-    def __init__(self, hidden: int, n_types: int, max_width: int, dim: int = ENTITY_DIM):
+    def __init__(self, hidden: int, n_types: int, max_width: int, dim: int = ENTITY_DIM,
+                 span_head: str = "endpoints"):
         super().__init__()
+        if span_head not in SPAN_HEADS:
+            raise ValueError(f"span_head must be one of {SPAN_HEADS}, got {span_head!r}")
+        self.span_head = span_head
         self.span_start = nn.Linear(hidden, dim)
         self.span_end = nn.Linear(hidden, dim, bias=False)
         self.span_width = nn.Embedding(max_width + 1, dim)
+        if span_head == "rich":
+            self.span_content = nn.Linear(hidden, dim, bias=False)
+            self.span_shape = nn.Embedding(2 * N_SHAPES, dim)  # the first word's shape, then the last word's
+            self.span_hidden = nn.Linear(dim, dim)
         self.span_out = nn.Linear(dim, 1)
         self.mention = nn.Linear(2 * hidden, dim)
         self.pair = nn.Sequential(nn.Linear(3 * dim + NAME_FEATURES, dim), nn.ReLU(), nn.Linear(dim, 1))
         self.typer = nn.Linear(dim, max(n_types, 1))
 
     def span_logits(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                    width: torch.Tensor) -> torch.Tensor:
-        """Mention logit of each span [C] from its first and last token states (`hidden` [B, L, H]) and width."""
-        x = self.span_start(hidden[doc, start]) + self.span_end(hidden[doc, end]) + self.span_width(width)
+                    width: torch.Tensor, shape: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mention logit of each span [C] from its first and last token states (`hidden` [B, L, H]) and width; the
+        rich head adds the mean of its token states and the shapes [C, 2] of its first and last words."""
+        x = self.span_start(hidden[doc, start]) + self.span_end(hidden[doc, end]) + self.span_width(width)  # [C, dim]
+        if self.span_head == "rich":
+            csum = nn.functional.pad(hidden.float().cumsum(1), (0, 0, 1, 0))  # [B, L+1, H]: csum[:, i] = sum below i
+            mean = (csum[doc, end + 1] - csum[doc, start]) / (end - start + 1).unsqueeze(-1).float()  # [C, H]
+            shapes = self.span_shape(shape + shape.new_tensor([0, N_SHAPES])).sum(1)  # [C, dim]
+            x = x + self.span_content(mean.to(hidden.dtype)) + shapes
+            x = self.span_hidden(torch.relu(x))
         return self.span_out(torch.relu(x)).squeeze(-1)  # [C]
 
     def mention_embeddings(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
@@ -265,7 +306,7 @@ def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, tor
     bce = nn.functional.binary_cross_entropy_with_logits
     if len(b["e2e_span_label"]):
         span = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
-                                 b["e2e_span_width"]).float()
+                                 b["e2e_span_width"], b["e2e_span_shape"]).float()
         weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
         out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
     if not len(b["e2e_men_doc"]):
@@ -292,14 +333,15 @@ def joint_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.T
 
 
 # ----------------------------------------------------------------------------- decoding
-def non_overlapping(spans: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of the spans [M, 2] greedy decoding keeps: by descending probability, each span that
-    shares no word with one kept before (nested mentions are 0.16% of Re-DocRED dev's; this bounds mentions by words)."""
+def non_overlapping(spans: np.ndarray, prob: np.ndarray, longer_bonus: float = LONGER_SPAN_BONUS) -> np.ndarray:
+    """Indices (ascending) of the spans [M, 2] greedy decoding keeps: by descending probability plus `longer_bonus`
+    per word, each span that shares no word with one kept before (nested mentions are 0.16% of Re-DocRED dev's;
+    this bounds mentions by words)."""
     if not len(spans):
         return np.zeros(0, dtype=np.int64)
     taken = np.zeros(int(spans[:, 1].max()), dtype=bool)
     kept = []
-    for i in np.argsort(-prob, kind="stable").tolist():
+    for i in np.argsort(-(prob + longer_bonus * (spans[:, 1] - spans[:, 0])), kind="stable").tolist():
         a, b = spans[i]
         if not taken[a:b].any():
             taken[a:b] = True
@@ -378,7 +420,8 @@ def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]
     b = batch
     hidden, att = model.encode(b["input_ids"], b["attention_mask"], b["e2e_word_tok"], b["e2e_word_doc"])
     prob = torch.sigmoid(model.entity_heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"],
-                                                        b["e2e_span_end"], b["e2e_span_width"]).float())
+                                                        b["e2e_span_end"], b["e2e_span_width"],
+                                                        b["e2e_span_shape"]).float())
     return hidden, att, prob
 
 
@@ -448,10 +491,10 @@ def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Seq
 
 
 def document_features(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any) -> JoinedFeatures:
-    """prepro's features of DocRED documents joined with their entity fields."""
+    """prepro's features of DocRED documents joined with their entity fields (prepro's reports left to the caller)."""
     import prepro
 
-    base = prepro.features_from_documents(docs, tokenizer, settings, source="the documents")
+    base = prepro.features_from_documents(docs, tokenizer, settings, source="the documents", report=False)
     return JoinedFeatures(base, entity_fields(docs, tokenizer, settings))
 
 
@@ -497,7 +540,8 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
 
         types = entity_types_of(utils.read_json(train_path, "--train_file"))
     return settings.replace(end_to_end=True, entity_marker=None, entity_types=types,
-                            max_span_width=int(saved.get("max_span_width", args.max_span_width)))
+                            max_span_width=int(saved.get("max_span_width", args.max_span_width)),
+                            span_head=saved.get("span_head", "endpoints") if saved else getattr(args, "span_head", SPAN_HEADS[0]))
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:

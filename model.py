@@ -200,7 +200,8 @@ class DocREModel(nn.Module):
         if settings.end_to_end:  # the entity heads of entities.py (issue #36); off: nothing is added
             from entities import EntityHeads
 
-            model.entity_heads = EntityHeads(model.hidden_size, len(settings.entity_types), settings.max_span_width)
+            model.entity_heads = EntityHeads(model.hidden_size, len(settings.entity_types), settings.max_span_width,
+                                             span_head=settings.span_head)
         return model
 
     @torch.no_grad()

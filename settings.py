@@ -30,6 +30,8 @@ class DocRESettings:
     end_to_end: bool = False  # the model has entity heads (mentions, coreference, types): entities.py
     entity_types: List[str] = field(default_factory=list)  # the training file's `type` labels, in id order
     max_span_width: int = 10  # longest mention (words) the span head proposes
+    span_head: str = "endpoints"  # what the span head scores a span from (entities.SPAN_HEADS); a folder written
+    # before the field existed has the first head, "endpoints"; --end_to_end training writes --span_head
     pair_types: List[List[str]] = field(default_factory=list)  # [[head type, tail type], ...]: the only candidate
     # pairs (a pair whose head has a mention of the first type and tail one of the second; CDR: [["Chemical",
     # "Disease"]]); empty: every ordered entity pair

@@ -52,6 +52,15 @@ def test_heads_match_per_example_loops():
         x = heads.span_start(hidden[doc[i], start[i]]) + heads.span_end(hidden[doc[i], end[i]]) + heads.span_width(width[i])
         assert torch.allclose(got[i], heads.span_out(torch.relu(x))[0], atol=1e-6)
     men = heads.mention_embeddings(hidden, doc, start, end)
+    rich = entities.EntityHeads(8, 3, 4, dim=6, span_head="rich")
+    shape = torch.tensor([[2, 2], [1, 1], [3, 4]])
+    got = rich.span_logits(hidden, doc, start, end, width, shape)
+    for i in range(3):
+        mean = hidden[doc[i], start[i]:end[i] + 1].mean(0)  # the span's tokens, first to last
+        first, last = hidden[doc[i], start[i]], hidden[doc[i], end[i]]
+        x = (rich.span_start(first) + rich.span_end(last) + rich.span_width(width[i]) + rich.span_content(mean)
+             + rich.span_shape(shape[i, 0]) + rich.span_shape(shape[i, 1] + entities.N_SHAPES))
+        assert torch.allclose(got[i], rich.span_out(torch.relu(rich.span_hidden(torch.relu(x))))[0], atol=1e-5)
     types = heads.type_logits(men, torch.tensor([1, 0, 1]), 2)
     assert torch.allclose(types[0], heads.typer(men[1]), atol=1e-6)
     assert torch.allclose(types[1], heads.typer((men[0] + men[2]) / 2), atol=1e-6)
@@ -65,6 +74,7 @@ def test_entity_batch_labels_gold_spans_and_pairs(minilm_tokenizer):
     settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["LOC", "PER"])
     (f,) = entities.entity_fields([doc], minilm_tokenizer, settings)
     b = entities.entity_batch([f], 3)
+    assert f["word_shape"].tolist() == [2, 2, 1, 2, 0, 2, 1, 0]
     words = b["e2e_span_word"][b["e2e_span_label"] == 1].tolist()
     assert sorted(words) == [[0, 2], [3, 4], [5, 6]]
     assert b["e2e_span_word"][:, 1].le(5).logical_or(b["e2e_span_word"][:, 0].ge(5)).all()  # within sentences
@@ -136,6 +146,10 @@ def test_end_to_end_off_leaves_settings_and_model_unchanged(minilm_path):
                                 {"settings": {"entity_types": ["PER"]}}, None)
     assert (on.end_to_end, on.entity_marker, on.entity_types) == (True, None, ["PER"])
     assert DocRESettings.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+    assert on.span_head == "endpoints"  # saved settings without the field: a folder written before the rich head
+    fresh = entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10, span_head="rich"),
+                                   None, None)
+    assert fresh.span_head == "rich" and DocREModel.from_settings(fresh, plain.encoder).entity_heads.span_head == "rich"
 
 
 def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
@@ -216,7 +230,7 @@ def test_entity_heads_learn_synthetic_mentions(synthetic_dir, minilm_path, minil
     torch.manual_seed(0)
     s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), max_seq_length=256, emb_size=32, block_size=8,
                       entity_marker=None, end_to_end=True, entity_types=entities.entity_types_of(train),
-                      max_span_width=4)
+                      max_span_width=4, span_head="rich")
     model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
     feats = entities.JoinedFeatures(prepro.features_from_documents(train, minilm_tokenizer, s),
                                     entities.entity_fields(train, minilm_tokenizer, s))
@@ -246,7 +260,11 @@ def test_non_overlapping_decoding_by_hand():
     spans = np.array([[0, 2], [1, 3], [3, 4], [0, 1], [5, 7]])
     prob = np.array([0.9, 0.95, 0.6, 0.7, 0.8])
     # [1,3) first; [0,2) overlaps it; [3,4) and [5,7) are free; [0,1) is free of [1,3)
-    assert entities.non_overlapping(spans, prob).tolist() == [1, 2, 3, 4]
+    assert entities.non_overlapping(spans, prob).tolist() == [1, 2, 3, 4]  # (0.05 a word changes no rank here)
+    nested = np.array([[0, 3], [2, 3]])
+    # by probability "[2,3)" wins; with 0.05 a word the whole name does: 0.6 + 0.15 > 0.64 + 0.05
+    assert entities.non_overlapping(nested, np.array([0.6, 0.64]), longer_bonus=0.0).tolist() == [1]
+    assert entities.non_overlapping(nested, np.array([0.6, 0.64])).tolist() == [0]
 
 
 # ----------------------------------------------------------------------------- train.py and predict.py
@@ -268,7 +286,9 @@ def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run,
     pipe = predict.DocREPipeline.from_pretrained(str(e2e_run))
     assert pipe.entities == "model" and pipe.model_bundle.settings.end_to_end
     assert pipe.model_bundle.settings.entity_types == ["LOC", "MISC", "NUM", "ORG", "PER", "TIME"]
-    pipe.model_bundle.pretrained.model.entity_heads.span_out.bias.data.fill_(5.0)  # every candidate a mention
+    span_out = pipe.model_bundle.pretrained.model.entity_heads.span_out
+    span_out.weight.data.zero_()
+    span_out.bias.data.fill_(5.0)  # every candidate a mention
     text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
     out = pipe(text)
     assert out["entities"] and all(text[m["char_start"]:m["char_end"]] == m["text"]
@@ -300,7 +320,8 @@ def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
 def test_mention_pos_weight_weighs_gold_spans():
     heads = entities.EntityHeads(4, 2, 2, dim=3)
     b = {"e2e_span_doc": torch.tensor([0, 0]), "e2e_span_start": torch.tensor([0, 1]), "e2e_span_end": torch.tensor([0, 1]),
-         "e2e_span_width": torch.tensor([1, 1]), "e2e_span_label": torch.tensor([1.0, 0.0]),
+         "e2e_span_width": torch.tensor([1, 1]), "e2e_span_shape": torch.tensor([[2, 2], [1, 1]]),
+         "e2e_span_label": torch.tensor([1.0, 0.0]),
          "e2e_men_doc": torch.zeros(0, dtype=torch.long)}
     hidden = torch.randn(1, 2, 4)
     with torch.no_grad():
@@ -396,14 +417,16 @@ def test_evaluation_cli_scores_end_to_end(synthetic_dir, tmp_path, capsys):
 
 
 def test_predict_mention_threshold_flag_overrides_the_stored_value(e2e_run, tmp_path, one_thread):
-    """predict.py --mention_threshold: 1.0 keeps no span, a threshold near 0 keeps many."""
+    """predict.py --mention_threshold: 1.0 keeps no span, 0 keeps every span; outside [0, 1] is refused."""
     import predict
 
     text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
     counts = []
-    for value in ("1.0", "0.0001"):
+    for value in ("1.0", "0"):
         out = tmp_path / f"pred-{value}.json"
         assert predict.main(["--model", str(e2e_run), "--text", text, "--output", str(out), "--no_progress",
                              "--mention_threshold", value]) == 0
         counts.append(len(json.loads(out.read_text())[0]["entities"]))
     assert counts[0] == 0 < counts[1]
+    assert predict.main(["--model", str(e2e_run), "--text", text, "--mention_threshold", "1.5"]) == 2
+
