@@ -259,13 +259,13 @@ class EntityHeads(nn.Module):
                     width: torch.Tensor, shape: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mention logit of each span [C] from its first and last token states (`hidden` [B, L, H]) and width; the
         rich head adds the mean of its token states and the shapes [C, 2] of its first and last words."""
-        x = self.span_start(hidden[doc, start]) + self.span_end(hidden[doc, end]) + self.span_width(width)  # [C, dim]
+        # the maps are linear: each token is projected once ([B, L, dim]) and the C spans (about ten per word) gather
+        x = self.span_start(hidden)[doc, start] + self.span_end(hidden)[doc, end] + self.span_width(width)  # [C, dim]
         if self.span_head == "rich":
-            csum = nn.functional.pad(hidden.float().cumsum(1), (0, 0, 1, 0))  # [B, L+1, H]: csum[:, i] = sum below i
-            mean = (csum[doc, end + 1] - csum[doc, start]) / (end - start + 1).unsqueeze(-1).float()  # [C, H]
+            csum = nn.functional.pad(self.span_content(hidden).float().cumsum(1), (0, 0, 1, 0))  # [B, L+1, dim]
+            mean = (csum[doc, end + 1] - csum[doc, start]) / (end - start + 1).unsqueeze(-1).float()  # [C, dim]
             shapes = self.span_shape(shape + shape.new_tensor([0, N_SHAPES])).sum(1)  # [C, dim]
-            x = x + self.span_content(mean.to(hidden.dtype)) + shapes
-            x = self.span_hidden(torch.relu(x))
+            x = self.span_hidden(torch.relu(x + mean.to(x.dtype) + shapes))
         return self.span_out(torch.relu(x)).squeeze(-1)  # [C]
 
     def mention_embeddings(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
