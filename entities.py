@@ -81,7 +81,7 @@ def entity_fields(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: Any)
     (-1: unknown). The tokens are those prepro makes without an entity marker."""
     import prepro
 
-    enc = prepro.WordTokenizer(tokenizer)
+    enc = prepro.WordTokenizer.of(tokenizer)
     words = [[w for s in d["sents"] for w in s] for d in docs]
     budget = settings.max_seq_length - enc.n_prefix - enc.n_suffix
     type_id = {t: i for i, t in enumerate(settings.entity_types)}
@@ -479,12 +479,15 @@ def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Seq
                       decision: Any, loss_fn: Any, batch_size: int = 4) -> List[Tuple[List[List[Dict[str, Any]]],
                                                                                     List[Any]]]:
     """Per document (title, sents; entities ignored): (predicted vertexSet, its relations as evaluation.Relation),
-    at the decision's mention threshold."""
+    at the decision's mention threshold; `tokenizer` is the model's or its prepro.WordTokenizer."""
+    import prepro
     from collate import DocRECollator
 
     plain = [{"title": d["title"], "sents": d["sents"], "vertexSet": []} for d in docs]
-    features = document_features(plain, tokenizer, settings)
-    collate = EntityCollator(DocRECollator(settings.num_class, tokenizer.pad_token_id or 0), settings.max_span_width)
+    enc = prepro.WordTokenizer.of(tokenizer)
+    features = document_features(plain, enc, settings)
+    pad = enc.tokenizer.pad_token_id or 0
+    collate = EntityCollator(DocRECollator(settings.num_class, pad), settings.max_span_width)
     threshold = mention_threshold(decision)
     decoded = decode_features(model, features, collate, settings, decision, loss_fn, [threshold], batch_size)
     return [(vertex_set(doc, p, settings.entity_types), r) for doc, (p, r) in zip(docs, decoded[threshold])]
@@ -573,7 +576,7 @@ def output_objects(bundle: Any, docs: Sequence[Dict[str, Any]], rel_names: Dict[
     import predict
 
     pre = bundle.pretrained
-    preds = predict_documents(pre.model, pre.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
+    preds = predict_documents(pre.model, bundle.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
                               batch_size)
     out = []
     for doc, (vs, rels) in zip(docs, preds):

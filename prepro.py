@@ -262,7 +262,7 @@ def _report(source: str, features: DocREFeatures) -> None:
 
 def _word_tokenizer(tokenizer: Any, settings: DocRESettings) -> WordTokenizer:
     """The tokenizer's WordTokenizer, after checking the settings' marker and length against it."""
-    enc = WordTokenizer(tokenizer)
+    enc = WordTokenizer.of(tokenizer)
     enc.check_marker(settings.entity_marker)
     if settings.max_seq_length <= enc.n_prefix + enc.n_suffix:
         raise ValueError(f"max_seq_length={settings.max_seq_length} leaves no room for text after the special tokens")

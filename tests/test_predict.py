@@ -46,7 +46,8 @@ def _mentions(doc):
     return [m for ent in doc["vertexSet"] for m in ent]
 
 
-FAKE_BUNDLE = SimpleNamespace(pretrained=SimpleNamespace(tokenizer=None),  # whole documents: no tokenizer needed
+# whole documents: no tokenizer needed
+FAKE_BUNDLE = SimpleNamespace(pretrained=SimpleNamespace(tokenizer=None), tokenizer=None,
                               settings=DocRESettings({"Na": 0}, max_seq_length=predict.WHOLE_DOCUMENT))
 
 
@@ -506,6 +507,13 @@ def test_entity_recall_and_relation_counts_by_name():
     twice = _out([["Obama"], ["Obama"], ["Hawaii"]], [(1, 2, "P19")])
     assert raw_text_eval.align_entities(gold, twice) == {0: 0, 2: 1}
     assert raw_text_eval.relation_counts(gold, twice) == (0, 1, 3)
+
+
+def test_timed_keeps_the_first_result_and_the_fastest_run(monkeypatch):
+    clock = iter([0.0, 5.0, 10.0, 12.0, 20.0, 23.0])  # runs of 5, 2 and 3 seconds
+    monkeypatch.setattr(raw_text_eval.time, "perf_counter", lambda: next(clock))
+    results = iter(["first", "second", "third"])
+    assert raw_text_eval.timed(lambda: next(results), repeats=3) == ("first", 2.0)
 
 
 def test_measure_on_real_documents():
