@@ -262,6 +262,8 @@ class EntityHeads(nn.Module):
         # the maps are linear: each token is projected once ([B, L, dim]) and the C spans (about ten per word) gather
         x = self.span_start(hidden)[doc, start] + self.span_end(hidden)[doc, end] + self.span_width(width)  # [C, dim]
         if self.span_head == "rich":
+            if shape is None:
+                raise ValueError("the rich span head needs the shapes of each span's first and last words")
             csum = nn.functional.pad(self.span_content(hidden).float().cumsum(1), (0, 0, 1, 0))  # [B, L+1, dim]
             mean = (csum[doc, end + 1] - csum[doc, start]) / (end - start + 1).unsqueeze(-1).float()  # [C, dim]
             shapes = self.span_shape(shape + shape.new_tensor([0, N_SHAPES])).sum(1)  # [C, dim]
