@@ -11,19 +11,22 @@
 
 Training: the relation head runs as before on the gold entities, and the entity heads on the same encoder pass
 (`joint_loss`). Prediction: one encoder pass per document serves the entity heads and then the relation head on
-the predicted entities (`predict_documents`); the last-layer attention rows of every word's first token are taken in
-that pass, so a predicted mention's row is a lookup. No entity marker is used (the text is not yet known to hold
+the predicted entities (`predict_documents`); the pass keeps what the last-layer attention rows are computed from
+(`model.Encoded`), and rows are computed for the predicted mentions only. No entity marker is used (the text is not yet known to hold
 entities when it is encoded).
 """
 from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from model import Encoded
 
 ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
@@ -184,25 +187,21 @@ def _span_codes(spans: np.ndarray, n_words: int) -> np.ndarray:
 
 
 def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str, torch.Tensor]:
-    """The entity heads' batch fields (all `e2e_*`): the words kept [N], the candidate spans [C] with gold labels,
+    """The entity heads' batch fields (all `e2e_*`): the candidate spans [C] with gold labels,
     the gold mentions [Mg] with their entities, coreference pairs [Pc] with labels and name features, entity types."""
     cols: Dict[str, List[np.ndarray]] = {k: [] for k in (
-        "word_doc", "word_tok", "span_doc", "span_start", "span_end", "span_width", "span_row", "span_word",
+        "span_doc", "span_start", "span_end", "span_width", "span_word",
         "span_shape", "span_label",
         "men_doc", "men_start", "men_end", "men_entity", "pair", "pair_label", "pair_feat", "entity_type")}
-    n_word = n_men = n_ent = 0
+    n_men = n_ent = 0
     for d, f in enumerate(features):
         ok, n = np.asarray(f["word_ok"], bool), len(f["word_ok"])
-        row = np.cumsum(ok) - 1 + n_word  # [W] row of each kept word in the batch's word list
-        cols["word_doc"].append(np.full(int(ok.sum()), d))
-        cols["word_tok"].append(np.asarray(f["word_first"])[ok])
         spans = candidate_spans(np.asarray(f["word_sent"]), ok, max_width)
         gold = np.asarray(f["gold_spans"], dtype=np.int64).reshape(-1, 2)
         cols["span_doc"].append(np.full(len(spans), d))
         cols["span_start"].append(np.asarray(f["word_first"])[spans[:, 0]])
         cols["span_end"].append(np.asarray(f["word_last"])[spans[:, 1] - 1])
         cols["span_width"].append(spans[:, 1] - spans[:, 0])
-        cols["span_row"].append(row[spans[:, 0]])
         cols["span_word"].append(spans)
         cols["span_shape"].append(np.asarray(f["word_shape"])[np.stack([spans[:, 0], spans[:, 1] - 1], 1)])
         cols["span_label"].append(np.isin(_span_codes(spans, n), _span_codes(gold, n)).astype(np.float32))
@@ -218,7 +217,7 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
         cols["pair_feat"].append(pair_features([f["words"][a:b] for a, b in gold.tolist()], pairs))
         types = np.asarray(f["entity_type"], dtype=np.int64)
         cols["entity_type"].append(np.where(np.bincount(ent, minlength=len(types)) > 0, types, -1))
-        n_word, n_men, n_ent = n_word + int(ok.sum()), n_men + len(gold), n_ent + len(types)
+        n_men, n_ent = n_men + len(gold), n_ent + len(types)
     shapes = {"pair": (-1, 2), "span_word": (-1, 2), "span_shape": (-1, 2), "pair_feat": (-1, NAME_FEATURES)}
     return {f"e2e_{k}": torch.from_numpy(np.concatenate(v).reshape(shapes.get(k, (-1,)))) for k, v in cols.items()}
 
@@ -415,34 +414,33 @@ def at_mention_threshold(bundle: Any, threshold: Optional[float]) -> Any:
     return dataclasses.replace(bundle, decision=with_mention_threshold(bundle.decision, threshold))
 
 
-def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]
-                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The encoder pass of a batch: token states [B, L, H], the attention rows of its kept words, and the mention
-    probability of each candidate span [C] (fp32)."""
+def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[Encoded, torch.Tensor]:
+    """The encoder pass of a batch (its token states, attention rows left for `decode_batch` to ask for) and the
+    mention probability of each candidate span [C] (fp32)."""
     b = batch
-    hidden, att = model.encode(b["input_ids"], b["attention_mask"], b["e2e_word_tok"], b["e2e_word_doc"])
-    prob = torch.sigmoid(model.entity_heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"],
+    enc = model.encode_states(b["input_ids"], b["attention_mask"])
+    prob = torch.sigmoid(model.entity_heads.span_logits(enc.hidden, b["e2e_span_doc"], b["e2e_span_start"],
                                                         b["e2e_span_end"], b["e2e_span_width"],
                                                         b["e2e_span_shape"]).float())
-    return hidden, att, prob
+    return enc, prob
 
 
 def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
-                 hidden: torch.Tensor, att: torch.Tensor, prob: torch.Tensor, threshold: float,
+                 enc: Encoded, prob: torch.Tensor, threshold: float,
                  max_entities: Optional[int] = None) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
     """Per document its predicted entities {spans [M, 2] (words), cluster [M], types [E], hts [P, 2]}, and the
     relation logits [P, K+1] of all their ordered pairs, documents in order, from the batch's encoder pass
     (`span_probabilities`): the spans of mention probability above `threshold` kept; a document of more than
-    `max_entities` gets no pairs."""
+    `max_entities` gets no pairs. Attention rows are computed for the kept spans' first tokens only."""
     heads: EntityHeads = model.entity_heads
-    b = batch
+    b, hidden = batch, enc.hidden
     keep = (prob > threshold).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
     width = int(b["e2e_span_word"].max()) + 1 if len(b["e2e_span_word"]) else 1
     words = b["e2e_span_word"][keep] + b["e2e_span_doc"][keep, None] * width  # [M, 2] words unique in the batch
     keep = keep[torch.from_numpy(non_overlapping(words.cpu().numpy(), prob[keep].cpu().numpy())).to(keep.device)]
-    men_all = heads.mention_embeddings(hidden, b["e2e_span_doc"][keep], b["e2e_span_start"][keep],
-                                       b["e2e_span_end"][keep])
-    span_doc = b["e2e_span_doc"][keep].cpu().numpy()
+    start, doc = b["e2e_span_start"][keep], b["e2e_span_doc"][keep]  # [M] each mention's first token, document
+    men_all = heads.mention_embeddings(hidden, doc, start, b["e2e_span_end"][keep])
+    span_doc = doc.cpu().numpy()
     spans_all = b["e2e_span_word"][keep].cpu().numpy()  # [M, 2] document word spans
     docs, ent_offset, ment_entity, ent_doc, hts, pair_doc = [], 0, [], [], [], []
     for d, f in enumerate(features):
@@ -459,8 +457,7 @@ def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Seq
         ent_offset += n_ent
     dev = hidden.device
     as_t = lambda xs, shape=(-1,): torch.from_numpy(np.concatenate(xs).reshape(shape).astype(np.int64)).to(dev)  # noqa: E731
-    kept_rows = b["e2e_span_row"][keep]
-    logits = model.score(hidden, att[kept_rows], b["e2e_span_start"][keep], b["e2e_span_doc"][keep],
+    logits = model.score(hidden, model.mention_attention(enc, start, doc), start, doc,
                          as_t(ment_entity), as_t(ent_doc), as_t(hts, (-1, 2)), as_t(pair_doc))
     return docs, logits.float().cpu()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,14 @@ RECOMPUTE_FAMILIES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "
 QK_NAMES = (("query", "key"), ("query_proj", "key_proj"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
 ATTENTION_ROWS = ("auto", "recompute", "eager")
 BILINEARS = ("atlop", "maxsym")  # group bilinear of ATLOP; the NCRL authors' max-symmetric one
+
+
+class Encoded(NamedTuple):
+    """One encoder pass over a batch (`DocREModel.encode_states`): what attention rows are computed from later."""
+    hidden: torch.Tensor  # [B, L, H] token states
+    store: Dict[str, torch.Tensor]  # the last attention module's input [N, W, H] or its weights [N, heads, W, W]
+    key_mask: torch.Tensor  # [N, W] the keys of each encoder sequence (a document, or a window of one)
+    windows: Optional[Dict[str, torch.Tensor]]  # `_windows` of a batch longer than the window; None: one pass each
 
 
 # ----------------------------------------------------------------------------- encoder introspection
@@ -312,13 +320,6 @@ class DocREModel(nn.Module):
         scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
         return scores.softmax(-1)[win, :, rank]
 
-    def _encode_direct(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
-                       mention_doc: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Every document fits one encoder pass."""
-        hidden, store = self._run_encoder(input_ids, attention_mask)
-        att = self._attention_rows(store, attention_mask.bool(), mention_doc, mention_pos)
-        return hidden, att
-
     def _windows(self, input_ids: torch.Tensor, lengths: List[int], window: int) -> Dict[str, torch.Tensor]:
         """The batch cut into windows: ids and mask [N, W], original position of each window token [N, W]
         (-1 for added special tokens and padding), and per window its document, span [a, b) and the offset
@@ -344,36 +345,48 @@ class DocREModel(nn.Module):
         doc, a, b, offset = input_ids.new_tensor(meta).view(-1, 4).unbind(1)
         return {"ids": win_ids, "mask": mask, "pos": pos_map, "doc": doc, "a": a, "b": b, "offset": offset}
 
-    def _encode_windows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
-                        mention_doc: torch.Tensor, window: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Encode overlapping windows; average hidden states over windows, sum and renormalise attention."""
+    def encode_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      window: Optional[int] = None) -> Encoded:
+        """The encoder pass: token states [B, L, H] (averaged over overlapping windows for a long batch) and what
+        `mention_attention` needs to give last-layer attention rows afterwards, for any tokens."""
+        window = window or self.window_size
+        if input_ids.shape[1] <= window:
+            hidden, store = self._run_encoder(input_ids, attention_mask)
+            return Encoded(hidden, store, attention_mask.bool(), None)
+        return self._encode_windows(input_ids, attention_mask, window)
+
+    def _encode_windows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, window: int) -> Encoded:
+        """`encode_states` over overlapping windows: each token's state is its mean over the windows holding it."""
         b, length = input_ids.shape
         win = self._windows(input_ids, attention_mask.sum(1).tolist(), window)
         out, store = self._run_encoder(win["ids"], win["mask"].long())  # [N, W, H]
-
         kept = win["pos"].ge(0)
         flat = (win["doc"][:, None] * length + win["pos"])[kept]
         hidden = out.new_zeros(b * length, out.shape[-1]).index_add_(0, flat, out[kept])
         count = out.new_zeros(b * length).index_add_(0, flat, out.new_ones(len(flat)))
-        hidden = (hidden / count.clamp(min=1)[:, None]).view(b, length, -1)  # [B, L, H]
+        return Encoded((hidden / count.clamp(min=1)[:, None]).view(b, length, -1), store, win["mask"], win)
 
+    def mention_attention(self, enc: Encoded, mention_pos: torch.Tensor, mention_doc: torch.Tensor) -> torch.Tensor:
+        """Last-layer attention rows [M, heads, L] of tokens `mention_pos` of documents `mention_doc`; over windows,
+        each window's row is summed into document positions and the sum renormalised."""
+        if enc.windows is None:
+            return self._attention_rows(enc.store, enc.key_mask, mention_doc, mention_pos)
+        win, length = enc.windows, enc.hidden.shape[1]
         covers = ((win["doc"][None, :] == mention_doc[:, None]) & (win["a"][None, :] <= mention_pos[:, None])
                   & (mention_pos[:, None] < win["b"][None, :]))  # [M, N]
         m_idx, w_idx = covers.nonzero(as_tuple=True)
-        rows = self._attention_rows(store, win["mask"], w_idx, mention_pos[m_idx] + win["offset"][w_idx])
+        rows = self._attention_rows(enc.store, enc.key_mask, w_idx, mention_pos[m_idx] + win["offset"][w_idx])
         keys = win["pos"][w_idx]
         keys = keys.masked_fill(keys < 0, length)[:, None, :].expand(-1, rows.shape[1], -1)  # [R, heads, W]
         att = rows.new_zeros(len(m_idx), rows.shape[1], length + 1).scatter_add_(2, keys, rows)
         att = rows.new_zeros(len(mention_pos), rows.shape[1], length + 1).index_add_(0, m_idx, att)[..., :length]
-        return hidden, att / (att.sum(-1, keepdim=True) + 1e-10)  # [B, L, H], [M, heads, L]
+        return att / (att.sum(-1, keepdim=True) + 1e-10)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                mention_doc: torch.Tensor, window: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Token states [B, L, H] and the last-layer attention rows [M, heads, L] of the mention starts."""
-        window = window or self.window_size
-        if input_ids.shape[1] <= window:
-            return self._encode_direct(input_ids, attention_mask, mention_pos, mention_doc)
-        return self._encode_windows(input_ids, attention_mask, mention_pos, mention_doc, window)
+        enc = self.encode_states(input_ids, attention_mask, window)
+        return enc.hidden, self.mention_attention(enc, mention_pos, mention_doc)
 
     # -- head
     @staticmethod

@@ -339,7 +339,7 @@ E2E_KEYS = ("dev_e2e_mention_f1", "dev_e2e_coref_f1", "dev_e2e_entity_f1", "dev_
 def _spy_thresholds(monkeypatch) -> list:
     """The mention threshold of every entities.decode_batch call, in order."""
     seen, real = [], entities.decode_batch
-    monkeypatch.setattr(entities, "decode_batch", lambda *a: seen.append(a[6]) or real(*a))
+    monkeypatch.setattr(entities, "decode_batch", lambda *a: seen.append(a[5]) or real(*a))
     return seen
 
 
@@ -365,8 +365,8 @@ def test_mention_threshold_is_tuned_on_hand_made_probabilities(e2e_run, small_sy
     real = entities.span_probabilities
 
     def hand_made(model, batch):  # gold spans 0.35, every other candidate 0.15
-        hidden, att, _ = real(model, batch)
-        return hidden, att, 0.15 + 0.2 * batch["e2e_span_label"]
+        enc, _ = real(model, batch)
+        return enc, 0.15 + 0.2 * batch["e2e_span_label"]
 
     monkeypatch.setattr(entities, "span_probabilities", hand_made)
     seen = _spy_thresholds(monkeypatch)
