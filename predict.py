@@ -81,14 +81,14 @@ class ModelBundle:
     collate: Any
     loss_fn: Any
     decision: Any  # losses.Decision
+    word_tokenizer: Any  # prepro.WordTokenizer of pretrained.tokenizer, built once (a build copies its backend)
     dtype: Any = None  # autocast dtype (None: fp32)
     progress: bool = False
-    word_tokenizer: Any = None  # prepro.WordTokenizer of the tokenizer, built once (None: built at each call)
 
     @property
     def tokenizer(self) -> Any:
-        """What featurizing takes: the WordTokenizer when there is one, else the model's tokenizer."""
-        return self.word_tokenizer or self.pretrained.tokenizer
+        """What featurizing takes: the model's tokenizer as a WordTokenizer."""
+        return self.word_tokenizer
 
 
 WHOLE_DOCUMENT = sys.maxsize  # the settings' max_seq_length that reads every token
@@ -132,8 +132,8 @@ def load_model(path: str, device: Optional[str] = None, progress: bool = False, 
         ckpt, best, lambda tokenizer, encoder: DocREModel.from_settings(settings, encoder, tokenizer=tokenizer), dev)
     args = pre.args
     bundle = ModelBundle(pre, settings, DocRECollator(settings.num_class, pre.tokenizer.pad_token_id or 0),
-                         build_loss_from_args(args), pre.decision(), utils.amp_dtype(dev, getattr(args, "amp", "auto")),
-                         progress, WordTokenizer(pre.tokenizer))
+                         build_loss_from_args(args), pre.decision(), WordTokenizer(pre.tokenizer),
+                         utils.amp_dtype(dev, getattr(args, "amp", "auto")), progress)
     names = settings.relation_names
     missing = [r for r in settings.rel2id if r != "Na" and r not in names]
     if missing:
