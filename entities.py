@@ -12,8 +12,8 @@
 Training: the relation head runs as before on the gold entities, and the entity heads on the same encoder pass
 (`joint_loss`). Prediction: one encoder pass per document serves the entity heads and then the relation head on
 the predicted entities (`predict_documents`); the pass keeps what the last-layer attention rows are computed from
-(`model.Encoded`), and rows are computed for the predicted mentions only. No entity marker is used (the text is not yet known to hold
-entities when it is encoded).
+(`model.Encoded`), and rows are computed for the predicted mentions only. No entity marker is used (the text is not
+yet known to hold entities when it is encoded).
 """
 from __future__ import annotations
 

@@ -81,14 +81,10 @@ class ModelBundle:
     collate: Any
     loss_fn: Any
     decision: Any  # losses.Decision
-    word_tokenizer: Any  # prepro.WordTokenizer of pretrained.tokenizer, built once (a build copies its backend)
+    tokenizer: Any  # prepro.WordTokenizer of pretrained.tokenizer, what featurizing takes; built once, as a build
+    # copies the tokenizer's backend through JSON
     dtype: Any = None  # autocast dtype (None: fp32)
     progress: bool = False
-
-    @property
-    def tokenizer(self) -> Any:
-        """What featurizing takes: the model's tokenizer as a WordTokenizer."""
-        return self.word_tokenizer
 
 
 WHOLE_DOCUMENT = sys.maxsize  # the settings' max_seq_length that reads every token
