@@ -23,7 +23,8 @@ from utils import current_umask
 
 logger = logging.getLogger(__name__)
 
-FEATURE_FORMAT_VERSION = 2  # 2: sentence spans and evidence; bump when the features of the same input change
+# bump when the features of the same input change (2: sentence spans and evidence; 3: words read before truncation)
+FEATURE_FORMAT_VERSION = 3
 
 ABANDONED_SECONDS = 3600  # a temporary build folder none of whose files changed for this long was left by a killed run
 

@@ -23,6 +23,7 @@ COLUMNS: Dict[str, str] = {
     "doc_n_truncated_mentions": "int32",  # [D]
     "doc_n_truncated_entities": "int32",  # [D] entities with no mention left after truncation
     "doc_n_sents": "int32",  # [D]
+    "doc_n_read_words": "int32",  # [D] words read whole, with their markers (all of them unless truncated)
     "sent_start": "int32",  # [S] token index of each sentence's first token (see sent_pos in prepro's docstring)
     "sent_end": "int32",  # [S] exclusive
     "entity_n_mentions": "int32",  # [E] kept mentions per entity
@@ -189,6 +190,7 @@ class DocREFeatures(Sequence):
             "labels": np.stack([c["label_pair"][l0:l1], c["label_rel"][l0:l1]], axis=1).astype(np.int64),  # [n_pos, 2]
             "evidence": [evidence_sents[a:b] for a, b in zip(v_bounds[:-1], v_bounds[1:])],  # per row of labels
             "n_truncated_mentions": int(c["doc_n_truncated_mentions"][i]),
+            "n_read_words": int(c["doc_n_read_words"][i]),
         }
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:

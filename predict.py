@@ -139,14 +139,18 @@ def load_model(path: str, device: Optional[str] = None, progress: bool = False, 
 
 
 def featurize(bundle: ModelBundle, docs: Sequence[Dict[str, Any]]) -> Any:
-    """prepro's features of converted documents under the model's settings (labels dropped); truncation is reported
-    by `warn_truncated`, against the user's file."""
+    """prepro's features of converted documents under the model's settings (labels dropped)."""
+    return document_features(docs, bundle.tokenizer, bundle.settings)
+
+
+def document_features(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: DocRESettings) -> Any:
+    """prepro's features of converted documents (labels dropped); truncation is reported by `warn_truncated`,
+    against the user's file."""
     import prepro
 
     plain = [{k: d[k] for k in ("title", "sents", "vertexSet")} for d in docs]
     try:
-        return prepro.features_from_documents(plain, bundle.tokenizer, bundle.settings,
-                                              source="the documents", report=False)  # warn_truncated names the file
+        return prepro.features_from_documents(plain, tokenizer, settings, source="the documents", report=False)
     except prepro.ValidationError as e:
         raise InputError(str(e)) from None
 
@@ -171,28 +175,20 @@ def predict_docs(model_bundle: ModelBundle, docs: Sequence[Dict[str, Any]], batc
 def truncation_points(docs: Sequence[Dict[str, Any]], tokenizer: Any,
                       settings: DocRESettings) -> List[Optional[Tuple[int, int]]]:
     """Per converted document: None when it fits settings.max_seq_length, else (its length in tokens, the character
-    offset in its text of the first word not wholly read with its markers), counted as prepro counts: a mention is
-    read exactly when it ends at or before that offset."""
-    import numpy as np
-
-    import prepro
-
+    offset in its text of the first word prepro did not read whole): a mention is read exactly when it ends at or
+    before that offset."""
     if settings.max_seq_length == WHOLE_DOCUMENT or not docs:
         return [None] * len(docs)
-    enc = prepro.WordTokenizer.of(tokenizer)
-    budget = settings.max_seq_length - enc.n_prefix - enc.n_suffix
-    marked = [prepro.mark_words(doc, settings.entity_marker) for doc in docs]
+    features = document_features(docs, tokenizer, settings)
+    lengths = features.cols["doc_length"]
     points: List[Optional[Tuple[int, int]]] = []
-    for doc, (_, first, last, *_), (content, wid) in zip(docs, marked, enc.encode([m[0] for m in marked])):
-        if len(content) <= budget:
+    for doc, length, feat in zip(docs, lengths, features):
+        if length <= settings.max_seq_length:
             points.append(None)
             continue
-        opens, ends = (first, last) if settings.entity_marker is not None else (first[:0], last[:0])  # marker slots
-        slot = int(wid[budget])  # the word slot of the first token left out; an end marker's belongs to its word
-        word = slot - int(np.searchsorted(np.union1d(opens, ends), slot)) - int(slot in ends)
         starts = [a for row in entities.token_offsets(doc) for a, _ in row]
-        points.append((len(content) + enc.n_prefix + enc.n_suffix, starts[word] if word < len(starts)
-                       else len(doc["text"])))
+        word = feat["n_read_words"]
+        points.append((int(length), starts[word] if word < len(starts) else len(doc["text"])))
     return points
 
 

@@ -6,7 +6,8 @@ One feature per document (see ARCHITECTURE.md, "feature"):
     title, input_ids (with the tokenizer's own special tokens), entity_pos (per entity: (start, end) token spans of
     its kept mentions, start = the start marker), mention_sent_ids, sent_pos [n_sents, 2] int32 (token span
     [start, end) of each sentence), hts [n_pairs, 2], labels [n_pos, 2] = (pair index into hts, relation id >= 1),
-    evidence (per row of labels, its evidence sentence ids), n_truncated_mentions.
+    evidence (per row of labels, its evidence sentence ids), n_truncated_mentions, n_read_words (the words read
+    whole, with their markers: all of them unless the document was truncated).
 
 sent_pos is in input_ids coordinates: a sentence's span holds the markers of its mentions and starts after the
 leading special tokens. Every sentence keeps its row (so sentence ids, mention_sent_ids and evidence agree): one
@@ -27,7 +28,8 @@ import os
 import time
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -97,14 +99,22 @@ def check_num_class(rel2id: Dict[str, int], num_class: Optional[int]) -> int:
 # ----------------------------------------------------------------------------- features
 
 
-def mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], np.ndarray, np.ndarray,
-                                                                       np.ndarray, np.ndarray, np.ndarray]:
+class MarkedWords(NamedTuple):
+    """A document's words with markers inserted as words of their own (`mark_words`); slots index `words`."""
+    words: List[str]
+    first_slot: np.ndarray  # [M] first slot of each mention (its start marker, if any)
+    last_slot: np.ndarray  # [M] last slot of each mention (its end marker, if any)
+    sent_ids: np.ndarray  # [M] sentence id of each mention
+    counts: np.ndarray  # [n_entities] mentions per entity
+    sent_slot: np.ndarray  # [n_sents + 1] first slot of each sentence, then the number of slots
+    word_slot: np.ndarray  # [n_words + 1] first slot of each word (its start marker, if any), then the number of slots
+
+
+def mark_words(doc: Dict[str, Any], marker: Optional[str]) -> MarkedWords:
     """The document's words with markers inserted as words of their own.
 
-    Returns (words, first word slot of each mention, last word slot of each mention, sentence id of each mention,
-    number of mentions per entity, first word slot of each sentence and the number of slots [n_sents + 1]). A start
-    marker goes before every word that starts a mention and an end marker after every word that ends one (once per
-    word, however many mentions share it, as in ATLOP); a word's markers belong to its sentence.
+    A start marker goes before every word that starts a mention and an end marker after every word that ends one
+    (once per word, however many mentions share it, as in ATLOP); a word's markers belong to its sentence.
     """
     sents = doc["sents"]
     sent_start = np.cumsum([0] + [len(s) for s in sents])  # [n_sents + 1]
@@ -116,7 +126,8 @@ def mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], n
     first_word = sent_start[sent_ids] + span[:, 0]  # [M]
     last_word = sent_start[sent_ids] + span[:, 1] - 1  # [M]
     if marker is None:
-        return words, first_word, last_word, sent_ids, counts, sent_start
+        slots = np.arange(len(words) + 1)
+        return MarkedWords(words, first_word, last_word, sent_ids, counts, sent_start, slots)
     n = len(words)
     starts = np.zeros(n, dtype=np.int64)
     ends = np.zeros(n, dtype=np.int64)
@@ -129,8 +140,8 @@ def mark_words(doc: Dict[str, Any], marker: Optional[str]) -> Tuple[List[str], n
     marked[slot + starts] = words
     marked[slot[starts == 1]] = marker
     marked[(slot + width - 1)[ends == 1]] = marker
-    return (marked.tolist(), slot[first_word], (slot + width - 1)[last_word], sent_ids, counts,
-            bound[sent_start])
+    return MarkedWords(marked.tolist(), slot[first_word], (slot + width - 1)[last_word], sent_ids, counts,
+                       bound[sent_start], bound)
 
 
 def _mention_spans(wid: np.ndarray, first_slot: np.ndarray, last_slot: np.ndarray,
@@ -149,9 +160,13 @@ def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[Labels], enc: Word
     encoded = enc.encode([m[0] for m in marked])
     budget = max_len - enc.n_prefix - enc.n_suffix  # content tokens that fit
     cols: Dict[str, List[Any]] = {k: [] for k in COLUMNS}
-    for (_, first, last, sent_ids, counts, sent_slot), (content, wid), (lab, evidence) in zip(marked, encoded, labels):
+    for (_, first, last, sent_ids, counts, sent_slot, word_slot), (content, wid), (lab, evidence) in zip(
+            marked, encoded, labels):
         start, end = _mention_spans(wid, first, last, marker is not None)
         kept = end <= budget  # [M] the whole mention, markers included, survives truncation
+        # the words read whole with their markers: those before the word of the first token left out
+        n_read = len(word_slot) - 1 if len(content) <= budget else \
+            int(np.searchsorted(word_slot, wid[budget], side="right")) - 1
         ids = enc.with_special_tokens(content[:budget])
         sent_bound = np.minimum(np.searchsorted(wid, sent_slot), budget) + enc.n_prefix  # [n_sents + 1]
         n = len(counts)
@@ -175,6 +190,7 @@ def _featurize_chunk(docs: List[Dict[str, Any]], labels: List[Labels], enc: Word
         cols["doc_n_labels"].append(len(lab))
         cols["doc_n_truncated_mentions"].append(int((~kept).sum()))
         cols["doc_n_truncated_entities"].append(int((kept_per_entity == 0).sum()))
+        cols["doc_n_read_words"].append(n_read)
     sink.add(**{k: np.concatenate(v) if k in RAGGED else np.asarray(v) for k, v in cols.items()})
 
 

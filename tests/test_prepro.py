@@ -189,6 +189,9 @@ def test_long_documents_are_truncated_and_reported(tmp_path, minilm_tokenizer, c
     assert f["sent_pos"].tolist() == [[1, 12], [12, 39], [39, 39]]  # cut at the [SEP]; past it: empty, kept
     assert f["evidence"] == [[0, 1], [1]]  # the JSON's sentence ids, whether or not the sentence survived
     assert f["n_truncated_mentions"] == 2
+    assert f["n_read_words"] == 7 + 27  # sentence 0 and the filler words of tokens 12..38
+    whole = features_from_documents([make_doc()], minilm_tokenizer, SETTINGS.replace(max_seq_length=40))
+    assert whole[0]["n_read_words"] == 12  # every word
     s = features.stats
     assert (s["truncated_documents"], s["truncated_mentions"], s["truncated_entities"]) == (1, 2, 1)
     assert s["token_length_max"] > 40
