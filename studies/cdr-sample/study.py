@@ -45,6 +45,10 @@ CONFIGS = {  # name -> train_bio.py flags besides COMMON and the seed
     "atl-whole": ["--loss", "atl", "--learning_rate", "1e-4", "--num_train_epochs", "10", "--max_seq_length", "1024"],
     "atl-train40-5ep-whole": ["--loss", "atl", "--learning_rate", "1e-4", "--num_train_epochs", "5", "--train_file",
                               "train40.txt", "--dev_file", "train40.txt", "--max_seq_length", "1024"],
+    # ATL started from the encoder of a MiniLM model trained on Re-DocRED (the 400/100 split of studies/end-to-end,
+    # 10 epochs, without --end_to_end), written into --work by docred_encoder.py: see the README, "From DocRED"
+    "atl-docred": ["--loss", "atl", "--learning_rate", "1e-4", "--num_train_epochs", "10", "--model_name_or_path",
+                   "{work}/docred-encoder"],
 }
 
 
@@ -72,6 +76,7 @@ def run_one(data: Path, out: Path, flags: Sequence[str], seed: int) -> Dict[str,
     """One train_bio.py run (kept if already finished); its scores.json."""
     scores = out / "scores.json"
     if not scores.exists():
+        flags = [f.replace("{work}", str(data.parent)) for f in flags]
         cmd = [sys.executable, str(ROOT / "train_bio.py"), "--data_dir", str(data), *COMMON, *flags, "--seed",
                str(seed), "--output_dir", str(out), "--overwrite"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
