@@ -13,9 +13,12 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # the annotations only; see the module docstring
+    import torch
 
 DEFAULT_ENCODER_ALIASES = ("minilm", "default")
 
