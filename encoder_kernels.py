@@ -52,6 +52,17 @@ def configure_encoder(encoder: PreTrainedModel, *, attention_weights: bool = Fal
     use_mask_dropout(encoder, mask_dropout)
 
 
+def enable_activation_checkpointing(encoder: PreTrainedModel) -> None:
+    """Recompute each layer's activations in backward (non-reentrant torch checkpointing), through
+    `activation_checkpointing_enable` where transformers has it (5.25 on) and its older name elsewhere."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(encoder, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before 5.25; the name is deprecated there and goes in v6
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 # ----------------------------------------------------------------------------- kernels
 # Name under which `checkpointed_sdpa` is registered with transformers' attention and mask interfaces.
 CHECKPOINTED_SDPA = "sdpa_checkpointed_dropout"

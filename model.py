@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from bilinear import group_bilinear, pair_linear
-from encoder_kernels import configure_encoder
+from encoder_kernels import configure_encoder, enable_activation_checkpointing
 
 if TYPE_CHECKING:
     from settings import DocRESettings
@@ -190,7 +190,7 @@ class DocREModel(nn.Module):
         configure_encoder(encoder, attention_weights=attention_rows == "eager",
                           checkpoint_attention=checkpoint_attention, mask_dropout=mask_dropout)
         if gradient_checkpointing:
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(encoder)
 
         self.head_extractor = nn.Linear(2 * self.hidden_size, emb_size)
         self.tail_extractor = nn.Linear(2 * self.hidden_size, emb_size)

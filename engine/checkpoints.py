@@ -86,7 +86,7 @@ def load_tokenizer(source: str | os.PathLike, config: Any = None) -> Any:
 
 def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module]:
     """The tokenizer and encoder of --model_name_or_path, with a clear error when neither folder nor hub works."""
-    from encoder_kernels import load_encoder
+    from encoder_kernels import enable_activation_checkpointing, load_encoder
 
     path = utils.resolve_model_path(args.model_name_or_path)
     if os.path.isdir(path) and not args.config_name and not os.path.exists(os.path.join(path, "config.json")):
@@ -104,7 +104,7 @@ def load_encoder_and_tokenizer(args: argparse.Namespace) -> Tuple[Any, nn.Module
             f"model hub (offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Use "
             f"--model_name_or_path minilm for the packaged offline encoder, or download the model first. ({e})")
     if args.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable()
+        enable_activation_checkpointing(encoder)
     return tokenizer, encoder
 
 

@@ -111,7 +111,9 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     else:  # test mode, or fine-tuning a model folder: its encoder config and tokenizer (weights from the folder)
         tokenizer, encoder = ck.checkpoint_encoder(ckpt, best)
         if mode == "train" and args.gradient_checkpointing:
-            encoder.gradient_checkpointing_enable()
+            from encoder_kernels import enable_activation_checkpointing
+
+            enable_activation_checkpointing(encoder)
     task.setup(args, mode, tokenizer, ck.checkpoint_meta(ckpt) if ckpt else None, str(best or ""))
     model = task.build_model(encoder)
     if ckpt is not None:
