@@ -4,7 +4,10 @@
   propose nested spans, which BIO cannot). The "rich" span head (`--span_head`, the default) scores a span from its
   first and last token states, the mean of its token states, its width and the casing of its first and last words
   (`word_shapes`: the encoder may be uncased, and capitals are most of what tells a name from a common noun);
-  "endpoints", the first head, from the first and last token states and the width only;
+  "endpoints", the first head, from the first and last token states and the width only; "bio" tags each word O, B or
+  I (from its first token's state and casing, cross-entropy) and scores a span by the probability that the tags
+  make exactly it (B at its first word, I inside, not I after: `bio_span_logprob`), so that thresholds and decoding
+  are the span heads' (the measured comparison: studies/end-to-end, "BIO against spans");
 - coreference: a scorer over pairs of mention embeddings and name-match features (`name_features`), then
   average-link clustering of the predicted mentions (`cluster_mentions`);
 - types: the mean of an entity's mention embeddings into the training file's `type` labels.
@@ -30,7 +33,8 @@ if TYPE_CHECKING:
 
 ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
-SPAN_HEADS = ("rich", "endpoints")  # see the module docstring; a model folder without the field has "endpoints"
+SPAN_HEADS = ("rich", "endpoints", "bio")  # see the module docstring; a folder without the field has "endpoints"
+BIO_O, BIO_B, BIO_I = 0, 1, 2  # the bio head's word tags
 N_SHAPES = 5  # word_shapes
 MENTION_THRESHOLD = 0.5  # a model without a tuned one (`mention_threshold`)
 MENTION_KEY = "mention_threshold"  # its name in the decision's params (losses.Decision), stored with the model
@@ -57,7 +61,8 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--span_head", choices=SPAN_HEADS, default="rich",
                        help="what the mention head scores a span from (end to end; see entities.py)")
     group.add_argument("--mention_pos_weight", type=float, default=3.0,
-                       help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end)")
+                       help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end, span "
+                            "heads: the bio head's cross-entropy over word tags is unweighted)")
 
 
 def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
@@ -186,18 +191,40 @@ def _span_codes(spans: np.ndarray, n_words: int) -> np.ndarray:
     return spans[:, 0] * (n_words + 1) + spans[:, 1]
 
 
+def bio_tags(gold: np.ndarray, n_words: int) -> np.ndarray:
+    """BIO tag of each of `n_words` words [W] from gold word spans [M, 2]; of overlapping spans the longest is tagged
+    (nested mentions are 0.16% of Re-DocRED dev's)."""
+    tags = np.full(n_words, BIO_O, dtype=np.int64)
+    taken = np.zeros(n_words, dtype=bool)
+    for a, b in sorted(gold.tolist(), key=lambda ab: ab[0] - ab[1]):
+        if not taken[a:b].any():
+            tags[a], tags[a + 1:b], taken[a:b] = BIO_B, BIO_I, True
+    return tags
+
+
 def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str, torch.Tensor]:
     """The entity heads' batch fields (all `e2e_*`): the candidate spans [C] with gold labels,
     the gold mentions [Mg] with their entities, coreference pairs [Pc] with labels and name features, entity types."""
     cols: Dict[str, List[np.ndarray]] = {k: [] for k in (
         "span_doc", "span_start", "span_end", "span_width", "span_word",
-        "span_shape", "span_label",
+        "span_shape", "span_label", "span_flat",
+        "word_doc", "word_tok", "word_shape", "word_tag", "word_cont",
         "men_doc", "men_start", "men_end", "men_entity", "pair", "pair_label", "pair_feat", "entity_type")}
-    n_men = n_ent = 0
+    n_men = n_ent = n_words = 0
     for d, f in enumerate(features):
         ok, n = np.asarray(f["word_ok"], bool), len(f["word_ok"])
-        spans = candidate_spans(np.asarray(f["word_sent"]), ok, max_width)
+        sent = np.asarray(f["word_sent"])
+        spans = candidate_spans(sent, ok, max_width)
         gold = np.asarray(f["gold_spans"], dtype=np.int64).reshape(-1, 2)
+        cols["span_flat"].append(spans + n_words)
+        cols["word_doc"].append(np.full(n, d))
+        cols["word_tok"].append(np.asarray(f["word_first"]))
+        cols["word_shape"].append(np.asarray(f["word_shape"]))
+        cols["word_tag"].append(np.where(ok, bio_tags(gold, n), -100))
+        cont = np.zeros(n, dtype=bool)  # [W] the next word is in the same sentence (and both survive truncation)
+        cont[:-1] = (sent[1:] == sent[:-1]) & ok[1:] & ok[:-1]
+        cols["word_cont"].append(cont)
+        n_words += n
         cols["span_doc"].append(np.full(len(spans), d))
         cols["span_start"].append(np.asarray(f["word_first"])[spans[:, 0]])
         cols["span_end"].append(np.asarray(f["word_last"])[spans[:, 1] - 1])
@@ -218,7 +245,8 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
         types = np.asarray(f["entity_type"], dtype=np.int64)
         cols["entity_type"].append(np.where(np.bincount(ent, minlength=len(types)) > 0, types, -1))
         n_men, n_ent = n_men + len(gold), n_ent + len(types)
-    shapes = {"pair": (-1, 2), "span_word": (-1, 2), "span_shape": (-1, 2), "pair_feat": (-1, NAME_FEATURES)}
+    shapes = {"pair": (-1, 2), "span_word": (-1, 2), "span_shape": (-1, 2), "span_flat": (-1, 2),
+              "pair_feat": (-1, NAME_FEATURES)}
     return {f"e2e_{k}": torch.from_numpy(np.concatenate(v).reshape(shapes.get(k, (-1,)))) for k, v in cols.items()}
 
 
@@ -249,6 +277,11 @@ class EntityHeads(nn.Module):
             self.span_content = nn.Linear(hidden, dim, bias=False)
             self.span_shape = nn.Embedding(2 * N_SHAPES, dim)  # the first word's shape, then the last word's
             self.span_hidden = nn.Linear(dim, dim)
+        if span_head == "bio":
+            self.tag_word = nn.Linear(hidden, dim)
+            self.tag_shape = nn.Embedding(N_SHAPES, dim)
+            self.tag_hidden = nn.Linear(dim, dim)
+            self.tag_out = nn.Linear(dim, 3)  # O, B, I
         self.span_out = nn.Linear(dim, 1)
         self.mention = nn.Linear(2 * hidden, dim)
         self.pair = nn.Sequential(nn.Linear(3 * dim + NAME_FEATURES, dim), nn.ReLU(), nn.Linear(dim, 1))
@@ -269,6 +302,24 @@ class EntityHeads(nn.Module):
             x = self.span_hidden(torch.relu(x + mean.to(x.dtype) + shapes))
         return self.span_out(torch.relu(x)).squeeze(-1)  # [C]
 
+    def tag_logits(self, hidden: torch.Tensor, doc: torch.Tensor, tok: torch.Tensor,
+                   shape: torch.Tensor) -> torch.Tensor:
+        """The bio head's O/B/I logits of each word [W, 3] from its first token's state and its casing."""
+        x = torch.relu(self.tag_word(hidden[doc, tok]) + self.tag_shape(shape))
+        return self.tag_out(torch.relu(self.tag_hidden(x)))
+
+    def mention_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mention logit of each candidate span of the batch [C] (fp32): the span scorer's, or for the bio head
+        log p - log(1 - p), p the probability that the word tags make exactly this span (`bio_span_logprob`)."""
+        b = batch
+        if self.span_head != "bio":
+            return self.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
+                                    b["e2e_span_width"], b["e2e_span_shape"]).float()
+        tags = self.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"])
+        logp = bio_span_logprob(tags.float().log_softmax(-1), b["e2e_span_flat"], b["e2e_word_cont"])
+        logp = logp.clamp(max=-1e-6)  # p < 1, so that log(1 - p) is finite
+        return logp - torch.log(-torch.expm1(logp))
+
     def mention_embeddings(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
                            end: torch.Tensor) -> torch.Tensor:
         """tanh(W [h_first; h_last]) of each mention [M, dim]."""
@@ -284,6 +335,16 @@ class EntityHeads(nn.Module):
         total = men.new_zeros(n_entities, men.shape[1]).index_add_(0, men_entity, men)
         count = torch.bincount(men_entity, minlength=n_entities).clamp(min=1).to(men.dtype)
         return self.typer(total / count[:, None])
+
+
+def bio_span_logprob(logp: torch.Tensor, spans: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """log P(the tags make exactly span [a, b)) [C] from per-word tag log-probabilities `logp` [W, 3] (tags
+    independent): B at a, I inside, and not I at b when word b continues the sentence (`cont` [W] of word b - 1)."""
+    a, b = spans[:, 0], spans[:, 1]
+    inside = nn.functional.pad(logp[:, BIO_I].cumsum(0), (1, 0))  # [W + 1] prefix sums of log P(I)
+    after = torch.logsumexp(logp[:, :BIO_I], -1)  # [W] log P(O or B): the word does not continue a mention
+    closed = torch.where(cont[b - 1], after[b.clamp(max=len(logp) - 1)], after.new_zeros(()))
+    return logp[a, BIO_B] + inside[b] - inside[a + 1] + closed
 
 
 # ----------------------------------------------------------------------------- training
@@ -305,9 +366,12 @@ def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, tor
     b = batch
     out: Dict[str, Tuple[torch.Tensor, int]] = {}
     bce = nn.functional.binary_cross_entropy_with_logits
-    if len(b["e2e_span_label"]):
-        span = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
-                                 b["e2e_span_width"], b["e2e_span_shape"]).float()
+    if heads.span_head == "bio" and b["e2e_word_tag"].ge(0).any():  # cross-entropy over word tags
+        tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).float()
+        out["mention"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100),
+                          int(b["e2e_word_tag"].ge(0).sum()))
+    elif heads.span_head != "bio" and len(b["e2e_span_label"]):
+        span = heads.mention_logits(hidden, b)
         weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
         out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
     if not len(b["e2e_men_doc"]):
@@ -419,9 +483,7 @@ def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tupl
     mention probability of each candidate span [C] (fp32)."""
     b = batch
     enc = model.encode_states(b["input_ids"], b["attention_mask"])
-    prob = torch.sigmoid(model.entity_heads.span_logits(enc.hidden, b["e2e_span_doc"], b["e2e_span_start"],
-                                                        b["e2e_span_end"], b["e2e_span_width"],
-                                                        b["e2e_span_shape"]).float())
+    prob = torch.sigmoid(model.entity_heads.mention_logits(enc.hidden, b))
     return enc, prob
 
 

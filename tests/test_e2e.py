@@ -66,6 +66,58 @@ def test_heads_match_per_example_loops():
     assert torch.allclose(types[1], heads.typer((men[0] + men[2]) / 2), atol=1e-6)
 
 
+def test_bio_tags_by_hand():
+    # the longest of overlapping spans is tagged; [5, 6) is free
+    gold = np.array([[2, 3], [0, 4], [5, 6]])
+    assert entities.bio_tags(gold, 7).tolist() == [1, 2, 2, 2, 0, 1, 0]
+    assert entities.bio_tags(np.zeros((0, 2), dtype=np.int64), 3).tolist() == [0, 0, 0]
+
+
+def test_bio_span_probability_enumerates_taggings():
+    """P(span) of the bio head equals the summed probability of the tag sequences that contain exactly it."""
+    import itertools
+
+    torch.manual_seed(0)
+    logp = torch.randn(5, 3, dtype=torch.float64).log_softmax(-1)  # words 0-2 one sentence, 3-4 another
+    cont = torch.tensor([True, True, False, True, False])
+    spans = torch.tensor([[0, 1], [0, 3], [1, 2], [2, 3], [3, 5], [4, 5]])
+    got = entities.bio_span_logprob(logp, spans, cont).exp()
+    p = logp.exp()
+    for (a, b), g in zip(spans.tolist(), got.tolist()):
+        sent = range(0, 3) if a < 3 else range(3, 5)
+        total = 0.0
+        for tags in itertools.product(range(3), repeat=len(sent)):  # every tagging of the span's sentence
+            t = dict(zip(sent, tags))
+            run = t[a] == 1 and all(t[w] == 2 for w in range(a + 1, b)) and t.get(b, 0) != 2
+            if run:
+                total += float(np.prod([p[w, t[w]] for w in sent]))
+        assert abs(g - total) < 1e-9, (a, b, g, total)
+
+
+def test_bio_head_mention_logits_are_span_logits(minilm_tokenizer):
+    doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."], ["Obama", "left", "."]],
+           "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"}]]}
+    settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["PER"])
+    (f,) = entities.entity_fields([doc], minilm_tokenizer, settings)
+    b = entities.entity_batch([f], 3)
+    assert b["e2e_word_tag"].tolist() == [1, 2, 0, 0, 0, 0, 0, 0]
+    assert b["e2e_word_cont"].tolist() == [True, True, True, True, False, True, True, False]
+    torch.manual_seed(0)
+    heads = entities.EntityHeads(8, 1, 3, dim=6, span_head="bio")
+    hidden = torch.randn(1, 16, 8)
+    tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).log_softmax(-1)
+    prob = torch.sigmoid(heads.mention_logits(hidden, b))
+    i = b["e2e_span_word"].tolist().index([0, 2])
+    expect = tags[0, 1].exp() * tags[1, 2].exp() * (1 - tags[2, 2].exp())
+    assert torch.allclose(prob[i], expect, atol=1e-6)
+    loss, n = entities.entity_losses(heads, hidden, b)["mention"]
+    assert n == 8 and torch.allclose(loss, nn_ce(tags, b["e2e_word_tag"]), atol=1e-6)
+
+
+def nn_ce(logp: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+    return -logp[torch.arange(len(tags)), tags].mean()
+
+
 def test_entity_batch_labels_gold_spans_and_pairs(minilm_tokenizer):
     doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."], ["Obama", "left", "."]],
            "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"},
@@ -214,7 +266,8 @@ def _blind_mention_f1(train, dev):
     return max(scores)
 
 
-def test_entity_heads_learn_synthetic_mentions(synthetic_dir, minilm_path, minilm_tokenizer, one_thread):
+@pytest.mark.parametrize("span_head", ["rich", "bio"])
+def test_entity_heads_learn_synthetic_mentions(span_head, synthetic_dir, minilm_path, minilm_tokenizer, one_thread):
     """A few dozen joint steps on the first sentences of 40 synthetic documents: mention F1 and entity F1 on dev
     beat the best text-blind guesses (mentions: every word or the commonest span; entities: the same spans, each
     its own entity, typed with the commonest type)."""
@@ -230,7 +283,7 @@ def test_entity_heads_learn_synthetic_mentions(synthetic_dir, minilm_path, minil
     torch.manual_seed(0)
     s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), max_seq_length=256, emb_size=32, block_size=8,
                       entity_marker=None, end_to_end=True, entity_types=entities.entity_types_of(train),
-                      max_span_width=4, span_head="rich")
+                      max_span_width=4, span_head=span_head)
     model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
     feats = entities.JoinedFeatures(prepro.features_from_documents(train, minilm_tokenizer, s),
                                     entities.entity_fields(train, minilm_tokenizer, s))
