@@ -210,10 +210,11 @@ def _entity_name(mentions: Sequence[Dict[str, Any]]) -> str:
     return max((m["name"] for m in mentions), key=len)
 
 
-def _output_entity(mentions: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """One entity of the output object from its vertexSet mentions."""
+def _output_entity(mentions: Sequence[Dict[str, Any]], text: str) -> Dict[str, Any]:
+    """One entity of the output object from its vertexSet mentions; a mention's `text` is the text it covers (a
+    DocRED `name` can differ from its tokens: Re-DocRED's "Ko Joo-yeon" covers "Ko Joo - yeon")."""
     return {"name": _entity_name(mentions), "type": text2doc.majority_type(mentions),
-            "mentions": [{"sent_id": m["sent_id"], "pos": list(m["pos"]), "text": m["name"],
+            "mentions": [{"sent_id": m["sent_id"], "pos": list(m["pos"]), "text": text[m["char_start"]:m["char_end"]],
                           "char_start": m["char_start"], "char_end": m["char_end"]} for m in mentions]}
 
 
@@ -235,7 +236,7 @@ def assemble_output(doc: Dict[str, Any], relations: Sequence[Relation], rel_name
     rels = [_output_relation(Relation(*rel), doc, rel_names) for rel in relations]
     rels.sort(key=lambda x: (-x["score"], x["h_idx"], x["t_idx"], x["r"]))
     return {"title": doc["title"], "text": doc["text"], "sent_spans": doc["sent_spans"], "sents": doc["sents"],
-            "entities": [_output_entity(ent) for ent in doc["vertexSet"]], "relations": rels}
+            "entities": [_output_entity(ent, doc["text"]) for ent in doc["vertexSet"]], "relations": rels}
 
 
 # ----------------------------------------------------------------------------- pipeline
