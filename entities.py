@@ -366,11 +366,12 @@ def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, tor
     b = batch
     out: Dict[str, Tuple[torch.Tensor, int]] = {}
     bce = nn.functional.binary_cross_entropy_with_logits
-    if heads.span_head == "bio" and b["e2e_word_tag"].ge(0).any():  # cross-entropy over word tags
-        tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).float()
-        out["mention"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100),
-                          int(b["e2e_word_tag"].ge(0).sum()))
-    elif heads.span_head != "bio" and len(b["e2e_span_label"]):
+    if heads.span_head == "bio":  # cross-entropy over the tags of the words that survive truncation
+        n_tagged = int(b["e2e_word_tag"].ge(0).sum())
+        if n_tagged:
+            tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).float()
+            out["mention"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100), n_tagged)
+    elif len(b["e2e_span_label"]):
         span = heads.mention_logits(hidden, b)
         weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
         out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
