@@ -218,7 +218,8 @@ def entity_batch(features: Sequence[Dict[str, Any]], max_width: int) -> Dict[str
         gold = np.asarray(f["gold_spans"], dtype=np.int64).reshape(-1, 2)
         cols["span_flat"].append(spans + n_words)
         cols["word_doc"].append(np.full(n, d))
-        cols["word_tok"].append(np.asarray(f["word_first"]))
+        # a word cut off by truncation reads token 0: its tag is ignored (-100) and no candidate span reaches it
+        cols["word_tok"].append(np.where(ok, np.asarray(f["word_first"]), 0))
         cols["word_shape"].append(np.asarray(f["word_shape"]))
         cols["word_tag"].append(np.where(ok, bio_tags(gold, n), -100))
         cont = np.zeros(n, dtype=bool)  # [W] the next word is in the same sentence (and both survive truncation)

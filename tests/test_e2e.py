@@ -114,6 +114,24 @@ def test_bio_head_mention_logits_are_span_logits(minilm_tokenizer):
     assert n == 8 and torch.allclose(loss, nn_ce(tags, b["e2e_word_tag"]), atol=1e-6)
 
 
+def test_tagging_heads_skip_words_cut_off_by_truncation(minilm_tokenizer):
+    """A document longer than max_seq_length: the words past the budget point at no token state, so the tag loss
+    counts the kept words only and every span logit comes from them."""
+    doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."] * 4],
+           "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"},
+                          {"name": "Barack Obama", "sent_id": 0, "pos": [15, 17], "type": "PER"}]]}
+    settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["PER"], max_seq_length=12)
+    (f,) = entities.entity_fields([doc], minilm_tokenizer, settings)
+    b = entities.entity_batch([f], 3)
+    n_ok = int(f["word_ok"].sum())
+    assert 0 < n_ok < 20 and int(f["word_first"][-1]) >= 12
+    hidden = torch.randn(1, 12, 8)
+    for head in ("bio",):
+        heads = entities.EntityHeads(8, 1, 3, dim=6, span_head=head)
+        assert torch.isfinite(heads.mention_logits(hidden, b)).all()
+        assert entities.entity_losses(heads, hidden, b)["mention"][1] == n_ok
+
+
 def nn_ce(logp: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
     return -logp[torch.arange(len(tags)), tags].mean()
 
