@@ -1,13 +1,14 @@
 """End to end (issue #36): entity heads on the relation model's encoder, trained jointly with it.
 
 - mentions: every span of at most `max_span_width` words inside one sentence is scored (span-based, as JEREX; it can
-  propose nested spans, which BIO cannot). The "rich" span head (`--span_head`, the default) scores a span from its
-  first and last token states, the mean of its token states, its width and the casing of its first and last words
-  (`word_shapes`: the encoder may be uncased, and capitals are most of what tells a name from a common noun);
-  "endpoints", the first head, from the first and last token states and the width only; "bio" tags each word O, B or
-  I (from its first token's state and casing, cross-entropy) and scores a span by the probability that the tags
-  make exactly it (B at its first word, I inside, not I after: `bio_span_logprob`), so that thresholds and decoding
-  are the span heads' (the measured comparison: studies/end-to-end, "BIO against spans");
+  propose nested spans, which BIO cannot). "endpoints", the first head, scores a span from its first and last token
+  states and its width; "rich" adds the mean of its token states and the casing of its first and last words
+  (`word_shapes`: the encoder may be uncased, and capitals are most of what tells a name from a common noun); "bio"
+  tags each word O, B or I (from its first token's state and casing, cross-entropy) and scores a span by the
+  probability that the tags make exactly it (B at its first word, I inside, not I after: `bio_span_logprob`), so
+  that thresholds and decoding are the span heads' (studies/end-to-end, "BIO against spans"); "rich+bio" (the
+  default, `--span_head`) has both, each trained on its own loss, and scores a span by the mean of their log-odds:
+  the two err on different spans (studies/end-to-end, "Both heads");
 - coreference: a scorer over pairs of mention embeddings and name-match features (`name_features`), then
   average-link clustering of the predicted mentions (`cluster_mentions`);
 - types: the mean of an entity's mention embeddings into the training file's `type` labels.
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 
 ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
-SPAN_HEADS = ("rich", "endpoints", "bio")  # see the module docstring; a folder without the field has "endpoints"
+SPAN_HEADS = ("rich", "endpoints", "bio", "rich+bio")  # see the module docstring; a folder without the field has
+# "endpoints"
+RICH_HEADS, TAGGING_HEADS = ("rich", "rich+bio"), ("bio", "rich+bio")  # heads with the rich scorer, with word tags
 BIO_O, BIO_B, BIO_I = 0, 1, 2  # the bio head's word tags
 N_SHAPES = 5  # word_shapes
 MENTION_THRESHOLD = 0.5  # a model without a tuned one (`mention_threshold`)
@@ -58,11 +61,11 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--coref_weight", type=float, default=0.25, help="weight of the coreference loss (end to end)")
     group.add_argument("--type_weight", type=float, default=0.25, help="weight of the entity type loss (end to end)")
     group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
-    group.add_argument("--span_head", choices=SPAN_HEADS, default="rich",
+    group.add_argument("--span_head", choices=SPAN_HEADS, default="rich+bio",
                        help="what the mention head scores a span from (end to end; see entities.py)")
     group.add_argument("--mention_pos_weight", type=float, default=3.0,
                        help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end, span "
-                            "heads: the bio head's cross-entropy over word tags is unweighted)")
+                            "scorers: the cross-entropy over the word tags of bio and rich+bio is unweighted)")
 
 
 def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
@@ -274,11 +277,11 @@ class EntityHeads(nn.Module):
         self.span_start = nn.Linear(hidden, dim)
         self.span_end = nn.Linear(hidden, dim, bias=False)
         self.span_width = nn.Embedding(max_width + 1, dim)
-        if span_head == "rich":
+        if span_head in RICH_HEADS:
             self.span_content = nn.Linear(hidden, dim, bias=False)
             self.span_shape = nn.Embedding(2 * N_SHAPES, dim)  # the first word's shape, then the last word's
             self.span_hidden = nn.Linear(dim, dim)
-        if span_head == "bio":
+        if span_head in TAGGING_HEADS:
             self.tag_word = nn.Linear(hidden, dim)
             self.tag_shape = nn.Embedding(N_SHAPES, dim)
             self.tag_hidden = nn.Linear(dim, dim)
@@ -294,7 +297,7 @@ class EntityHeads(nn.Module):
         rich head adds the mean of its token states and the shapes [C, 2] of its first and last words."""
         # the maps are linear: each token is projected once ([B, L, dim]) and the C spans (about ten per word) gather
         x = self.span_start(hidden)[doc, start] + self.span_end(hidden)[doc, end] + self.span_width(width)  # [C, dim]
-        if self.span_head == "rich":
+        if self.span_head in RICH_HEADS:
             if shape is None:
                 raise ValueError("the rich span head needs the shapes of each span's first and last words")
             csum = nn.functional.pad(self.span_content(hidden).float().cumsum(1), (0, 0, 1, 0))  # [B, L+1, dim]
@@ -310,15 +313,29 @@ class EntityHeads(nn.Module):
         return self.tag_out(torch.relu(self.tag_hidden(x)))
 
     def mention_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mention logit of each candidate span of the batch [C] (fp32): the span scorer's, or for the bio head
-        log p - log(1 - p), p the probability that the word tags make exactly this span (`bio_span_logprob`)."""
+        """Mention logit of each candidate span of the batch [C] (fp32): the span scorer's (`scorer_logits`), the
+        bio head's (`tagging_logits`), or for rich+bio the mean of the two."""
+        logits = [] if self.span_head == "bio" else [self.scorer_logits(hidden, batch)]
+        if self.span_head in TAGGING_HEADS:
+            logits.append(self.tagging_logits(hidden, batch))
+        return logits[0] if len(logits) == 1 else (logits[0] + logits[1]) / 2
+
+    def scorer_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The span scorer's logit of each candidate span of the batch [C] (fp32)."""
         b = batch
-        if self.span_head != "bio":
-            return self.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
-                                    b["e2e_span_width"], b["e2e_span_shape"]).float()
-        tags = self.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"])
-        logp = bio_span_logprob(tags.float().log_softmax(-1), b["e2e_span_flat"], b["e2e_word_cont"])
-        logp = logp.clamp(max=-1e-6)  # p < 1, so that log(1 - p) is finite
+        return self.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
+                                b["e2e_span_width"], b["e2e_span_shape"]).float()
+
+    def word_tag_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """O/B/I logits of each word of the batch [W, 3] (`tag_logits` on the batch's word fields)."""
+        b = batch
+        return self.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"])
+
+    def tagging_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p - log(1 - p) of each candidate span [C] (fp32), p the probability that the word tags make exactly
+        this span (`bio_span_logprob`)."""
+        logp = self.word_tag_logits(hidden, batch).float().log_softmax(-1)
+        logp = bio_span_logprob(logp, batch["e2e_span_flat"], batch["e2e_word_cont"]).clamp(max=-1e-6)  # p < 1
         return logp - torch.log(-torch.expm1(logp))
 
     def mention_embeddings(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor,
@@ -362,18 +379,19 @@ def encode_and_score(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[
 
 def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, torch.Tensor],
                   pos_weight: float = 1.0) -> Dict[str, Tuple[torch.Tensor, int]]:
-    """{mention, coref, type: (mean loss in fp32, count)}: BCE over candidate spans, BCE over gold mention pairs,
-    cross-entropy over gold entities with a known type; a term without instances is left out."""
+    """{tags, mention, coref, type: (mean loss in fp32, count)}: cross-entropy over word tags (bio, rich+bio), BCE
+    over candidate spans (the span scorers), BCE over gold mention pairs, cross-entropy over gold entities with a
+    known type; a term without instances is left out."""
     b = batch
     out: Dict[str, Tuple[torch.Tensor, int]] = {}
     bce = nn.functional.binary_cross_entropy_with_logits
-    if heads.span_head == "bio":  # cross-entropy over the tags of the words that survive truncation
+    if heads.span_head in TAGGING_HEADS:  # cross-entropy over the tags of the words that survive truncation
         n_tagged = int(b["e2e_word_tag"].ge(0).sum())
         if n_tagged:
-            tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).float()
-            out["mention"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100), n_tagged)
-    elif len(b["e2e_span_label"]):
-        span = heads.mention_logits(hidden, b)
+            tags = heads.word_tag_logits(hidden, b).float()
+            out["tags"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100), n_tagged)
+    if heads.span_head != "bio" and len(b["e2e_span_label"]):  # BCE over the candidate spans
+        span = heads.scorer_logits(hidden, b)
         weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
         out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
     if not len(b["e2e_men_doc"]):
@@ -611,8 +629,10 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
-    """{mention, coref, type: weight, mention_pos: the gold spans' weight in the mention loss} of the flags."""
-    return {"mention": args.mention_weight, "coref": args.coref_weight, "type": args.type_weight,
+    """{tags, mention, coref, type: weight, mention_pos: the gold spans' weight in the span BCE} of the flags (the
+    word tags and the span scorer are both the mention loss)."""
+    return {"tags": args.mention_weight, "mention": args.mention_weight, "coref": args.coref_weight,
+            "type": args.type_weight,
             "mention_pos": getattr(args, "mention_pos_weight", 1.0)}
 
 

@@ -110,8 +110,32 @@ def test_bio_head_mention_logits_are_span_logits(minilm_tokenizer):
     i = b["e2e_span_word"].tolist().index([0, 2])
     expect = tags[0, 1].exp() * tags[1, 2].exp() * (1 - tags[2, 2].exp())
     assert torch.allclose(prob[i], expect, atol=1e-6)
-    loss, n = entities.entity_losses(heads, hidden, b)["mention"]
+    loss, n = entities.entity_losses(heads, hidden, b)["tags"]
     assert n == 8 and torch.allclose(loss, nn_ce(tags, b["e2e_word_tag"]), atol=1e-6)
+
+
+def test_rich_bio_head_is_the_mean_of_its_two_heads(minilm_tokenizer):
+    """rich+bio with a rich head's and a bio head's weights: each mention logit is the mean of theirs, and its
+    losses are the rich head's span BCE and the bio head's tag cross-entropy."""
+    doc = {"title": "d", "sents": [["Barack", "Obama", "visited", "Paris", "."], ["Obama", "left", "."]],
+           "vertexSet": [[{"name": "Barack Obama", "sent_id": 0, "pos": [0, 2], "type": "PER"},
+                          {"name": "Obama", "sent_id": 1, "pos": [0, 1], "type": "PER"}]]}
+    settings = DocRESettings({"Na": 0}, entity_marker=None, end_to_end=True, entity_types=["PER"])
+    b = entities.entity_batch(entities.entity_fields([doc], minilm_tokenizer, settings), 3)
+    torch.manual_seed(0)
+    rich, bio = (entities.EntityHeads(8, 1, 3, dim=6, span_head=h) for h in ("rich", "bio"))
+    both = entities.EntityHeads(8, 1, 3, dim=6, span_head="rich+bio")
+    assert set(both.state_dict()) == set(rich.state_dict()) | set(bio.state_dict())
+    both.load_state_dict({**bio.state_dict(), **rich.state_dict()})
+    hidden = torch.randn(1, 16, 8)
+    with torch.no_grad():
+        expect = (rich.mention_logits(hidden, b) + bio.mention_logits(hidden, b)) / 2
+        assert torch.allclose(both.mention_logits(hidden, b), expect, atol=1e-6)
+        got = entities.entity_losses(both, hidden, b, pos_weight=3.0)
+        ref = {**entities.entity_losses(bio, hidden, b), **entities.entity_losses(rich, hidden, b, pos_weight=3.0)}
+    assert set(got) == {"tags", "mention", "coref", "type"} and set(ref) == set(got)
+    for k in got:
+        assert got[k][1] == ref[k][1] and torch.allclose(got[k][0], ref[k][0], atol=1e-6), k
 
 
 def test_tagging_heads_skip_words_cut_off_by_truncation(minilm_tokenizer):
@@ -126,10 +150,10 @@ def test_tagging_heads_skip_words_cut_off_by_truncation(minilm_tokenizer):
     n_ok = int(f["word_ok"].sum())
     assert 0 < n_ok < 20 and int(f["word_first"][-1]) >= 12
     hidden = torch.randn(1, 12, 8)
-    for head in ("bio",):
+    for head in ("bio", "rich+bio"):
         heads = entities.EntityHeads(8, 1, 3, dim=6, span_head=head)
         assert torch.isfinite(heads.mention_logits(hidden, b)).all()
-        assert entities.entity_losses(heads, hidden, b)["mention"][1] == n_ok
+        assert entities.entity_losses(heads, hidden, b)["tags"][1] == n_ok
 
 
 def nn_ce(logp: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
@@ -284,7 +308,7 @@ def _blind_mention_f1(train, dev):
     return max(scores)
 
 
-@pytest.mark.parametrize("span_head", ["rich", "bio"])
+@pytest.mark.parametrize("span_head", ["rich", "bio", "rich+bio"])
 def test_entity_heads_learn_synthetic_mentions(span_head, synthetic_dir, minilm_path, minilm_tokenizer, one_thread):
     """A few dozen joint steps on the first sentences of 40 synthetic documents: mention F1 and entity F1 on dev
     beat the best text-blind guesses (mentions: every word or the commonest span; entities: the same spans, each
@@ -314,7 +338,7 @@ def test_entity_heads_learn_synthetic_mentions(span_head, synthetic_dir, minilm_
     for _ in range(30):
         batch = collate([feats[int(i)] for i in rng.choice(len(feats), 4, replace=False)])
         terms = entities.joint_loss(model, batch, batch.pop("labels"), loss_fn, contextlib.nullcontext,
-                                    {"mention": 1, "coref": 1, "type": 1})
+                                    {"tags": 1, "mention": 1, "coref": 1, "type": 1})
         opt.zero_grad()
         sum(t for t, _ in terms[1:]).backward()  # the entity heads only: the relation loss is the usual one
         opt.step()
