@@ -36,6 +36,7 @@ ENTITY_DIM = 256  # width of the span and mention representations
 NAME_FEATURES = 5  # see name_features
 SPAN_HEADS = ("rich", "endpoints", "bio", "rich+bio")  # see the module docstring; a folder without the field has
 # "endpoints"
+DEFAULT_SPAN_HEAD = "rich+bio"
 RICH_HEADS, TAGGING_HEADS = ("rich", "rich+bio"), ("bio", "rich+bio")  # heads with the rich scorer, with word tags
 BIO_O, BIO_B, BIO_I = 0, 1, 2  # the bio head's word tags
 N_SHAPES = 5  # word_shapes
@@ -61,7 +62,7 @@ def add_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--coref_weight", type=float, default=0.25, help="weight of the coreference loss (end to end)")
     group.add_argument("--type_weight", type=float, default=0.25, help="weight of the entity type loss (end to end)")
     group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
-    group.add_argument("--span_head", choices=SPAN_HEADS, default="rich+bio",
+    group.add_argument("--span_head", choices=SPAN_HEADS, default=DEFAULT_SPAN_HEAD,
                        help="what the mention head scores a span from (end to end; see entities.py)")
     group.add_argument("--mention_pos_weight", type=float, default=3.0,
                        help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end, span "
@@ -623,9 +624,9 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
         import utils
 
         types = entity_types_of(utils.read_json(train_path, "--train_file"))
+    head = saved.get("span_head", "endpoints") if saved else getattr(args, "span_head", DEFAULT_SPAN_HEAD)
     return settings.replace(end_to_end=True, entity_marker=None, entity_types=types,
-                            max_span_width=int(saved.get("max_span_width", args.max_span_width)),
-                            span_head=saved.get("span_head", "endpoints") if saved else getattr(args, "span_head", SPAN_HEADS[0]))
+                            max_span_width=int(saved.get("max_span_width", args.max_span_width)), span_head=head)
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
