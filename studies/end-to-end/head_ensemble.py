@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import entities  # noqa: E402
+import evaluation_e2e  # noqa: E402
 import predict  # noqa: E402
 import prepro  # noqa: E402
 import raw_text_eval as rte  # noqa: E402
@@ -66,23 +67,18 @@ def decoded_spans(doc: Dict[str, np.ndarray], logit: np.ndarray, threshold: floa
     return [(int(doc["words"][a, 0]), int(doc["words"][b - 1, 1])) for a, b in kept]
 
 
-def scores(docs: Sequence[Dict[str, Any]], scored: Sequence[Dict[str, np.ndarray]], logits: Sequence[np.ndarray],
+def scores(golds: Sequence[Dict[str, Any]], scored: Sequence[Dict[str, np.ndarray]], logits: Sequence[np.ndarray],
            threshold: float) -> Dict[str, float]:
-    """Mention P/R/F1 (exact character spans) and the share of gold entities found (by string), in percent."""
-    tp = n_pred = n_gold = found = total = 0
-    for doc, d, logit in zip(docs, scored, logits):
-        text, offsets, _ = text2doc.join_sents(doc["sents"])
-        gold = [[(offsets[m["sent_id"]][m["pos"][0]][0], offsets[m["sent_id"]][m["pos"][1] - 1][1]) for m in e]
-                for e in doc["vertexSet"]]
-        pred = set(decoded_spans(d, logit, threshold))
-        gold_spans = {s for e in gold for s in e}
-        tp, n_pred, n_gold = tp + len(pred & gold_spans), n_pred + len(pred), n_gold + len(gold_spans)
-        strings = {rte.string_key(text[a:b]) for a, b in pred}
-        found += sum(bool({rte.string_key(text[a:b]) for a, b in e} & strings) for e in gold)
-        total += len(gold)
-    p, r = 100 * tp / max(n_pred, 1), 100 * tp / max(n_gold, 1)
-    return {"mention_p": round(p, 2), "mention_r": round(r, 2), "mention_f1": round(2 * p * r / max(p + r, 1e-9), 2),
-            "found": round(100 * found / max(total, 1), 2)}
+    """Mention P/R/F1 (`evaluation_e2e`) and the share of gold entities found (`raw_text_eval.entities_found`), in
+    percent, of the spans decoded at `threshold`, each its own entity, against gold output objects."""
+    preds = [{"title": g["title"], "entities": [{"mentions": [{"char_start": a, "char_end": b, "text": g["text"][a:b]}]}
+                                                for a, b in decoded_spans(d, logit, threshold)]}
+             for g, d, logit in zip(golds, scored, logits)]
+    mention = evaluation_e2e.end_to_end_scores(golds, preds)["mention"]
+    counts = [rte.entities_found(g, p) for g, p in zip(golds, preds)]  # (found, gold entities) per document
+    found, total = sum(f for f, _ in counts), sum(t for _, t in counts)
+    return {"mention_p": round(mention["precision"], 2), "mention_r": round(mention["recall"], 2),
+            "mention_f1": round(mention["f1"], 2), "found": round(100 * found / max(total, 1), 2)}
 
 
 def main() -> None:
@@ -101,7 +97,8 @@ def main() -> None:
         raise SystemExit("the two models propose different candidate spans (different --max_span_width?)")
     runs = {a.models[0]: [d["logit"] for d in first], a.models[1]: [d["logit"] for d in second],
             "mean of the log-odds": [(x["logit"] + y["logit"]) / 2 for x, y in zip(first, second)]}
-    res = {name: {str(t): scores(docs, first, logits, t) for t in a.thresholds} for name, logits in runs.items()}
+    golds = [rte.gold_output(d) for d in docs]
+    res = {name: {str(t): scores(golds, first, logits, t) for t in a.thresholds} for name, logits in runs.items()}
     for name, by_t in res.items():
         best = max(by_t, key=lambda t: by_t[t]["mention_f1"])
         print(f"{name}: best mention F1 at {best}: {by_t[best]}")
