@@ -307,10 +307,11 @@ class EntityHeads(nn.Module):
             x = self.span_hidden(torch.relu(x + mean.to(x.dtype) + shapes))
         return self.span_out(torch.relu(x)).squeeze(-1)  # [C]
 
-    def tag_logits(self, hidden: torch.Tensor, doc: torch.Tensor, tok: torch.Tensor,
-                   shape: torch.Tensor) -> torch.Tensor:
-        """The bio head's O/B/I logits of each word [W, 3] from its first token's state and its casing."""
-        x = torch.relu(self.tag_word(hidden[doc, tok]) + self.tag_shape(shape))
+    def tag_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """O/B/I logits of each word of the batch [W, 3] from its first token's state and its casing."""
+        b = batch
+        first = hidden[b["e2e_word_doc"], b["e2e_word_tok"]]  # [W, H] each word's first token
+        x = torch.relu(self.tag_word(first) + self.tag_shape(b["e2e_word_shape"]))
         return self.tag_out(torch.relu(self.tag_hidden(x)))
 
     def mention_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -327,15 +328,10 @@ class EntityHeads(nn.Module):
         return self.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"],
                                 b["e2e_span_width"], b["e2e_span_shape"]).float()
 
-    def word_tag_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """O/B/I logits of each word of the batch [W, 3] (`tag_logits` on the batch's word fields)."""
-        b = batch
-        return self.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"])
-
     def tagging_logits(self, hidden: torch.Tensor, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """log p - log(1 - p) of each candidate span [C] (fp32), p the probability that the word tags make exactly
         this span (`bio_span_logprob`)."""
-        logp = self.word_tag_logits(hidden, batch).float().log_softmax(-1)
+        logp = self.tag_logits(hidden, batch).float().log_softmax(-1)
         logp = bio_span_logprob(logp, batch["e2e_span_flat"], batch["e2e_word_cont"]).clamp(max=-1e-6)  # p < 1
         return logp - torch.log(-torch.expm1(logp))
 
@@ -389,7 +385,7 @@ def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, tor
     if heads.span_head in TAGGING_HEADS:  # cross-entropy over the tags of the words that survive truncation
         n_tagged = int(b["e2e_word_tag"].ge(0).sum())
         if n_tagged:
-            tags = heads.word_tag_logits(hidden, b).float()
+            tags = heads.tag_logits(hidden, b).float()
             out["tags"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100), n_tagged)
     if heads.span_head != "bio" and len(b["e2e_span_label"]):  # BCE over the candidate spans
         span = heads.scorer_logits(hidden, b)

@@ -105,7 +105,7 @@ def test_bio_head_mention_logits_are_span_logits(minilm_tokenizer):
     torch.manual_seed(0)
     heads = entities.EntityHeads(8, 1, 3, dim=6, span_head="bio")
     hidden = torch.randn(1, 16, 8)
-    tags = heads.tag_logits(hidden, b["e2e_word_doc"], b["e2e_word_tok"], b["e2e_word_shape"]).log_softmax(-1)
+    tags = heads.tag_logits(hidden, b).log_softmax(-1)
     prob = torch.sigmoid(heads.mention_logits(hidden, b))
     i = b["e2e_span_word"].tolist().index([0, 2])
     expect = tags[0, 1].exp() * tags[1, 2].exp() * (1 - tags[2, 2].exp())
