@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import biomed  # noqa: E402
 import text2doc  # noqa: E402
+from mask_mentions import mask_block  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "cdr" / "CDR_sample.PubTator.txt"
 SPLITS = {"train.txt": (0, 32), "dev.txt": (32, 40), "test.txt": (40, 50), "train40.txt": (0, 40)}
@@ -49,13 +50,19 @@ CONFIGS = {  # name -> train_bio.py flags besides COMMON and the seed
     # 10 epochs, without --end_to_end), written into --work by docred_encoder.py: see the README, "From DocRED"
     "atl-docred": ["--loss", "atl", "--learning_rate", "1e-4", "--num_train_epochs", "10", "--model_name_or_path",
                    "{work}/docred-encoder"],
+    # ATL on the sample with every mention's text replaced by its type, in training and test (mask_mentions.py)
+    "atl-masked": ["--loss", "atl", "--learning_rate", "1e-4", "--num_train_epochs", "10"],
 }
+MASKED = {"atl-masked"}  # configurations that read the masked sample
 
 
-def split_sample(work: Path) -> Path:
-    """The sample's train, dev and test files (PubTator blocks in file order) under `work`/data."""
+def split_sample(work: Path, masked: bool = False) -> Path:
+    """The sample's train, dev and test files (PubTator blocks in file order) under `work`/data, or with every
+    mention masked under `work`/data-masked."""
     blocks = SAMPLE.read_text(encoding="utf-8").strip().split("\n\n")
-    data = work / "data"
+    if masked:
+        blocks = [mask_block(b) for b in blocks]
+    data = work / ("data-masked" if masked else "data")
     data.mkdir(parents=True, exist_ok=True)
     for name, (a, b) in SPLITS.items():
         (data / name).write_text("\n\n".join(blocks[a:b]) + "\n\n", encoding="utf-8")
@@ -115,7 +122,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     keep = ("f1", "precision", "recall", "intra_f1", "inter_f1")
     for name in a.configs:
         for seed in a.seeds:
-            scores = run_one(data, work / f"{name}-seed{seed}", CONFIGS[name], seed)
+            files = split_sample(work, masked=True) if name in MASKED else data
+            scores = run_one(files, work / f"{name}-seed{seed}", CONFIGS[name], seed)
             results["runs"].setdefault(name, {"flags": CONFIGS[name], "seeds": {}})["seeds"][str(seed)] = {
                 f"{split}_{k}": round(scores[f"{split}_{k}"], 2) for split in ("dev", "test") for k in keep}
             path.write_text(json.dumps(results, indent=1) + "\n")
