@@ -35,7 +35,8 @@ class Interrupted(UserError):
 
 def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) -> int:
     """The one error path of every command: run `main`; an `expected` error prints one line `error: ...` (also into
-    train.log, when open) and gives status 2 (130 for utils.Interrupted and Ctrl-C), no traceback; otherwise 0."""
+    train.log, when open) and gives status 2 (130 for utils.Interrupted and Ctrl-C; 141, silently, when stdout's
+    reader has closed the pipe), no traceback; otherwise 0."""
     try:
         main()
     except expected as e:
@@ -49,6 +50,9 @@ def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) 
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves last.pt and says so itself)
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader stopped early (`predict.py ... | head`): quiet, as for SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141
     return 0
 
 

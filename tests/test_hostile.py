@@ -10,6 +10,8 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from engine.rundir import RunDirectory
 from model import DocREModel
 from prepro import features_from_documents, load_rel2id, read_docred
 from settings import DocRESettings
-from conftest import shared_file
+from conftest import ROOT, shared_file
 from test_bad_input import run_args
 from test_prepro import SETTINGS, make_doc
 from test_prepro import write as write_docs
@@ -311,6 +313,20 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
         raise KeyboardInterrupt
 
     assert utils.guarded(ctrl_c) == 130 and capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
+
+
+def test_a_reader_closing_stdout_early_ends_quietly():
+    """`predict.py ... | head`: the pipe closes under the writer; one exit status, no traceback on stderr."""
+    code = ("import sys, utils\n"
+            "def main():\n"
+            "    for _ in range(10 ** 5):\n"
+            "        print('x' * 100)\n"
+            "sys.exit(utils.guarded(main))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 def test_an_ignored_sigint_stays_ignored_while_training():
