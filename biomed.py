@@ -50,11 +50,13 @@ TITLE_LINE = re.compile(r"^([^|\t]+)\|([ta])\|(.*)$")
 
 @dataclass(frozen=True)
 class BioDataset:
-    """One benchmark: its relation name and the entity types of its candidate pairs (head, tail)."""
+    """One benchmark: its relation id, the entity types of its candidate pairs (head, tail) and the relation's name
+    (which model folders record, so that predictions read it instead of the id)."""
     name: str
     relation: str
     head_type: str
     tail_type: str
+    relation_name: str
 
     @property
     def rel2id(self) -> Dict[str, int]:
@@ -66,8 +68,8 @@ class BioDataset:
         return [[self.head_type, self.tail_type]]
 
 
-DATASETS = {"cdr": BioDataset("cdr", "CID", "Chemical", "Disease"),
-            "gda": BioDataset("gda", "GDA", "Gene", "Disease")}
+DATASETS = {"cdr": BioDataset("cdr", "CID", "Chemical", "Disease", "chemical-induced disease"),
+            "gda": BioDataset("gda", "GDA", "Gene", "Disease", "gene-disease association")}
 
 
 class BioFormatError(UserError):

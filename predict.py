@@ -266,6 +266,28 @@ def entity_source(choice: Optional[str], settings: Any) -> Optional[str]:
     return "model" if choice is None and has_heads else choice
 
 
+def entity_rule(settings: Optional["DocRESettings"]) -> text2doc.EntityRule:
+    """What a user's entities may be for this model: a model of typed candidate pairs (biomedical: Chemical ->
+    Disease) takes entities of those types, given, since spaCy's NER finds only DocRED's; any other model DocRED's
+    types, given or from spaCy."""
+    if settings is None or not settings.pair_types:
+        return text2doc.EntityRule()
+    return text2doc.EntityRule(tuple(sorted({t for pair in settings.pair_types for t in pair})), ner=False)
+
+
+def peek_settings(path: str) -> Optional["DocRESettings"]:
+    """The settings of the model at `path`, read without its weights; None where they cannot be read this way
+    (`load_model` then says why, or reads an old pickle with --trust_checkpoint)."""
+    from engine import checkpoints
+    from settings import DocRESettings
+
+    try:
+        found = checkpoints.peek_meta(path, "--model")
+        return DocRESettings.from_checkpoint(*found) if found is not None else None
+    except ValueError:  # also utils.UserError: no model there, which load_model reports after the input's checks
+        return None
+
+
 def check_entity_source(entities: Optional[str], suffix: str) -> None:
     """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON (it carries entities)."""
     if entities == "given" and suffix == ".txt":
@@ -355,6 +377,7 @@ class DocREPipeline:
             raise InputError(f"{len(titles)} titles for {len(batch)} texts")
         items = [(title, text, None, f"text {i} (title {title!r})")
                  for i, (title, text) in enumerate(zip(titles, batch))]
+        text2doc.check_ner_allowed(items, entity_rule(getattr(self.model_bundle, "settings", None)))
         outputs = self.predict_documents(text2doc.convert_texts(self.nlp, items))
         return outputs[0] if single else outputs
 
@@ -400,11 +423,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
-    """(number of documents, chunks of converted documents) of --input or --text, every document checked first."""
+def read_source(args: argparse.Namespace, nlp_loader: Callable[[], Any],
+                rule: text2doc.EntityRule = text2doc.EntityRule()) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of converted documents) of --input or --text, every document checked first
+    (given entities against `rule`)."""
     if args.text is not None:
-        return 1, iter([text2doc.convert_texts(nlp_loader(), [("text", args.text, None, "--text")])])
-    return text2doc.input_chunks(args.input, nlp_loader, args.chunk_docs, progress=not args.no_progress)
+        items = [("text", args.text, None, "--text")]
+        text2doc.check_ner_allowed(items, rule)
+        return 1, iter([text2doc.convert_texts(nlp_loader(), items)])
+    return text2doc.input_chunks(args.input, nlp_loader, args.chunk_docs, progress=not args.no_progress, rule=rule)
 
 
 @contextlib.contextmanager
@@ -435,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     check_args(args)
     check_entity_source(args.entities, ".txt" if args.text is not None else Path(args.input).suffix.lower())
-    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities))
+    rule = entity_rule(peek_settings(args.model))
+    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities), rule)
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
                                          n_docs <= args.chunk_docs, args.trust_checkpoint, args.max_seq_length,
                                          batch_size=args.batch_size, entities=args.entities)

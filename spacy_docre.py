@@ -50,6 +50,11 @@ class DocREComponent:
         self.name, self.batch_size = name, batch_size
         self.pipeline = predict.DocREPipeline.from_pretrained(model, rel_info, device, trust=trust_checkpoint,
                                                               batch_size=batch_size, nlp=nlp)
+        rule = predict.entity_rule(self.pipeline.model_bundle.settings)
+        if not rule.ner:
+            raise ValueError(f"docre: {model} scores pairs of {', '.join(rule.types)} entities, and this component "
+                             f"reads spaCy's NER through DocRED's types: run predict.py with the entities given "
+                             f"(a .jsonl) instead")
 
     def __call__(self, doc: Doc) -> Doc:
         return next(iter(self.pipe([doc])))

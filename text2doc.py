@@ -44,7 +44,8 @@ Input files (`read_inputs`), by suffix:
   string, default "line N") and optionally `entities`, which replace NER for that document:
       {"title": "t", "text": "Marie Curie was born in Warsaw.",
        "entities": [{"type": "PER", "mentions": [[0, 11]]}, {"type": "LOC", "mentions": [[24, 30]]}]}
-  each entity an object with `type` (one of PER, ORG, LOC, TIME, NUM, MISC) and `mentions`, a non-empty list of
+  each entity an object with `type` (one of PER, ORG, LOC, TIME, NUM, MISC, or the types of an `EntityRule`: a
+  biomedical model's Chemical and Disease, which then must be given) and `mentions`, a non-empty list of
   [char_start, char_end) spans with 0 <= char_start < char_end <= len(text) that cover a non-whitespace character.
   A span that starts or ends inside a token is widened to whole tokens, and the mention's offsets are those of the
   widened span; a span across a sentence boundary is clipped as above (with a warning). User entities are kept as
@@ -65,6 +66,7 @@ import os
 import sys
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -88,6 +90,15 @@ PRONOUNS = frozenset(
     "we us our ours ourselves they them their theirs themselves this that these those who whom whose which what "
     "one ones someone anyone everyone somebody anybody everybody something anything everything".split())
 FUNCTION_WORDS = frozenset("of the and for in on at to de du des la le von van da di &".split())
+
+
+@dataclass(frozen=True)
+class EntityRule:
+    """What a document's entities may be: the types that given entities may carry, and whether spaCy's NER (which
+    gives DocRED's types) may find them where none are given."""
+
+    types: Tuple[str, ...] = DOCRED_TYPES
+    ner: bool = True
 
 
 class InputError(UserError):
@@ -310,8 +321,9 @@ def with_char_offsets(doc: Dict[str, Any]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _check_entities(raw: Any, text: str, where: str) -> List[Dict[str, Any]]:
-    """User entities of a `.jsonl` line, checked: [{"type", "mentions": [[start, end], ...]}]."""
+def _check_entities(raw: Any, text: str, where: str, rule: EntityRule) -> List[Dict[str, Any]]:
+    """User entities of a `.jsonl` line, checked: [{"type", "mentions": [[start, end], ...]}], each type one of
+    `rule.types`."""
     if not isinstance(raw, list):
         raise InputError(f"{where}: field entities: must be a list of entities, got {type(raw).__name__}")
     checked = []
@@ -319,8 +331,8 @@ def _check_entities(raw: Any, text: str, where: str) -> List[Dict[str, Any]]:
         field = f"entities[{e_i}]"
         if not isinstance(ent, dict) or "type" not in ent or "mentions" not in ent:
             raise InputError(f"{where}: field {field}: must be an object with keys type, mentions")
-        if ent["type"] not in DOCRED_TYPES:
-            raise InputError(f"{where}: field {field}.type: must be one of {', '.join(DOCRED_TYPES)}, "
+        if ent["type"] not in rule.types:
+            raise InputError(f"{where}: field {field}.type: must be one of {', '.join(rule.types)}, "
                              f"got {ent['type']!r}")
         mentions = ent["mentions"]
         if not isinstance(mentions, list) or not mentions:
@@ -383,7 +395,8 @@ def _text_lines(path: str) -> Iterator[Tuple[int, str]]:
             yield n, line
 
 
-def _jsonl_item(path: str, n: int, line: str) -> Tuple[str, str, Optional[List[Dict[str, Any]]], str]:
+def _jsonl_item(path: str, n: int, line: str, rule: EntityRule) -> Tuple[str, str, Optional[List[Dict[str, Any]]],
+                                                                        str]:
     """(title, text, user entities or None, where) of one `.jsonl` line."""
     where = f"{path}: line {n}"
     try:
@@ -403,15 +416,33 @@ def _jsonl_item(path: str, n: int, line: str) -> Tuple[str, str, Optional[List[D
         raise InputError(f"{where}: field text: must be a non-empty string, got {text!r:.80}")
     if not isinstance(title, str):
         raise InputError(f"{where}: field title: must be a string, got {title!r:.80}")
-    entities = _check_entities(obj["entities"], text, where) if obj.get("entities") is not None else None
+    entities = _check_entities(obj["entities"], text, where, rule) if obj.get("entities") is not None else None
     return title, text, entities, where
 
 
-def text_items(path: str) -> List[Tuple[str, str, Optional[List[Dict[str, Any]]], str]]:
-    """(title, text, user entities or None, where) of each document of a `.txt` or `.jsonl` file."""
+def text_items(path: str, rule: EntityRule = EntityRule()) -> List[Tuple[str, str, Optional[List[Dict[str, Any]]],
+                                                                          str]]:
+    """(title, text, user entities or None, where) of each document of a `.txt` or `.jsonl` file, the entities
+    checked against `rule`."""
     if Path(path).suffix.lower() == ".jsonl":
-        return [_jsonl_item(path, n, line) for n, line in _text_lines(path)]
-    return [(f"line {n}", line, None, f"{path}: line {n}") for n, line in _text_lines(path)]
+        items = [_jsonl_item(path, n, line, rule) for n, line in _text_lines(path)]
+    else:
+        items = [(f"line {n}", line, None, f"{path}: line {n}") for n, line in _text_lines(path)]
+    check_ner_allowed(items, rule)
+    return items
+
+
+def check_ner_allowed(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]], rule: EntityRule) -> None:
+    """Refuse an item without given entities when `rule` has no use for spaCy's (a model of other entity types
+    would be given entities it never scores), naming the first."""
+    if rule.ner:
+        return
+    for _, _, ents, where in items:
+        if ents is None:
+            raise InputError(f"{where}: field entities: missing; the model scores pairs of {', '.join(rule.types)} "
+                             f"entities, which spaCy's NER does not find: give them in a .jsonl line "
+                             f"(\"entities\": [{{\"type\": \"{rule.types[0]}\", \"mentions\": [[start, end]]}}]) or "
+                             f"in DocRED JSON")
 
 
 def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
@@ -518,9 +549,10 @@ def read_inputs(path: str | os.PathLike, nlp_loader: Any, batch_size: int = 32,
 
 
 def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[int], batch_size: int = 32,
-                 progress: bool = False) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
-    """(number of documents, chunks of `chunk_docs` converted documents; None: one chunk) of an input file. Every
-    document is checked before the first chunk is converted, so bad input fails before any work is done."""
+                 progress: bool = False, rule: EntityRule = EntityRule()) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of `chunk_docs` converted documents; None: one chunk) of an input file, given
+    entities checked against `rule`. Every document is checked before the first chunk is converted, so bad input
+    fails before any work is done."""
     path = str(path)
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
@@ -530,7 +562,7 @@ def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[
     if suffix not in (".txt", ".jsonl"):
         raise InputError(f"{path}: unknown input format {suffix!r}; use .json (DocRED), .txt (one document a line) "
                          f"or .jsonl (one {{\"title\", \"text\"}} object a line)")
-    items = text_items(path)
+    items = text_items(path, rule)
     if not items:
         raise InputError(f"{path}: the file holds no documents (only blank lines)")
     check_unique_titles(items)  # every check before spaCy loads, whatever chunk_docs

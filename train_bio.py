@@ -81,7 +81,7 @@ class Bio(DocRETask, Task):
         saved = (meta or {}).get("rel2id")
         if saved is not None and saved != rel2id:
             raise UserError(f"--load_path {source} was trained with the label map {saved}, not {self.name}'s {rel2id}")
-        self.configure(rel2id, {})
+        self.configure(rel2id, {self.dataset.relation: self.dataset.relation_name})
         self.settings = self.settings.replace(pair_types=self.dataset.pair_types)  # the candidates, in the model
 
     def nlp(self) -> Any:

@@ -359,6 +359,19 @@ def load_model_folder(folder: Path, config: Dict[str, Any], what: str = "--model
             "folder": config}
 
 
+def peek_meta(path: str | os.PathLike, what: str = "--load_path") -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(meta, args) of anything `locate_model` accepts, read without loading the weights (a .pt file is mapped, not
+    read); None for a file that is not a readable checkpoint, such as an old pickle (`read_model` says why)."""
+    found, config = locate_model(path, what)
+    if config is not None:
+        return config.get("meta") or {}, config.get("args") or {}
+    try:
+        ckpt = torch.load(found, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a pickle, a truncated or a foreign file: read_model refuses it with the reason
+        return None
+    return (checkpoint_meta(ckpt), ckpt.get("args") or {}) if isinstance(ckpt, dict) else None
+
+
 def read_model(path: str | os.PathLike, what: str = "--load_path", trust: bool = False,
                device: torch.device | str = "cpu") -> Tuple[Dict[str, Any], Path]:
     """(checkpoint dict, where it was read: a model folder or a .pt file) of anything `locate_model` accepts."""

@@ -288,6 +288,36 @@ def test_bio_model_folder_predicts_only_its_candidate_pairs(tmp_path, tiny_bert_
     pairs = {(r["h_idx"], r["t_idx"]) for r in json.loads(out.read_text())[0]["relations"]}
     assert pairs and pairs == set(biomed.typed_pairs(doc, CDR))
     assert len(doc["vertexSet"]) * (len(doc["vertexSet"]) - 1) > len(pairs)
+    # a user's own abstract: entities given with the model's types, never spaCy's (they have DocRED's types)
+    text = "Lidocaine-induced cardiac asystole. A bolus of lidocaine caused depression in a patient with asthma."
+    mine = {"title": "mine", "text": text, "entities": [
+        {"type": "Chemical", "mentions": [[0, 9], [47, 56]]}, {"type": "Disease", "mentions": [[18, 34]]},
+        {"type": "Disease", "mentions": [[64, 74]]}, {"type": "Disease", "mentions": [[93, 99, "asthma"]]}]}
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text(json.dumps(mine) + "\n")
+    assert predict.main(["--model", str(run / "model"), "--input", str(jsonl), "--output", str(out)]) == 0
+    relations = json.loads(out.read_text())[0]["relations"]
+    assert {(r["h_idx"], r["t_idx"]) for r in relations} == {(0, 1), (0, 2), (0, 3)}
+    assert {(r["r"], r["relation"]) for r in relations} == {("CID", "chemical-induced disease")}
+    capsys.readouterr()
+    (tmp_path / "mine.txt").write_text(text + "\n")
+    mine["entities"][3]["type"] = "PER"
+    (tmp_path / "per.jsonl").write_text(json.dumps(mine) + "\n")
+    for source, message in ((["--text", text], "--text: field entities: missing; the model scores pairs of "
+                                                "Chemical, Disease entities, which spaCy's NER does not find"),
+                            (["--input", str(tmp_path / "mine.txt")], "mine.txt: line 1: field entities: missing"),
+                            (["--input", str(tmp_path / "per.jsonl")],
+                             "per.jsonl: line 1 (title 'mine'): field entities[3].type: must be one of Chemical, "
+                             "Disease, got 'PER'")):
+        assert predict.main(["--model", str(run / "model"), *source, "--output", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(text2doc.InputError, match="text 0 .title 'text 0'.: field entities: missing"):
+        predict.DocREPipeline.from_pretrained(str(run / "model"))(text)
+    import spacy
+    import spacy_docre  # noqa: F401 (registers the factory)
+
+    with pytest.raises(ValueError, match="scores pairs of Chemical, Disease entities, and this component reads"):
+        spacy.blank("en").add_pipe("docre", config={"model": str(run / "model")})
     config["meta"]["settings"]["pair_types"] = [["Chemical"]]
     config_path.write_text(json.dumps(config))
     assert predict.main(["--model", str(run / "model"), "--input", str(docs), "--output", str(out)]) == 2
