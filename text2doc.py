@@ -395,8 +395,8 @@ def _text_lines(path: str) -> Iterator[Tuple[int, str]]:
             yield n, line
 
 
-def _jsonl_item(path: str, n: int, line: str, rule: EntityRule) -> Tuple[str, str, Optional[List[Dict[str, Any]]],
-                                                                        str]:
+def _jsonl_item(path: str, n: int, line: str, rule: EntityRule = EntityRule()
+                ) -> Tuple[str, str, Optional[List[Dict[str, Any]]], str]:
     """(title, text, user entities or None, where) of one `.jsonl` line."""
     where = f"{path}: line {n}"
     try:
