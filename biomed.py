@@ -31,6 +31,7 @@ Bad input raises `BioFormatError` (a UserError): the file, document (index and P
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -132,6 +133,18 @@ def detect_format(path: str) -> str:
         return "data"
     raise UserError(f"{path}: neither a PubTator file (first line `PMID|t|title`) nor an EoG .data file (PMID, "
                     f"text, then {PAIR_FIELDS} fields per pair); first line: {first[:80]!r}")
+
+
+def looks_like_pubtator(path: str) -> bool:
+    """Whether a text file starts as a PubTator file does: a `PMID|t|title` line, then `PMID|a|` of the same PMID
+    (plain text with such lines is unlikely; `predict.py` tells its `.txt` inputs apart by this)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = list(itertools.islice((line.rstrip("\r\n") for line in f if line.strip()), 2))
+    except (OSError, UnicodeDecodeError):
+        return False  # the text reader reports it
+    m = [TITLE_LINE.match(line) for line in first]
+    return len(m) == 2 and all(m) and m[0].group(1) == m[1].group(1) and (m[0].group(2), m[1].group(2)) == ("t", "a")
 
 
 def read_corpus(path: str, nlp_loader: Callable[[], Any], log: bool = True, drop_unmatched: bool = False
@@ -249,7 +262,8 @@ def _tokens(nlp: Any, doc: Abstract) -> Tuple[List[Tuple[int, int]], List[int]]:
     sents: List[int] = []
     n_sent = 0
     for offset, part in ((0, doc.title), (len(doc.title) + 1, doc.abstract)):
-        with nlp.select_pipes(enable=[p for p in ("tok2vec", "parser", "senter") if p in nlp.pipe_names]):
+        splitters = ("tok2vec", "parser", "senter", "sentencizer")
+        with nlp.select_pipes(enable=[p for p in splitters if p in nlp.pipe_names]):
             sdoc = nlp(part)
         for sent in sdoc.sents:
             toks = [(offset + t.idx, offset + t.idx + len(t.text)) for t in sent if not t.is_space]
@@ -334,12 +348,18 @@ def read_pubtator(path: str, nlp: Any, log: bool = True, drop_unmatched: bool = 
                   ) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
     """The documents of a PubTator file, and the counts of what alignment changed (reported in the log)."""
     abstracts, dropped = parse_pubtator(path, drop_unmatched)
-    counts = {"documents": len(abstracts), "dropped_relations": dropped, "mentions_off_token_boundaries": 0,
-              "tokens_split": 0, "sentences_joined": 0, "ungrounded_mentions": 0}
-    docs = [_document(nlp, a, counts) for a in abstracts]
-    counts["relations"] = sum(len(d["labels"]) for d in docs)
+    docs, counts = abstract_documents(abstracts, nlp)
+    counts = {"documents": len(abstracts), "dropped_relations": dropped, **counts}
     if log:
         _report(path, counts)
+    return docs, counts
+
+
+def abstract_documents(abstracts: Sequence[Abstract], nlp: Any) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
+    """The DocRED-form documents of parsed abstracts, and the counts of what aligning them to tokens changed."""
+    counts = {"mentions_off_token_boundaries": 0, "tokens_split": 0, "sentences_joined": 0, "ungrounded_mentions": 0}
+    docs = [_document(nlp, a, counts) for a in abstracts]
+    counts["relations"] = sum(len(d["labels"]) for d in docs)
     return docs, counts
 
 
@@ -501,15 +521,32 @@ def pair_scores(pred: np.ndarray, gold: np.ndarray, intra: np.ndarray) -> Dict[s
     return scores
 
 
+def candidate_table(docs: Sequence[Dict[str, Any]], dataset: BioDataset
+                    ) -> Tuple[List[Tuple[int, int, int]], np.ndarray, np.ndarray]:
+    """Every candidate pair of the documents as (document index, head, tail) [P], whether it is labelled [P] and
+    whether it is intra-sentence [P]: what a pair F1 is counted over."""
+    pairs, gold, intra = [], [], []
+    for i, d in enumerate(docs):
+        positive = {(lab["h"], lab["t"]) for lab in d["labels"]}
+        for h, t in typed_pairs(d, dataset):
+            pairs.append((i, h, t))
+            gold.append((h, t) in positive)
+            intra.append(is_intra(d, h, t))
+    return pairs, np.array(gold, dtype=bool), np.array(intra, dtype=bool)
+
+
+def dataset_of(pair_types: Sequence[Sequence[str]]) -> BioDataset:
+    """The benchmark whose candidate pairs a model's `pair_types` are."""
+    for dataset in DATASETS.values():
+        if dataset.pair_types == [list(p) for p in pair_types]:
+            return dataset
+    raise UserError(f"no biomedical dataset has the candidate pairs {list(pair_types)} (known: "
+                    f"{', '.join(f'{d.name} {d.pair_types}' for d in DATASETS.values())})")
+
+
 def text_blind_scores(docs: Sequence[Dict[str, Any]], dataset: BioDataset) -> Dict[str, Dict[str, float]]:
     """Scores of two rules that never read the text, over the candidate pairs: predict every pair, and predict the
     pairs with a head and a tail mention in one sentence (the bar a model must clear on a small sample)."""
-    gold, intra = [], []
-    for d in docs:
-        positive = {(lab["h"], lab["t"]) for lab in d["labels"]}
-        for h, t in typed_pairs(d, dataset):
-            gold.append((h, t) in positive)
-            intra.append(is_intra(d, h, t))
-    gold_a, intra_a = np.array(gold, dtype=bool), np.array(intra, dtype=bool)  # [P], [P]
-    return {"every_pair": pair_scores(np.ones_like(gold_a), gold_a, intra_a),
-            "same_sentence": pair_scores(intra_a, gold_a, intra_a)}
+    _, gold, intra = candidate_table(docs, dataset)  # [P], [P]
+    return {"every_pair": pair_scores(np.ones_like(gold), gold, intra),
+            "same_sentence": pair_scores(intra, gold, intra)}

@@ -288,13 +288,15 @@ def peek_settings(path: str) -> Optional["DocRESettings"]:
         return None
 
 
-def check_entity_source(entities: Optional[str], suffix: str) -> None:
-    """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON (it carries entities)."""
-    if entities == "given" and suffix == ".txt":
-        raise InputError("--entities given needs entity spans: a .jsonl with \"entities\" or DocRED JSON")
-    if entities == "spacy" and suffix == ".json":
-        raise InputError("--entities spacy reads text (.txt, .jsonl, --text); DocRED JSON carries its entities "
-                         "(--entities given, or model)")
+def check_entity_source(entities: Optional[str], kind: str) -> None:
+    """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON or PubTator (they carry
+    entities); `kind` is `text2doc.input_kind`'s."""
+    if entities == "given" and kind == ".txt":
+        raise InputError("--entities given needs entity spans: a .jsonl with \"entities\", DocRED JSON or PubTator")
+    if entities == "spacy" and kind in (".json", ".pubtator"):
+        carrier = "DocRED JSON" if kind == ".json" else "PubTator"
+        raise InputError(f"--entities spacy reads text (.txt, .jsonl, --text); {carrier} carries its entities "
+                         f"(--entities given, or model)")
 
 
 def spacy_for(name: str, entities: Optional[str]) -> Any:
@@ -390,13 +392,14 @@ class DocREPipeline:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False, description="Predict relations with a trained model on DocRED JSON, raw "
-                                                 "text (.txt, one document a line) or .jsonl ({\"title\", \"text\"} "
-                                                 "a line).")
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     description="Predict relations with a trained model on DocRED JSON, raw "
+                                     "text (.txt, one document a line), .jsonl ({\"title\", \"text\"} a line) or "
+                                     "PubTator.")
     parser.add_argument("--model", required=True,
                         help="model folder (RUN/model or one written by save_pretrained), run directory, or .pt")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="a .json (DocRED), .txt or .jsonl file")
+    source.add_argument("--input", help="a .json (DocRED), .txt, .jsonl or PubTator (.pubtator, or .txt) file")
     source.add_argument("--text", help="one document's text")
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
@@ -461,7 +464,7 @@ def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
 def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     check_args(args)
-    check_entity_source(args.entities, ".txt" if args.text is not None else Path(args.input).suffix.lower())
+    check_entity_source(args.entities, ".txt" if args.text is not None else text2doc.input_kind(args.input))
     rule = entity_rule(peek_settings(args.model))
     n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities), rule)
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
@@ -529,7 +532,8 @@ def parse_verify_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                      description="Re-predict a labelled DocRED file and compare with the scores the "
                                                  "model folder records for it.")
     parser.add_argument("--model", required=True, help="model folder (RUN/model), run directory, or .pt")
-    parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file)")
+    parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file); for a "
+                                                      "biomedical model, PubTator or .data")
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest F1 difference (points) accepted")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--chunk_docs", type=int, default=1000)
@@ -555,6 +559,30 @@ def rescore(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, Any]:
     return evaluation.official_evaluate(preds, gold)
 
 
+def rescore_pairs(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, Any]:
+    """ATLOP's pair scores (percent, with intra- and inter-sentence F1) of a biomedical model's predictions on a
+    labelled PubTator or .data file, read as train_bio.py reads it (its spaCy model; only entities of candidates)."""
+    import numpy as np
+
+    import biomed
+
+    dataset = biomed.dataset_of(pipe.model_bundle.settings.pair_types)
+    spacy_model = getattr(pipe.model_bundle.pretrained.args, "spacy_model", text2doc.DEFAULT_SPACY_MODEL)
+    docs, _ = biomed.read_corpus(path, lambda: text2doc.load_spacy(spacy_model), log=False, drop_unmatched=True)
+    docs = [biomed.keep_paired(d, dataset) for d in docs]
+    if not any(d["labels"] for d in docs):
+        raise InputError(f"--data {path} has no {dataset.relation} relation: verify needs a labelled file (e.g. the "
+                         f"dev file)")
+    predicted = []  # per document, its predicted (head, tail) pairs
+    for first in range(0, len(docs), chunk_docs):
+        chunk = [text2doc.with_char_offsets(d) for d in docs[first:first + chunk_docs]]
+        outs = pipe.predict_documents(chunk, path, first)
+        predicted += [{(r["h_idx"], r["t_idx"]) for r in out["relations"]} for out in outs]
+    pairs, gold, intra = biomed.candidate_table(docs, dataset)  # [P] each
+    pred = np.array([(h, t) in predicted[i] for i, h, t in pairs], dtype=bool)
+    return biomed.pair_scores(pred, gold, intra)
+
+
 def recorded_scores(config: Dict[str, Any], sha: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     """(split, scores) that a model folder's config.json records for the data file of SHA-256 `sha`, if any."""
     for split, record in (config.get("training") or {}).items():
@@ -567,11 +595,14 @@ def verify(args: argparse.Namespace) -> int:
     """0 when the F1 on --data equals the recorded one within --tolerance (or nothing is recorded), else 1."""
     from engine.checkpoints import CONFIG, file_sha256
 
-    if not Path(args.data).is_file() or Path(args.data).suffix.lower() != ".json":
-        raise InputError(f"--data {args.data}: no such DocRED .json file")
+    biomedical = bool(getattr(peek_settings(args.model), "pair_types", None))
+    if not Path(args.data).is_file():
+        raise InputError(f"--data {args.data}: no such file")
+    if not biomedical and Path(args.data).suffix.lower() != ".json":
+        raise InputError(f"--data {args.data}: not a DocRED .json file")
     pipe = DocREPipeline.from_pretrained(args.model, None, args.device, not args.no_progress, args.trust_checkpoint,
                                          AS_TRAINED, batch_size=args.batch_size)  # as the recorded scores were made
-    scores = rescore(pipe, args.data, args.chunk_docs)
+    scores = (rescore_pairs if biomedical else rescore)(pipe, args.data, args.chunk_docs)
     print(f"{args.data}: F1 {scores['f1']:.4f}, precision {scores['precision']:.4f}, recall {scores['recall']:.4f} "
           f"({scores['n_correct']} of {scores['n_pred']} predicted facts correct, {scores['n_gold']} gold)")
     pre = pipe.model_bundle.pretrained

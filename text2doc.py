@@ -39,7 +39,9 @@ Input files (`read_inputs`), by suffix:
 - `.json`: a DocRED file (a list of documents with a gold `vertexSet`; no NER is run, gold `labels` are ignored),
   checked by prepro's validator. Its `text` is the sentences' tokens joined by single spaces, sentences joined by a
   single space (the same text `join_sents` builds), so char offsets index that text.
-- `.txt`: one document per line, titled "line N" (N counts from 1); blank lines are skipped.
+- `.txt`: one document per line, titled "line N" (N counts from 1); blank lines are skipped. A `.txt` file that
+  starts as PubTator does (`PMID|t|title`, then `PMID|a|abstract`), or any `.pubtator` file, is PubTator
+  (`pubtator_chunks`: biomed's reader; entities are its identifier clusters, titles its PMIDs).
 - `.jsonl`: one JSON object per line (blank lines skipped): `text` (required, non-empty string), `title` (optional
   string, default "line N") and optionally `entities`, which replace NER for that document:
       {"title": "t", "text": "Marie Curie was born in Warsaw.",
@@ -548,20 +550,49 @@ def read_inputs(path: str | os.PathLike, nlp_loader: Any, batch_size: int = 32,
     return [doc for chunk in input_chunks(path, nlp_loader, None, batch_size, progress)[1] for doc in chunk]
 
 
+def input_kind(path: str | os.PathLike) -> str:
+    """The format of an input file: ".json" (DocRED), ".jsonl", ".txt", or ".pubtator" (by that suffix, or a .txt
+    file that starts as PubTator does, like BioCreative's `CDR_TestSet.PubTator.txt`)."""
+    import biomed
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".jsonl", ".txt", ".pubtator"):
+        raise InputError(f"{path}: unknown input format {suffix!r}; use .json (DocRED), .txt (one document a line), "
+                         f".jsonl (one {{\"title\", \"text\"}} object a line) or PubTator (.pubtator, or .txt)")
+    return ".pubtator" if suffix == ".txt" and biomed.looks_like_pubtator(str(path)) else suffix
+
+
+def pubtator_chunks(path: str, nlp_loader: Any, chunk_docs: Optional[int]
+                    ) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+    """(number of documents, chunks of documents with char offsets) of a PubTator file: titled by PMID, entities
+    its identifier clusters with their types; its relation lines are not needed (one naming an identifier no mention
+    has is dropped with a warning). The whole file is checked before spaCy loads."""
+    import biomed
+
+    try:
+        abstracts, _ = biomed.parse_pubtator(path, drop_unmatched=True)
+    except biomed.BioFormatError as e:
+        raise InputError(str(e)) from None
+    if not abstracts:
+        raise InputError(f"{path}: the file holds no documents")
+    nlp = nlp_loader()
+    chunks = (biomed.abstract_documents(chunk, nlp)[0] for chunk in _batched(abstracts, chunk_docs or len(abstracts)))
+    return len(abstracts), ([with_char_offsets(doc) for doc in docs] for docs in chunks)
+
+
 def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[int], batch_size: int = 32,
                  progress: bool = False, rule: EntityRule = EntityRule()) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
     """(number of documents, chunks of `chunk_docs` converted documents; None: one chunk) of an input file, given
     entities checked against `rule`. Every document is checked before the first chunk is converted, so bad input
     fails before any work is done."""
     path = str(path)
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = Path(path).suffix.lower()
-    if suffix == ".json":
+    kind = input_kind(path)
+    if kind == ".json":
         return docred_chunks(path, chunk_docs)
-    if suffix not in (".txt", ".jsonl"):
-        raise InputError(f"{path}: unknown input format {suffix!r}; use .json (DocRED), .txt (one document a line) "
-                         f"or .jsonl (one {{\"title\", \"text\"}} object a line)")
+    if kind == ".pubtator":
+        return pubtator_chunks(path, nlp_loader, chunk_docs)
     items = text_items(path, rule)
     if not items:
         raise InputError(f"{path}: the file holds no documents (only blank lines)")

@@ -271,6 +271,18 @@ def _card_metrics(config: Dict[str, Any]) -> List[Tuple[str, str, float]]:
     return out
 
 
+def _card_use(config: Dict[str, Any]) -> str:
+    """The model card's prediction commands: text for a DocRED model; PubTator, or entities given with their types,
+    for a model of typed candidate pairs (biomedical), which spaCy's entities would never feed."""
+    pair_types = ((config.get("meta") or {}).get("settings") or {}).get("pair_types")
+    if pair_types:
+        head, tail = pair_types[0]
+        return (f"python predict.py --model THIS_FOLDER --input abstracts.PubTator.txt --output pred.json\n"
+                f"python predict.py --model THIS_FOLDER --input mine.jsonl  # entities given: {head}, {tail}\n")
+    return ("python predict.py --model THIS_FOLDER --input docs.json --output pred.json\n"
+            "python predict.py --model THIS_FOLDER --text \"Marie Curie was born in Warsaw.\"\n")
+
+
 def model_card(config: Dict[str, Any]) -> str:
     """README.md of a model folder: Hugging Face's YAML header, then how it was trained, its scores and its use."""
     training, args = config.get("training") or {}, config.get("args") or {}
@@ -295,8 +307,7 @@ def model_card(config: Dict[str, Any]) -> str:
             f"{config.get('evidence')}\n- epochs {args.get('num_train_epochs')}, batch {args.get('train_batch_size')} "
             f"x {args.get('gradient_accumulation_steps')}, learning rate {args.get('learning_rate')}, seed "
             f"{args.get('seed')}\n\n## Scores (percent)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n"
-            f"## Use\n\n```bash\npython predict.py --model THIS_FOLDER --input docs.json --output pred.json\n"
-            f"python predict.py --model THIS_FOLDER --text \"Marie Curie was born in Warsaw.\"\n"
+            f"## Use\n\n```bash\n{_card_use(config)}"
             f"python predict.py verify --model THIS_FOLDER --data {dev.get('file') or 'dev.json'}  # re-scores the "
             f"dev file\n```\n\nLoading checks `model.safetensors` against the SHA-256 in `config.json`; nothing "
             f"in this folder is pickled. See docs/model-folder.md of the toolkit.\n")

@@ -220,6 +220,25 @@ def test_cli_refuses_bad_input_with_status_2(tmp_path, minilm_path, capsys):
 # ----------------------------------------------------------------------------- learning and the engine
 
 
+def test_predict_tells_pubtator_by_content_and_refuses_a_bad_one(tmp_path, capsys):
+    import predict
+
+    (tmp_path / "plain.txt").write_text("Who|t|what is this line?\nAnother document.\n")
+    (tmp_path / "abstracts.txt").write_text("1|t|Aspirin and pain.\n1|a|Aspirin relieves pain.\n")
+    assert text2doc.input_kind(tmp_path / "plain.txt") == ".txt"
+    assert text2doc.input_kind(tmp_path / "abstracts.txt") == ".pubtator"
+    bad = tmp_path / "bad.pubtator"
+    bad.write_text("1|t|Aspirin and pain.\n1|a|Aspirin relieves pain.\n1\t0\t99\tAspirin\tChemical\tD001241\n")
+    out = tmp_path / "out.json"
+    assert predict.main(["--model", str(tmp_path), "--input", str(bad), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: 1 problem(s) in this PubTator file") and "Traceback" not in err
+    assert "document 0 (PMID 1), line 3: field offsets: [0, 99) is not a span of the text" in err
+    assert not out.exists()
+    argv = ["--model", str(tmp_path), "--input", str(tmp_path / "abstracts.txt"), "--entities", "spacy"]
+    assert predict.main(argv) == 2 and "PubTator carries its entities" in capsys.readouterr().err
+
+
 def test_text_blind_baselines_of_the_held_out_abstracts(sample_docs):
     """The figures docs/biomedical.md and studies/cdr-sample give for the last 10 abstracts (227 pairs, 36 CID)."""
     scores = biomed.text_blind_scores(sample_docs[40:], CDR)
@@ -278,6 +297,13 @@ def test_bio_model_folder_predicts_only_its_candidate_pairs(tmp_path, tiny_bert_
     config_path = run / "model" / "config.json"
     config = json.loads(config_path.read_text())
     assert config["meta"]["settings"]["pair_types"] == [["Chemical", "Disease"]]
+    # the folder re-scores its PubTator dev file with ATLOP's pair F1, as its card says
+    card = (run / "model" / "README.md").read_text()
+    assert "--input abstracts.PubTator.txt" in card and "Marie Curie" not in card
+    assert predict.main(["verify", "--model", str(run / "model"), "--data", str(data / "dev.txt"), "--no_progress"]) == 0
+    dev, said = config["training"]["dev"]["scores"], capsys.readouterr().out
+    assert f"verified: F1 {dev['f1']:.4f} equals" in said and dev["n_pred"] > 0
+    assert f"({dev['n_correct']} of {dev['n_pred']} predicted facts correct, {dev['n_gold']} gold)" in said
     config["decision"]["threshold"] = 1e-6  # every pair the model scores is predicted
     config_path.write_text(json.dumps(config))
     doc = sample_docs[45]  # all its entities: chemical->disease, disease->chemical and same-type pairs
@@ -288,6 +314,13 @@ def test_bio_model_folder_predicts_only_its_candidate_pairs(tmp_path, tiny_bert_
     pairs = {(r["h_idx"], r["t_idx"]) for r in json.loads(out.read_text())[0]["relations"]}
     assert pairs and pairs == set(biomed.typed_pairs(doc, CDR))
     assert len(doc["vertexSet"]) * (len(doc["vertexSet"]) - 1) > len(pairs)
+    for name in ("abstract.pubtator", "CDR_abstract.PubTator.txt"):  # PubTator in, as BioCreative names its files
+        write_blocks(tmp_path / name, blocks[45:46])
+        assert predict.main(["--model", str(run / "model"), "--input", str(tmp_path / name), "--output", str(out)]) == 0
+        (got,) = json.loads(out.read_text())
+        assert got["title"] == doc["title"] and [[m["pos"] for m in e["mentions"]] for e in got["entities"]] == [
+            [m["pos"] for m in e] for e in doc["vertexSet"]]
+        assert {(r["h_idx"], r["t_idx"]) for r in got["relations"]} == pairs
     # a user's own abstract: entities given with the model's types, never spaCy's (they have DocRED's types)
     text = "Lidocaine-induced cardiac asystole. A bolus of lidocaine caused depression in a patient with asthma."
     mine = {"title": "mine", "text": text, "entities": [
