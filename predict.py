@@ -529,8 +529,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def parse_verify_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="predict.py verify",
-                                     description="Re-predict a labelled DocRED file and compare with the scores the "
-                                                 "model folder records for it.")
+                                     description="Re-predict a labelled file (DocRED JSON; PubTator or .data for a "
+                                                 "biomedical model) and compare with the scores the model folder "
+                                                 "records for it.")
     parser.add_argument("--model", required=True, help="model folder (RUN/model), run directory, or .pt")
     parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file); for a "
                                                       "biomedical model, PubTator or .data")
