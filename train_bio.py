@@ -123,13 +123,11 @@ class Bio(DocRETask, Task):
     def gold(self, split: Split) -> Tuple[np.ndarray, np.ndarray]:
         """(gold relation [P] bool, intra-sentence [P] bool) of the split's candidate pairs, in feature order."""
         if split.name not in self._gold:
-            gold, intra = [], []
-            for f, doc in zip(split.features, split.gold):
-                g = np.zeros(len(f["hts"]), dtype=bool)
-                g[f["labels"][:, 0]] = True
-                gold.append(g)
-                intra.append(np.array([biomed.is_intra(doc, h, t) for h, t in f["hts"].tolist()], dtype=bool))
-            self._gold[split.name] = (np.concatenate(gold), np.concatenate(intra))
+            pairs, gold, intra = biomed.candidate_table(split.gold, self.dataset)  # the features' pairs, in order
+            hts = [(i, h, t) for i, f in enumerate(split.features) for h, t in f["hts"].tolist()]
+            if pairs != hts:
+                raise RuntimeError(f"{split.source}: the features' candidate pairs are not the documents' typed pairs")
+            self._gold[split.name] = (gold, intra)
         return self._gold[split.name]
 
     def score(self, outputs: Outputs, split: Split, loss_fn: Any, decision: Decision) -> Dict[str, Any]:
