@@ -192,14 +192,20 @@ def truncation_points(docs: Sequence[Dict[str, Any]], tokenizer: Any,
     return points
 
 
-def warn_truncated(where: str, out: Dict[str, Any], n_tokens: int, max_seq_length: int) -> None:
+# what a truncation warning advises: predict.py reads whole documents unless capped; verify reads them as trained
+READ_WHOLE = "leave out --max_seq_length to read the whole document"
+READ_AS_TRAINED = "verify reads documents at the training length, as the recorded scores were made"
+
+
+def warn_truncated(where: str, out: Dict[str, Any], n_tokens: int, max_seq_length: int,
+                   advice: str = READ_WHOLE) -> None:
     """One warning for a document read only up to its `truncated_at`, naming it and the entities lost."""
     cut = out["truncated_at"]
     lost = sum(all(m["char_end"] > cut for m in e["mentions"]) for e in out["entities"])
     logger.warning("%s: field text: %d tokens, more than --max_seq_length %d: read up to character %d of %d "
                    "(truncated_at); %d of %d entities have no mention before it and are scored from a zero "
-                   "embedding; leave out --max_seq_length to read the whole document", where, n_tokens,
-                   max_seq_length, cut, len(out["text"]), lost, len(out["entities"]))
+                   "embedding; %s", where, n_tokens, max_seq_length, cut, len(out["text"]), lost,
+                   len(out["entities"]), advice)
 
 
 # ----------------------------------------------------------------------------- output assembly
@@ -337,9 +343,9 @@ class DocREPipeline:
         return self._nlp
 
     def predict_documents(self, docs: Sequence[Dict[str, Any]], source: str = "the documents",
-                          first: int = 0) -> List[Dict[str, Any]]:
+                          first: int = 0, advice: str = READ_WHOLE) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order, each with its `truncated_at`; a document read only in
-        part is named in a warning as document `first + i` of `source`."""
+        part is named in a warning (ending in `advice`) as document `first + i` of `source`."""
         outputs = self._outputs(docs)
         b = self.model_bundle
         points = truncation_points(docs, b.tokenizer, b.settings)
@@ -347,7 +353,7 @@ class DocREPipeline:
         for i, (out, point) in enumerate(zip(outputs, points)):
             if point is not None:
                 warn_truncated(f"{source}: document {first + i} (title {out['title']!r})", out, point[0],
-                               b.settings.max_seq_length)
+                               b.settings.max_seq_length, advice)
         return outputs
 
     def _outputs(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -556,7 +562,7 @@ def rescore(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, Any]:
     preds = [{"title": out["title"], "h_idx": r["h_idx"], "t_idx": r["t_idx"], "r": r["r"],
               **({"evidence": r["evidence"]} if with_evidence else {})}
              for k, chunk in enumerate(text2doc.input_chunks(path, lambda: None, chunk_docs)[1])
-             for out in pipe.predict_documents(chunk, path, k * chunk_docs) for r in out["relations"]]
+             for out in pipe.predict_documents(chunk, path, k * chunk_docs, READ_AS_TRAINED) for r in out["relations"]]
     return evaluation.official_evaluate(preds, gold)
 
 
@@ -577,7 +583,7 @@ def rescore_pairs(pipe: DocREPipeline, path: str, chunk_docs: int) -> Dict[str, 
     predicted = []  # per document, its predicted (head, tail) pairs
     for first in range(0, len(docs), chunk_docs):
         chunk = [text2doc.with_char_offsets(d) for d in docs[first:first + chunk_docs]]
-        outs = pipe.predict_documents(chunk, path, first)
+        outs = pipe.predict_documents(chunk, path, first, READ_AS_TRAINED)
         predicted += [{(r["h_idx"], r["t_idx"]) for r in out["relations"]} for out in outs]
     pairs, gold, intra = biomed.candidate_table(docs, dataset)  # [P] each
     pred = np.array([(h, t) in predicted[i] for i, h, t in pairs], dtype=bool)

@@ -386,11 +386,14 @@ def test_changed_weights_are_refused_before_any_prediction(trained, tmp_path, mo
         run_test_mode(folder, only_test, tmp_path / "t")
 
 
-def test_verify_passes_on_the_honest_folder_and_fails_on_edited_scores(trained, tmp_path, capsys):
+def test_verify_passes_on_the_honest_folder_and_fails_on_edited_scores(trained, tmp_path, capsys, caplog):
     run, only_test = trained
     data = str(only_test / "test.json")  # the dev file's bytes
     assert predict.main(["verify", "--model", str(run), "--data", data, "--no_progress"]) == 0
     assert "verified: F1" in capsys.readouterr().out
+    # the documents are longer than the 256 tokens trained with, and verify reads them so, on purpose
+    assert "more than --max_seq_length 256" in caplog.text and predict.READ_AS_TRAINED in caplog.text
+    assert predict.READ_WHOLE not in caplog.text
     edited = tmp_path / "edited"
     shutil.copytree(run / "model", edited)
     config = json.loads((edited / "config.json").read_text())
