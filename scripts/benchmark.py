@@ -419,8 +419,9 @@ def bare_inputs(model, features: Sequence[dict], batches: Sequence[Sequence[int]
     out = []
     for batch in batches:
         b = collate([features[i] for i in batch])
-        out.append([(ids.to(device), mask.to(device))
-                    for ids, mask in model.encoder_inputs(b["input_ids"], b["attention_mask"])])
+        # on the device first: the model unpads CPU tensors only, so CPU tensors would give a GPU run one call per
+        # sequence where our forward makes one call per batch
+        out.append(model.encoder_inputs(b["input_ids"].to(device), b["attention_mask"].to(device)))
     return out
 
 
