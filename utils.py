@@ -188,12 +188,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def select_device(device: Optional[str] = None) -> torch.device:
-    """`cuda` when available (or asked for), else `cpu`."""
+    """`device`, or `cuda` when available and else `cpu`; a name torch does not know, or a CUDA device this machine
+    lacks, is a UserError (--device)."""
     import torch
 
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device {device}: not a device name (cpu, cuda, cuda:1)") from e
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+            raise UserError(f"--device {device}: no CUDA device is available ({build}); leave out --device to "
+                            f"run on the CPU")
+        if chosen.index is not None and chosen.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return chosen
 
 
 # mallopt's parameter number of the mmap threshold (glibc's malloc.h)

@@ -22,6 +22,8 @@ def init_distributed(device: Optional[str] = None) -> Tuple[int, int, torch.devi
     if world == 1:
         return 0, 1, utils.select_device(device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device:
+        utils.select_device(device)  # an unknown name or a missing GPU is an error, not a quiet fall back to gloo
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -160,6 +160,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.synthetic_entities < 2 or min(args.scaling_entities) < 2:
         parser.error("synthetic documents need at least 2 entities (one pair)")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
+    try:
+        args.device = utils.select_device(args.device).type
+    except utils.UserError as e:
+        parser.error(str(e))
     return args
 
 
@@ -898,11 +902,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the phase process
-    import torch
-
-    args.device = args.device or utils.select_device().type
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
     result: Dict[str, Any] = {"machine": machine_info(), "threads": args.threads}
     result["torch"], result["transformers"] = result["machine"]["torch"], result["machine"]["transformers"]
     result["settings"] = settings(args)

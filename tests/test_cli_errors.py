@@ -54,6 +54,17 @@ def test_missing_data_folder(tiny_bert_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("device, culprit", [("gpu", "not a device name"), ("cuda:99", "CUDA device")])
+def test_a_device_this_machine_lacks(device, culprit, finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """A misspelt device, or a GPU the machine lacks: one line, before anything is written (not a traceback from
+    deep inside torch, nor a quiet fall back to the CPU)."""
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--device", device))
+    assert_refused(res, f"--device {device}: ", culprit)
+    assert not (tmp_path / "run").exists()
+    res = run("predict.py", "--model", finished / "model", "--text", "A met B.", "--device", device)
+    assert_refused(res, f"--device {device}: ", culprit)
+
+
 @pytest.mark.parametrize("case", ["missing", "garbage", "truncated", "folder"])
 def test_bad_load_path(case, finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
     path = {"missing": tmp_path / "nope.pt", "garbage": tmp_path / "garbage.pt",

@@ -92,3 +92,14 @@ def test_mmap_threshold_is_set_through_glibc_or_declined():
         assert block.sum() == len(block)
     finally:
         utils.set_mmap_threshold(32)  # glibc's ceiling of its dynamic threshold
+
+
+def test_select_device_refuses_unknown_names_and_missing_gpus():
+    UserError, select_device = utils.UserError, utils.select_device
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="--device gpu: not a device name"):
+        select_device("gpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(UserError, match="no CUDA device" if count == 0 else f"has {count} CUDA device"):
+        select_device(f"cuda:{count}")
