@@ -394,15 +394,15 @@ class DialogRE(Task):
     def add_args(cls, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("dialogre")
         add_split_args(g, "./dataset/dialogre", "train.json", "dev.json", "test.json")
-        g.add_argument("--max_seq_length", type=int, default=512)
+        g.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=512)
         g.add_argument("--no_entity_type", action="store_true", help="do not add x_type/y_type after the arguments")
-        g.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
+        g.add_argument("--dropout", type=utils.BELOW_ONE, default=0.1, help="dropout before the classifier")
         g.add_argument("--bce_rule", default="dialogre", choices=["dialogre", "global"],
                        help="BCE decisions: the dataset's (T1, T2) rule or one global threshold (both tuned on dev)")
         g.add_argument("--no_f1c", action="store_true", help="skip F1c (the model on every dialogue prefix)")
-        g.add_argument("--train_limit", type=int, default=None, help="use only the first N training dialogues")
-        g.add_argument("--dev_limit", type=int, default=None, help="use only the first N dev dialogues")
-        g.add_argument("--test_limit", type=int, default=None, help="use only the first N test dialogues")
+        g.add_argument("--train_limit", type=utils.COUNT, default=None, help="use only the first N training dialogues")
+        g.add_argument("--dev_limit", type=utils.COUNT, default=None, help="use only the first N dev dialogues")
+        g.add_argument("--test_limit", type=utils.COUNT, default=None, help="use only the first N test dialogues")
         g.add_argument("--select_metric", default="f1", choices=["f1"])
         # BERT_s settings of Yu et al. (2020); the shared defaults are DocRED's
         parser.set_defaults(learning_rate=3e-5, classifier_lr=3e-5, train_batch_size=24, test_batch_size=32,

@@ -16,6 +16,7 @@ from torch import nn
 
 import evaluation
 import losses
+import utils
 from collate import DocRECollator
 from model import DocREModel
 from settings import DocRESettings
@@ -26,17 +27,17 @@ MODEL_SETTINGS = ("emb_size", "block_size", "max_seq_length", "no_entity_marker"
 
 def add_model_args(g: argparse._ArgumentGroup, max_seq_length: int = 1024) -> None:
     """The DocRE model's flags: input window, entity marker, head, evidence."""
-    g.add_argument("--max_seq_length", type=int, default=max_seq_length)
+    g.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=max_seq_length)
     g.add_argument("--no_entity_marker", action="store_true", help="do not put * around mentions")
-    g.add_argument("--emb_size", type=int, default=768)
-    g.add_argument("--block_size", type=int, default=64)
+    g.add_argument("--emb_size", type=utils.COUNT, default=768)
+    g.add_argument("--block_size", type=utils.COUNT, default=64)
     g.add_argument("--bilinear", default="atlop", choices=["atlop", "maxsym"],
                    help="group bilinear head: ATLOP's, or the NCRL authors' max-symmetrized blocks (their "
                         "DocRED runs)")
-    g.add_argument("--evidence_lambda", type=float, default=0.0,
+    g.add_argument("--evidence_lambda", type=utils.NON_NEGATIVE, default=0.0,
                    help="weight of the evidence loss KL(evidence || sentence attention) (DREEAM: 0.1 with "
                         "BERT, 0.05 with RoBERTa; 0 = off, and no evidence is written)")
-    g.add_argument("--evidence_threshold", type=float, default=losses.EVIDENCE_THRESHOLD,
+    g.add_argument("--evidence_threshold", type=utils.FRACTION, default=losses.EVIDENCE_THRESHOLD,
                    help="a predicted relation's evidence: the sentences whose attention passes this")
 
 
@@ -50,6 +51,9 @@ class DocRETask:
     def configure(self, rel2id: Dict[str, int], relation_names: Dict[str, str]) -> None:
         """The model's `DocRESettings` from the flags and the label map, and the collator."""
         a = self.args
+        if a.emb_size % a.block_size:
+            raise utils.UserError(f"--emb_size {a.emb_size} must be a multiple of --block_size {a.block_size} (the "
+                                  f"group bilinear splits the embeddings into blocks)")
         self.settings = DocRESettings(
             rel2id, max_seq_length=a.max_seq_length, entity_marker=None if a.no_entity_marker else "*",
             emb_size=a.emb_size, block_size=a.block_size, bilinear=a.bilinear,

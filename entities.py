@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import utils
+
 if TYPE_CHECKING:
     from model import Encoded
 
@@ -58,13 +60,16 @@ def add_args(group: argparse._ArgumentGroup) -> None:
                             "reads raw text without spaCy's NER (implies no entity marker)")
     # defaults of the 400/100 study (studies/end-to-end), three seeds each: weights 0.5 cost 2.3 points of
     # gold-entity relation F1, 0.25 cost 1.2, with the same mention F1 (85.8 and 85.0) and raw/gold ratio (0.79)
-    group.add_argument("--mention_weight", type=float, default=0.25, help="weight of the mention loss (end to end)")
-    group.add_argument("--coref_weight", type=float, default=0.25, help="weight of the coreference loss (end to end)")
-    group.add_argument("--type_weight", type=float, default=0.25, help="weight of the entity type loss (end to end)")
-    group.add_argument("--max_span_width", type=int, default=10, help="longest mention in words (end to end)")
+    group.add_argument("--mention_weight", type=utils.NON_NEGATIVE, default=0.25,
+                       help="weight of the mention loss (end to end)")
+    group.add_argument("--coref_weight", type=utils.NON_NEGATIVE, default=0.25,
+                       help="weight of the coreference loss (end to end)")
+    group.add_argument("--type_weight", type=utils.NON_NEGATIVE, default=0.25,
+                       help="weight of the entity type loss (end to end)")
+    group.add_argument("--max_span_width", type=utils.COUNT, default=10, help="longest mention in words (end to end)")
     group.add_argument("--span_head", choices=SPAN_HEADS, default=DEFAULT_SPAN_HEAD,
                        help="what the mention head scores a span from (end to end; see entities.py)")
-    group.add_argument("--mention_pos_weight", type=float, default=3.0,
+    group.add_argument("--mention_pos_weight", type=utils.POSITIVE, default=3.0,
                        help="weight of the gold spans in the mention loss (BCE's pos_weight; end to end, span "
                             "scorers: the cross-entropy over the word tags of bio and rich+bio is unweighted)")
 

@@ -276,9 +276,9 @@ class GoEmotions(Task):
         g.add_argument("--data_dir", default="./dataset/goemotions", help="train.tsv, dev.tsv, test.tsv, labels.txt")
         g.add_argument("--hf_dataset", action="store_true",
                        help=f"load {HF_DATASET} ({HF_CONFIG}) through Hugging Face datasets instead (needs network)")
-        g.add_argument("--max_seq_length", type=int, default=128)
+        g.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=128)
         for split in SPLIT_FILES:
-            g.add_argument(f"--{split}_limit", type=int, default=-1,
+            g.add_argument(f"--{split}_limit", type=utils.number_flag(int, 1, off=-1, off_means="all"), default=-1,
                            help=f"use only the first N {split} comments left after the ambiguity filter (-1: all)")
         g.add_argument("--select_metric", default="map", choices=["map"])
         parser.set_defaults(margin_reg=False, top_k=-1, train_batch_size=16, test_batch_size=64,

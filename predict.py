@@ -90,7 +90,6 @@ class ModelBundle:
 WHOLE_DOCUMENT = sys.maxsize  # the settings' max_seq_length that reads every token
 AS_TRAINED = "as trained"  # read documents at the length the model was trained with (verify: its recorded scores)
 MaxLength = Union[int, str, None]  # a number of tokens, None (no cap) or AS_TRAINED
-MIN_SEQ_LENGTH = 16  # the smallest --max_seq_length: the special tokens and a few words
 
 
 def reading_settings(settings: DocRESettings, max_seq_length: MaxLength) -> DocRESettings:
@@ -516,9 +515,9 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("batch_size", "chunk_docs"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
-        raise InputError(f"--max_seq_length must be >= {MIN_SEQ_LENGTH} (the special tokens and a few words), got "
-                         f"{args.max_seq_length}; leave it out to read whole documents")
+    if args.max_seq_length is not None and args.max_seq_length < utils.MIN_SEQ_LENGTH:
+        raise InputError(f"--max_seq_length must be >= {utils.MIN_SEQ_LENGTH} (the special tokens and a few words), "
+                         f"got {args.max_seq_length}; leave it out to read whole documents")
     if args.mention_threshold is not None and not 0.0 <= args.mention_threshold <= 1.0:
         raise InputError(f"--mention_threshold is a probability in [0, 1], got {args.mention_threshold}")
     if args.output != "-":

@@ -55,7 +55,7 @@ class Bio(DocRETask, Task):
         g.add_argument("--dataset", default=None, choices=sorted(biomed.DATASETS),
                        help="cdr (Chemical->Disease, CID) or gda (Gene->Disease, GDA); default: gda when --data_dir "
                             "is named gda, else cdr (ATLOP's rule)")
-        g.add_argument("--num_class", type=int, default=None, help="checked: 2 (the relation and no relation)")
+        g.add_argument("--num_class", type=utils.COUNT, default=None, help="checked: 2 (the relation and no relation)")
         add_model_args(g)
         g.add_argument("--select_metric", default="f1", choices=["f1", "intra_f1", "inter_f1"],
                        help="dev score that picks best.pt (ATLOP: f1)")

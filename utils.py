@@ -5,9 +5,11 @@ without it.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -31,6 +33,41 @@ class UserError(ValueError):
 class Interrupted(UserError):
     """Training stopped by SIGINT/SIGTERM after saving last.pt: one line, exit status 130 (as for Ctrl-C)."""
     status = 130
+
+
+def number_flag(kind: type, low: float, high: Optional[float] = None, *, low_open: bool = False,
+                high_open: bool = False, off: Optional[float] = None, off_means: str = "none") -> Callable[[str], Any]:
+    """An argparse `type` taking a finite `kind` (int or float) number from `low` to `high` (each bound excluded
+    when open), or `off`, the flag's special value (`off_means`); anything else is argparse's one-line error,
+    exit 2."""
+    bounds = (f"> {low}" if low_open else f">= {low}") if high is None else \
+        f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    wanted = bounds + (f" (or {off}: {off_means})" if off is not None else "")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {wanted}, "
+                                             f"got {text!r}") from None
+        if off is not None and value == off:
+            return value
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # what argparse calls the type in its own messages
+    return parse
+
+
+COUNT = number_flag(int, 1)  # documents per batch, steps, widths: at least one
+NON_NEGATIVE = number_flag(float, 0)  # learning rates, weight decays, loss weights
+POSITIVE = number_flag(float, 0, low_open=True)  # epochs, Adam's epsilon, the clipping norm
+FRACTION = number_flag(float, 0, 1)  # the warm-up share of the steps, an attention threshold
+BELOW_ONE = number_flag(float, 0, 1, high_open=True)  # probability shifts, dropout
+MIN_SEQ_LENGTH = 16  # the smallest --max_seq_length: the special tokens and a few words
+SEQ_LENGTH = number_flag(int, MIN_SEQ_LENGTH)
 
 
 def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) -> int:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import losses
+import utils
 from losses import Decision
 
 MODES = ("train", "test", "predict")  # train (from scratch or --load_path --do_train); test: --load_path alone
@@ -169,23 +170,25 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="Hugging Face name or local folder; `minilm` is the packaged offline encoder")
     g.add_argument("--config_name", default="", help="config name or path, if not the model's")
     g.add_argument("--tokenizer_name", default="", help="tokenizer name or path, if not the model's")
-    g.add_argument("--train_batch_size", type=int, default=4, help="documents per device and micro-batch")
-    g.add_argument("--test_batch_size", type=int, default=8)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=5e-5, help="encoder learning rate")
-    g.add_argument("--classifier_lr", type=float, default=1e-4, help="learning rate of the new layers")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the encoder")
-    g.add_argument("--classifier_weight_decay", type=float, default=0.0,
+    g.add_argument("--train_batch_size", type=utils.COUNT, default=4, help="documents per device and micro-batch")
+    g.add_argument("--test_batch_size", type=utils.COUNT, default=8)
+    g.add_argument("--gradient_accumulation_steps", type=utils.COUNT, default=1)
+    g.add_argument("--learning_rate", type=utils.NON_NEGATIVE, default=5e-5, help="encoder learning rate")
+    g.add_argument("--classifier_lr", type=utils.NON_NEGATIVE, default=1e-4, help="learning rate of the new layers")
+    g.add_argument("--weight_decay", type=utils.NON_NEGATIVE, default=0.0, help="AdamW weight decay of the encoder")
+    g.add_argument("--classifier_weight_decay", type=utils.NON_NEGATIVE, default=0.0,
                    help="AdamW weight decay of the new layers (the NCRL authors' DocRED runs: 0.01)")
-    g.add_argument("--adam_epsilon", type=float, default=1e-6)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--warmup_ratio", type=float, default=0.06)
-    g.add_argument("--num_train_epochs", type=float, default=30.0)
-    g.add_argument("--max_steps", type=int, default=-1, help="stop after this many optimizer steps (smoke runs)")
-    g.add_argument("--evaluation_steps", type=int, default=-1,
+    g.add_argument("--adam_epsilon", type=utils.POSITIVE, default=1e-6)
+    g.add_argument("--max_grad_norm", type=utils.POSITIVE, default=1.0)
+    g.add_argument("--warmup_ratio", type=utils.FRACTION, default=0.06)
+    g.add_argument("--num_train_epochs", type=utils.POSITIVE, default=30.0)
+    g.add_argument("--max_steps", type=utils.number_flag(int, 1, off=-1, off_means="no limit"), default=-1,
+                   help="stop after this many optimizer steps (smoke runs)")
+    g.add_argument("--evaluation_steps", type=utils.number_flag(int, 1, off=-1, off_means="at epoch ends only"),
+                   default=-1,
                    help="also evaluate every N optimizer steps (-1: only at the end of each epoch)")
-    g.add_argument("--logging_steps", type=int, default=10)
-    g.add_argument("--save_steps", type=int, default=None,
+    g.add_argument("--logging_steps", type=utils.COUNT, default=10)
+    g.add_argument("--save_steps", type=utils.number_flag(int, 0), default=None,
                    help="also write last.pt every N optimizer steps (default: about every 10 minutes of training; "
                         "0: at evaluations only); SIGINT/SIGTERM write it at the next step and stop")
     g.add_argument("--seed", type=int, default=66)
@@ -194,7 +197,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "(bf16 on CPU pays where it has AMX units; BENCHMARKS.md)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="trade compute for encoder memory")
-    g.add_argument("--mmap_threshold_mb", type=float, default=4.0,
+    g.add_argument("--mmap_threshold_mb", type=utils.NON_NEGATIVE, default=4.0,
                    help="glibc: blocks of at least this many MiB get their own mapping, freed at once, so "
                         "freed activations do not stay resident (0: malloc's own dynamic threshold)")
     g.add_argument("--length_bucketing", action="store_true",
@@ -208,7 +211,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its last.pt")
     g.add_argument("--trust_checkpoint", action="store_true",
                    help="allow loading an old pickle checkpoint (it can run code: only files you trust)")
-    g.add_argument("--max_bad_steps", type=int, default=10,
+    g.add_argument("--max_bad_steps", type=utils.COUNT, default=10,
                    help="abort after this many optimizer steps in a row with a non-finite loss or gradient")
     g.add_argument("--wandb", action="store_true")
     g.add_argument("--wandb_project", default="docre")
@@ -216,17 +219,19 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars (logs only)")
     g = parser.add_argument_group("loss")
     g.add_argument("--loss", default="ncrl", choices=losses.available_losses(), help="see losses.py")
-    g.add_argument("--shift", type=float, default=0.0, help="NCRL margin shifting gamma")
+    g.add_argument("--shift", type=utils.BELOW_ONE, default=0.0, help="NCRL margin shifting gamma")
     # two flags, not BooleanOptionalAction: that one spells the negation --no-margin_reg, against the house style
     g.add_argument("--margin_reg", action="store_true", default=True, help="NCRL margin regularization (default)")
     g.add_argument("--no_margin_reg", dest="margin_reg", action="store_false", help="NCRL without margin regularization")
-    g.add_argument("--prob_shift", type=float, default=0.0, help="BCE probability shifting for negatives")
-    g.add_argument("--afl_gamma_pos", type=float, default=1.0,
+    g.add_argument("--prob_shift", type=utils.BELOW_ONE, default=0.0,
+                   help="BCE probability shifting for negatives")
+    g.add_argument("--afl_gamma_pos", type=utils.NON_NEGATIVE, default=1.0,
                    help="adaptive focal loss (KD-DocRE): focusing exponent of the positive term")
     g.add_argument("--init_none_prior", action="store_true",
                    help="start the classifier at the training set's relation priors (bias_i = logit p_i), "
                         "so every instance starts at 'no relation' with calibrated margins")
-    g.add_argument("--top_k", "--num_labels", dest="top_k", type=int, default=4,
+    g.add_argument("--top_k", "--num_labels", dest="top_k", type=utils.number_flag(int, 1, off=-1, off_means="all"),
+                   default=4,
                    help="keep at most this many labels per instance (-1: all); --num_labels is ATLOP's name")
     return parser
 

@@ -54,6 +54,20 @@ def test_missing_data_folder(tiny_bert_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flags, culprit", [
+    (["--train_batch_size", "0"], "argument --train_batch_size: must be >= 1, got 0"),
+    (["--learning_rate", "-1"], "argument --learning_rate: must be >= 0, got -1"),
+    (["--warmup_ratio", "2"], "argument --warmup_ratio: must be in [0, 1], got 2"),
+    (["--max_steps", "-3"], "argument --max_steps: must be >= 1 (or -1: no limit), got -3"),
+    (["--emb_size", "100", "--block_size", "64"], "--emb_size 100 must be a multiple of --block_size 64")])
+def test_flags_out_of_range(flags, culprit, small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """Numbers no run can use (they divided by zero, trained with a negative learning rate, or trained without end)
+    are refused in one line before anything is written."""
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", *flags))
+    assert_refused(res, culprit)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("device, culprit", [("gpu", "not a device name"), ("cuda:99", "CUDA device")])
 def test_a_device_this_machine_lacks(device, culprit, finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
     """A misspelt device, or a GPU the machine lacks: one line, before anything is written (not a traceback from

@@ -1,6 +1,7 @@
 """Batching order, atomic writes and precision selection (collate: tests/test_collate.py)."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -103,3 +104,24 @@ def test_select_device_refuses_unknown_names_and_missing_gpus():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(UserError, match="no CUDA device" if count == 0 else f"has {count} CUDA device"):
         select_device(f"cuda:{count}")
+
+
+def test_number_flags_take_their_range_and_give_argparse_errors(capsys):
+    import argparse
+
+    top_k = utils.number_flag(int, 1, off=-1, off_means="all")
+    assert (utils.COUNT("1"), utils.BELOW_ONE("0"), utils.POSITIVE("1e-8"), top_k("-1")) == (1, 0.0, 1e-8, -1)
+    assert isinstance(utils.COUNT("3"), int) and utils.FRACTION("1") == 1.0
+    for flag_type, value, message in [(utils.COUNT, "0", "must be >= 1, got 0"),
+                                      (utils.COUNT, "1.5", "must be an integer >= 1, got '1.5'"),
+                                      (utils.BELOW_ONE, "1", "must be in [0, 1), got 1"),
+                                      (utils.BELOW_ONE, "nan", "must be in [0, 1), got nan"),
+                                      (utils.POSITIVE, "0", "must be > 0, got 0"), (utils.POSITIVE, "inf", "got inf"),
+                                      (top_k, "0", "must be >= 1 (or -1: all), got 0")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+            flag_type(value)
+    parser = argparse.ArgumentParser(prog="t")
+    parser.add_argument("--n", type=utils.COUNT)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--n", "0"])
+    assert exit_info.value.code == 2 and "t: error: argument --n: must be >= 1, got 0" in capsys.readouterr().err
