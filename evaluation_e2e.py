@@ -20,8 +20,10 @@ relations `h_idx`, `t_idx`, `r`); predictions are aligned to the gold by title, 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from typing import Any, Dict, FrozenSet, List, Sequence, Set, Tuple
+
+import utils
 
 LEVELS = ("mention", "coref", "entity", "relation_relaxed", "relation_strict")
 Span = Tuple[int, int]
@@ -79,12 +81,52 @@ def gold_outputs(docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def output_problems(out: Any, i: int) -> List[str]:
+    """What keeps output object `i` from being scored: its title, entities' mention spans, relations' entity
+    indices (each problem names the field)."""
+    if not isinstance(out, dict):
+        return [f"item {i}: an output object must be a JSON object (got {type(out).__name__})"]
+    where = f"item {i} (title {out.get('title')!r})"
+    if not isinstance(out.get("title"), str):
+        return [f"{where}: field title: missing or not a string"]
+    ents, rels = out.get("entities"), out.get("relations", [])
+    if not isinstance(ents, list) or not isinstance(rels, list):
+        return [f"{where}: field {'entities' if not isinstance(ents, list) else 'relations'}: must be a list"]
+    problems = []
+    for e, ent in enumerate(ents):
+        mentions = ent.get("mentions") if isinstance(ent, dict) else None
+        if not isinstance(mentions, list) or not all(
+                isinstance(m, dict) and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("char_start", "char_end"))
+                and m["char_start"] < m["char_end"] for m in mentions):
+            problems.append(f"{where}: field entities[{e}].mentions: each needs integer char_start < char_end")
+    for k, rel in enumerate(rels):
+        if not isinstance(rel, dict) or not all(isinstance(rel.get(f), int) and 0 <= rel[f] < len(ents)
+                                                for f in ("h_idx", "t_idx")) or "r" not in rel:
+            problems.append(f"{where}: field relations[{k}]: needs r and h_idx, t_idx among its {len(ents)} entities")
+    return problems
+
+
 def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
-    """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file."""
-    with open(gold_path, encoding="utf-8") as f:
-        gold = gold_outputs(json.load(f))
-    with open(pred_path, encoding="utf-8") as f:
-        return end_to_end_scores(gold, json.load(f))
+    """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file, both checked first (a bad
+    document or output object is named, with its field)."""
+    from evaluation import load_json
+    from validation import CorpusValidator, ValidationError
+
+    gold = load_json(gold_path, "truth file")
+    checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)  # any relation ids; labels' h, t checked
+    for i, doc in enumerate(gold if isinstance(gold, list) else [gold]):
+        checker.check(doc, i)
+    if not isinstance(gold, list) or checker.problems:
+        raise ValidationError(gold_path, checker.problems or ["a DocRED file holds a JSON list of documents"])
+    pred = load_json(pred_path, "prediction file")
+    if not isinstance(pred, list):
+        raise utils.UserError(f"prediction file {pred_path}: must hold a JSON list of output objects (predict.py's "
+                              f"format), got {type(pred).__name__}")
+    problems = [p for i, out in enumerate(pred) for p in output_problems(out, i)]
+    if problems:
+        raise utils.UserError(f"prediction file {pred_path}: {len(problems)} problem(s)"
+                              f"{', the first 5' if len(problems) > 5 else ''}: " + "; ".join(problems[:5]))
+    return end_to_end_scores(gold_outputs(gold), pred)
 
 
 def format_scores(scores: Dict[str, Dict[str, float]]) -> str:
@@ -93,15 +135,15 @@ def format_scores(scores: Dict[str, Dict[str, float]]) -> str:
                      f"({s['tp']} of {s['n_pred']} predicted, {s['n_gold']} gold)" for k, s in scores.items())
 
 
-def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a bad or missing file prints one line and returns 2 (utils.guarded)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gold", required=True, help="DocRED JSON with the gold entities and labels")
     parser.add_argument("--pred", required=True, help="predict.py's output JSON (a list of output objects)")
     args = parser.parse_args(argv)
-    scores = score_files(args.gold, args.pred)
-    print(format_scores(scores))
-    return scores
+    return utils.guarded(lambda: print(format_scores(score_files(args.gold, args.pred))),
+                         expected=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -511,6 +511,32 @@ def test_evaluation_cli_scores_end_to_end(synthetic_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count("F1 100.00") == len(e2e.LEVELS)
 
 
+def test_end_to_end_scoring_names_bad_files_and_fields(synthetic_dir, tmp_path, capsys):
+    """A gold label or a predicted relation pointing past the entities, a prediction file that is no list, a missing
+    file: one line naming the file, the document and the field, exit 2 (they were a KeyError or IndexError)."""
+    import evaluation
+
+    docs = json.loads((synthetic_dir / "dev.json").read_text())[:2]
+    outs = e2e.gold_outputs(docs)
+    outs[1]["relations"] = [{"h_idx": 0, "t_idx": len(outs[1]["entities"]), "r": "P17"}]
+    bad_gold = [dict(docs[0], labels=[{"h": 0, "t": 999, "r": "P17", "evidence": []}])]
+    files = {}
+    for name, obj in (("gold.json", docs), ("bad_gold.json", bad_gold), ("bad_pred.json", outs),
+                      ("dict.json", {"title": "x"})):
+        files[name] = tmp_path / name
+        files[name].write_text(json.dumps(obj))
+    cases = [("bad_gold.json", "gold.json", "field labels[0].t: must be an entity index"),
+             ("gold.json", "bad_pred.json", f"item 1 (title {docs[1]['title']!r}): field relations[0]"),
+             ("gold.json", "dict.json", "must hold a JSON list of output objects"),
+             ("gold.json", "absent.json", "does not exist")]
+    for truth, pred, message in cases:
+        assert evaluation.main(["--end_to_end", "--truth", str(tmp_path / truth), "--pred", str(tmp_path / pred)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(tmp_path / (truth if truth != "gold.json" else pred)) in err, err
+        assert e2e.main(["--gold", str(tmp_path / truth), "--pred", str(tmp_path / pred)]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_predict_mention_threshold_flag_overrides_the_stored_value(e2e_run, tmp_path, one_thread):
     """predict.py --mention_threshold: 1.0 keeps no span, 0 keeps every span; outside [0, 1] is refused."""
     import predict
