@@ -106,18 +106,27 @@ def output_problems(out: Any, i: int) -> List[str]:
     return problems
 
 
+def read_gold(path: str, what: str = "truth file") -> List[Dict[str, Any]]:
+    """The documents of a gold DocRED file, checked by the validator's rules (any relation ids; labels' entity
+    indices and evidence checked); a bad file is a ValidationError naming document and field."""
+    from evaluation import load_json
+    from validation import CorpusValidator, ValidationError
+
+    gold = load_json(path, what)
+    checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)
+    for i, doc in enumerate(gold if isinstance(gold, list) else [gold]):
+        checker.check(doc, i)
+    if not isinstance(gold, list) or checker.problems:
+        raise ValidationError(path, checker.problems or ["a DocRED file holds a JSON list of documents"])
+    return gold
+
+
 def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
     """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file, both checked first (a bad
     document or output object is named, with its field)."""
     from evaluation import load_json
-    from validation import CorpusValidator, ValidationError
 
-    gold = load_json(gold_path, "truth file")
-    checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)  # any relation ids; labels' h, t checked
-    for i, doc in enumerate(gold if isinstance(gold, list) else [gold]):
-        checker.check(doc, i)
-    if not isinstance(gold, list) or checker.problems:
-        raise ValidationError(gold_path, checker.problems or ["a DocRED file holds a JSON list of documents"])
+    gold = read_gold(gold_path)
     pred = load_json(pred_path, "prediction file")
     if not isinstance(pred, list):
         raise utils.UserError(f"prediction file {pred_path}: must hold a JSON list of output objects (predict.py's "

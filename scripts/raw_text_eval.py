@@ -37,8 +37,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import entities  # noqa: E402
+import evaluation_e2e  # noqa: E402
 import predict  # noqa: E402
 import text2doc  # noqa: E402
+import utils  # noqa: E402
 
 
 def string_key(text: str) -> str:
@@ -91,9 +93,12 @@ def plain_items(docs: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, None, st
 
 
 def read_docs(path: str, skip: int = 0, limit: Optional[int] = None) -> List[Dict[str, Any]]:
-    """Documents skip .. skip+limit of a DocRED file."""
-    docs = json.loads(Path(path).read_text(encoding="utf-8"))[skip:]
-    return docs[:limit] if limit is not None else docs
+    """Documents skip .. skip+limit of a gold DocRED file (checked: evaluation_e2e.read_gold); none is an error."""
+    docs = evaluation_e2e.read_gold(path, "--data")
+    kept = docs[skip:skip + limit] if limit is not None else docs[skip:]
+    if not kept:
+        raise utils.UserError(f"--data {path}: --skip {skip} leaves none of its {len(docs)} documents")
+    return kept
 
 
 def measure(path: str, spacy_model: str = text2doc.DEFAULT_SPACY_MODEL, limit: Optional[int] = None,
@@ -197,8 +202,6 @@ def text_path(pipe: Any, nlp: Any, docs: Sequence[Dict[str, Any]], entities: str
               repeats: int = 1) -> Dict[str, Any]:
     """One raw-text path (`entities` "model" or "spacy"): relations by name, entity recall (a), the end-to-end
     scores of evaluation_e2e, documents per second (conversion included; the fastest of `repeats`)."""
-    import evaluation_e2e
-
     outs, seconds = timed(lambda: from_text(pipe, nlp, docs, entities), repeats)
     counts, found, total = Counter(), 0, 0
     for doc, out in zip(docs, outs):
@@ -210,31 +213,33 @@ def text_path(pipe: Any, nlp: Any, docs: Sequence[Dict[str, Any]], entities: str
             "end_to_end": evaluation_e2e.end_to_end_scores(evaluation_e2e.gold_outputs(docs), outs)}
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: the figures as JSON on stdout; bad input is one line on stderr and status 2."""
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/redocred/dev_revised.json", help="a DocRED JSON file")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL)
-    parser.add_argument("--limit", type=int, default=None, help="the first N documents only (after --skip)")
-    parser.add_argument("--skip", type=int, default=0, help="leave out the first N documents (e.g. training ones)")
+    parser.add_argument("--limit", type=utils.COUNT, default=None, help="the first N documents only (after --skip)")
+    parser.add_argument("--skip", type=utils.number_flag(int, 0), default=0,
+                        help="leave out the first N documents (e.g. training ones)")
     parser.add_argument("--model", default=None, help="a trained model folder: also measure relations (b), (c)")
-    parser.add_argument("--mention_threshold", type=float, default=None,
+    parser.add_argument("--mention_threshold", type=utils.FRACTION, default=None,
                         help="end to end: a span is a mention above this probability (default: the threshold tuned "
                              "on dev and stored with the model; 0.5 for a model without one)")
-    parser.add_argument("--max_seq_length", type=int, default=None,
+    parser.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=None,
                         help="read at most this many tokens of each document (default: whole documents, as predict.py)")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=utils.COUNT, default=1,
                         help="time each path this many times and report the fastest (default 1)")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    result = measure(args.data, args.spacy_model, args.limit, args.skip)
-    if args.model:
-        result.update(measure_model(args.data, args.model, args.spacy_model, args.limit, args.skip,
-                                    mention_threshold=args.mention_threshold, max_seq_length=args.max_seq_length,
-                                    repeats=args.repeats))
-    print(json.dumps(result, indent=1))
-    return result
+
+    def run() -> None:
+        result = measure(args.data, args.spacy_model, args.limit, args.skip)
+        if args.model:
+            result.update(measure_model(args.data, args.model, args.spacy_model, args.limit, args.skip,
+                                        mention_threshold=args.mention_threshold,
+                                        max_seq_length=args.max_seq_length, repeats=args.repeats))
+        print(json.dumps(result, indent=1))
+    return utils.guarded(run, expected=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

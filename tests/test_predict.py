@@ -495,6 +495,17 @@ def _out(entities, relations=()):
             "relations": [{"h_idx": h, "t_idx": t, "r": r} for h, t, r in relations]}
 
 
+def test_raw_text_eval_refuses_bad_data_in_one_line(synthetic_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"title": "x"}]))
+    cases = [(["--data", str(bad)], f"{bad}: 2 problem(s)"),
+             (["--data", str(tmp_path / "absent.json")], f"--data {tmp_path / 'absent.json'} does not exist"),
+             (["--data", str(synthetic_dir / "dev.json"), "--skip", "16"], "--skip 16 leaves none of its 16 documents")]
+    for argv, message in cases:
+        assert raw_text_eval.main(argv) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_entity_recall_and_relation_counts_by_name():
     gold = _out([["Barack Obama", "Obama"], ["Hawaii"], ["New  York"], ["UN"]],
                 [(0, 1, "P19"), (0, 2, "P551"), (3, 2, "P159")])
