@@ -92,10 +92,8 @@ class DocRETask:
             return super().training_loss(model, batch, labels, loss_fn, autocast)
         with autocast():
             logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
-        target = losses.evidence_target(batch["evidence_index"], len(logits), sent_attn.shape[1])  # [P, S]
-        evidence = self.args.evidence_lambda * losses.evidence_loss(sent_attn.float(), target, labels)
-        return [(loss_fn(logits.float(), labels), len(labels)),
-                (evidence, int(losses.positive_pairs(labels).sum()))]
+        evidence, n_positive = losses.evidence_term(sent_attn, batch["evidence_index"], labels)
+        return [(loss_fn(logits.float(), labels), len(labels)), (self.args.evidence_lambda * evidence, n_positive)]
 
     def outputs(self, model: nn.Module, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Logits `[P, K+1]`, and with evidence on each pair's sentence attention `[P, S]`."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import losses
 import utils
 
 if TYPE_CHECKING:
@@ -296,6 +297,9 @@ class EntityHeads(nn.Module):
         self.mention = nn.Linear(2 * hidden, dim)
         self.pair = nn.Sequential(nn.Linear(3 * dim + NAME_FEATURES, dim), nn.ReLU(), nn.Linear(dim, 1))
         self.typer = nn.Linear(dim, max(n_types, 1))
+        if span_head == "bio":  # the tagger alone scores spans: the scorer's layers stay (folders hold them), frozen,
+            for layer in (self.span_start, self.span_end, self.span_width, self.span_out):  # as DDP needs every
+                layer.requires_grad_(False)  # trained parameter to get a gradient
 
     def span_logits(self, hidden: torch.Tensor, doc: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
                     width: torch.Tensor, shape: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -368,54 +372,47 @@ def bio_span_logprob(logp: torch.Tensor, spans: torch.Tensor, cont: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- training
-def encode_and_score(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(token states [B, L, H], relation logits [P, K+1] on the batch's gold entities): `model(**batch)`'s
-    computation, keeping the states for the entity heads."""
-    mp, md, me = batch["mention_pos"], batch["mention_doc"], batch["mention_entity"]
-    kept = mp < batch["attention_mask"].sum(1)[md]
-    hidden, att = model.encode(batch["input_ids"], batch["attention_mask"], mp[kept], md[kept])
-    logits = model.score(hidden, att, mp[kept], md[kept], me[kept], batch["entity_doc"], batch["hts"],
-                         batch["pair_doc"])
-    return hidden, logits
-
-
 def entity_losses(heads: EntityHeads, hidden: torch.Tensor, batch: Dict[str, torch.Tensor],
                   pos_weight: float = 1.0) -> Dict[str, Tuple[torch.Tensor, int]]:
     """{tags, mention, coref, type: (mean loss in fp32, count)}: cross-entropy over word tags (bio, rich+bio), BCE
     over candidate spans (the span scorers), BCE over gold mention pairs, cross-entropy over gold entities with a
-    known type; a term without instances is left out."""
+    known type. Every term of the head is there, a term without instances as (0, 0) still attached to its layers,
+    so that every process of a distributed run has the same terms and a gradient for every parameter."""
     b = batch
     out: Dict[str, Tuple[torch.Tensor, int]] = {}
     bce = nn.functional.binary_cross_entropy_with_logits
+    mean = lambda total, n: (total / max(n, 1), n)  # noqa: E731  a sum over n instances, as (mean, n)
     if heads.span_head in TAGGING_HEADS:  # cross-entropy over the tags of the words that survive truncation
-        n_tagged = int(b["e2e_word_tag"].ge(0).sum())
-        if n_tagged:
-            tags = heads.tag_logits(hidden, b).float()
-            out["tags"] = (nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100), n_tagged)
-    if heads.span_head != "bio" and len(b["e2e_span_label"]):  # BCE over the candidate spans
-        span = heads.scorer_logits(hidden, b)
+        tags = heads.tag_logits(hidden, b).float()  # [W, 3]
+        out["tags"] = mean(nn.functional.cross_entropy(tags, b["e2e_word_tag"], ignore_index=-100, reduction="sum"),
+                           int(b["e2e_word_tag"].ge(0).sum()))
+    if heads.span_head != "bio":  # BCE over the candidate spans
+        span = heads.scorer_logits(hidden, b)  # [C]
         weight = span.new_tensor(pos_weight) if pos_weight != 1.0 else None
-        out["mention"] = (bce(span, b["e2e_span_label"], pos_weight=weight), len(span))
-    if not len(b["e2e_men_doc"]):
-        return out
-    men = heads.mention_embeddings(hidden, b["e2e_men_doc"], b["e2e_men_start"], b["e2e_men_end"])
-    if len(b["e2e_pair_label"]):
-        pair = heads.pair_logits(men, b["e2e_pair"], b["e2e_pair_feat"]).float()
-        out["coref"] = (bce(pair, b["e2e_pair_label"]), len(pair))
-    known = b["e2e_entity_type"] >= 0
-    if known.any():
-        types = heads.type_logits(men, b["e2e_men_entity"], len(b["e2e_entity_type"])).float()
-        out["type"] = (nn.functional.cross_entropy(types[known], b["e2e_entity_type"][known]), int(known.sum()))
+        out["mention"] = mean(bce(span, b["e2e_span_label"], pos_weight=weight, reduction="sum"), len(span))
+    men = heads.mention_embeddings(hidden, b["e2e_men_doc"], b["e2e_men_start"], b["e2e_men_end"])  # [Mg, dim]
+    pair = heads.pair_logits(men, b["e2e_pair"], b["e2e_pair_feat"]).float()  # [Pc]
+    out["coref"] = mean(bce(pair, b["e2e_pair_label"], reduction="sum"), len(pair))
+    known = b["e2e_entity_type"] >= 0  # [E]
+    types = heads.type_logits(men, b["e2e_men_entity"], len(b["e2e_entity_type"])).float()  # [E, T]
+    out["type"] = mean(nn.functional.cross_entropy(types[known], b["e2e_entity_type"][known], reduction="sum"),
+                       int(known.sum()))
     return out
 
 
 def joint_loss(model: nn.Module, batch: Dict[str, torch.Tensor], labels: torch.Tensor, loss_fn: Any,
                autocast: Any, weights: Dict[str, float]) -> List[Tuple[torch.Tensor, int]]:
-    """The relation loss on gold entities plus the weighted entity losses, from one encoder pass."""
+    """The relation loss on gold entities (and the evidence loss at `weights["evidence"]`) plus the weighted entity
+    losses, from one encoder pass: the model's forward (`model` may be wrapped in DistributedDataParallel)."""
+    evidence = bool(weights.get("evidence"))
+    heads = getattr(model, "module", model).entity_heads
     with autocast():
-        hidden, logits = encode_and_score(model, batch)
-        terms = entity_losses(model.entity_heads, hidden, batch, weights.get("mention_pos", 1.0))
+        logits, sent_attn, hidden = model(**batch, return_evidence=evidence, return_hidden=True)  # [P, K+1], [B, L, H]
+        terms = entity_losses(heads, hidden, batch, weights.get("mention_pos", 1.0))
     out = [(loss_fn(logits.float(), labels), len(labels))]
+    if evidence:
+        loss, n_positive = losses.evidence_term(sent_attn, batch["evidence_index"], labels)
+        out.append((weights["evidence"] * loss, n_positive))
     return out + [(weights[k] * loss, n) for k, (loss, n) in terms.items() if weights.get(k, 0.0)]
 
 
@@ -510,12 +507,13 @@ def span_probabilities(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tupl
 
 
 def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Sequence[Dict[str, Any]],
-                 enc: Encoded, prob: torch.Tensor, threshold: float,
-                 max_entities: Optional[int] = None) -> Tuple[List[Dict[str, Any]], torch.Tensor]:
-    """Per document its predicted entities {spans [M, 2] (words), cluster [M], types [E], hts [P, 2]}, and the
-    relation logits [P, K+1] of all their ordered pairs, documents in order, from the batch's encoder pass
-    (`span_probabilities`): the spans of mention probability above `threshold` kept; a document of more than
-    `max_entities` gets no pairs. Attention rows are computed for the kept spans' first tokens only."""
+                 enc: Encoded, prob: torch.Tensor, threshold: float, max_entities: Optional[int] = None,
+                 evidence: bool = False) -> Tuple[List[Dict[str, Any]], torch.Tensor, Optional[torch.Tensor]]:
+    """Per document its predicted entities {spans [M, 2] (words), cluster [M], types [E], hts [P, 2]}, the
+    relation logits [P, K+1] of all their ordered pairs, documents in order, and with `evidence` each pair's
+    sentence attention [P, S] (else None), from the batch's encoder pass (`span_probabilities`): the spans of mention
+    probability above `threshold` kept; a document of more than `max_entities` gets no pairs. Attention rows are
+    computed for the kept spans' first tokens only."""
     heads: EntityHeads = model.entity_heads
     b, hidden = batch, enc.hidden
     keep = (prob > threshold).nonzero().squeeze(-1)  # [M] kept candidates, by document then start
@@ -541,9 +539,10 @@ def decode_batch(model: nn.Module, batch: Dict[str, torch.Tensor], features: Seq
         ent_offset += n_ent
     dev = hidden.device
     as_t = lambda xs, shape=(-1,): torch.from_numpy(np.concatenate(xs).reshape(shape).astype(np.int64)).to(dev)  # noqa: E731
-    logits = model.score(hidden, model.mention_attention(enc, start, doc), start, doc,
-                         as_t(ment_entity), as_t(ent_doc), as_t(hts, (-1, 2)), as_t(pair_doc))
-    return docs, logits.float().cpu()
+    out = model.score(hidden, model.mention_attention(enc, start, doc), start, doc, as_t(ment_entity),
+                      as_t(ent_doc), as_t(hts, (-1, 2)), as_t(pair_doc), b["sent_pos"] if evidence else None)
+    logits, sent_attn = out if evidence else (out, None)
+    return docs, logits.float().cpu(), None if sent_attn is None else sent_attn.float().cpu()
 
 
 def vertex_set(doc: Dict[str, Any], pred: Dict[str, Any], type_names: Sequence[str]) -> List[List[Dict[str, Any]]]:
@@ -572,7 +571,8 @@ def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Seq
     pad = enc.tokenizer.pad_token_id or 0
     collate = EntityCollator(DocRECollator(settings.num_class, pad), settings.max_span_width)
     threshold = mention_threshold(decision)
-    decoded = decode_features(model, features, collate, settings, decision, loss_fn, [threshold], batch_size)
+    decoded = decode_features(model, features, collate, settings, decision, loss_fn, [threshold], batch_size,
+                              evidence_threshold=settings.evidence_threshold if settings.evidence else None)
     return [(vertex_set(doc, p, settings.entity_types), r) for doc, (p, r) in zip(docs, decoded[threshold])]
 
 
@@ -587,12 +587,14 @@ def document_features(docs: Sequence[Dict[str, Any]], tokenizer: Any, settings: 
 @torch.no_grad()
 def decode_features(model: nn.Module, features: Sequence[Dict[str, Any]], collate: Any, settings: Any, decision: Any,
                     loss_fn: Any, thresholds: Sequence[float], batch_size: int, dtype: Optional[torch.dtype] = None,
-                    max_entities: Optional[int] = None) -> Dict[float, List[Tuple[Dict[str, Any], List[Any]]]]:
-    """Per mention threshold, each feature's predicted entities (`decode_batch`) and relations under `decision`:
-    one encoder pass per document serves every threshold."""
+                    max_entities: Optional[int] = None, evidence_threshold: Optional[float] = None
+                    ) -> Dict[float, List[Tuple[Dict[str, Any], List[Any]]]]:
+    """Per mention threshold, each feature's predicted entities (`decode_batch`) and relations under `decision`,
+    with their evidence sentences (attention above `evidence_threshold`) when it is given: one encoder pass per
+    document serves every threshold."""
     import evaluation
-    import utils
 
+    evidence = evidence_threshold is not None
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -603,9 +605,10 @@ def decode_features(model: nn.Module, features: Sequence[Dict[str, Any]], collat
         with utils.autocast(device, dtype):
             encoded = span_probabilities(model, batch)
             for t in thresholds:
-                preds, logits = decode_batch(model, batch, feats, *encoded, t, max_entities)
+                preds, logits, sent_attn = decode_batch(model, batch, feats, *encoded, t, max_entities, evidence)
                 hts = [{"title": f["title"], "hts": p["hts"]} for f, p in zip(feats, preds)]
-                out[t] += zip(preds, evaluation.facts_of_outputs(logits, hts, decision, loss_fn, settings.id2rel))
+                out[t] += zip(preds, evaluation.facts_of_outputs(logits, hts, decision, loss_fn, settings.id2rel,
+                                                                 sent_attn, evidence_threshold))
     model.train(was_training)
     return out
 
@@ -618,12 +621,8 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
     saved = (meta or {}).get("settings") or {}
     if not (getattr(args, "end_to_end", False) or saved.get("end_to_end")):
         return settings
-    if settings.evidence:
-        raise ValueError("--end_to_end with --evidence_lambda is not supported yet")
     types = list(saved.get("entity_types") or [])
     if not types and train_path:
-        import utils
-
         types = entity_types_of(utils.read_json(train_path, "--train_file"))
     head = saved.get("span_head", "endpoints") if saved else getattr(args, "span_head", DEFAULT_SPAN_HEAD)
     return settings.replace(end_to_end=True, entity_marker=None, entity_types=types,
@@ -631,11 +630,11 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:
-    """{tags, mention, coref, type: weight, mention_pos: the gold spans' weight in the span BCE} of the flags (the
-    word tags and the span scorer are both the mention loss)."""
+    """{tags, mention, coref, type: weight, mention_pos: the gold spans' weight in the span BCE, evidence: the
+    evidence loss's} of the flags (the word tags and the span scorer are both the mention loss)."""
     return {"tags": args.mention_weight, "mention": args.mention_weight, "coref": args.coref_weight,
-            "type": args.type_weight,
-            "mention_pos": getattr(args, "mention_pos_weight", 1.0)}
+            "type": args.type_weight, "mention_pos": getattr(args, "mention_pos_weight", 1.0),
+            "evidence": getattr(args, "evidence_lambda", 0.0)}
 
 
 # ----------------------------------------------------------------------------- output objects (predict.py)

@@ -17,7 +17,8 @@ BCE predicts sigmoid(f_i) > a global threshold that `train.py` tunes on dev over
 tuned on dev (`tune_threshold`); it travels as a value (stored with the model), never written into the loss.
 
 Also here: `positive_rates` (the training prior for `DocREModel.init_classifier_bias`) and DREEAM's evidence
-supervision: `evidence_target`, `evidence_loss` (on `DocREModel`'s sentence attention) and `evidence_sentences`.
+supervision: `evidence_target`, `evidence_loss` (on `DocREModel`'s sentence attention), `evidence_term` (the two for a
+batch) and `evidence_sentences`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import dataclasses
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -377,6 +378,13 @@ def evidence_loss(sent_attn: Tensor, evidence: Tensor, labels: Tensor) -> Tensor
         kl = torch.where(t > 0, t * log_ratio, torch.zeros_like(t)).sum(-1)  # [P]
         positive = positive_pairs(labels)  # [P]
         return kl[positive].sum() / max(int(positive.sum()), 1)
+
+
+def evidence_term(sent_attn: Tensor, evidence_index: Tensor, labels: Tensor) -> Tuple[Tensor, int]:
+    """A batch's evidence loss and the count it averages over (its positive pairs): `evidence_loss` of the
+    sentence attention `[P, S]` against the `evidence_target` of its citations `[n, 2]`."""
+    target = evidence_target(evidence_index, len(sent_attn), sent_attn.shape[1])  # [P, S]
+    return evidence_loss(sent_attn.float(), target, labels), int(positive_pairs(labels).sum())
 
 
 def positive_pairs(labels: Tensor) -> Tensor:

@@ -503,9 +503,12 @@ class DocREModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mention_pos: torch.Tensor,
                 mention_doc: torch.Tensor, mention_entity: torch.Tensor, entity_doc: torch.Tensor,
                 hts: torch.Tensor, pair_doc: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                sent_pos: Optional[torch.Tensor] = None, return_evidence: bool = False, **kwargs):
+                sent_pos: Optional[torch.Tensor] = None, return_evidence: bool = False, return_hidden: bool = False,
+                **kwargs):
         """Logits [P, K+1] for the batch's entity pairs (see utils.Collator for the inputs); with
-        `return_evidence`, (logits, sentence attention [P, S]) over the sentences of `sent_pos` [B, S, 2]."""
+        `return_evidence`, (logits, sentence attention [P, S]) over the sentences of `sent_pos` [B, S, 2]; with
+        `return_hidden`, (logits, sentence attention or None, token states [B, L, H]): the entity heads' input,
+        through forward so that DistributedDataParallel sees the pass."""
         if input_ids.shape[1] > self.max_seq_length:
             raise ValueError(f"input length {input_ids.shape[1]} exceeds max_seq_length {self.max_seq_length}")
         if return_evidence and sent_pos is None:
@@ -513,8 +516,12 @@ class DocREModel(nn.Module):
         kept = mention_pos < attention_mask.sum(1)[mention_doc]  # mentions past the document's end are dropped
         mention_pos, mention_doc, mention_entity = mention_pos[kept], mention_doc[kept], mention_entity[kept]
         hidden, mention_att = self.encode(input_ids, attention_mask, mention_pos, mention_doc)
-        return self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc,
-                          sent_pos if return_evidence else None)
+        out = self.score(hidden, mention_att, mention_pos, mention_doc, mention_entity, entity_doc, hts, pair_doc,
+                         sent_pos if return_evidence else None)
+        if not return_hidden:
+            return out
+        logits, sent_attn = out if return_evidence else (out, None)
+        return logits, sent_attn, hidden
 
 
 # ----------------------------------------------------------------------------- the [CLS] classifier

@@ -69,6 +69,25 @@ def test_two_processes_match_one_process_with_the_global_batch(synthetic_dir, ti
     assert losses(one) == __import__("pytest").approx(losses(two), abs=1e-5)
 
 
+def test_end_to_end_two_processes_match_one_process(synthetic_dir, tiny_bert_dir, tmp_path):
+    """--end_to_end under torchrun: the entity heads' losses go through the wrapped model's forward and every rank
+    has the same loss terms, so two processes take one process's steps with the global batch."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(synthetic_dir / "rel_info.json", data)
+    for name, n in (("train_annotated.json", 8), ("dev.json", 2)):
+        (data / name).write_text(json.dumps(json.loads((synthetic_dir / name).read_text())[:n]))
+    common = ["--end_to_end", "--num_train_epochs", "1", "--max_steps", "2", "--seed", "4", "--test_file", ""]
+    one = launch(1, data, tiny_bert_dir, tmp_path / "one", "--train_batch_size", "4", *common)
+    two = launch(2, data, tiny_bert_dir, tmp_path / "two", "--train_batch_size", "2", *common)
+    a = torch.load(one / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(two / "last.pt", map_location="cpu", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 2
+    assert any(name.startswith("entity_heads.") for name in a["model"])
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_tiny_dev_set_and_a_single_run_directory(synthetic_dir, tiny_bert_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 import entities
 import evaluation_e2e as e2e
+import losses
 from settings import DocRESettings
 
 
@@ -246,7 +248,9 @@ def test_end_to_end_off_leaves_settings_and_model_unchanged(minilm_path):
     assert fresh.span_head == "rich" and DocREModel.from_settings(fresh, plain.encoder).entity_heads.span_head == "rich"
 
 
-def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
+def _two_documents(minilm_path, minilm_tokenizer, synthetic_dir, **settings):
+    """An --end_to_end MiniLM model (seed 0, eval mode), the features of the synthetic dev set's first two documents,
+    their batch and its labels [P, K+1] (taken out of the batch)."""
     from transformers import AutoModel
 
     import prepro
@@ -255,18 +259,63 @@ def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokeniz
 
     docs = json.loads((synthetic_dir / "dev.json").read_text())[:2]
     s = DocRESettings(prepro.load_rel2id(str(synthetic_dir)), emb_size=32, block_size=8, entity_marker=None,
-                      end_to_end=True, entity_types=entities.entity_types_of(docs))
+                      end_to_end=True, entity_types=entities.entity_types_of(docs), **settings)
+    torch.manual_seed(0)
     model = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path)).eval()
-    feats = entities.JoinedFeatures(prepro.features_from_documents(docs, minilm_tokenizer, s),
-                                    entities.entity_fields(docs, minilm_tokenizer, s))
-    batch = entities.EntityCollator(DocRECollator(s.num_class), s.max_span_width)([feats[0], feats[1]])
+    joined = entities.JoinedFeatures(prepro.features_from_documents(docs, minilm_tokenizer, s),
+                                     entities.entity_fields(docs, minilm_tokenizer, s))
+    feats = [joined[0], joined[1]]
+    batch = entities.EntityCollator(DocRECollator(s.num_class), s.max_span_width)(feats)
+    return model, feats, batch, batch.pop("labels")
+
+
+def test_joint_pass_gives_the_models_relation_logits(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
+    model, _, batch, _ = _two_documents(minilm_path, minilm_tokenizer, synthetic_dir)
     with torch.no_grad():
-        _, logits = entities.encode_and_score(model, batch)
-        assert torch.equal(logits, model(**batch))
-        terms = entities.entity_losses(model.entity_heads, model.encode(batch["input_ids"], batch["attention_mask"],
-                                                                        batch["mention_pos"], batch["mention_doc"])[0],
-                                       batch)
+        logits, sent_attn, hidden = model(**batch, return_hidden=True)
+        assert torch.equal(logits, model(**batch)) and sent_attn is None
+        assert torch.equal(hidden, model.encode(batch["input_ids"], batch["attention_mask"], batch["mention_pos"],
+                                                batch["mention_doc"])[0])
+        terms = entities.entity_losses(model.entity_heads, hidden, batch)
     assert set(terms) == {"mention", "coref", "type"} and all(torch.isfinite(v) for v, _ in terms.values())
+
+
+def test_decoding_the_gold_mentions_gives_the_gold_entity_logits_and_evidence(minilm_path, minilm_tokenizer,
+                                                                              synthetic_dir, monkeypatch, one_thread):
+    """Prediction's path (entities decoded from the encoder pass, their attention rows computed after decoding) on
+    the gold mentions, clusters and types gives the logits and the sentence attention (evidence) of the gold-entity
+    forward."""
+    model, feats, batch, _ = _two_documents(minilm_path, minilm_tokenizer, synthetic_dir, evidence=True)
+
+    def gold_entities(f, spans, men, heads):  # each decoded span's gold entity, and the gold types
+        entity_of = {tuple(span): e for span, e in zip(np.asarray(f["gold_spans"]).tolist(), f["gold_entity"])}
+        return np.array([entity_of[tuple(span)] for span in spans.tolist()]), np.asarray(f["entity_type"])
+
+    monkeypatch.setattr(entities, "_doc_entities", gold_entities)
+    with torch.no_grad():
+        logits, sent_attn = model(**batch, return_evidence=True)  # [P, K+1], [P, S]
+        enc, _ = entities.span_probabilities(model, batch)
+        gold_spans = batch["e2e_span_label"]  # probability 1 for the gold mentions, 0 for every other candidate
+        preds, dec_logits, dec_attn = entities.decode_batch(model, batch, feats, enc, gold_spans, 0.5, evidence=True)
+    assert [p["hts"].tolist() for p in preds] == [np.asarray(f["hts"]).tolist() for f in feats]
+    torch.testing.assert_close(dec_logits, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dec_attn, sent_attn, rtol=1e-4, atol=1e-6)
+    assert entities.decode_batch(model, batch, feats, enc, gold_spans, 0.5)[2] is None
+
+
+def test_joint_loss_adds_the_evidence_term(minilm_path, minilm_tokenizer, synthetic_dir, one_thread):
+    """--end_to_end with --evidence_lambda: the joint loss's second term is the weighted evidence loss of the
+    forward's sentence attention (the term train.py adds without --end_to_end)."""
+    model, _, batch, labels = _two_documents(minilm_path, minilm_tokenizer, synthetic_dir, evidence=True)
+    loss_fn = losses.build_loss("atl")
+    weights = {"tags": 1, "mention": 1, "coref": 1, "type": 1, "evidence": 0.1}
+    with torch.no_grad():
+        terms = entities.joint_loss(model, batch, labels, loss_fn, contextlib.nullcontext, weights)
+        logits, sent_attn = model(**batch, return_evidence=True)
+        evidence, n_positive = losses.evidence_term(sent_attn, batch["evidence_index"], labels)
+    assert terms[0][0].item() == pytest.approx(loss_fn(logits, labels).item(), rel=1e-6)
+    assert terms[1][0].item() == pytest.approx(0.1 * evidence.item(), rel=1e-6) and evidence.item() > 0
+    assert terms[1][1] == n_positive > 0 and len(terms) == 5  # relation, evidence, mention, coref, type
 
 
 # ----------------------------------------------------------------------------- learning
@@ -315,7 +364,6 @@ def test_entity_heads_learn_synthetic_mentions(span_head, synthetic_dir, minilm_
     its own entity, typed with the commonest type)."""
     from transformers import AutoModel
 
-    import losses
     import prepro
     from collate import DocRECollator
     from model import DocREModel
@@ -365,13 +413,13 @@ def test_non_overlapping_decoding_by_hand():
 # ----------------------------------------------------------------------------- train.py and predict.py
 @pytest.fixture(scope="module")
 def e2e_run(small_synthetic_dir, tiny_bert_dir, tmp_path_factory):
-    """A tiny-BERT model trained a few steps with --end_to_end."""
+    """A tiny-BERT model trained a few steps with --end_to_end, and with the evidence loss."""
     import train
 
     out = tmp_path_factory.mktemp("e2e") / "run"
     train.main(["--data_dir", str(small_synthetic_dir), "--model_name_or_path", tiny_bert_dir, "--end_to_end",
                 "--num_train_epochs", "1", "--output_dir", str(out), "--no_progress", "--loss", "atl",
-                "--test_file", "", "--classifier_lr", "1e-2", "--max_seq_length", "256"])
+                "--test_file", "", "--classifier_lr", "1e-2", "--max_seq_length", "256", "--evidence_lambda", "0.1"])
     return out
 
 
@@ -389,6 +437,15 @@ def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run,
     assert out["entities"] and all(text[m["char_start"]:m["char_end"]] == m["text"]
                                    for e in out["entities"] for m in e["mentions"])
     assert all(0 <= r["h_idx"] < len(out["entities"]) for r in out["relations"])
+    # trained with --evidence_lambda: a fact's evidence is the sentences its pair's attention passes the threshold on
+    b = pipe.model_bundle
+    assert b.settings.evidence
+    b.pretrained.model.bilinear.bias.data[1] = 50.0  # every pair holds relation 1
+    for threshold, evidence in ((0.0, [0, 1]), (1.0, [])):  # every sentence the pair attends to at all; none
+        pipe.model_bundle = dataclasses.replace(b, settings=b.settings.replace(evidence_threshold=threshold))
+        rels = pipe(text)["relations"]
+        assert len(rels) == len(out["entities"]) * (len(out["entities"]) - 1)
+        assert all(r["evidence"] == evidence for r in rels), rels[:2]
 
 
 def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):
@@ -412,18 +469,47 @@ def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
     assert err.count("--entities given needs entity spans") == 2 and "--entities spacy reads text" in err
 
 
+def _two_span_batch() -> dict:
+    """Entity fields of one two-word document: two one-word candidate spans, the first gold, no gold mention."""
+    none = torch.zeros(0, dtype=torch.long)
+    return {"e2e_span_doc": torch.tensor([0, 0]), "e2e_span_start": torch.tensor([0, 1]),
+            "e2e_span_end": torch.tensor([0, 1]), "e2e_span_width": torch.tensor([1, 1]),
+            "e2e_span_shape": torch.tensor([[2, 2], [1, 1]]), "e2e_span_label": torch.tensor([1.0, 0.0]),
+            "e2e_men_doc": none, "e2e_men_start": none, "e2e_men_end": none, "e2e_men_entity": none,
+            "e2e_pair": none.view(0, 2), "e2e_pair_label": torch.zeros(0),
+            "e2e_pair_feat": torch.zeros(0, entities.NAME_FEATURES), "e2e_entity_type": none}
+
+
 def test_mention_pos_weight_weighs_gold_spans():
     heads = entities.EntityHeads(4, 2, 2, dim=3)
-    b = {"e2e_span_doc": torch.tensor([0, 0]), "e2e_span_start": torch.tensor([0, 1]), "e2e_span_end": torch.tensor([0, 1]),
-         "e2e_span_width": torch.tensor([1, 1]), "e2e_span_shape": torch.tensor([[2, 2], [1, 1]]),
-         "e2e_span_label": torch.tensor([1.0, 0.0]),
-         "e2e_men_doc": torch.zeros(0, dtype=torch.long)}
+    b = _two_span_batch()
     hidden = torch.randn(1, 2, 4)
     with torch.no_grad():
         z = heads.span_logits(hidden, b["e2e_span_doc"], b["e2e_span_start"], b["e2e_span_end"], b["e2e_span_width"])
         got = entities.entity_losses(heads, hidden, b, pos_weight=3.0)["mention"][0]
     expect = (3 * torch.nn.functional.softplus(-z[0]) + torch.nn.functional.softplus(z[1])) / 2
     assert torch.allclose(got, expect, atol=1e-6)
+
+
+def test_a_term_without_instances_is_zero_and_every_trained_layer_gets_a_gradient():
+    """A batch without gold mentions still has the coreference and type terms, (0, count 0), attached to their layers:
+    under DistributedDataParallel every process needs the same terms and a gradient for every trained parameter
+    (a bio head's span scorer is not trained: frozen)."""
+    b = _two_span_batch()
+    for head in entities.SPAN_HEADS:
+        heads = entities.EntityHeads(4, 2, 2, dim=3, span_head=head)
+        if head in entities.TAGGING_HEADS:
+            b.update(e2e_word_doc=torch.tensor([0, 0]), e2e_word_tok=torch.tensor([0, 1]),
+                     e2e_word_shape=torch.tensor([2, 1]), e2e_word_tag=torch.tensor([-100, -100]),
+                     e2e_word_cont=torch.tensor([True, False]), e2e_span_flat=torch.tensor([[0, 1], [1, 2]]))
+        terms = entities.entity_losses(heads, torch.randn(1, 2, 4), b)
+        assert terms["coref"][1] == terms["type"][1] == 0 and terms["coref"][0].item() == terms["type"][0].item() == 0
+        if "tags" in terms:  # every word's tag ignored (cut off): no instance either
+            assert terms["tags"][1] == 0 and terms["tags"][0].item() == 0
+        sum(loss for loss, _ in terms.values()).backward()
+        trained = [n for n, p in heads.named_parameters() if p.requires_grad]
+        assert all(p.grad is not None for p in heads.parameters() if p.requires_grad), (head, trained)
+        assert (head == "bio") == (not heads.span_out.weight.requires_grad)
 
 
 # ----------------------------------------------------------------------------- end-to-end scores and threshold on dev
