@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import configs  # noqa: E402
+import sweep  # noqa: E402
 import utils  # noqa: E402
 
 PAPER_FILE = Path(__file__).resolve().parent / "paper_results.json"
@@ -102,9 +103,15 @@ class Row:
         """(mean, sample std or None for fewer than two values, number of values) of one score."""
         return mean_std(self.values(key))
 
+    def select_key(self) -> str:
+        """The dev score that ranks the row's runs: its task's, or dev F1 where no run has that (Ign F1 is null
+        without the annotated training file)."""
+        key = TASKS[self.config.task].select
+        return key if self.values(key) or not self.values("dev_f1") else "dev_f1"
+
     def best(self) -> Optional[Run]:
         """The run with the highest dev score of its task (the one to submit)."""
-        key = TASKS[self.config.task].select
+        key = self.select_key()
         scored = [r for r in self.runs if key in r.scores]
         return max(scored, key=lambda r: r.scores[key]) if scored else None
 
@@ -122,17 +129,27 @@ read_json = utils.read_json  # UserError (a ValueError) naming the file
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The records of a run's metrics.jsonl (none when absent); a torn last line is ignored."""
+    """The records of a run's metrics.jsonl (none when absent); a line that is no JSON object (a torn line of a
+    run still writing it, a damaged file) is skipped: the log only draws curves and notes, the tables come from
+    scores.json."""
     file = path / "metrics.jsonl"
     if not file.exists():
         return []
     records = []
-    for line in file.read_text(encoding="utf-8").splitlines():
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a run still writing its log
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def numeric(record: Dict[str, Any], key: str) -> bool:
+    """Whether a metrics record holds a number (not null, not a flag) under `key`."""
+    value = record.get(key)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def encoder_name(model: str) -> str:
@@ -191,8 +208,11 @@ def read_scores(path: Path) -> Tuple[Dict[str, float], bool]:
     """Flat numeric scores of a run (its scores.json, which every task writes last) and whether it finished."""
     if not (path / "scores.json").exists():
         return {}, False
-    return {k: float(v) for k, v in read_json(path / "scores.json").items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}, True
+    scores = read_json(path / "scores.json")
+    if not isinstance(scores, dict):
+        raise utils.UserError(f"{path / 'scores.json'}: expected a JSON object of scores, got "
+                              f"{type(scores).__name__}")
+    return {k: float(v) for k, v in scores.items() if numeric(scores, k)}, True
 
 
 def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
@@ -208,7 +228,7 @@ def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
             continue
         args = read_json(args_file)
         if not isinstance(args, dict):
-            raise ValueError(f"{args_file}: expected a JSON object of flags, got {type(args).__name__}")
+            raise utils.UserError(f"{args_file}: expected a JSON object of flags, got {type(args).__name__}")
         task = detect_task(args)
         name = str(rel) if str(rel) != "." else path.name
         if task is None:
@@ -218,9 +238,15 @@ def collect_runs(sweep_dir: str | Path) -> Tuple[List[Run], List[str]]:
             notes.append(f"{name}: a test-mode run (--load_path without --do_train), left out")
             continue
         scores, finished = read_scores(path)
-        config = Config(task, encoder_name(args.get("model_name_or_path")), training_regime(args),
-                        *loss_config(args), setup_of(args))
+        try:
+            config = Config(task, encoder_name(args.get("model_name_or_path")), training_regime(args),
+                            *loss_config(args), setup_of(args))
+        except (TypeError, ValueError, KeyError) as e:  # e.g. "shift": "abc"
+            raise utils.UserError(f"{args_file}: a flag's value is not what train.py writes ({e})") from e
         runs.append(Run(path, name, args, config, scores, finished))
+    if not runs and not notes and not (sweep_dir / "sweep_status.json").exists():
+        raise utils.UserError(f"{sweep_dir}: no runs in it (no args.json below it); pass a sweep folder or a run "
+                              f"directory")
     return runs, notes
 
 
@@ -257,16 +283,20 @@ def load_paper(path: str | Path) -> List[Dict[str, Any]]:
     """The published rows of the NCRL paper (and its baselines) with their sources."""
     data = read_json(Path(path))
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise ValueError(f"{path}: expected an object with a `rows` list")
+        raise utils.UserError(f"{path}: expected an object with a `rows` list")
+    for i, row in enumerate(data["rows"]):
+        if not isinstance(row, dict):
+            raise utils.UserError(f"{path}: rows[{i}] is a {type(row).__name__}, not an object of a published row")
     return data["rows"]
 
 
 def paper_row(config: Config, paper: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The published row of the same task, training regime and loss whose encoder names ours."""
+    """The published row of the same task, training regime and loss whose encoder our encoder's name starts with
+    (`bert-base` is bert-base-cased's, `roberta-large` is not xlm-roberta-large's)."""
     for p in paper:
         if (p.get("task") == config.task and p.get("training", "annotated") == config.training
                 and str(p.get("loss", "")).lower() == config.loss.lower()
-                and str(p.get("encoder", "")).lower() in config.encoder.lower()):
+                and config.encoder.lower().startswith(str(p.get("encoder", "")).lower())):
             return p
     return None
 
@@ -284,7 +314,7 @@ def best_cell(row: Row) -> str:
     best = row.best()
     if best is None:
         return "–"
-    key = TASKS[row.config.task].select
+    key = row.select_key()
     zip_note = f", {best.name}/result.zip" if (best.path / "result.zip").exists() else ""
     return f"{best.name} ({best.scores[key]:.2f}{zip_note})"
 
@@ -381,7 +411,7 @@ def incomplete_lines(runs: Sequence[Run]) -> List[str]:
         if run.finished:
             continue
         key = TASKS[run.config.task].curve
-        evals = [r for r in read_metrics(run.path) if key in r]
+        evals = [r for r in read_metrics(run.path) if numeric(r, key)]
         last = f"last {key} {evals[-1][key]:.2f} at step {evals[-1].get('step')}" if evals else "no evaluation yet"
         lines.append(f"- {run.name} ({run.config.loss_label}, seed {run.seed}): unfinished, {last}")
     return lines
@@ -389,10 +419,7 @@ def incomplete_lines(runs: Sequence[Run]) -> List[str]:
 
 def failed_lines(sweep_dir: Path) -> List[str]:
     """Runs the sweep runner recorded as failed (sweep_status.json), with their logs."""
-    status_file = sweep_dir / "sweep_status.json"
-    if not status_file.exists():
-        return []
-    status = read_json(status_file)
+    status = sweep.read_status(sweep_dir)
     return [f"- {name}: failed with exit status {s.get('rc')} (log: {s.get('log', '?')})"
             for name, s in sorted(status.items()) if s.get("rc") != 0]
 
@@ -445,7 +472,7 @@ def build_report(sweep_dir: str | Path, paper_file: Optional[str | Path] = None)
 
 # ----------------------------------------------------------------------------- curves
 def curve(run: Run, key: str) -> Tuple[List[int], List[float]]:
-    records = [r for r in read_metrics(run.path) if key in r and "step" in r]
+    records = [r for r in read_metrics(run.path) if numeric(r, key) and numeric(r, "step")]
     return [r["step"] for r in records], [r[key] for r in records]
 
 

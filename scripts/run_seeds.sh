@@ -17,5 +17,7 @@ SWEEP_DIR=${SWEEP_DIR:-runs/sweep-$(date +%Y%m%d-%H%M%S)}
 python scripts/sweep.py "$SCRIPT" --configs ${LOSSES:-ncrl} --seeds ${SEEDS:-61 62 63 64 65} \
   --sweep_dir "$SWEEP_DIR" --pshift "${PSHIFT:-0.05}" -- "$@"
 rc=$?
+# a refused command (2) or a stopped sweep (130) has said why; there is nothing new to tabulate
+if [ "$rc" -eq 2 ] || [ "$rc" -eq 130 ]; then exit $rc; fi
 python scripts/make_tables.py "$SWEEP_DIR" --paper --plot || { [ "$rc" -ne 0 ] || rc=1; }
 exit $rc

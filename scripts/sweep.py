@@ -11,9 +11,11 @@ not stop the others: failures are listed at the end (exit status 1) with their l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ import utils  # noqa: E402
 from configs import ABLATION, CONFIGS, flags, loss_of, resolve  # noqa: E402
 
 DEFAULT_SEEDS = [61, 62, 63, 64, 65]
+
+
 @dataclass
 class Job:
     """One run: a configuration and a seed."""
@@ -58,38 +62,59 @@ def plan(configs: Sequence[str], seeds: Sequence[int], pshift: float = 0.05) -> 
 
 
 def script_uses_out(script: Path) -> bool:
-    """Two-stage scripts (run_*_distant.sh) take their folder from $OUT; --output_dir would reach both stages.
-    A wrapper counts as two-stage when a script it runs from the same folder is."""
-    text = script.read_text(encoding="utf-8")
-    if re.search(r"\$\{?OUT\b", text):
+    """Two-stage scripts (run_*_distant.sh) take their folder from the environment's OUT (`OUT=${OUT:-...}`);
+    --output_dir would reach both stages. A script that sets OUT itself (run_tiny.sh: from its --output_dir) does
+    not; one that reads $OUT without setting it does. A wrapper counts as two-stage when a script it runs from the
+    same folder is."""
+    text = "\n".join(line for line in script.read_text(encoding="utf-8").splitlines()
+                     if not line.lstrip().startswith("#"))
+    if re.search(r"\$\{OUT:?[-=]", text):  # OUT from the environment, with a default
+        return True
+    if re.search(r"\$\{?OUT\b", text) and not re.search(r"^\s*(export\s+)?OUT=", text, re.M):
         return True
     called = {script.parent / m for m in re.findall(r"(run_\w+\.sh)", text)} - {script}
     return any(s.is_file() and script_uses_out(s) for s in called)
 
 
 def read_status(sweep_dir: Path) -> Dict[str, dict]:
+    """SWEEP_DIR/sweep_status.json: {run name: {rc, seconds, log, command, finished_at}} ({} before the first run)."""
     path = sweep_dir / "sweep_status.json"
     if not path.exists():
         return {}
     try:
-        return utils.read_json(path)
+        status = utils.read_json(path)
     except ValueError as e:
         raise utils.UserError(f"{e}; fix or delete the sweep status file")
+    if not isinstance(status, dict) or not all(isinstance(v, dict) for v in status.values()):
+        raise utils.UserError(f"{path}: not a sweep status (an object of run name -> {{\"rc\": ..., ...}}); fix or "
+                              f"delete the sweep status file")
+    return status
 
 
 def is_finished(status: Dict[str, dict], sweep_dir: Path, job: Job) -> bool:
     return status.get(job.name, {}).get("rc") == 0 and (sweep_dir / job.name).is_dir()
 
 
-def prepare_run_dir(run_dir: Path, sweep_dir: Path) -> List[str]:
-    """--resume for an interrupted run with a checkpoint; an earlier attempt without one is moved aside."""
+def move_aside(path: Path, sweep_dir: Path, name: str) -> None:
+    """Move an attempt without a checkpoint to SWEEP_DIR/.attempts/<name>-<time> (nothing is deleted)."""
+    aside = sweep_dir / ".attempts" / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(aside))
+
+
+def prepare_run_dir(run_dir: Path, sweep_dir: Path, stages: bool = False) -> List[str]:
+    """--resume for an interrupted run with a checkpoint; an earlier attempt without one is moved aside. With
+    `stages` (a two-stage script, whose --resume reaches both stage folders) each stage folder is judged on its own:
+    a stage stopped before its first last.pt is moved aside and starts over, the finished one resumes (a no-op)."""
     if not run_dir.exists():
         return []
+    if stages:
+        for stage in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+            if not (stage / "last.pt").exists():
+                move_aside(stage, sweep_dir, f"{run_dir.name}-{stage.name}")
     if any(run_dir.rglob("last.pt")):
         return ["--resume"]
-    aside = sweep_dir / ".attempts" / f"{run_dir.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(run_dir), str(aside))
+    move_aside(run_dir, sweep_dir, run_dir.name)
     return []
 
 
@@ -103,6 +128,44 @@ def command(job: Job, script: Path, run_dir: Path, extra: Sequence[str], uses_ou
     else:
         flags += ["--output_dir", str(run_dir)]
     return ["bash", str(script), *flags], env
+
+
+def run_logged(cmd: Sequence[str], env: Dict[str, str], log: Path) -> int:
+    """Run one job (its own process group) with its output appended to `log`; its exit status. SIGINT, SIGTERM and
+    SIGHUP to the sweep reach the whole job (the script and its train.py, which saves last.pt and stops); the sweep
+    waits until every process of the job is gone, then stops with utils.Interrupted: never two trainings in one
+    folder, and the next sweep resumes the job."""
+    received: List[int] = []
+    with open(log, "a", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            rc = proc.wait()
+            while received and group_alive(proc.pid):  # train.py may outlive the script it was started by
+                time.sleep(0.2)
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+    if received:
+        raise utils.Interrupted(f"the sweep was stopped ({signal.Signals(received[0]).name}) during {log.stem}, "
+                                f"which saved its last.pt if it had started training; run the same command again "
+                                f"to continue")
+    return rc
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def tail(path: Path, n: int = 5) -> str:
@@ -123,11 +186,12 @@ def run_sweep(script: str | Path, configs: Sequence[str], seeds: Sequence[int], 
         raise utils.UserError("--output_dir is set by the sweep (SWEEP_DIR/<config>-seed<seed>); do not pass it")
     jobs = plan(configs, seeds, pshift)
     uses_out = script_uses_out(script)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     status = read_status(sweep_dir)
-    utils.atomic_write_json(sweep_dir / "sweep.json", {"script": str(script), "configs": list(configs),
-                                                        "seeds": list(seeds), "extra": list(extra),
-                                                        "pshift": pshift}, indent=2)
+    if not dry_run:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        utils.atomic_write_json(sweep_dir / "sweep.json", {"script": str(script), "configs": list(configs),
+                                                            "seeds": list(seeds), "extra": list(extra),
+                                                            "pshift": pshift}, indent=2)
     result: Dict[str, List[str]] = {"done": [], "skipped": [], "failed": []}
     for i, job in enumerate(jobs, 1):
         run_dir = sweep_dir / job.name
@@ -136,7 +200,7 @@ def run_sweep(script: str | Path, configs: Sequence[str], seeds: Sequence[int], 
             print(f"{prefix}: finished earlier, skipped", flush=True)
             result["skipped"].append(job.name)
             continue
-        resume = [] if dry_run else prepare_run_dir(run_dir, sweep_dir)
+        resume = [] if dry_run else prepare_run_dir(run_dir, sweep_dir, stages=uses_out)
         cmd, env = command(job, script, run_dir, extra, uses_out, resume)
         shown = " ".join(cmd) + (f"  (OUT={run_dir})" if uses_out else "")
         if dry_run:
@@ -148,8 +212,7 @@ def run_sweep(script: str | Path, configs: Sequence[str], seeds: Sequence[int], 
         start = time.time()
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"$ LOSS={job.loss} SEED={job.seed} {shown}\n")
-            f.flush()
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = run_logged(cmd, env, log)
         seconds = round(time.time() - start, 1)
         # re-read first: another sweep over other seeds may share this folder and have finished runs since
         status = {**read_status(sweep_dir), job.name: {

@@ -1,8 +1,11 @@
 """The seed sweep: the runner (skip finished runs, resume, report failures) and the table maker (mean ± std)."""
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +200,60 @@ def test_every_configuration_parses_as_train_py_flags(name):
 def test_missing_sweep_folder_and_bad_json_are_named(tmp_path):
     with pytest.raises(utils.UserError, match="no such sweep folder"):
         make_tables.collect_runs(tmp_path / "absent")
+    with pytest.raises(utils.UserError, match="no runs in it"):
+        make_tables.collect_runs(tmp_path)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "args.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"run/args.json: cannot read JSON"):
         make_tables.collect_runs(tmp_path)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("args.json", "[]", r"args.json: expected a JSON object of flags, got list"),
+    ("args.json", '{"task": "docred", "loss": "ncrl", "shift": "abc"}', r"args.json: a flag's value is not"),
+    ("scores.json", "[1, 2]", r"scores.json: expected a JSON object of scores, got list"),
+    ("sweep_status.json", "[1]", r"sweep_status.json: not a sweep status"),
+    ("sweep_status.json", '{"x": 5}', r"sweep_status.json: not a sweep status"),
+])
+def test_wrong_shapes_in_a_sweep_are_one_line_errors(tmp_path, capsys, name, text, message):
+    """Valid JSON of the wrong shape is named like broken JSON: make_tables.py exits 2 without a traceback."""
+    run = tmp_path / "sweep" / "ncrl-seed1"
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"task": "docred", "loss": "ncrl", "shift": 0.05, "seed": 1}))
+    (run / "scores.json").write_text(json.dumps({"dev_f1": 50.0, "dev_ign_f1": 49.0}))
+    (run.parent / name if name == "sweep_status.json" else run / name).write_text(text)
+    assert utils.guarded(lambda: make_tables.main([str(tmp_path / "sweep")])) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_paper_file_rows_must_be_objects(tmp_path):
+    for text in ("[]", '{"rows": [5]}'):
+        (tmp_path / "paper.json").write_text(text)
+        with pytest.raises(utils.UserError, match="paper.json: "):
+            make_tables.load_paper(tmp_path / "paper.json")
+
+
+def test_damaged_metrics_null_ign_f1_and_paper_encoders(tmp_path):
+    """An unfinished run's metrics.jsonl with bad bytes, a non-object line and a null score still gives its notes;
+    runs without Ign F1 (no annotated training file) name their best run by dev F1; the published RoBERTa-large row
+    is not xlm-roberta-large's."""
+    sweep_dir = tmp_path / "sweep"
+    for seed, f1 in ((1, 50.0), (2, 52.0)):
+        run = sweep_dir / f"atl-seed{seed}"
+        run.mkdir(parents=True)
+        (run / "args.json").write_text(json.dumps({"task": "docred", "loss": "atl", "seed": seed,
+                                                   "model_name_or_path": "xlm-roberta-large"}))
+        (run / "scores.json").write_text(json.dumps({"dev_f1": f1, "dev_ign_f1": None}))
+    cut = sweep_dir / "atl-seed3"
+    cut.mkdir()
+    (cut / "args.json").write_text(json.dumps({"task": "docred", "loss": "atl", "seed": 3}))
+    (cut / "metrics.jsonl").write_bytes(b'\xff{"step": 1}\n5\n{"step": 2, "dev_f1": 40.0}\n{"step": 3, "dev_f1": null}\n')
+    md = make_tables.main([str(sweep_dir), "--paper", "--plot"]).markdown
+    assert "| xlm-roberta-large | annotated | ATL | 2 | 51.00 ± 1.41 | atl-seed2 (52.00) |" in md  # no Ign F1 column
+    assert "↳ paper" not in md
+    assert "atl-seed3 (ATL, seed 3): unfinished, last dev_f1 40.00 at step 2" in md
+    atlop = make_tables.Config("docred", "bert-base-cased", "annotated", "ATL")
+    assert make_tables.paper_row(atlop, make_tables.load_paper(make_tables.PAPER_FILE))["test_f1"] == 61.3
 
 
 # ----------------------------------------------------------------------------- runner
@@ -285,11 +338,69 @@ def test_two_stage_scripts_get_their_folder_through_out(tmp_path):
     assert calls(tmp_path) == [f"atl 1 {tmp_path / 'sweep' / 'atl-seed1'} "]
 
 
+def test_which_scripts_take_their_folder_from_out(tmp_path):
+    """The two-stage scripts read OUT from the environment; run_tiny.sh sets an OUT of its own from --output_dir,
+    so the sweep gives it --output_dir (it once got OUT, which it overwrote: its runs left the sweep folder)."""
+    shipped = {p.name: sweep.script_uses_out(p) for p in (ROOT / "scripts").glob("run_*.sh")}
+    assert {name for name, uses in shipped.items() if uses} == {"run_distant.sh", "run_roberta_distant.sh",
+                                                                "run_deberta_distant.sh"}
+    local = tmp_path / "local.sh"
+    local.write_text('# OUT=${OUT:-x} in a comment does not count\nOUT=runs/x\necho "$OUT"\n')
+    read = tmp_path / "read.sh"
+    read.write_text('echo "$OUT/stage1"\n')
+    assert not sweep.script_uses_out(local) and sweep.script_uses_out(read)
+
+
+def test_a_two_stage_run_stopped_in_its_second_stage_before_a_checkpoint_continues(tmp_path):
+    """--resume reaches both stages: the finished first stage resumes (a no-op), the second, stopped before its first
+    last.pt, is moved aside so that it starts over (--resume on an absent folder is a fresh start)."""
+    sweep_dir = tmp_path / "sweep"
+    run = sweep_dir / "atl-seed1"
+    for name, files in (("stage1", ["args.json", "last.pt", "best.pt", "scores.json"]), ("stage2", ["args.json"])):
+        (run / name).mkdir(parents=True)
+        for f in files:
+            (run / name / f).write_text("{}")
+    assert sweep.prepare_run_dir(run, sweep_dir, stages=True) == ["--resume"]
+    assert sorted(p.name for p in run.iterdir()) == ["stage1"]
+    assert [p.name.rsplit("-", 2)[0] for p in (sweep_dir / ".attempts").iterdir()] == ["atl-seed1-stage2"]
+    (run / "stage1" / "last.pt").unlink()  # no checkpoint anywhere: the whole attempt goes aside
+    assert sweep.prepare_run_dir(run, sweep_dir, stages=True) == [] and not run.exists()
+
+
+def test_stopping_the_sweep_stops_its_run_and_waits_for_it(tmp_path):
+    """SIGTERM to the sweep reaches the run's whole process group (the script and the trainer it started); the
+    sweep waits for the trainer to save and stop, exits 130, and records nothing, so the next sweep resumes."""
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(f"""import pathlib, signal, sys, time
+def stop(signum, frame):
+    time.sleep(1.0)  # saving last.pt takes a while
+    pathlib.Path({str(tmp_path / "saved")!r}).write_text(signal.Signals(signum).name)
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path({str(tmp_path / "started")!r}).write_text("")
+time.sleep(60)
+""")
+    script = tmp_path / "run.sh"
+    script.write_text(f'{sys.executable} {trainer}\n')
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(script), "--configs", "atl",
+                             "--seeds", "1", "--sweep_dir", str(tmp_path / "sweep")], stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "started").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and (tmp_path / "saved").read_text() == "SIGTERM"
+    assert "the sweep was stopped (SIGTERM) during atl-seed1" in err and "Traceback" not in err
+    assert not (tmp_path / "sweep" / "sweep_status.json").exists()
+
+
 def test_plan_dry_run_and_refused_output_dir(fake_script, tmp_path, capsys):
     jobs = sweep.plan(["ablation", "ncrl", "atl"], [1, 2])
     assert [j.name for j in jobs[::2]] == [f"{c}-seed1" for c in sweep.ABLATION + ["atl"]]
     sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", dry_run=True)
     assert "LOSS=ncrl SEED=1" in capsys.readouterr().out and not calls(tmp_path)
+    assert not (tmp_path / "sweep").exists()  # a dry run writes nothing
     with pytest.raises(utils.UserError, match="--output_dir is set by the sweep"):
         sweep.run_sweep(fake_script, ["ncrl"], [1], tmp_path / "sweep", ["--output_dir", "x"])
 
