@@ -158,11 +158,11 @@ def _unpickle(path: str | os.PathLike, device: torch.device | str, what: str) ->
         raise UserError(f"{what} {path} is not a readable checkpoint: {type(e).__name__}: {str(e)[:200]}") from e
 
 
-def check_task(ckpt: Dict[str, Any], path: str, task_name: str) -> None:
+def check_task(ckpt: Dict[str, Any], path: str, task_name: str, what: str = "--load_path") -> None:
     """Refuse a checkpoint of another task, naming both."""
     saved_task = ckpt.get("args", {}).get("task", task_name)
     if saved_task != task_name:
-        raise UserError(f"--load_path {path} is a {saved_task} checkpoint, not one of {task_name}")
+        raise UserError(f"{what} {path} is a {saved_task} checkpoint, not one of {task_name}")
 
 
 def check_checkpoint(ckpt: Dict[str, Any], path: str, args: argparse.Namespace, task_name: str) -> None:
@@ -519,6 +519,36 @@ def load_pretrained(path: str | os.PathLike, build: Build, device: torch.device 
 
 
 ENGINE_SETTINGS = ("model_name_or_path", "loss", "shift", "margin_reg", "prob_shift", "top_k")
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "rng")  # what Trainer.save_last writes
+RESUME_SETTINGS = ("train_batch_size", "gradient_accumulation_steps", "seed")  # the replay of the epochs' batches
+
+
+def read_resume(path: Path, args: argparse.Namespace, task_name: str, model_settings: Tuple[str, ...]
+                ) -> Dict[str, Any]:
+    """--resume's last.pt, read and checked before the run directory is written: a checkpoint of training state
+    (not a best.pt), of this task, saved by a run with this run's encoder, loss, model settings, batch and seed;
+    otherwise one line naming the file and the flags that differ."""
+    ckpt = load_checkpoint(str(path), "cpu", "--resume", getattr(args, "trust_checkpoint", False))
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"--resume: {path} holds no training state ({', '.join(missing)} missing: a best.pt or a "
+                        f"model's weights, not a last.pt); pass --overwrite to start that run over")
+    check_task(ckpt, str(path), task_name, "--resume:")
+    saved, differ = ckpt.get("args") or {}, []
+    for name in ENGINE_SETTINGS + tuple(model_settings) + RESUME_SETTINGS:
+        if name not in saved:
+            continue
+        value = getattr(args, name, None)
+        same = (utils.resolve_model_path(saved[name]) == utils.resolve_model_path(value)
+                if name == "model_name_or_path" else json.dumps(saved[name]) == json.dumps(value))
+        if not same:
+            differ.append(f"--{name} {saved[name]!r} there, {value!r} here")
+    if differ:
+        raise UserError(f"--resume: {path} was saved by a run with other flags ({'; '.join(differ)}): resume with "
+                        f"that run's flags (its args.json), or pass another --output_dir")
+    return ckpt
 
 
 def adopt_settings(args: argparse.Namespace, defaults: Dict[str, Any], ckpt: Dict[str, Any],

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import logging.handlers
+import math
 import os
 import re
 import shutil
@@ -60,7 +61,9 @@ class RunDirectory:
                 if not os.access(parent if not self.path.exists() else self.path, os.W_OK):
                     raise UserError(f"--output_dir {self.path} is not writable: pass a folder you can write to")
                 break
-        if resume and not overwrite:
+        if resume and overwrite:
+            raise UserError(f"--resume continues the run in {self.path} and --overwrite replaces it: pass one of them")
+        if resume:
             return self.claim_resume()
         held = [n for n in ("args.json", "best.pt", "last.pt") if self.file(n).exists()]
         self.overwrite = overwrite and bool(held)
@@ -151,7 +154,8 @@ class RunDirectory:
             utils.atomic_write_json(self.file(name), obj, indent=2)
 
     def log_metrics(self, record: Dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl."""
+        """Append one JSON line to metrics.jsonl (a NaN or infinite score as null: the file stays JSON)."""
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         if self.is_main:
             with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -168,17 +172,22 @@ class RunDirectory:
         records = []
         for i, line in enumerate(lines):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 if i < len(lines) - 1:
                     raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg}): fix or remove that line") from e
                 logger.warning("%s: dropping its torn last line %d (%.40r...)", path, i + 1, line)
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), (int, float, type(None))):
+                raise UserError(f"{path}: line {i + 1} is not a metrics record (a JSON object with a numeric "
+                                f"step): fix or remove that line")
+            records.append(record)
         return records
 
     def truncate_metrics(self, max_step: int) -> None:
         """Drop log lines written after the checkpoint a resumed run starts from."""
         if self.is_main:
-            kept = [r for r in self.read_metrics() if r.get("step", 0) <= max_step]
+            kept = [r for r in self.read_metrics() if (r.get("step") or 0) <= max_step]
             utils.atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in kept))
 
     def save(self, name: str, obj: Any) -> None:

@@ -1,10 +1,11 @@
 """`run(task, argv)`: one command-line run of a task, from flags to scores.json.
 
-    flags -> checkpoint read and checked (--load_path) -> run directory claimed (nothing written yet)
+    flags -> checkpoint read and checked (--load_path) -> run directory claimed, --resume's last.pt read and checked
+    (nothing written yet)
     -> tokenizer + encoder -> task.setup(args, mode, tokenizer, meta) -> task.build_model (+ the checkpoint's weights)
     -> dev, test (and train) read and validated -> run directory opened (args.json, train.log)
     -> Trainer: epochs of micro-batches, dev evaluations (tune the Decision, score, keep best.pt), last.pt
-    -> best.pt reloaded -> dev and test predicted -> task.write -> scores.json -> model/ (the model folder)
+    -> best.pt reloaded -> dev and test predicted -> task.write -> model/ (the model folder) -> scores.json
 
 Every input is read and validated before the run directory is written, so a failing run never touches the files
 of another. The mode is "train" (from scratch, or fine-tuning with --load_path --do_train) or "test" (--load_path
@@ -104,6 +105,7 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     args.output_dir = args.output_dir or default_output_dir(task, args)
     run_dir, world, device = start_run(args)
     run_dir.keep = Path(best) if best else None  # --overwrite never removes the --load_path being read
+    resume = ck.read_resume(run_dir.file("last.pt"), args, task.name, task.model_settings) if args.resume else None
     loss_fn = build_loss_from_args(args)
 
     if mode == "train" and not (ckpt or {}).get("encoder"):
@@ -145,7 +147,7 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     finish = None
     if mode == "train":
         decision, best_ckpt = train_and_restore_best(task, args, model, encoder, tokenizer, loss_fn, splits, run_dir,
-                                                     predict, decision)
+                                                     predict, decision, resume)
         finish = lambda scores: write_model_folder(run_dir, args, model, best_ckpt, tokenizer,  # noqa: E731
                                                    encoder.config, splits, scores, task.name)
     return write_outputs(task, run_dir, splits, predict, loss_fn, decision, finish)
@@ -172,8 +174,10 @@ def write_model_folder(run_dir: RunDirectory, args: argparse.Namespace, model: n
 
 def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, tokenizer: Any,
                            loss_fn: Any, splits: Dict[str, Optional[Split]], run_dir: RunDirectory, predict: Any,
-                           decision: Decision) -> Tuple[Decision, Dict[str, Any]]:
-    """Run the training loop, then load best.pt into `model`; returns its decision and checkpoint.
+                           decision: Decision, resume: Optional[Dict[str, Any]] = None
+                           ) -> Tuple[Decision, Dict[str, Any]]:
+    """Run the training loop (from `resume`, --resume's last.pt, when given), then load best.pt into `model`;
+    returns its decision and checkpoint.
 
     encoder/ is written before the loop, so the run directory is a model folder from its first best.pt on.
     """
@@ -186,7 +190,7 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
         tuned, extra = task.tune_with_model(m, dev, loss_fn, task.tune(outputs, dev, loss_fn, decision))
         return {**task.score(outputs, dev, loss_fn, tuned), **extra, **tuned.report()}, tuned
 
-    if args.init_none_prior and not args.load_path and not args.resume:
+    if args.init_none_prior and not args.load_path and resume is None:
         n = set_prior_start(model, train.features, task.collate)
         logger.info("classifier bias set to the relation priors of %d training instances", n)
     trainer = Trainer(args, model, encoder, loss_fn, train.features, task.collate, evaluate, run_dir,
@@ -202,7 +206,7 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
     if run_dir.is_main:
         ck.write_encoder_folder(run_dir.file(ck.ENCODER_DIR), tokenizer, encoder.config)
     start = time.time()
-    trainer.train()
+    trainer.train(resume)
     logger.info("training took %.1f s", time.time() - start)
     barrier()
     best = ck.load_checkpoint(str(run_dir.file(ck.BEST)), trainer.device)
@@ -216,8 +220,8 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
 def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[Split]], predict: Any,
                   loss_fn: Any, decision: Decision, finish: Optional[Callable[[Dict[str, Any]], None]] = None
                   ) -> Dict[str, Any]:
-    """Predict dev and test with the final model; the task writes its files; scores.json holds every score;
-    `finish(scores)` then runs on the main process (after training: the model folder)."""
+    """Predict dev and test with the final model; the task writes its files; `finish(scores)` runs on the main
+    process (after training: the model folder); then scores.json, every score, last: a run with one is complete."""
     scores: Dict[str, Any] = {}
     for name in ("dev", "test"):
         split = splits.get(name)
@@ -231,9 +235,9 @@ def write_outputs(task: Task, run_dir: RunDirectory, splits: Dict[str, Optional[
         if out:
             logger.info("%s: %s", name, fmt_scores(out))
     scores.update(decision.report(), **task.summary())
-    run_dir.write_json("scores.json", scores)
     if finish is not None and run_dir.is_main:
         finish(scores)
+    run_dir.write_json("scores.json", scores)
     if run_dir.is_main:
         logger.info("run directory %s: %s", run_dir.path, " ".join(sorted(p.name for p in run_dir.path.iterdir()
                                                                           if not p.name.startswith("."))))

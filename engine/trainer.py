@@ -13,7 +13,6 @@ import math
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 import losses
 import utils
 from collate import label_counts
-from engine.checkpoints import STATE_VERSION, load_checkpoint, plain
+from engine.checkpoints import STATE_VERSION, plain
 from engine.distributed import barrier, gather_to_zero, rng_states, set_rng_states, world_info
 from engine.rundir import RunDirectory
 from engine.task import logits_loss
@@ -149,9 +148,8 @@ class Trainer:
                         scaler=self.scaler.state_dict(), rng=plain(gather_to_zero(rng_states())))
         return ckpt
 
-    def resume_from(self, path: Path) -> None:
-        """Restore everything saved in last.pt."""
-        ckpt = load_checkpoint(str(path), self.device, "--resume", getattr(self.args, "trust_checkpoint", False))
+    def resume_from(self, ckpt: Dict[str, Any]) -> None:
+        """Restore everything saved in last.pt (read and checked by checkpoints.read_resume)."""
         self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -161,7 +159,7 @@ class Trainer:
         rng = ckpt["rng"]
         set_rng_states(numpy_rng(rng[self.rank] if len(rng) == self.world else rng[0]))
         self.run.truncate_metrics(self.state["step"])
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state["step"],
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", self.run.file("last.pt"), self.state["step"],
                     self.state["epoch"], self.state["batch_in_epoch"])
 
     # -- one optimizer step
@@ -299,17 +297,16 @@ class Trainer:
                                 f"last.pt saved in {self.run.path}; run the same command with --resume to continue")
 
     # -- the loop
-    def train(self) -> Dict[str, Any]:
-        """Train until the epochs or --max_steps run out (or SIGINT/SIGTERM: last.pt, then utils.Interrupted);
-        returns the final state."""
+    def train(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Train until the epochs or --max_steps run out (or SIGINT/SIGTERM: last.pt, then utils.Interrupted), from
+        `resume` (a last.pt) when given; returns the final state."""
         with self.catching_signals():
-            return self.loop()
+            return self.loop(resume)
 
-    def loop(self) -> Dict[str, Any]:
-        """The epochs of optimizer steps, resumed from last.pt with --resume."""
+    def loop(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The epochs of optimizer steps, from last.pt's state when resuming."""
         args, state = self.args, self.state
-        resume = self.run.file("last.pt")
-        if args.resume and resume.exists():
+        if resume is not None:
             self.resume_from(resume)
         self.model.train()
         n_epochs = math.ceil(args.num_train_epochs)

@@ -109,6 +109,32 @@ def test_a_finished_run_is_never_overwritten(finished, small_synthetic_dir, tiny
     assert {name: (finished / name).read_bytes() for name in before} == before
 
 
+@pytest.mark.parametrize("case", ["other flags", "best.pt", "truncated", "with --overwrite"])
+def test_resume_checks_last_pt_before_writing(case, finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """--resume with a last.pt that this command cannot continue: one line naming it (and the flags that differ),
+    and the folder as it was (args.json was once rewritten with the new flags before the traceback)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    flags = ["--max_steps", 1, "--test_file", "", "--resume"]
+    culprits = [run_dir / "last.pt"]
+    if case == "other flags":
+        flags += ["--emb_size", "32", "--loss", "bce"]
+        culprits += ["--emb_size 64 there, 32 here", "--loss 'ncrl' there, 'bce' here"]
+    elif case == "best.pt":
+        shutil.copy(run_dir / "best.pt", run_dir / "last.pt")
+        culprits += ["holds no training state", "optimizer"]
+    elif case == "truncated":
+        data = (run_dir / "last.pt").read_bytes()
+        (run_dir / "last.pt").write_bytes(data[: len(data) // 2])
+        culprits += ["not a readable checkpoint"]
+    else:
+        flags += ["--overwrite"]
+        culprits = ["--resume continues the run in", "--overwrite replaces it"]
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert_refused(run(*train_args(small_synthetic_dir, tiny_bert_dir, run_dir, *flags)), *culprits)
+    assert {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_a_failing_run_writes_nothing_into_its_folder(data_copy, tiny_bert_dir, tmp_path):
     """Inputs are validated before the run directory is written: a bad dev file leaves no args.json behind."""
     docs = json.loads((data_copy / "dev.json").read_text())

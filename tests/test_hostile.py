@@ -269,6 +269,10 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
     with pytest.raises(utils.UserError, match="metrics.jsonl: line 2 is not JSON"):
         run.read_metrics()
+    for line in ("5", '{"step": "x"}'):  # JSON, but no record: once an AttributeError or TypeError on --resume
+        (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n' + line + '\n{"step": 3}\n')
+        with pytest.raises(utils.UserError, match="metrics.jsonl: line 2 is not a metrics record"):
+            run.truncate_metrics(2)
 
 
 def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
