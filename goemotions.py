@@ -55,7 +55,7 @@ class Comment:
 def read_label_names(path: str | os.PathLike) -> List[str]:
     """The label names of labels.txt, one a line; one of them must be `neutral`."""
     try:
-        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the label names: {e}") from e
     if NEUTRAL not in names:
@@ -85,6 +85,9 @@ def read_tsv(path: str | os.PathLike, num_names: int) -> List[Comment]:
                 comments.append(tsv_comment(path, line_no, line, num_names))
     except UnicodeDecodeError:
         raise UserError(utf8_problem(path)) from None
+    except OSError as e:  # missing, a folder, unreadable
+        raise UserError(f"{path}: cannot read the comments ({e.strerror}); --data_dir needs train.tsv, dev.tsv, "
+                        f"test.tsv and labels.txt") from None
     return comments
 
 
@@ -313,9 +316,18 @@ class GoEmotions(Task):
                 "n_comments": {s: len(c) for s, c in self.comments.items()}}
 
     def read(self, split: str) -> Optional[Split]:
-        comments = self.comments[split]
-        return Split(split, build_features(comments, self.tokenizer, self.order, self.args.max_seq_length),
-                     self.order.multi_hot(comments))
+        """A split's features and gold labels [N, C]; refused when it has no comment, or (dev and test) no emotion:
+        class-wise mAP needs one."""
+        comments, a = self.comments[split], self.args
+        source = f"{HF_DATASET}/{HF_SPLITS[split]}" if a.hf_dataset else str(Path(a.data_dir) / SPLIT_FILES[split])
+        if not comments:
+            raise UserError(f"{source}: no comments left to {'train on' if split == 'train' else 'score'} (after "
+                            f"dropping those labelled Neutral and an emotion, and --{split}_limit)")
+        gold = self.order.multi_hot(comments)  # [N, C], column 0 Neutral
+        if split != "train" and not gold[:, 1:].any():
+            raise UserError(f"{source}: every comment is Neutral; class-wise mAP needs comments with an emotion")
+        return Split(split, build_features(comments, self.tokenizer, self.order, a.max_seq_length), gold,
+                     source=source)
 
     def collate(self, features: Sequence[dict]) -> Dict[str, torch.Tensor]:
         return self._collate(features)

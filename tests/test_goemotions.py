@@ -231,6 +231,37 @@ def test_checkpoint_with_other_labels_is_refused(tiny_goemotions, tiny_bert_dir,
         ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
 
 
+@pytest.mark.parametrize("case, message", [
+    ("missing test", "test.tsv: cannot read the comments"),
+    ("empty dev", "dev.tsv: no comments left to score"),
+    ("ambiguous train", "train.tsv: no comments left to train on"),
+    ("neutral dev", "dev.tsv: every comment is Neutral"),
+])
+def test_splits_no_run_can_use_are_named_before_training(case, message, tiny_goemotions, tiny_bert_dir, tmp_path):
+    """Once a FileNotFoundError, an IndexError in the tokenizer, or a dev mAP of NaN that left no best.pt."""
+    d = tiny_goemotions
+    if case == "missing test":
+        (d / "test.tsv").unlink()
+    elif case == "empty dev":
+        (d / "dev.tsv").write_text("")
+    elif case == "ambiguous train":
+        write_split(d / "train.tsv", [("the of glad", f"{NEUTRAL_ID},0", "a")])
+    else:
+        write_split(d / "dev.tsv", [("the of", str(NEUTRAL_ID), f"n{i}") for i in range(3)])
+    with pytest.raises(UserError, match=message):
+        ge.main(cli_args(d, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_folder_records_the_data_and_a_labels_file_may_start_with_a_bom(tiny_goemotions, tiny_bert_dir,
+                                                                              tmp_path):
+    (tiny_goemotions / "labels.txt").write_text("\ufeff" + "\n".join(NAMES), encoding="utf-8")
+    ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["meta"]["label_names"] == NAMES
+    assert config["training"]["dev"]["file"] == "dev.tsv" and "map" in config["training"]["dev"]["scores"]
+
+
 def test_plain_ncrl_is_the_default_and_margin_regularization_can_be_turned_on():
     args, _ = parse_args(ge.GoEmotions(), [], "")
     assert (args.loss, args.shift, args.margin_reg, args.top_k, args.select_metric) == ("ncrl", 0.0, False, -1, "map")
