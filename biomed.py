@@ -26,7 +26,9 @@ mention across a spaCy sentence boundary joins the two sentences; both are count
     ids (exclusive), sentence ids. Argument 1 has the first type of the pair (Chemical, Gene): it is the head.
 Only entities of some pair are written to `.data`, so `keep_paired` makes a PubTator document its `.data` twin.
 
-Bad input raises `BioFormatError` (a UserError): the file, document (index and PMID), line and field.
+Files are UTF-8 (a leading byte-order mark is ignored; a bad byte is a UserError naming its line, PMID and offset);
+relation names are the benchmarks' (CID, GDA). Bad input raises `BioFormatError` (a UserError): the file, document
+(index and PMID), line and field.
 """
 from __future__ import annotations
 
@@ -35,11 +37,12 @@ import itertools
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import prepro
+import utils
 from utils import UserError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 20  # problems listed in one error message
 PAIR_FIELDS = 17  # fields per candidate pair in a .data line
 TITLE_LINE = re.compile(r"^([^|\t]+)\|([ta])\|(.*)$")
+LEADING_PMID = re.compile(rb"(\w+)[|\t]")  # a PubTator or .data line's PMID, in bytes that may not decode
+SPACY_MAX_LENGTH = 1_000_000  # spaCy's default nlp.max_length: a longer text stops it with error E088
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class BioDataset:
 
 DATASETS = {"cdr": BioDataset("cdr", "CID", "Chemical", "Disease", "chemical-induced disease"),
             "gda": BioDataset("gda", "GDA", "Gene", "Disease", "gene-disease association")}
+RELATIONS = tuple(d.relation for d in DATASETS.values())  # the relation names a file may carry
 
 
 class BioFormatError(UserError):
@@ -117,15 +123,28 @@ class Abstract:
 # ----------------------------------------------------------------------------- format
 
 
+def text_lines(path: str) -> Iterator[Tuple[int, str]]:
+    """(line number, line without its end) of a UTF-8 file, a leading byte-order mark dropped; UserError for a
+    file that cannot be read or does not decode."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for n, raw in enumerate(f, 1):
+                yield n, raw.rstrip("\n").rstrip("\r")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(utils.utf8_problem(path, pmid_at)) from None
+
+
+def pmid_at(data: bytes, offset: int) -> str:
+    """` (PMID p)` of the line holding byte `offset` of a PubTator or .data file (its leading field), else ""."""
+    pmid = LEADING_PMID.match(data, data.rfind(b"\n", 0, offset) + 1)
+    return f" (PMID {pmid.group(1).decode()})" if pmid else ""
+
+
 def detect_format(path: str) -> str:
     """"pubtator" or "data", from the first non-empty line of the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = next((line.rstrip("\n") for line in f if line.strip()), "")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from e
+    first = next((line for _, line in text_lines(path) if line.strip()), "")
     if TITLE_LINE.match(first):
         return "pubtator"
     fields = first.split("\t")
@@ -139,9 +158,8 @@ def looks_like_pubtator(path: str) -> bool:
     """Whether a text file starts as a PubTator file does: a `PMID|t|title` line, then `PMID|a|` of the same PMID
     (plain text with such lines is unlikely; `predict.py` tells its `.txt` inputs apart by this)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            first = list(itertools.islice((line.rstrip("\r\n") for line in f if line.strip()), 2))
-    except (OSError, UnicodeDecodeError):
+        first = list(itertools.islice((line for _, line in text_lines(path) if line.strip()), 2))
+    except UserError:
         return False  # the text reader reports it
     m = [TITLE_LINE.match(line) for line in first]
     return len(m) == 2 and all(m) and m[0].group(1) == m[1].group(1) and (m[0].group(2), m[1].group(2)) == ("t", "a")
@@ -185,6 +203,23 @@ def _parse_mention(fields: List[str], doc: Abstract, n: int, problems: List[str]
     doc.mentions.append(Mention(start, end, fields[3], fields[4], ids, n))
 
 
+def _parse_text(doc: Abstract, kind: str, body: str, n: int, problems: List[str]) -> None:
+    """Set the title (`kind` "t") or abstract ("a") of `doc` from its line, recording what is wrong with it."""
+    field = "title" if kind == "t" else "abstract"
+    if len(body) > SPACY_MAX_LENGTH:  # refused before spaCy stops on it
+        problems.append(f"{doc.where(n)}: field {field}: {len(body):,} characters, more than spaCy's limit of "
+                        f"{SPACY_MAX_LENGTH:,} (its max_length)")
+    if kind == "t":
+        if doc.title is not None or doc.abstract is not None:
+            problems.append(f"{doc.where(n)}: field title: a second title line, or one after the abstract")
+        doc.title = body
+        return
+    if doc.title is None:
+        problems.append(f"{doc.where(n)}: field title: the abstract line comes before a title")
+        doc.title = ""
+    doc.abstract = body
+
+
 def parse_pubtator(path: str, drop_unmatched: bool = False) -> Tuple[List[Abstract], int]:
     """The abstracts of a PubTator file, checked line by line (BioFormatError lists every problem), and how many
     relations naming an identifier without a mention were dropped (`drop_unmatched`; otherwise they are problems:
@@ -193,43 +228,35 @@ def parse_pubtator(path: str, drop_unmatched: bool = False) -> Tuple[List[Abstra
     dropped = 0
     problems: List[str] = []
     current: Optional[Abstract] = None
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                current = None
-                continue
-            m = TITLE_LINE.match(line)
-            if m:
-                pmid, kind, body = m.groups()
-                if current is None or current.pmid != pmid:
-                    current = Abstract(pmid, len(docs), n, mentions=[], relations=[])
-                    docs.append(current)
-                if kind == "t":
-                    if current.title is not None or current.abstract is not None:
-                        problems.append(f"{current.where(n)}: field title: a second title line, or one after the "
-                                        f"abstract")
-                    current.title = body
-                else:
-                    if current.title is None:
-                        problems.append(f"{current.where(n)}: field title: the abstract line comes before a title")
-                        current.title = ""
-                    current.abstract = body
-                continue
-            fields = line.split("\t")
-            if current is None:
-                problems.append(f"line {n}: field title: an annotation line outside a document (no `PMID|t|` line "
-                                f"before it)")
-                continue
-            if fields[0] != current.pmid:
-                problems.append(f"{current.where(n)}: field PMID: {fields[0]!r} in a document of PMID {current.pmid}")
-            elif len(fields) in (6, 7):
-                _parse_mention(fields, current, n, problems)
-            elif len(fields) == 4:
-                current.relations.append((fields[1], fields[2], fields[3], n))
-            else:
-                problems.append(f"{current.where(n)}: field columns: {len(fields)} tab-separated columns (a mention "
-                                f"line has 6 or 7, a relation line 4)")
+    for n, line in text_lines(path):
+        if not line.strip():
+            current = None
+            continue
+        m = TITLE_LINE.match(line)
+        if m:
+            pmid, kind, body = m.groups()
+            if current is None or current.pmid != pmid:
+                current = Abstract(pmid, len(docs), n, mentions=[], relations=[])
+                docs.append(current)
+            _parse_text(current, kind, body, n, problems)
+            continue
+        fields = line.split("\t")
+        if current is None:
+            problems.append(f"line {n}: field title: an annotation line outside a document (no `PMID|t|` line "
+                            f"before it)")
+            continue
+        if fields[0] != current.pmid:
+            problems.append(f"{current.where(n)}: field PMID: {fields[0]!r} in a document of PMID {current.pmid}")
+        elif len(fields) in (6, 7):
+            _parse_mention(fields, current, n, problems)
+        elif len(fields) == 4 and fields[1] not in RELATIONS:
+            problems.append(f"{current.where(n)}: field relation: {fields[1]!r} is not a relation of CDR or GDA "
+                            f"({', '.join(RELATIONS)})")
+        elif len(fields) == 4:
+            current.relations.append((fields[1], fields[2], fields[3], n))
+        else:
+            problems.append(f"{current.where(n)}: field columns: {len(fields)} tab-separated columns (a mention "
+                            f"line has 6 or 7, a relation line 4)")
     seen: Dict[str, int] = {}
     for d in docs:
         if d.abstract is None:
@@ -439,8 +466,9 @@ def _data_document(line: str, index: int, n: int, problems: List[str], counts: D
         rel = chunk[0]
         if rel == "not_include":
             excluded.append((args[0][0], args[1][0]))
-        elif not (rel.startswith("1:") and rel.endswith(":2")):
-            problems.append(f"{where}: field relation: {rel!r} is not 1:<relation>:2 or not_include")
+        elif not (rel.startswith("1:") and rel.endswith(":2")) or rel[2:-2] not in ("NR", *RELATIONS):
+            problems.append(f"{where}: field relation: {rel!r} is not 1:<relation>:2 (relation NR, "
+                            f"{', '.join(RELATIONS)}) or not_include")
         elif rel != "1:NR:2":
             relations.append((rel[2:-2], args[0][0], args[1][0]))
     return _assemble(pmid, words, entities, relations, excluded)
@@ -451,12 +479,9 @@ def read_data(path: str, log: bool = True) -> Tuple[List[Dict[str, Any]], Dict[s
     problems: List[str] = []
     counts = {"documents": 0, "name_mismatches": 0}
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if line.strip():
-                doc = _data_document(line, len(docs), n, problems, counts)
-                docs.append(doc)
+    for n, line in text_lines(path):
+        if line.strip():
+            docs.append(_data_document(line, len(docs), n, problems, counts))
     if problems:
         raise BioFormatError(path, "EoG .data", problems)
     counts.update(documents=len(docs), relations=sum(len(d["labels"]) for d in docs))
@@ -524,9 +549,13 @@ def pair_scores(pred: np.ndarray, gold: np.ndarray, intra: np.ndarray) -> Dict[s
 def candidate_table(docs: Sequence[Dict[str, Any]], dataset: BioDataset
                     ) -> Tuple[List[Tuple[int, int, int]], np.ndarray, np.ndarray]:
     """Every candidate pair of the documents as (document index, head, tail) [P], whether it is labelled [P] and
-    whether it is intra-sentence [P]: what a pair F1 is counted over."""
+    whether it is intra-sentence [P]: what a pair F1 is counted over. A label of another relation is a UserError."""
     pairs, gold, intra = [], [], []
     for i, d in enumerate(docs):
+        other = sorted({lab["r"] for lab in d["labels"]} - {dataset.relation})
+        if other:
+            raise UserError(f"document {i} (PMID {d['title']}): field labels: relation {other[0]!r}, not "
+                            f"{dataset.name}'s {dataset.relation}")
         positive = {(lab["h"], lab["t"]) for lab in d["labels"]}
         for h, t in typed_pairs(d, dataset):
             pairs.append((i, h, t))

@@ -84,24 +84,11 @@ def read_tsv(path: str | os.PathLike, num_names: int) -> List[Comment]:
             for line_no, line in enumerate(f, 1):
                 comments.append(tsv_comment(path, line_no, line, num_names))
     except UnicodeDecodeError:
-        raise UserError(utf8_problem(path)) from None
+        raise UserError(utils.utf8_problem(path)) from None
     except OSError as e:  # missing, a folder, unreadable
         raise UserError(f"{path}: cannot read the comments ({e.strerror}); --data_dir needs train.tsv, dev.tsv, "
                         f"test.tsv and labels.txt") from None
     return comments
-
-
-def utf8_problem(path: str | os.PathLike) -> str:
-    """`FILE line N: not valid UTF-8 ...` for a file that does not decode (files are decoded in blocks, so the
-    line is found in the bytes)."""
-    data = Path(path).read_bytes()
-    try:
-        data.decode("utf-8")
-        return f"{path}: not valid UTF-8; re-save the file as UTF-8"
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        return (f"{path} line {line}: not valid UTF-8 ({e.reason}: byte {data[e.start:e.start + 1]!r} at offset "
-                f"{e.start}); re-save the file as UTF-8")
 
 
 def tsv_comment(path: str | os.PathLike, line_no: int, line: str, num_names: int) -> Comment:

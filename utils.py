@@ -70,6 +70,21 @@ MIN_SEQ_LENGTH = 16  # the smallest --max_seq_length: the special tokens and a f
 SEQ_LENGTH = number_flag(int, MIN_SEQ_LENGTH)
 
 
+def utf8_problem(path: str | os.PathLike, where: Optional[Callable[[bytes, int], str]] = None) -> str:
+    """`FILE line N: not valid UTF-8 (...)` for a text file that does not decode, found in its bytes (text files are
+    decoded in blocks, so the decoder's position is not the file's); `where(data, offset)` adds to the line, e.g. the
+    document holding the byte."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path}: not valid UTF-8; re-save the file as UTF-8"
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        extra = where(data, e.start) if where is not None else ""
+        return (f"{path} line {line}{extra}: not valid UTF-8 ({e.reason}: byte {data[e.start:e.start + 1]!r} at "
+                f"offset {e.start}); re-save the file as UTF-8")
+
+
 def guarded(main: Callable[[], Any], expected: Tuple[type, ...] = (UserError,)) -> int:
     """The one error path of every command: run `main`; an `expected` error prints one line `error: ...` (also into
     train.log, when open) and gives status 2 (130 for utils.Interrupted and Ctrl-C; 141, silently, when stdout's

@@ -147,6 +147,8 @@ def test_not_include_pairs_are_left_out_of_the_candidates(sample_docs, tmp_path)
 
 GOOD = ["1|t|Aspirin causes ulcers.", "1|a|Ulcers follow aspirin use.",
         "1\t0\t7\tAspirin\tChemical\tD1", "1\t15\t21\tulcers\tDisease\tD2", "1\tCID\tD1\tD2"]
+GOOD_DATA = ["1", "Aspirin causes ulcers .", "1:CID:2", "L2R", "NON-CROSS", "0-1", "2-3",
+             "D1", "Aspirin", "Chemical", "0", "1", "0", "D2", "ulcers", "Disease", "2", "3", "0"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -155,6 +157,9 @@ GOOD = ["1|t|Aspirin causes ulcers.", "1|a|Ulcers follow aspirin use.",
     ((4, "1\tCID\tD1\tD9"), r"line 5: field relation: CID names identifier 'D9'"),
     ((1, None), r"field abstract: (a mention line before the title and abstract lines|no `1\|a\|` line)"),
     ((2, "1\tx\t7\tAspirin\tChemical\tD1"), r"line 3: field offsets: not integers"),
+    ((4, "1\tXYZ\tD1\tD2"), r"line 5: field relation: 'XYZ' is not a relation of CDR or GDA \(CID, GDA\)"),
+    ((1, "1|a|" + "x" * 1_000_001), r"line 2: field abstract: 1,000,001 characters, more than spaCy's limit of "
+                                    r"1,000,000"),  # refused before spaCy's E088
 ])
 def test_bad_pubtator_names_file_document_line_and_field(tmp_path, nlp, change, message):
     lines = list(GOOD)
@@ -186,12 +191,47 @@ def test_bad_data_file_and_unknown_format(tmp_path):
     bad.write_text("1\tA b .\t1:CID:2\tL2R\n")
     with pytest.raises(utils.UserError, match="neither a PubTator file"):
         biomed.read_corpus(str(bad), lambda: None)
-    fields = ["1", "Aspirin causes ulcers .", "1:CID:2", "L2R", "NON-CROSS", "0-1", "2-3",
-              "D1", "Aspirin", "Chemical", "0", "1", "0", "D2", "ulcers", "Disease", "2", "9", "0"]
-    bad.write_text("\t".join(fields) + "\n")
+    bad.write_text("\t".join(GOOD_DATA[:17] + ["9", "0"]) + "\n")
     with pytest.raises(biomed.BioFormatError, match=r"document 0 \(PMID 1\), line 1, pair 0: field mention offsets "
                                                     r"of 'D2': words \[2, 9\) are not inside sentence 0"):
         biomed.read_data(str(bad))
+    bad.write_text("\t".join(GOOD_DATA[:2] + ["1:XYZ:2"] + GOOD_DATA[3:]) + "\n")
+    with pytest.raises(biomed.BioFormatError, match=r"line 1: field relation: '1:XYZ:2' is not 1:<relation>:2"):
+        biomed.read_data(str(bad))
+
+
+@pytest.mark.parametrize("pmid", [1, 200])  # in the decoder's first 8 KB block, and far after it
+def test_invalid_utf8_anywhere_is_one_line_naming_line_pmid_and_offset(tmp_path, capsys, pmid):
+    blocks = ["\n".join(line.replace("1", str(k), 1) for line in GOOD) for k in range(1, 201)]
+    data = bytearray("\n\n".join(blocks).encode())
+    offset = data.index(f"{pmid}|t|A".encode()) + len(f"{pmid}|t|")
+    data[offset] = 0xFF
+    path = tmp_path / "bad.txt"
+    path.write_bytes(bytes(data))
+    assert utils.guarded(lambda: biomed.read_corpus(str(path), lambda: None)) == 2
+    assert capsys.readouterr().err == (f"error: {path} line {6 * pmid - 5} (PMID {pmid}): not valid UTF-8 (invalid "
+                                       f"start byte: byte b'\\xff' at offset {offset}); re-save the file as UTF-8\n")
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path, nlp):
+    plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text("\n".join(GOOD) + "\n")
+    bom.write_text("\ufeff" + "\n".join(GOOD) + "\n")
+    assert biomed.detect_format(str(bom)) == "pubtator" and biomed.looks_like_pubtator(str(bom))
+    assert biomed.read_pubtator(str(bom), nlp) == biomed.read_pubtator(str(plain), nlp)
+    data = tmp_path / "bom.data"
+    data.write_text("\ufeff" + "\t".join(GOOD_DATA) + "\n")
+    assert biomed.detect_format(str(data)) == "data"
+    assert biomed.read_data(str(data))[0][0]["title"] == "1"
+
+
+def test_pair_scores_refuse_a_label_of_another_relation():
+    doc = {"title": "7", "sents": [["A", "b"]], "labels": [{"h": 0, "t": 1, "r": "CID"}],
+           "vertexSet": [[{"name": "A", "pos": [0, 1], "sent_id": 0, "type": "Chemical"}],
+                         [{"name": "b", "pos": [1, 2], "sent_id": 0, "type": "Disease"}]]}
+    assert biomed.candidate_table([doc], CDR)[1].tolist() == [True]
+    with pytest.raises(utils.UserError, match=r"document 1 \(PMID 7\): field labels: relation 'GDA', not cdr's CID"):
+        biomed.candidate_table([doc, {**doc, "labels": [{"h": 0, "t": 1, "r": "GDA"}]}], CDR)
 
 
 def test_a_label_outside_the_candidate_pairs_is_refused(minilm_tokenizer):
@@ -304,6 +344,10 @@ def test_bio_model_folder_predicts_only_its_candidate_pairs(tmp_path, tiny_bert_
     dev, said = config["training"]["dev"]["scores"], capsys.readouterr().out
     assert f"verified: F1 {dev['f1']:.4f} equals" in said and dev["n_pred"] > 0
     assert f"({dev['n_correct']} of {dev['n_pred']} predicted facts correct, {dev['n_gold']} gold)" in said
+    xyz = tmp_path / "xyz.txt"  # a relation of another name is not counted as gold: refused, as training refuses it
+    xyz.write_text((data / "dev.txt").read_text().replace("\tCID\t", "\tXYZ\t", 1))
+    assert predict.main(["verify", "--model", str(run / "model"), "--data", str(xyz), "--no_progress"]) == 2
+    assert "field relation: 'XYZ' is not a relation of CDR or GDA" in capsys.readouterr().err
     config["decision"]["threshold"] = 1e-6  # every pair the model scores is predicted
     config_path.write_text(json.dumps(config))
     doc = sample_docs[45]  # all its entities: chemical->disease, disease->chemical and same-type pairs
