@@ -57,18 +57,45 @@ def _where(path: str, i: int, turns: Any, j: Optional[int] = None) -> str:
     return f"{path}: dialogue {i} ({head!r})" + (f", instance {j}" if j is not None else "")
 
 
+def _field_error(where: str, key: str, want: str, value: Any, item: Optional[int] = None) -> UserError:
+    """`<where>: field 'key' must be <want>, got <type> <value>`, naming the list item at fault if any."""
+    text = repr(value)
+    found = "nothing" if value is None else f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+    at = f" (item {item})" if item is not None else ""
+    return UserError(f"{where}: field {key!r} must be {want}, got {found}{at}")
+
+
+def _check_list(inst: dict, key: str, kind: type, want: str, where: str) -> list:
+    """`inst[key]`, refused unless it is a list whose items are all exactly of type `kind`."""
+    value = inst.get(key)
+    if not isinstance(value, list):
+        raise _field_error(where, key, want, value)
+    for k, item in enumerate(value):
+        if type(item) is not kind:  # exact type: JSON true/false are bools, which isinstance counts as ints
+            raise _field_error(where, key, want, item, k)
+    return value
+
+
 def _check_instance(inst: Any, where: str) -> None:
+    """Refuse an instance with a field missing, of the wrong type, or out of range."""
     if not isinstance(inst, dict):
         raise UserError(f"{where}: an instance must be an object, got {type(inst).__name__}")
     for key in ("x", "y"):
-        if not isinstance(inst.get(key), str) or not inst[key].strip():
-            raise UserError(f"{where}: field {key!r} must be a non-empty string, got {inst.get(key)!r}")
-    rids = inst.get("rid")
-    if not isinstance(rids, list) or not rids or not all(isinstance(r, int) and r in RID2COL for r in rids):
-        raise UserError(f"{where}: field 'rid' must be a non-empty list of ids 1..{UNANSWERABLE}, got {rids!r}")
+        if type(inst.get(key)) is not str or not inst[key].strip():
+            raise _field_error(where, key, "a non-empty string", inst.get(key))
+    for key in ("x_type", "y_type"):
+        if key in inst and type(inst[key]) is not str:
+            raise _field_error(where, key, "a string", inst[key])
+    for key in ("r", "t"):
+        if key in inst:
+            _check_list(inst, key, str, "a list of strings", where)
+    want = f"a non-empty list of ids 1..{UNANSWERABLE}"
+    rids = _check_list(inst, "rid", int, want, where)
+    if not rids or not all(r in RID2COL for r in rids):
+        raise _field_error(where, "rid", want, rids)
     if UNANSWERABLE in rids and len(rids) > 1:
         raise UserError(f"{where}: field 'rid' mixes {UNANSWERABLE} (unanswerable) with relations: {rids}")
-    if "t" in inst and (not isinstance(inst["t"], list) or len(inst["t"]) != len(rids)):
+    if "t" in inst and len(inst["t"]) != len(rids):
         raise UserError(f"{where}: field 't' must be a list of one trigger per id in 'rid', got {inst['t']!r}")
 
 
@@ -439,7 +466,12 @@ class DialogRE(Task):
         path = utils.data_path(a.data_dir, name)
         if path is None:
             return None
-        data = build_split(path, self.encoder, getattr(a, f"{split}_limit"), split != "train" and not a.no_f1c)
+        limit = getattr(a, f"{split}_limit")
+        data = build_split(path, self.encoder, limit, split != "train" and not a.no_f1c)
+        if not data.features:  # F1 of nothing is undefined, and training on nothing leaves no best.pt
+            within = f" in its first {limit} dialogues (--{split}_limit)" if limit is not None else ""
+            purpose = "to train on" if split == "train" else "to score"
+            raise UserError(f"--{split}_file {path}: no instances {purpose}{within}")
         aux = {"prefixes": data.prefixes.features} if data.prefixes is not None else {}
         return Split(split, data.features, data, aux, source=path)
 

@@ -180,6 +180,20 @@ def test_bad_input_names_file_dialogue_and_field(tmp_path):
         dialogre.load_dialogre(write_dialogre(tmp_path / "d.json", [[TURNS, [dict(INSTANCES[0], rid=[38])]]]))
 
 
+@pytest.mark.parametrize("key, value, found", [
+    ("x", 5, "int 5"), ("y", "", "str ''"), ("x_type", 5, "int 5"), ("y_type", ["PER"], "list ['PER']"),
+    ("x_type", None, "nothing"), ("r", "per:sibling", "str 'per:sibling'"), ("r", ["a", 3], "int 3 (item 1)"),
+    ("t", [7], "int 7 (item 0)"), ("t", "sister", "str 'sister'"), ("rid", [True], "bool True (item 0)"),
+    ("rid", [9.0], "float 9.0 (item 0)"), ("rid", 9, "int 9"),
+])
+def test_wrong_field_types_name_file_dialogue_instance_field_and_type(tmp_path, key, value, found):
+    bad = [[TURNS, INSTANCES[1:]], [TURNS, [INSTANCES[1], dict(INSTANCES[1], **{key: value})]]]
+    with pytest.raises(UserError) as err:
+        dialogre.load_dialogre(write_dialogre(tmp_path / "d.json", bad))
+    assert re.fullmatch(rf".*d\.json: dialogue 1 \(.*\), instance 1: field '{key}' must be .*, got {re.escape(found)}",
+                        str(err.value))
+
+
 # ----------------------------------------------------------------------------- end to end
 def small_corpus(tmp_path):
     """Hand-built train/dev/test files (the same dialogues, which is enough for a smoke run)."""
@@ -248,6 +262,32 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path, tiny_bert_dir, tiny_
     dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
     with pytest.raises(UserError, match="encoder"):
         dialogre.main(run_args(data, tiny_roberta_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
+
+
+EMPTY = {"no dialogues": [], "no instances": [[TURNS, []], [TURNS[:2], []]]}
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+@pytest.mark.parametrize("content", EMPTY)
+def test_split_without_instances_is_refused_before_the_run_directory(tmp_path, tiny_bert_dir, split, content):
+    data = small_corpus(tmp_path)
+    write_dialogre(data / f"{split}.json", EMPTY[content])
+    purpose = "to train on" if split == "train" else "to score"
+    with pytest.raises(UserError, match=rf"^--{split}_file .*{split}\.json: no instances {purpose}$"):
+        dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_test_mode_refuses_an_empty_split(tmp_path, tiny_bert_dir):
+    data = small_corpus(tmp_path)
+    dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "run", "--max_steps", "1", "--no_f1c"))
+    write_dialogre(data / "test.json", EMPTY["no instances"])
+    with pytest.raises(UserError, match=r"test\.json: no instances to score"):
+        dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt"))
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match=r"test\.json: no instances to score in its first 1 dialogues \(--test_limit\)"):
+        dialogre.main(run_args(data, tiny_bert_dir, tmp_path / "x", "--load_path", tmp_path / "run" / "best.pt",
+                               "--test_limit", "1"))
 
 
 # ----------------------------------------------------------------------------- real data
