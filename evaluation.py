@@ -20,7 +20,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 
 import numpy as np
 
-from utils import guarded
+from utils import UserError, guarded
 
 SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
 OPTIONAL_FIELDS = ("evidence",)
@@ -453,10 +453,18 @@ def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[
         raise ValueError(f"{name}: {e}") from None
 
 
+def refuse_folder(out_zip: Union[str, os.PathLike]) -> None:
+    """Raise UserError when the zip file to write is an existing folder."""
+    if os.path.isdir(out_zip):
+        raise UserError(f"--codalab_zip {out_zip} is a folder: give the path of the zip file to write, "
+                        f"e.g. {os.path.join(out_zip, 'result.zip')}")
+
+
 def write_codalab_zip(result: PathOrDocs, out_zip: Union[str, os.PathLike]) -> Path:
     """Write `out_zip` holding result.json at its root, the form the DocRED Codalab competition accepts."""
     from utils import atomic_path  # imported here: utils pulls in torch
 
+    refuse_folder(out_zip)
     items, _ = _as_list(result, "submission")
     with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("result.json", json.dumps(items, ensure_ascii=False))
@@ -514,8 +522,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def check_truth(path: str) -> None:
+    """Raise ValidationError (naming document and field) unless the truth file passes --end_to_end's checks
+    (evaluation_e2e.read_gold) and holds a document: an empty one leaves nothing to score or submit against."""
+    from evaluation_e2e import read_gold
+    from validation import check_not_empty
+
+    check_not_empty(path, len(read_gold(path)))
+
+
 def run(args: argparse.Namespace) -> None:
     """Score, check or zip predictions as the flags say."""
+    if args.codalab_zip:
+        refuse_folder(args.codalab_zip)
+    if args.check_submission or not args.end_to_end:
+        check_truth(args.truth)
     rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None
     rel_ids = None if rel_info is None else list(rel_info)
     if args.check_submission:

@@ -81,9 +81,33 @@ def gold_outputs(docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def _entity_problems(ent: Any, e: int) -> List[str]:
+    """What is wrong with entity `e` of an output object: its mention spans, its type (a string or null)."""
+    mentions = ent.get("mentions") if isinstance(ent, dict) else None
+    problems = []
+    if not isinstance(mentions, list) or not all(
+            isinstance(m, dict) and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("char_start", "char_end"))
+            and m["char_start"] < m["char_end"] for m in mentions):
+        problems.append(f"field entities[{e}].mentions: each needs integer char_start < char_end")
+    kind = ent.get("type") if isinstance(ent, dict) else None
+    if kind is not None and not isinstance(kind, str):
+        problems.append(f"field entities[{e}].type: must be a string (got {kind!r})")
+    return problems
+
+
+def _relation_problems(rel: Any, k: int, n_ents: int) -> List[str]:
+    """What is wrong with relation `k` of an output object: its entity indices, its relation id (a string)."""
+    if not isinstance(rel, dict) or not all(isinstance(rel.get(f), int) and 0 <= rel[f] < n_ents
+                                            for f in ("h_idx", "t_idx")) or "r" not in rel:
+        return [f"field relations[{k}]: needs r and h_idx, t_idx among its {n_ents} entities"]
+    if not isinstance(rel["r"], str):
+        return [f"field relations[{k}].r: must be a string (got {rel['r']!r})"]
+    return []
+
+
 def output_problems(out: Any, i: int) -> List[str]:
-    """What keeps output object `i` from being scored: its title, entities' mention spans, relations' entity
-    indices (each problem names the field)."""
+    """What keeps output object `i` from being scored: its title, entities' mention spans and types, relations'
+    entity indices and ids (each problem names the field)."""
     if not isinstance(out, dict):
         return [f"item {i}: an output object must be a JSON object (got {type(out).__name__})"]
     where = f"item {i} (title {out.get('title')!r})"
@@ -92,17 +116,20 @@ def output_problems(out: Any, i: int) -> List[str]:
     ents, rels = out.get("entities"), out.get("relations", [])
     if not isinstance(ents, list) or not isinstance(rels, list):
         return [f"{where}: field {'entities' if not isinstance(ents, list) else 'relations'}: must be a list"]
+    problems = [p for e, ent in enumerate(ents) for p in _entity_problems(ent, e)]
+    problems += [p for k, rel in enumerate(rels) for p in _relation_problems(rel, k, len(ents))]
+    return [f"{where}: {p}" for p in problems]
+
+
+def repeated_titles(pred: Sequence[Dict[str, Any]]) -> List[str]:
+    """One problem per output object whose title an earlier one already has (the scores are keyed by title)."""
+    first: Dict[str, int] = {}
     problems = []
-    for e, ent in enumerate(ents):
-        mentions = ent.get("mentions") if isinstance(ent, dict) else None
-        if not isinstance(mentions, list) or not all(
-                isinstance(m, dict) and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("char_start", "char_end"))
-                and m["char_start"] < m["char_end"] for m in mentions):
-            problems.append(f"{where}: field entities[{e}].mentions: each needs integer char_start < char_end")
-    for k, rel in enumerate(rels):
-        if not isinstance(rel, dict) or not all(isinstance(rel.get(f), int) and 0 <= rel[f] < len(ents)
-                                                for f in ("h_idx", "t_idx")) or "r" not in rel:
-            problems.append(f"{where}: field relations[{k}]: needs r and h_idx, t_idx among its {len(ents)} entities")
+    for i, out in enumerate(pred):
+        j = first.setdefault(out["title"], i)
+        if j != i:
+            problems.append(f"item {i} (title {out['title']!r}): field title: the same title as item {j}; "
+                            f"titles must be unique")
     return problems
 
 
@@ -131,7 +158,7 @@ def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
     if not isinstance(pred, list):
         raise utils.UserError(f"prediction file {pred_path}: must hold a JSON list of output objects (predict.py's "
                               f"format), got {type(pred).__name__}")
-    problems = [p for i, out in enumerate(pred) for p in output_problems(out, i)]
+    problems = [p for i, out in enumerate(pred) for p in output_problems(out, i)] or repeated_titles(pred)
     if problems:
         raise utils.UserError(f"prediction file {pred_path}: {len(problems)} problem(s)"
                               f"{', the first 5' if len(problems) > 5 else ''}: " + "; ".join(problems[:5]))
@@ -146,7 +173,7 @@ def format_scores(scores: Dict[str, Dict[str, float]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; a bad or missing file prints one line and returns 2 (utils.guarded)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--gold", required=True, help="DocRED JSON with the gold entities and labels")
     parser.add_argument("--pred", required=True, help="predict.py's output JSON (a list of output objects)")
     args = parser.parse_args(argv)

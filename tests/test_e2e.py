@@ -637,3 +637,31 @@ def test_predict_mention_threshold_flag_overrides_the_stored_value(e2e_run, tmp_
     assert counts[0] == 0 < counts[1]
     assert predict.main(["--model", str(e2e_run), "--text", text, "--mention_threshold", "1.5"]) == 2
 
+
+def test_end_to_end_scoring_refuses_unhashable_fields_and_repeated_titles(synthetic_dir, tmp_path, capsys):
+    """A list as a relation id or an entity type (a TypeError, exit 1, before) and a repeated title (the last copy
+    won silently): one line naming the file, item, title and field, exit 2, from both commands."""
+    import evaluation
+
+    gold = synthetic_dir / "dev.json"
+    outs = e2e.gold_outputs(json.loads(gold.read_text())[:2])
+    title = repr(outs[0]["title"])
+    cases = {"r": ([dict(outs[0], relations=[{"h_idx": 0, "t_idx": 1, "r": ["P17"]}])],
+                   f"item 0 (title {title}): field relations[0].r: must be a string (got ['P17'])"),
+             "type": ([dict(outs[0], entities=[dict(outs[0]["entities"][0], type=["PER"])] + outs[0]["entities"][1:])],
+                      f"item 0 (title {title}): field entities[0].type: must be a string (got ['PER'])"),
+             "dup": ([outs[0], outs[1], outs[0]],
+                     f"item 2 (title {title}): field title: the same title as item 0; titles must be unique")}
+    for name, (pred, message) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(pred))
+        assert e2e.main(["--gold", str(gold), "--pred", str(path)]) == 2
+        assert evaluation.main(["--end_to_end", "--truth", str(gold), "--pred", str(path)]) == 2
+        errs = capsys.readouterr().err.splitlines()
+        assert errs == [f"error: prediction file {path}: 1 problem(s): {message}"] * 2
+
+
+def test_end_to_end_scoring_refuses_abbreviated_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        e2e.main(["--gol", "dev.json", "--pred", "pred.json"])
+    assert stop.value.code == 2 and "--gol" in capsys.readouterr().err

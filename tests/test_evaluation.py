@@ -394,6 +394,34 @@ def test_cli_refuses_predictions_the_truth_lacks_and_an_unlabelled_truth(hand_fi
     assert res.returncode == 2 and "has no labels in any document" in res.stderr
 
 
+@pytest.mark.parametrize("docs, message", [
+    ([{k: v for k, v in DOC.items() if k != "title"}], "document 0 (title None): field title: missing key"),
+    (["a string"], "document 0 (title None): field <document>: a document must be a JSON object"),
+    ([dict(DOC, title=["Capitals"])], "document 0 (title ['Capitals']): field title: must be a string"),
+    ([dict(DOC, labels=[{"h": 0, "t": 99, "r": "P17"}])], "field labels[0].t: must be an entity index in [0, 5)"),
+    ([], "no documents"),
+])
+@pytest.mark.parametrize("mode", ["--pred", "--check_submission"])
+def test_cli_validates_the_truth_file_before_scoring(hand_files, tmp_path, capsys, docs, message, mode):
+    truth = tmp_path / "bad_truth.json"
+    truth.write_text(json.dumps(docs))
+    assert ev.main([mode, hand_files["pred"], "--truth", str(truth)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"{truth}: 1 problem(s)" in err and message in err, err
+
+
+def test_cli_refuses_a_folder_as_codalab_zip_before_writing(hand_files, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert ev.main(["--pred", hand_files["pred"], "--truth", hand_files["truth"], "--codalab_zip", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: --codalab_zip {folder} is a folder: give the path of the zip file to " \
+        f"write, e.g. {folder / 'result.zip'}\n"
+    assert list(folder.iterdir()) == []
+    with pytest.raises(ValueError, match="is a folder"):
+        ev.write_codalab_zip(PRED, folder)
+
+
 # ---------------------------------------------------------------------------- corpora
 
 
