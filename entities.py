@@ -22,6 +22,7 @@ yet known to hold entities when it is encoded).
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,8 @@ from torch import nn
 
 import losses
 import utils
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from model import Encoded
@@ -558,10 +561,11 @@ def vertex_set(doc: Dict[str, Any], pred: Dict[str, Any], type_names: Sequence[s
 
 
 def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Sequence[Dict[str, Any]],
-                      decision: Any, loss_fn: Any, batch_size: int = 4) -> List[Tuple[List[List[Dict[str, Any]]],
-                                                                                    List[Any]]]:
+                      decision: Any, loss_fn: Any, batch_size: int = 4, max_entities: Optional[int] = None
+                      ) -> List[Tuple[List[List[Dict[str, Any]]], List[Any]]]:
     """Per document (title, sents; entities ignored): (predicted vertexSet, its relations as evaluation.Relation),
-    at the decision's mention threshold; `tokenizer` is the model's or its prepro.WordTokenizer."""
+    at the decision's mention threshold; a document of more than `max_entities` predicted entities gets no
+    relations; `tokenizer` is the model's or its prepro.WordTokenizer."""
     import prepro
     from collate import DocRECollator
 
@@ -572,6 +576,7 @@ def predict_documents(model: nn.Module, tokenizer: Any, settings: Any, docs: Seq
     collate = EntityCollator(DocRECollator(settings.num_class, pad), settings.max_span_width)
     threshold = mention_threshold(decision)
     decoded = decode_features(model, features, collate, settings, decision, loss_fn, [threshold], batch_size,
+                              max_entities=max_entities,
                               evidence_threshold=settings.evidence_threshold if settings.evidence else None)
     return [(vertex_set(doc, p, settings.entity_types), r) for doc, (p, r) in zip(docs, decoded[threshold])]
 
@@ -654,16 +659,21 @@ def token_offsets(doc: Dict[str, Any]) -> List[List[Tuple[int, int]]]:
 
 
 def output_objects(bundle: Any, docs: Sequence[Dict[str, Any]], rel_names: Dict[str, str],
-                   batch_size: int) -> List[Dict[str, Any]]:
+                   batch_size: int, max_entities: Optional[int] = None) -> List[Dict[str, Any]]:
     """predict.py's output objects of converted documents, their entities and relations predicted by the model in
-    one encoder pass per document (the documents' own entities are ignored)."""
+    one encoder pass per document (the documents' own entities are ignored); a document of more than `max_entities`
+    predicted entities keeps them, without relations (a warning names it)."""
     import predict
 
     pre = bundle.pretrained
     preds = predict_documents(pre.model, bundle.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
-                              batch_size)
+                              batch_size, max_entities)
     out = []
     for doc, (vs, rels) in zip(docs, preds):
+        if max_entities is not None and len(vs) > max_entities:
+            logger.warning("document %r: the model found %d entities, more than --max_entities %d: its %d pairs "
+                           "are not scored (raise --max_entities to score them)", doc["title"], len(vs),
+                           max_entities, len(vs) * (len(vs) - 1))
         offsets, text = token_offsets(doc), doc["text"]
         spans = [[(offsets[m["sent_id"]][m["pos"][0]][0], offsets[m["sent_id"]][m["pos"][1] - 1][1]) for m in ent]
                  for ent in vs]

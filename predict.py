@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ import text2doc
 import utils
 from evaluation import Relation
 from html_view import html_writer
+from prepro import MAX_ENTITIES
 from text2doc import InputError
 
 if TYPE_CHECKING:
@@ -115,13 +117,12 @@ def load_model(path: str, device: Optional[str] = None, progress: bool = False, 
 
     ckpt, best = checkpoints.read_model(path, "--model", trust)
     saved_args = ckpt.get("args", {})
-    if saved_args.get("task", "docred") not in ("docred", "cdr", "gda"):  # the tasks of DocREModel (train_bio.py)
-        raise InputError(f"--model {best} is a {saved_args['task']} model; predict.py runs DocRED models")
+    check_model_task(saved_args, str(best))
     try:
         settings = reading_settings(DocRESettings.from_checkpoint(checkpoints.checkpoint_meta(ckpt), saved_args),
                                     max_seq_length)
-    except ValueError as e:
-        raise InputError(f"--model {best}: {e}") from None
+    except checkpoints.BUILD_ERRORS as e:  # an untrusted folder's settings: "256" for a size, a list for a name
+        raise InputError(f"--model {best}: its settings cannot be read ({type(e).__name__}: {e})") from None
     dev = utils.select_device(device)
     pre = checkpoints.build_pretrained(
         ckpt, best, lambda tokenizer, encoder: DocREModel.from_settings(settings, encoder, tokenizer=tokenizer), dev)
@@ -280,6 +281,28 @@ def entity_rule(settings: Optional["DocRESettings"]) -> text2doc.EntityRule:
     return text2doc.EntityRule(tuple(sorted({t for pair in settings.pair_types for t in pair})), ner=False)
 
 
+def check_model_task(args: Dict[str, Any], where: str) -> None:
+    """An InputError for a model of a task predict.py does not run (DialogRE, GoEmotions: their scripts' test mode)."""
+    from engine.checkpoints import PREDICT_TASKS
+
+    task = args.get("task", "docred") if isinstance(args, dict) else "docred"
+    if task not in PREDICT_TASKS:
+        raise InputError(f"--model {where} is a {task} model; predict.py runs DocRED-style models "
+                         f"({', '.join(PREDICT_TASKS)}): score data with it by {task}.py --load_path {where} "
+                         f"--data_dir DIR")
+
+
+def peek_args(path: str) -> Optional[Dict[str, Any]]:
+    """The training args of the model at `path`, read without its weights; None where they cannot be read this way."""
+    from engine import checkpoints
+
+    try:
+        found = checkpoints.peek_meta(path, "--model")
+    except utils.UserError:  # no model there: load_model says so after the input's checks
+        return None
+    return found[1] if found is not None else None
+
+
 def peek_settings(path: str) -> Optional["DocRESettings"]:
     """The settings of the model at `path`, read without its weights; None where they cannot be read this way
     (`load_model` then says why, or reads an old pickle with --trust_checkpoint)."""
@@ -289,7 +312,7 @@ def peek_settings(path: str) -> Optional["DocRESettings"]:
     try:
         found = checkpoints.peek_meta(path, "--model")
         return DocRESettings.from_checkpoint(*found) if found is not None else None
-    except ValueError:  # also utils.UserError: no model there, which load_model reports after the input's checks
+    except checkpoints.BUILD_ERRORS:  # also utils.UserError: no model there, or settings load_model reports on
         return None
 
 
@@ -320,10 +343,12 @@ class DocREPipeline:
     """Raw text or converted documents in, output objects (see the module docstring) out."""
 
     def __init__(self, model_bundle: Any, rel_names: Dict[str, str], spacy_model: str = text2doc.DEFAULT_SPACY_MODEL,
-                 batch_size: int = 4, nlp: Any = None, entities: Optional[str] = None):
+                 batch_size: int = 4, nlp: Any = None, entities: Optional[str] = None,
+                 max_entities: Optional[int] = MAX_ENTITIES):
         self.model_bundle, self.rel_names = model_bundle, rel_names
         self.spacy_model, self.batch_size, self._nlp = spacy_model, batch_size, nlp
         self.entities = entity_source(entities, getattr(model_bundle, "settings", None))
+        self.max_entities = max_entities  # a document's E x (E - 1) pairs cost memory: more is refused (None: no cap)
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
@@ -344,7 +369,10 @@ class DocREPipeline:
     def predict_documents(self, docs: Sequence[Dict[str, Any]], source: str = "the documents",
                           first: int = 0, advice: str = READ_WHOLE) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order, each with its `truncated_at`; a document read only in
-        part is named in a warning (ending in `advice`) as document `first + i` of `source`."""
+        part is named in a warning (ending in `advice`) as document `first + i` of `source`. A document with more
+        entities than `max_entities` is refused before the model reads it (found by the model: its pairs are not
+        scored, with a warning)."""
+        self.check_entity_counts(docs, source, first)
         outputs = self._outputs(docs)
         b = self.model_bundle
         points = truncation_points(docs, b.tokenizer, b.settings)
@@ -355,10 +383,21 @@ class DocREPipeline:
                                b.settings.max_seq_length, advice)
         return outputs
 
+    def check_entity_counts(self, docs: Sequence[Dict[str, Any]], source: str, first: int) -> None:
+        """InputError naming each document of more than `max_entities` entities (given, or spaCy's)."""
+        cap = self.max_entities
+        over = [(first + i, d) for i, d in enumerate(docs) if cap is not None and len(d["vertexSet"]) > cap]
+        if over:
+            raise InputError("; ".join(
+                f"{source}: document {i} (title {d['title']!r}): field entities: {len(d['vertexSet'])} entities, "
+                f"more than --max_entities {cap} ({len(d['vertexSet']) * (len(d['vertexSet']) - 1):,} pairs, "
+                f"whose memory grows with their number); split the document, or raise --max_entities (0: no cap)"
+                for i, d in over[:5]))
+
     def _outputs(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order (without `truncated_at`)."""
         if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
-            return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size)
+            return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size, self.max_entities)
         runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
         predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
         if len(predicted) != len(runnable):
@@ -409,6 +448,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
     parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--max_entities", type=utils.number_flag(int, 0), default=MAX_ENTITIES,
+                        help=f"refuse a document with more entities (default {MAX_ENTITIES}; 0: no cap): its "
+                             f"E x (E - 1) pairs cost memory and time in proportion")
     parser.add_argument("--max_seq_length", type=int, default=None,
                         help="read at most this many tokens of each document (default: whole documents, in the "
                              "encoder's windows; the training length is not a limit)")
@@ -469,12 +511,16 @@ def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
 def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     check_args(args)
+    found = peek_args(args.model)
+    if found is not None:  # the model's task first: another task's folder makes every input check moot
+        check_model_task(found, args.model)
     check_entity_source(args.entities, ".txt" if args.text is not None else text2doc.input_kind(args.input))
     rule = entity_rule(peek_settings(args.model))
     n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities), rule)
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
                                          n_docs <= args.chunk_docs, args.trust_checkpoint, args.max_seq_length,
-                                         batch_size=args.batch_size, entities=args.entities)
+                                         batch_size=args.batch_size, entities=args.entities,
+                                         max_entities=args.max_entities or None)
     pipe.model_bundle = entities.at_mention_threshold(pipe.model_bundle, args.mention_threshold)
     bar = None
     if n_docs > args.chunk_docs and not args.no_progress:
@@ -508,6 +554,19 @@ def check_writable(path: str, flag: str) -> None:
                          f"path")
 
 
+def check_distinct(paths: Dict[str, Optional[str]]) -> None:
+    """An InputError when two of the flags name one file: an output would replace the input, or the other output."""
+    seen: Dict[Path, str] = {}
+    for flag, path in paths.items():
+        if not path:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {flag} are the same file ({path}): writing it would destroy the "
+                             f"other; choose another path")
+        seen[key] = flag
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse what would fail after the prediction work: a missing model, bad sizes, unwritable outputs."""
     if not Path(args.model).exists():
@@ -524,6 +583,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_writable(args.output, "--output")
     if args.html:
         check_writable(args.html, "--html")
+    check_distinct({"--input": args.input, "--output": None if args.output == "-" else args.output, "--html": args.html})
     if args.text is not None and "\n" not in args.text and os.path.isfile(args.text):  # False on any OSError
         logging.getLogger(__name__).warning("--text %r names an existing file, but --text predicts on the string "
                                             "itself; pass --input %s to read the file", args.text, args.text)
@@ -540,9 +600,10 @@ def parse_verify_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="model folder (RUN/model), run directory, or .pt")
     parser.add_argument("--data", required=True, help="a labelled DocRED .json file (e.g. the dev file); for a "
                                                       "biomedical model, PubTator or .data")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="largest F1 difference (points) accepted")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--chunk_docs", type=int, default=1000)
+    parser.add_argument("--tolerance", type=utils.NON_NEGATIVE, default=0.01,
+                        help="largest F1 difference (points) accepted")
+    parser.add_argument("--batch_size", type=utils.COUNT, default=4)
+    parser.add_argument("--chunk_docs", type=utils.COUNT, default=1000)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--trust_checkpoint", action="store_true",
@@ -606,14 +667,16 @@ def verify(args: argparse.Namespace) -> int:
         raise InputError(f"--data {args.data}: no such file")
     if not biomedical and Path(args.data).suffix.lower() != ".json":
         raise InputError(f"--data {args.data}: not a DocRED .json file")
+    # as the recorded scores were made: at the training length, on the file's own entities (an --end_to_end model's
+    # recorded scores are its relation scores on gold entities)
     pipe = DocREPipeline.from_pretrained(args.model, None, args.device, not args.no_progress, args.trust_checkpoint,
-                                         AS_TRAINED, batch_size=args.batch_size)  # as the recorded scores were made
+                                         AS_TRAINED, batch_size=args.batch_size, entities="given", max_entities=None)
     scores = (rescore_pairs if biomedical else rescore)(pipe, args.data, args.chunk_docs)
     print(f"{args.data}: F1 {scores['f1']:.4f}, precision {scores['precision']:.4f}, recall {scores['recall']:.4f} "
           f"({scores['n_correct']} of {scores['n_pred']} predicted facts correct, {scores['n_gold']} gold)")
     pre = pipe.model_bundle.pretrained
     found = recorded_scores(pre.config, file_sha256(args.data))
-    if found is None or not isinstance(found[1].get("f1"), (int, float)):
+    if found is None or not isinstance(found[1].get("f1"), (int, float)) or not math.isfinite(found[1]["f1"]):
         print(f"note: {pre.path} records no scores for this file (not the data it was scored on, by SHA-256): "
               f"nothing to compare")
         return 0

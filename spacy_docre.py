@@ -30,7 +30,7 @@ from spacy.util import minibatch
 import predict
 import text2doc
 
-ENTITY_SOURCES = ("spacy",)  # where entities come from: spaCy's NER (models without entity heads)
+ENTITY_SOURCES = (None, "spacy", "model")  # spaCy's NER, or a --end_to_end model's heads (None: as predict.py)
 
 for _name in ("relations", "entities"):
     if not Doc.has_extension(_name):
@@ -40,16 +40,16 @@ for _name in ("relations", "entities"):
 class DocREComponent:
     """Predicts the relations between the entity clusters of each Doc with a trained model folder."""
 
-    def __init__(self, nlp: Language, name: str, model: str, entities: str = "spacy", batch_size: int = 4,
+    def __init__(self, nlp: Language, name: str, model: str, entities: Optional[str] = None, batch_size: int = 4,
                  device: Optional[str] = None, rel_info: Optional[str] = None, trust_checkpoint: bool = False):
         if entities not in ENTITY_SOURCES:
-            raise ValueError(f"docre: entities={entities!r}: only {ENTITY_SOURCES} (spaCy's NER) is supported by "
-                             f"models without entity heads")
+            raise ValueError(f"docre: entities={entities!r}: \"spacy\" (spaCy's NER), \"model\" (the entity heads "
+                             f"of a model trained with --end_to_end) or null (the heads where the model has them)")
         if not model:
             raise ValueError('docre: pass the model folder, nlp.add_pipe("docre", config={"model": DIR})')
         self.name, self.batch_size = name, batch_size
         self.pipeline = predict.DocREPipeline.from_pretrained(model, rel_info, device, trust=trust_checkpoint,
-                                                              batch_size=batch_size, nlp=nlp)
+                                                              batch_size=batch_size, nlp=nlp, entities=entities)
         rule = predict.entity_rule(self.pipeline.model_bundle.settings)
         if not rule.ner:
             raise ValueError(f"docre: {model} scores pairs of {', '.join(rule.types)} entities, and this component "
@@ -92,9 +92,9 @@ def annotate(doc: Doc, out: Dict[str, Any]) -> None:
                        for r in out["relations"]]
 
 
-@Language.factory("docre", default_config={"model": "", "entities": "spacy", "batch_size": 4, "device": None,
+@Language.factory("docre", default_config={"model": "", "entities": None, "batch_size": 4, "device": None,
                                            "rel_info": None, "trust_checkpoint": False})
-def make_docre(nlp: Language, name: str, model: str, entities: str, batch_size: int, device: Optional[str],
+def make_docre(nlp: Language, name: str, model: str, entities: Optional[str], batch_size: int, device: Optional[str],
                rel_info: Optional[str], trust_checkpoint: bool) -> DocREComponent:
     """spaCy's factory of the component (see the module docstring)."""
     return DocREComponent(nlp, name, model, entities, batch_size, device, rel_info, trust_checkpoint)

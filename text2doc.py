@@ -65,6 +65,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import unicodedata
 from collections import Counter
@@ -386,10 +387,11 @@ def _check_span(span: Any, text: str, where: str, field: str) -> None:
 
 
 def _text_lines(path: str) -> Iterator[Tuple[int, str]]:
-    """(line number, line) of each non-blank line of a UTF-8 file."""
+    """(line number, line) of each non-blank line of a UTF-8 file, lines ended by "\n" (an "\r" before it dropped)
+    as `wc -l` counts them: str.splitlines also splits at form feeds and U+2028, which a JSON string may hold."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            lines = [line.removesuffix("\r") for line in f.read().split("\n")]
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8") from None
     for n, line in enumerate(lines, 1):
@@ -447,9 +449,11 @@ def check_ner_allowed(items: Sequence[Tuple[str, str, Optional[List[Dict[str, An
                              f"in DocRED JSON")
 
 
-def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
+def docred_chunks(path: str, chunk_docs: Optional[int], rule: EntityRule = EntityRule()
+                  ) -> Tuple[int, Iterator[List[Dict[str, Any]]]]:
     """(number of documents, chunks of `chunk_docs` documents with char offsets) of a DocRED JSON file, parsed one
-    document at a time: the whole file is checked first, then each chunk is made only when asked for."""
+    document at a time: the whole file is checked first (for a model of typed pairs, `rule`, also the entity
+    types), then each chunk is made only when asked for."""
     import json_stream
     from validation import ValidationError
 
@@ -461,7 +465,20 @@ def docred_chunks(path: str, chunk_docs: Optional[int]) -> Tuple[int, Iterator[L
 
     text = json_stream.read_text(path)
     n = check_docred_documents(documents(), path)
+    if not rule.ner:
+        check_entity_types(documents(), path, rule)
     return n, (list(map(with_char_offsets, chunk)) for chunk in _batched(documents(), chunk_docs or n))
+
+
+def check_entity_types(docs: Iterable[Dict[str, Any]], path: str, rule: EntityRule) -> None:
+    """InputError naming the first mention of a DocRED document whose type `rule` does not allow (a biomedical model
+    scores pairs of its types only: DocRED's PER or LOC would give no pair, silently)."""
+    for i, doc in enumerate(docs):
+        for e, ent in enumerate(doc["vertexSet"]):
+            for k, m in enumerate(ent):
+                if m.get("type") not in rule.types:
+                    raise InputError(f"{path}: document {i} (title {doc['title']!r}): field vertexSet[{e}][{k}].type: "
+                                     f"{m.get('type')!r}; the model scores pairs of {', '.join(rule.types)} entities")
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
@@ -503,6 +520,9 @@ def check_unique_titles(items: Sequence[Tuple[str, str, Optional[List[Dict[str, 
         first[title] = where.split(" (title")[0]
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_texts(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]],
                 max_length: Optional[int] = None) -> None:
     """Refuse empty texts, texts with a NUL character and texts longer than `max_length` (spaCy's), naming the
@@ -514,6 +534,12 @@ def check_texts(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], 
         if nul >= 0:
             raise InputError(f"{where}: field text: a NUL character at character {nul}: a binary file, or UTF-16 "
                              f"text? Save it as UTF-8 text")
+        for field, value in (("title", title), ("text", text)):
+            half = LONE_SURROGATE.search(value)
+            if half:
+                raise InputError(f"{where}: field {field}: a lone surrogate {half.group()!r} at character "
+                                 f"{half.start()} (half of a UTF-16 pair, as a JSON \\ud800 escape writes it), which "
+                                 f"no UTF-8 text holds; fix the escape")
     if max_length is not None:
         check_lengths(items, max_length)
 
@@ -590,7 +616,7 @@ def input_chunks(path: str | os.PathLike, nlp_loader: Any, chunk_docs: Optional[
     path = str(path)
     kind = input_kind(path)
     if kind == ".json":
-        return docred_chunks(path, chunk_docs)
+        return docred_chunks(path, chunk_docs, rule)
     if kind == ".pubtator":
         return pubtator_chunks(path, nlp_loader, chunk_docs)
     items = text_items(path, rule)

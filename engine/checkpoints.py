@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: the decision is a value in the checkpoint; task metadata under "meta"
 BEST, ENCODER_DIR = "best.pt", "encoder"
 MODEL_DIR, CONFIG, WEIGHTS, CARD = "model", "config.json", "model.safetensors", "README.md"
+PREDICT_TASKS = ("docred", "cdr", "gda")  # the tasks of DocREModel, whose folders predict.py runs
 FOLDER_FORMAT, FOLDER_VERSION = "docre-ncrl-model", 1
 MODEL_KEYS = ("version", "model", "args", "meta", "decision")  # what a model keeps of a training checkpoint
 LOCAL_ARGS = ("output_dir", "save_path", "load_path", "cache_dir", "data_dir", "resume", "overwrite", "wandb",
@@ -248,13 +249,15 @@ def save_model_folder(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer
     if folder.exists() and not folder.is_dir():
         raise UserError(f"cannot write a model folder to {folder}: it is a file")
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(folder)
+    saved = [Path(f).name for f in tokenizer.save_pretrained(folder) if Path(f).name != CONFIG]
     weights, aliases = distinct_tensors(ckpt["model"])
     with utils.atomic_path(folder / WEIGHTS) as tmp:
         save_file(weights, tmp, metadata={"format": "pt"})
         shutil.copymode(folder / "tokenizer_config.json", tmp)  # the mode the tokenizer files got from the umask
     config = folder_config(ckpt, encoder_cfg, training or {}, file_sha256(folder / WEIGHTS), task)
     config["weights"]["aliases"] = aliases
+    config["tokenizer"] = {"files": {name: file_sha256(folder / name) for name in sorted(saved)
+                                     if (folder / name).is_file()}}
     utils.atomic_write_json(folder / CONFIG, config, indent=1)
     utils.atomic_write_text(folder / CARD, model_card(config))
     return folder
@@ -271,16 +274,30 @@ def _card_metrics(config: Dict[str, Any]) -> List[Tuple[str, str, float]]:
     return out
 
 
+def use_hint(task: str) -> str:
+    """How a model folder of `task` is used, for the log line that names it."""
+    if task in PREDICT_TASKS:
+        return "use it with predict.py --model, or check it with predict.py verify"
+    return f"score data with it: {task}.py --load_path FOLDER --data_dir DIR (predict.py runs DocRED-style models)"
+
+
 def _card_use(config: Dict[str, Any]) -> str:
-    """The model card's prediction commands: text for a DocRED model; PubTator, or entities given with their types,
-    for a model of typed candidate pairs (biomedical), which spaCy's entities would never feed."""
+    """The model card's commands: text for a DocRED model; PubTator, or entities given with their types, for a
+    model of typed candidate pairs (biomedical), which spaCy's entities would never feed; test mode of its own
+    task's script for the others (DialogRE, GoEmotions), which predict.py does not run."""
+    task, dev = config.get("task", "docred"), ((config.get("training") or {}).get("dev") or {}).get("file")
+    if task not in PREDICT_TASKS:
+        return f"python {task}.py --load_path THIS_FOLDER --data_dir DIR  # scores DIR's dev and test files\n"
+    verify = (f"python predict.py verify --model THIS_FOLDER --data {dev or 'dev.json'}  # re-scores the dev "
+              f"file\n")
     pair_types = ((config.get("meta") or {}).get("settings") or {}).get("pair_types")
     if pair_types:
         head, tail = pair_types[0]
         return (f"python predict.py --model THIS_FOLDER --input abstracts.PubTator.txt --output pred.json\n"
-                f"python predict.py --model THIS_FOLDER --input mine.jsonl  # entities given: {head}, {tail}\n")
+                f"python predict.py --model THIS_FOLDER --input mine.jsonl  # entities given: {head}, {tail}\n"
+                + verify)
     return ("python predict.py --model THIS_FOLDER --input docs.json --output pred.json\n"
-            "python predict.py --model THIS_FOLDER --text \"Marie Curie was born in Warsaw.\"\n")
+            "python predict.py --model THIS_FOLDER --text \"Marie Curie was born in Warsaw.\"\n" + verify)
 
 
 def model_card(config: Dict[str, Any]) -> str:
@@ -307,9 +324,7 @@ def model_card(config: Dict[str, Any]) -> str:
             f"{config.get('evidence')}\n- epochs {args.get('num_train_epochs')}, batch {args.get('train_batch_size')} "
             f"x {args.get('gradient_accumulation_steps')}, learning rate {args.get('learning_rate')}, seed "
             f"{args.get('seed')}\n\n## Scores (percent)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n"
-            f"## Use\n\n```bash\n{_card_use(config)}"
-            f"python predict.py verify --model THIS_FOLDER --data {dev.get('file') or 'dev.json'}  # re-scores the "
-            f"dev file\n```\n\nLoading checks `model.safetensors` against the SHA-256 in `config.json`; nothing "
+            f"## Use\n\n```bash\n{_card_use(config)}```\n\nLoading checks `model.safetensors` against the SHA-256 in `config.json`; nothing "
             f"in this folder is pickled. See docs/model-folder.md of the toolkit.\n")
 
 
@@ -324,7 +339,36 @@ def read_folder_config(folder: Path, what: str) -> Optional[Dict[str, Any]]:
     config = utils.read_json(path, what)
     if not isinstance(config, dict) or config.get("format") != FOLDER_FORMAT:
         return None  # e.g. a Hugging Face encoder's config.json
+    check_folder_config(config, path, what)
     return config
+
+
+# config.json's fields that loading reads, and their JSON types (None: may be null)
+FOLDER_FIELDS = {"weights": (dict,), "args": (dict,), "meta": (dict,), "decision": (dict, type(None)),
+                 "encoder": (dict,), "tokenizer": (dict,)}
+
+
+def check_folder_config(config: Dict[str, Any], path: Path, what: str) -> None:
+    """A UserError naming config.json and the field when a field loading reads has the wrong JSON type (a folder
+    from elsewhere is untrusted: a string where an object belongs was an AttributeError)."""
+    fields = [(name, config.get(name), types) for name, types in FOLDER_FIELDS.items() if name in config]
+    weights, encoder = config.get("weights"), config.get("encoder")
+    if isinstance(weights, dict):
+        fields += [("weights.file", weights.get("file", WEIGHTS), (str,)), ("weights.sha256", weights.get("sha256"),
+                   (str,)), ("weights.aliases", weights.get("aliases", {}), (dict,))]
+    if isinstance(encoder, dict):
+        fields.append(("encoder.config", encoder.get("config"), (dict,)))
+    if isinstance(config.get("tokenizer"), dict):
+        fields.append(("tokenizer.files", config["tokenizer"].get("files"), (dict,)))
+    version = config.get("format_version", FOLDER_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FOLDER_VERSION:
+        raise UserError(f"{what} {path}: format_version {version!r}: written by a newer version of this toolkit "
+                        f"(this one reads version {FOLDER_VERSION} and older): update the toolkit")
+    for name, value, types in fields:
+        if not isinstance(value, types):
+            wanted = " or ".join({dict: "an object", str: "a string"}.get(t, "null") for t in types)
+            raise UserError(f"{what} {path}: field {name} is {type(value).__name__}, not {wanted}: the file was "
+                            f"changed; download the folder again")
 
 
 def locate_model(path: str | os.PathLike, what: str = "--load_path") -> Tuple[Path, Optional[Dict[str, Any]]]:
@@ -363,11 +407,25 @@ def load_model_folder(folder: Path, config: Dict[str, Any], what: str = "--model
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error for damaged headers
         raise UserError(f"{what} {weights} is not a readable safetensors file: {str(e)[:200]}") from e
+    check_tokenizer_files(folder, config, what)
     aliases = (config.get("weights") or {}).get("aliases") or {}
     state.update({alias: state[name] for alias, name in aliases.items() if name in state})
     return {"version": config.get("state_version", STATE_VERSION), "model": state, "args": config.get("args", {}),
             "meta": config.get("meta", {}), "decision": config.get("decision"), "encoder": config.get("encoder"),
             "folder": config}
+
+
+def check_tokenizer_files(folder: Path, config: Dict[str, Any], what: str) -> None:
+    """Each tokenizer file config.json records (folders from before the record have none) present, a regular file,
+    and of its SHA-256: a missing tokenizer.json once loaded a 5-token vocabulary and predicted on [UNK]s."""
+    for name, expected in ((config.get("tokenizer") or {}).get("files") or {}).items():
+        path = folder / str(name)
+        if not path.is_file():
+            raise UserError(f"{what} {folder}: its tokenizer file {name} is missing (or not a regular file); "
+                            f"download the whole folder again")
+        if file_sha256(path) != expected:
+            raise UserError(f"{what} {path} does not match the SHA-256 its {CONFIG} records (a changed tokenizer "
+                            f"splits words into other ids than the model learned); download the folder again")
 
 
 def peek_meta(path: str | os.PathLike, what: str = "--load_path") -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
@@ -495,9 +553,37 @@ def copy_best(ckpt: Dict[str, Any], path: Path, tokenizer: Any, config: Any) -> 
 Build = Callable[[Any, nn.Module], nn.Module]  # (tokenizer, untrained encoder) -> the task's model
 
 
+# what building a model from an untrusted config raises (a size of "six", a block of 0, an unknown model type)
+BUILD_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError,
+                RuntimeError)
+
+
+def check_shapes(ckpt: Dict[str, Any], source: Path, build: Build) -> None:
+    """Build the model the checkpoint's settings describe on the meta device (no memory) and compare every tensor's
+    shape with its weights: settings that cannot build a model, or that would allocate far more than the weights
+    hold (a vocabulary of 1e9), are one line before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            model = build(*checkpoint_encoder(ckpt, source))
+    except UserError:
+        raise
+    except BUILD_ERRORS as e:
+        raise UserError(f"{source}: its settings do not describe a model this toolkit can build "
+                        f"({type(e).__name__}: {str(e)[:200]})") from e
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    differ = [f"{k}: {held.get(k, 'missing')} in the weights, {wanted.get(k, 'unused')} in the model"
+              for k in sorted(wanted.keys() | held.keys()) if wanted.get(k) != held.get(k)]
+    if differ:
+        raise UserError(f"{source}: its weights do not fit the model its settings describe ({len(differ)} tensors, "
+                        f"e.g. {'; '.join(differ[:3])})")
+
+
 def build_pretrained(ckpt: Dict[str, Any], source: Path, build: Build, device: torch.device | str = "cpu"
                      ) -> Pretrained:
-    """`build(tokenizer, encoder)` on the model's encoder, with the checkpoint's weights, on `device`."""
+    """`build(tokenizer, encoder)` on the model's encoder, with the checkpoint's weights, on `device` (its shapes
+    checked first: `check_shapes`)."""
+    check_shapes(ckpt, source, build)
     tokenizer, encoder = checkpoint_encoder(ckpt, source)
     model = build(tokenizer, encoder)
     load_weights(model, ckpt, source)

@@ -168,8 +168,8 @@ def write_model_folder(run_dir: RunDirectory, args: argparse.Namespace, model: n
                 "dev": scored("dev"), "test": scored("test")}
     folder = ck.save_model_folder(run_dir.file(ck.MODEL_DIR), {**best, "model": model.state_dict()}, tokenizer,
                                   encoder_config, training, task)
-    logger.info("model folder %s (config.json, model.safetensors, tokenizer, README.md): use it with predict.py "
-                "--model, or check it with predict.py verify", folder)
+    logger.info("model folder %s (config.json, model.safetensors, tokenizer, README.md): %s", folder,
+                ck.use_hint(task))
 
 
 def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Module, encoder: nn.Module, tokenizer: Any,

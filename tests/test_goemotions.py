@@ -254,12 +254,19 @@ def test_splits_no_run_can_use_are_named_before_training(case, message, tiny_goe
 
 
 def test_model_folder_records_the_data_and_a_labels_file_may_start_with_a_bom(tiny_goemotions, tiny_bert_dir,
-                                                                              tmp_path):
+                                                                              tmp_path, capsys):
     (tiny_goemotions / "labels.txt").write_text("\ufeff" + "\n".join(NAMES), encoding="utf-8")
     ge.main(cli_args(tiny_goemotions, tiny_bert_dir, tmp_path / "run", "--max_steps", "1"))
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["meta"]["label_names"] == NAMES
     assert config["training"]["dev"]["file"] == "dev.tsv" and "map" in config["training"]["dev"]["scores"]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "python goemotions.py --load_path THIS_FOLDER" in card and "predict.py" not in card  # it cannot run it
+    import predict
+
+    for source in (["--text", "so happy"], ["--input", str(tiny_goemotions / "dev.tsv")]):  # the model kind first
+        assert predict.main(["--model", str(tmp_path / "run" / "model"), *source]) == 2
+    assert capsys.readouterr().err.count("is a goemotions model; predict.py runs DocRED-style models") == 2
 
 
 def test_plain_ncrl_is_the_default_and_margin_regularization_can_be_turned_on():

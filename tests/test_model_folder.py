@@ -426,3 +426,47 @@ def test_folders_asking_for_custom_code_are_refused(trained, tiny_bert_dir, tmp_
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="auto_map"):
         predict.load_model(str(folder))
+
+
+def _tampered(trained, tmp_path, edit):
+    """A copy of the trained model folder with `edit(folder, config)` applied to it and its config.json."""
+    folder = shutil.copytree(trained[0] / "model", tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    edit(folder, config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _set(path, value):
+    """An edit that sets config[path[0]][path[1]]... to `value`."""
+    def edit(folder, config):
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda folder, config: (folder / "tokenizer.json").unlink(), "its tokenizer file tokenizer.json is missing"),
+    (lambda folder, config: (folder / "tokenizer.json").write_text("{}"), "tokenizer.json does not match the SHA-256"),
+    (_set(["weights"], "str"), "field weights is str, not an object"),
+    (_set(["weights", "aliases"], []), "field weights.aliases is list, not an object"),
+    (_set(["args"], []), "field args is list, not an object"),
+    (_set(["decision"], "top4"), "field decision is str, not an object or null"),
+    (_set(["format_version"], 99), "format_version 99: written by a newer version of this toolkit"),
+    (_set(["meta", "settings", "block_size"], 0), "its settings do not describe a model"),
+    (_set(["meta", "settings", "emb_size"], "256"), "its settings do not describe a model"),
+    (_set(["encoder", "config", "model_type"], "no_such_arch"), "its settings do not describe a model"),
+    (_set(["encoder", "config", "vocab_size"], 10 ** 9), "its weights do not fit the model its settings describe"),
+    (_set(["meta", "settings", "emb_size"], 10 ** 7), "its weights do not fit the model its settings describe"),
+])
+def test_a_tampered_folder_is_one_line_before_memory_is_allocated(trained, tmp_path, capsys, edit, message):
+    """A folder from elsewhere is untrusted: a missing or changed tokenizer file (once: a 5-token vocabulary and
+    [UNK]s), fields of the wrong type (AttributeError, ZeroDivisionError, TypeError) and sizes that would allocate
+    gigabytes before the weights were compared (a vocabulary of 1e9) are each one line, exit 2; the sizes are
+    checked on the meta device, so nothing is allocated."""
+    folder = _tampered(trained, tmp_path, edit)
+    assert predict.main(["--model", str(folder), "--text", "Anna met Ben in Paris."]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err

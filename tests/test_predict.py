@@ -179,6 +179,17 @@ def test_txt_one_document_a_line_blank_lines_skipped(nlp, tmp_path):
     assert docs[1]["text"] == "Paris is in France."
 
 
+def test_lines_end_at_newlines_only(nlp, tmp_path):
+    """A form feed or U+2028 inside a line (a JSON string may hold U+2028 raw) once split it: 3 lines by `wc -l`
+    became 5 documents, and a .jsonl line was cut inside its string."""
+    (tmp_path / "ff.txt").write_text("Ada met Ben.\x0cThen Cy.\r\nParis is big.\u2028So is Rome.\nEnd here.\n",
+                                     encoding="utf-8", newline="")
+    docs = text2doc.read_inputs(str(tmp_path / "ff.txt"), lambda: nlp)
+    assert [d["title"] for d in docs] == ["line 1", "line 2", "line 3"]
+    path = _write(tmp_path, "sep.jsonl", ['{"text": "Ada met Ben.\u2028Then Cy."}', '{"text": "Paris."}'])
+    assert [d["title"] for d in text2doc.read_inputs(path, lambda: nlp)] == ["line 1", "line 2"]
+
+
 def test_jsonl_user_entities_replace_ner_and_snap_to_tokens(nlp, tmp_path):
     text = "Marie Curie was born in Warsaw. She moved to Paris."
     line = {"title": "curie", "text": text,
@@ -217,6 +228,8 @@ def test_user_mention_across_sentences_is_clipped_to_its_longest_part(nlp, tmp_p
     ('{"text": "Ada", "entities": [{"type": "PER", "mentions": [[0, 3], [0, 3, "Ada"]]}]}',
      "entities[0].mentions[1]: span [0, 3] is listed twice"),
     ('{"text": "Ada\\u0000 Lovelace"}', "field text: a NUL character at character 3"),
+    ('{"text": "Marie \\ud800 Curie"}', "field text: a lone surrogate '\\ud800' at character 6"),
+    ('{"title": "s\\udc00", "text": "Marie Curie"}', "field title: a lone surrogate '\\udc00' at character 1"),
 ])
 def test_jsonl_errors_name_file_line_and_field(nlp, tmp_path, line, message):
     path = _write(tmp_path, "bad.jsonl", ['{"text": "Fine."}', line])
@@ -636,3 +649,47 @@ def test_truncation_point_is_where_prepro_stops(minilm_tokenizer, raw_doc, synth
                 kept = [sum(m["char_end"] <= cut for m in ent) for ent in doc["vertexSet"]]
                 assert kept == [len(spans) for spans in feat["entity_pos"]], (marker, cap, doc["title"])
                 assert point is None and len(feat["input_ids"]) <= cap or point[0] > cap == len(feat["input_ids"])
+
+
+def test_outputs_never_replace_the_input_or_each_other(fake_model, tmp_path, capsys):
+    """`--input a.jsonl --output a.jsonl` once replaced the user's input by the predictions, and `--output x --html x`
+    kept one of the two."""
+    path = _write(tmp_path, "in.txt", ["Marie Curie was born in Warsaw, Poland."])
+    before = Path(path).read_bytes()
+    for extra, pair in ((["--output", path], "--input and --output"), (["--html", path], "--input and --html"),
+                        (["--output", str(tmp_path / "x.json"), "--html", str(tmp_path / "x.json")],
+                         "--output and --html")):
+        assert predict.main(["--model", str(tmp_path), "--input", path, "--no_progress", *extra]) == 2
+        assert f"error: {pair} are the same file" in capsys.readouterr().err
+    assert Path(path).read_bytes() == before and not (tmp_path / "x.json").exists()
+
+
+def test_a_document_with_more_entities_than_the_cap_is_refused(untrained_folder, tmp_path, capsys, one_thread):
+    """Its E x (E - 1) pairs would take memory without a word (3,000 entities took 19 GB): --max_entities (250 by
+    default, 0 for no cap) names the file, document and count before the model reads it."""
+    path = _long_jsonl(tmp_path, n_sents=30, every=1)  # 30 entities, 870 pairs
+    args = ["--model", str(untrained_folder), "--input", path, "--output", str(tmp_path / "o.json"), "--no_progress"]
+    assert predict.main(args + ["--max_entities", "20"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: document 0 (title 'long'): field entities: 30 entities, more than --max_entities 20" in err
+    assert "870 pairs" in err and not (tmp_path / "o.json").exists()
+    assert predict.main(args + ["--max_entities", "0"]) == 0
+    assert len(json.loads((tmp_path / "o.json").read_text())[0]["relations"]) == 870
+
+
+@pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--chunk_docs", "-1"), ("--tolerance", "nan")])
+def test_verify_flags_out_of_range_are_argparse_errors(flag, value, tmp_path, capsys):
+    """verify skipped predict's checks: --batch_size 0 was a traceback, --tolerance nan verified any F1."""
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["verify", "--model", str(tmp_path), "--data", str(tmp_path / "d.json"), flag, value])
+    assert stop.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_docred_json_for_a_model_of_typed_pairs_must_carry_its_types(synthetic_dir):
+    """A CDR model on DocRED JSON of PER and LOC entities predicted nothing without a word (a .jsonl was refused)."""
+    rule = text2doc.EntityRule(("Chemical", "Disease"), ner=False)
+    with pytest.raises(InputError, match=r"document 0 \(title .*\): field vertexSet\[0\]\[0\].type: '[A-Z]+'; the "
+                                         r"model scores pairs of Chemical, Disease entities"):
+        text2doc.input_chunks(str(synthetic_dir / "dev.json"), lambda: None, 10, rule=rule)
+    n, _ = text2doc.input_chunks(str(synthetic_dir / "dev.json"), lambda: None, 10)  # a DocRED model: any types
+    assert n > 0

@@ -67,5 +67,7 @@ def test_component_gives_predict_facts_with_spans(nlp, model_folder):
 
 def test_component_refuses_unknown_entity_sources(model_folder):
     nlp = text2doc.load_spacy()
-    with pytest.raises(ValueError, match="entities='model'"):
+    with pytest.raises(ValueError, match="entities='ner'"):
+        nlp.add_pipe("docre", config={"model": str(model_folder), "entities": "ner"})
+    with pytest.raises(ValueError, match="needs a model trained with --end_to_end"):  # no entity heads
         nlp.add_pipe("docre", config={"model": str(model_folder), "entities": "model"})
