@@ -203,7 +203,9 @@ def test_dialogre_and_goemotions_name_their_missing_files(tiny_bert_dir, tmp_pat
     assert_refused(res, tmp_path / "labels.txt")
 
 
-def test_tools_name_their_missing_inputs(tmp_path):
+def test_tools_name_their_missing_inputs(tmp_path, small_synthetic_dir):
     assert_refused(run("scripts/make_tables.py", tmp_path / "no-sweep"), tmp_path / "no-sweep")
     assert_refused(run("evaluation.py", "--pred", tmp_path / "p.json", "--truth", tmp_path / "t.json"),
+                   tmp_path / "t.json")  # the truth file is checked first
+    assert_refused(run("evaluation.py", "--pred", tmp_path / "p.json", "--truth", small_synthetic_dir / "dev.json"),
                    tmp_path / "p.json")
