@@ -248,7 +248,7 @@ def test_overwrite_removes_the_old_runs_checkpoints_and_records_first(two_step_r
     old = {"last.pt", "best.pt", "metrics.jsonl", "scores.json", "result.json", "dev_pred.json"}
     assert old <= {p.name for p in out.iterdir()}
 
-    def crash(self):
+    def crash(self, resume=None):
         raise RuntimeError("stop before training")
 
     monkeypatch.setattr(trainer_module.Trainer, "train", crash)
