@@ -549,9 +549,23 @@ def check_writable(path: str, flag: str) -> None:
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # atomic_path creates the missing folders
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not can_create_in(parent):
         raise InputError(f"{flag} {path}: cannot write there ({parent} is not a writable folder); choose another "
                          f"path")
+
+
+def can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, found by making (and removing) one: os.access says yes to root for
+    folders such as /proc, where the write then failed after all the prediction work."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".predict-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
 
 
 def check_distinct(paths: Dict[str, Optional[str]]) -> None:

@@ -262,18 +262,19 @@ def group_mentions(mentions: Sequence[Dict[str, Any]]) -> List[List[Dict[str, An
 
 def _user_vertex_set(sdoc: Any, where: Sequence[Optional[Tuple[int, int]]], text: str,
                      entities: Sequence[Dict[str, Any]], where_doc: str) -> List[List[Dict[str, Any]]]:
-    """The vertexSet of checked user entities (character spans widened to tokens, clipped to one sentence)."""
+    """The vertexSet of checked user entities (character spans widened to tokens, clipped to one sentence; spans of
+    one entity that widen to the same tokens are one mention)."""
     vertex_set = []
     for e_i, ent in enumerate(entities):
-        mentions = []
+        mentions: Dict[Tuple[int, int, int], Dict[str, Any]] = {}
         for m_i, (start, end) in enumerate(ent["mentions"]):
             span = sdoc.char_span(start, end, alignment_mode="expand")
             mention, clipped = _span_mention(sdoc, span.start, span.end, where, text, ent["type"])
             if clipped:
                 logger.warning("%s: field entities[%d].mentions[%d]: span [%d, %d) crosses a sentence boundary; "
                                "clipped to %r", where_doc, e_i, m_i, start, end, mention["name"])
-            mentions.append(mention)
-        vertex_set.append(sorted(mentions, key=lambda m: (m["sent_id"], m["pos"][0])))
+            mentions.setdefault((mention["sent_id"], *mention["pos"]), mention)
+        vertex_set.append([mentions[k] for k in sorted(mentions)])
     return vertex_set
 
 

@@ -201,6 +201,9 @@ def test_jsonl_user_entities_replace_ner_and_snap_to_tokens(nlp, tmp_path):
     assert [[m["name"] for m in ent] for ent in vs] == [["Marie Curie"], ["Warsaw", "Paris"]]  # "saw" widened
     assert vs[1][0]["char_start"] == 24 and vs[1][0]["pos"] == [5, 6]
     assert len(docs[1]["vertexSet"]) >= 2  # no entities given: NER
+    line["entities"][1]["mentions"] = [[24, 27], [27, 30], [45, 50]]  # "War" and "saw" both widen to "Warsaw"
+    path = _write(tmp_path, "twice.jsonl", [json.dumps(line)])
+    assert [m["name"] for m in text2doc.read_inputs(path, lambda: nlp)[0]["vertexSet"][1]] == ["Warsaw", "Paris"]
 
 
 def test_user_mention_across_sentences_is_clipped_to_its_longest_part(nlp, tmp_path, caplog):
@@ -464,10 +467,13 @@ def test_cli_in_chunks_writes_the_same_file_and_checks_everything_first(fake_mod
 def test_cli_refuses_unwritable_outputs_before_any_work(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(predict, "read_source", lambda *a: pytest.fail("input read before the output was checked"))
     (tmp_path / "a-file").write_text("x")
-    for flag, target, message in [("--output", tmp_path, "is a folder"),
-                                  ("--output", tmp_path / "a-file" / "out.json", "cannot write there"),
-                                  ("--html", tmp_path, "is a folder"),
-                                  ("--html", tmp_path / "a-file" / "x" / "p.html", "cannot write there")]:
+    cases = [("--output", tmp_path, "is a folder"),
+             ("--output", tmp_path / "a-file" / "out.json", "cannot write there"),
+             ("--html", tmp_path, "is a folder"),
+             ("--html", tmp_path / "a-file" / "x" / "p.html", "cannot write there")]
+    if Path("/proc/self").is_dir():  # os.access says yes to root there, and the write failed after the work
+        cases.append(("--output", Path("/proc/x.json"), "cannot write there"))
+    for flag, target, message in cases:
         assert predict.main(["--model", str(tmp_path), "--text", "x", flag, str(target)]) == 2
         err = capsys.readouterr().err
         assert f"error: {flag} {target}" in err and message in err
