@@ -248,7 +248,10 @@ def save_model_folder(folder: str | os.PathLike, ckpt: Dict[str, Any], tokenizer
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"cannot write a model folder to {folder}: it is a file")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way ("file/sub"), no permission
+        raise UserError(f"cannot write a model folder to {folder}: {e.strerror}") from None
     saved = [Path(f).name for f in tokenizer.save_pretrained(folder) if Path(f).name != CONFIG]
     weights, aliases = distinct_tensors(ckpt["model"])
     with utils.atomic_path(folder / WEIGHTS) as tmp:
@@ -369,6 +372,12 @@ def check_folder_config(config: Dict[str, Any], path: Path, what: str) -> None:
             wanted = " or ".join({dict: "an object", str: "a string"}.get(t, "null") for t in types)
             raise UserError(f"{what} {path}: field {name} is {type(value).__name__}, not {wanted}: the file was "
                             f"changed; download the folder again")
+    files = [("weights.file", weights.get("file", WEIGHTS))] if isinstance(weights, dict) else []
+    files += [("tokenizer.files", name) for name in ((config.get("tokenizer") or {}).get("files") or {})]
+    for name, file in files:
+        if file in ("", ".", "..") or Path(file).name != file:
+            raise UserError(f"{what} {path}: field {name} names {file!r}, not a file of the folder itself: the file "
+                            f"was changed; download the folder again")
 
 
 def locate_model(path: str | os.PathLike, what: str = "--load_path") -> Tuple[Path, Optional[Dict[str, Any]]]:

@@ -237,6 +237,9 @@ def test_exported_folder_predicts_the_same(trained, tmp_path):
     assert predict.DocREPipeline.from_pretrained(str(tmp_path / "exported"))(gold) == pipe(gold)
     run_test_mode(tmp_path / "exported", only_test, tmp_path / "t")
     assert (tmp_path / "t" / "result.json").read_text() == (run / "result.json").read_text()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="cannot write a model folder to .*a-file/sub: Not a directory"):
+        pipe.save_pretrained(str(tmp_path / "a-file" / "sub"))  # was a NotADirectoryError traceback
 
 
 def test_older_checkpoints_load_from_their_encoder_or_say_what_is_missing(trained, tiny_bert_dir, tmp_path):
@@ -455,6 +458,7 @@ def _set(path, value):
     (_set(["args"], []), "field args is list, not an object"),
     (_set(["decision"], "top4"), "field decision is str, not an object or null"),
     (_set(["format_version"], 99), "format_version 99: written by a newer version of this toolkit"),
+    (_set(["weights", "file"], "../../../../etc/passwd"), "field weights.file names '../../../../etc/passwd', not a"),
     (_set(["meta", "settings", "block_size"], 0), "its settings do not describe a model"),
     (_set(["meta", "settings", "emb_size"], "256"), "its settings do not describe a model"),
     (_set(["encoder", "config", "model_type"], "no_such_arch"), "its settings do not describe a model"),
