@@ -99,8 +99,8 @@ def tsv_comment(path: str | os.PathLike, line_no: int, line: str, num_names: int
                         f"got {len(fields)}")
     text, label_field, comment_id = fields
     where = f"{path} line {line_no} (comment {comment_id!r})"
-    try:
-        ids = [int(x) for x in label_field.split(",") if x.strip()]
+    try:  # "1,,2" and "1,2," are refused, not read as 1,2
+        ids = [int(x) for x in label_field.split(",")] if label_field.strip() else []
     except ValueError:
         raise UserError(f"{where}: field 'labels' {label_field!r} is not comma-separated ints") from None
     return Comment(text, check_labels(ids, num_names, where), comment_id)

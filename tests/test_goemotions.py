@@ -112,6 +112,8 @@ def test_label_order_puts_neutral_first_and_maps_back(tmp_path):
     ("text\t0,7\tc1\n", r"line 2 \(comment 'c1'\): field 'labels' \[0, 7\] has ids outside 0..3"),
     ("text\tjoy\tc1\n", r"line 2 \(comment 'c1'\): field 'labels' 'joy' is not comma-separated ints"),
     ("text\t\tc1\n", r"line 2 \(comment 'c1'\): field 'labels' is empty"),
+    ("text\t1,,2\tc1\n", r"line 2 \(comment 'c1'\): field 'labels' '1,,2' is not comma-separated ints"),
+    ("text\t1,2,\tc1\n", r"line 2 \(comment 'c1'\): field 'labels' '1,2,' is not comma-separated ints"),
     ("text\t1\n", r"line 2: expected 3 tab-separated fields"),
 ])
 def test_bad_rows_are_reported_with_file_line_and_comment(tmp_path, line, message):
