@@ -117,6 +117,9 @@ class Bio(DocRETask, Task):
         if split == "dev" and self.mode == "train" and not any(d["labels"] for d in docs):
             raise UserError(f"--dev_file {path} has no {self.dataset.relation} relation in any document: training "
                             f"needs a labelled dev set to select the best checkpoint")
+        if split == "train" and not any(d["labels"] for d in docs):  # nothing to learn from: it trained, silently
+            raise UserError(f"--train_file {path} has no {self.dataset.relation} relation between a "
+                            f"{self.dataset.head_type} and a {self.dataset.tail_type} in any document: nothing to learn")
         return Split(split, features, docs, source=path)
 
     # -- scores and files

@@ -255,6 +255,13 @@ def test_cli_refuses_bad_input_with_status_2(tmp_path, minilm_path, capsys):
             "--model_name_or_path", minilm_path, "--output_dir", str(tmp_path / "run"), "--device", "cpu"]
     assert utils.guarded(lambda: train_bio.main(argv)) == 2
     assert "field relation: CID names identifier 'D9'" in capsys.readouterr().err
+    (tmp_path / "unlabelled.txt").write_text("\n".join(GOOD[:4]) + "\n")  # a candidate pair, but no CID line
+    (tmp_path / "good.txt").write_text("\n".join(GOOD) + "\n")
+    argv[argv.index("bad.txt")] = "unlabelled.txt"  # as --train_file: it trained and wrote a model of nothing
+    argv[argv.index("bad.txt")] = "good.txt"
+    assert utils.guarded(lambda: train_bio.main(argv)) == 2
+    assert "unlabelled.txt has no CID relation between a Chemical and a Disease in any document" in \
+        capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- learning and the engine
