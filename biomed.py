@@ -196,6 +196,9 @@ def _parse_mention(fields: List[str], doc: Abstract, n: int, problems: List[str]
         problems.append(f"{where}: field text: {fields[3]!r} differs from the text at its offsets "
                         f"{text[start:end]!r}")
         return
+    if not fields[3].strip():  # it would reach the model as an empty span of no token
+        problems.append(f"{where}: field text: the mention covers only whitespace")
+        return
     ids = list(dict.fromkeys(i.strip() for i in fields[5].split("|") if i.strip() not in ("", "-1")))
     if not ids:
         doc.ungrounded += 1

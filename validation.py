@@ -26,7 +26,8 @@ Labels = Tuple[np.ndarray, List[List[int]]]
 
 
 class ValidationError(UserError):
-    """A DocRED file with problems; the message lists them (file, document index and title, field, value)."""
+    """A file of DocRED-form documents with problems (DocRED JSON, or a biomedical file as read); the message lists
+    them (file, document index and title, field, value)."""
 
     def __init__(self, path: str | os.PathLike, problems: List[str]):
         self.path = str(path)
@@ -34,7 +35,7 @@ class ValidationError(UserError):
         listed = "\n  ".join(self.problems[:MAX_LISTED_PROBLEMS])
         more = len(self.problems) - MAX_LISTED_PROBLEMS
         tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
-        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in this DocRED file:\n  {listed}{tail}")
+        super().__init__(f"{self.path}: {len(self.problems)} problem(s) in its documents:\n  {listed}{tail}")
 
 
 def short(value: Any, limit: int = 80) -> str:

@@ -155,6 +155,7 @@ GOOD_DATA = ["1", "Aspirin causes ulcers .", "1:CID:2", "L2R", "NON-CROSS", "0-1
     ((3, "1\t15\t99\tulcers\tDisease\tD2"), r"line 4: field offsets: \[15, 99\) is not a span of the text"),
     ((3, "1\t15\t21\tulcer!\tDisease\tD2"), r"line 4: field text: 'ulcer!' differs from the text at its offsets"),
     ((4, "1\tCID\tD1\tD9"), r"line 5: field relation: CID names identifier 'D9'"),
+    ((3, "1\t7\t8\t \tDisease\tD2"), r"line 4: field text: the mention covers only whitespace"),
     ((1, None), r"field abstract: (a mention line before the title and abstract lines|no `1\|a\|` line)"),
     ((2, "1\tx\t7\tAspirin\tChemical\tD1"), r"line 3: field offsets: not integers"),
     ((4, "1\tXYZ\tD1\tD2"), r"line 5: field relation: 'XYZ' is not a relation of CDR or GDA \(CID, GDA\)"),
