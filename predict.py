@@ -292,28 +292,31 @@ def check_model_task(args: Dict[str, Any], where: str) -> None:
                          f"--data_dir DIR")
 
 
-def peek_args(path: str) -> Optional[Dict[str, Any]]:
-    """The training args of the model at `path`, read without its weights; None where they cannot be read this way."""
+def peek(path: str) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(meta, training args) of the model at `path`, read without its weights; None where they cannot be read this
+    way (`load_model` then says why, or reads an old pickle with --trust_checkpoint)."""
     from engine import checkpoints
 
     try:
-        found = checkpoints.peek_meta(path, "--model")
+        return checkpoints.peek_meta(path, "--model")
     except utils.UserError:  # no model there: load_model says so after the input's checks
         return None
-    return found[1] if found is not None else None
 
 
-def peek_settings(path: str) -> Optional["DocRESettings"]:
-    """The settings of the model at `path`, read without its weights; None where they cannot be read this way
-    (`load_model` then says why, or reads an old pickle with --trust_checkpoint)."""
+def settings_of(found: Optional[Tuple[Dict[str, Any], Dict[str, Any]]]) -> Optional["DocRESettings"]:
+    """The settings of a model `peek` read; None where there are none or they cannot be read (load_model says why)."""
     from engine import checkpoints
     from settings import DocRESettings
 
     try:
-        found = checkpoints.peek_meta(path, "--model")
         return DocRESettings.from_checkpoint(*found) if found is not None else None
-    except checkpoints.BUILD_ERRORS:  # also utils.UserError: no model there, or settings load_model reports on
+    except checkpoints.BUILD_ERRORS:
         return None
+
+
+def peek_settings(path: str) -> Optional["DocRESettings"]:
+    """The settings of the model at `path`, read without its weights (`peek`, `settings_of`)."""
+    return settings_of(peek(path))
 
 
 def check_entity_source(entities: Optional[str], kind: str) -> None:
@@ -511,11 +514,11 @@ def json_list_writer(path: str) -> Iterator[Callable[[Dict[str, Any]], None]]:
 def run(args: argparse.Namespace) -> int:
     """Read and check the input, then convert, predict and write it chunk by chunk; returns the documents written."""
     check_args(args)
-    found = peek_args(args.model)
+    found = peek(args.model)  # config.json read once for both checks
     if found is not None:  # the model's task first: another task's folder makes every input check moot
-        check_model_task(found, args.model)
+        check_model_task(found[1], args.model)
     check_entity_source(args.entities, ".txt" if args.text is not None else text2doc.input_kind(args.input))
-    rule = entity_rule(peek_settings(args.model))
+    rule = entity_rule(settings_of(found))
     n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities), rule)
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
                                          n_docs <= args.chunk_docs, args.trust_checkpoint, args.max_seq_length,
