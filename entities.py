@@ -664,16 +664,17 @@ def output_objects(bundle: Any, docs: Sequence[Dict[str, Any]], rel_names: Dict[
     one encoder pass per document (the documents' own entities are ignored); a document of more than `max_entities`
     predicted entities keeps them, without relations (a warning names it)."""
     import predict
+    import prepro
 
     pre = bundle.pretrained
     preds = predict_documents(pre.model, bundle.tokenizer, bundle.settings, docs, bundle.decision, bundle.loss_fn,
                               batch_size, max_entities)
     out = []
     for doc, (vs, rels) in zip(docs, preds):
-        if max_entities is not None and len(vs) > max_entities:
-            logger.warning("document %r: the model found %d entities, more than --max_entities %d: its %d pairs "
-                           "are not scored (raise --max_entities to score them)", doc["title"], len(vs),
-                           max_entities, len(vs) * (len(vs) - 1))
+        over = prepro.entity_cap_problem(len(vs), max_entities)
+        if over:
+            logger.warning("document %r: the model found %s: its pairs are not scored (raise --max_entities to "
+                           "score them)", doc["title"], over)
         offsets, text = token_offsets(doc), doc["text"]
         spans = [[(offsets[m["sent_id"]][m["pos"][0]][0], offsets[m["sent_id"]][m["pos"][1] - 1][1]) for m in ent]
                  for ent in vs]

@@ -55,7 +55,7 @@ import text2doc
 import utils
 from evaluation import Relation
 from html_view import html_writer
-from prepro import MAX_ENTITIES
+from prepro import MAX_ENTITIES, entity_cap_problem
 from text2doc import InputError
 
 if TYPE_CHECKING:
@@ -388,14 +388,13 @@ class DocREPipeline:
 
     def check_entity_counts(self, docs: Sequence[Dict[str, Any]], source: str, first: int) -> None:
         """InputError naming each document of more than `max_entities` entities (given, or spaCy's)."""
-        cap = self.max_entities
-        over = [(first + i, d) for i, d in enumerate(docs) if cap is not None and len(d["vertexSet"]) > cap]
-        if over:
+        problems = [(first + i, d, entity_cap_problem(len(d["vertexSet"]), self.max_entities))
+                    for i, d in enumerate(docs)]
+        problems = [(i, d, p) for i, d, p in problems if p]
+        if problems:
             raise InputError("; ".join(
-                f"{source}: document {i} (title {d['title']!r}): field entities: {len(d['vertexSet'])} entities, "
-                f"more than --max_entities {cap} ({len(d['vertexSet']) * (len(d['vertexSet']) - 1):,} pairs, "
-                f"whose memory grows with their number); split the document, or raise --max_entities (0: no cap)"
-                for i, d in over[:5]))
+                f"{source}: document {i} (title {d['title']!r}): field entities: {p}; split the document, or raise "
+                f"--max_entities (0: no cap)" for i, d, p in problems[:5]))
 
     def _outputs(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Output objects of converted documents, in order (without `truncated_at`)."""

@@ -371,17 +371,23 @@ MAX_ENTITIES_HELP = (f"a document with more entities is an error naming it (defa
                      f"its E x (E - 1) pairs cost memory and time in proportion)")
 
 
+def entity_cap_problem(n_entities: int, max_entities: Optional[int]) -> Optional[str]:
+    """The words for a document of `n_entities` entities over the cap, or None within it (None: no cap)."""
+    if max_entities is None or n_entities <= max_entities:
+        return None
+    return (f"{n_entities} entities, more than --max_entities {max_entities} ({n_entities * (n_entities - 1):,} "
+            f"entity pairs, whose memory grows with their number)")
+
+
 def check_max_entities(source: str, features: DocREFeatures, max_entities: Optional[int]) -> None:
     """ValidationError naming each document with more than `max_entities` entities (None: no limit)."""
-    if max_entities is None:
-        return
-    counts = np.asarray(features.cols["doc_n_entities"])  # [N]
-    over = np.flatnonzero(counts > max_entities)
-    if len(over):
+    counts = features.cols["doc_n_entities"]  # [N]
+    problems = [(i, entity_cap_problem(int(n), max_entities)) for i, n in enumerate(counts)]
+    problems = [(i, p) for i, p in problems if p]
+    if problems:
         raise ValidationError(source, [
-            f"document {i} (title {features.titles[i]!r}): field vertexSet: {counts[i]} entities, more than "
-            f"--max_entities {max_entities} ({counts[i] * (counts[i] - 1)} entity pairs): check the document, or "
-            f"raise --max_entities if it is meant" for i in over[:10].tolist()])
+            f"document {i} (title {features.titles[i]!r}): field vertexSet: {p}: check the document, or raise "
+            f"--max_entities if it is meant" for i, p in problems[:10]])
 
 
 def features_from_documents(docs: Iterable[Any], tokenizer: Any, settings: DocRESettings, *,

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -446,6 +447,23 @@ def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run,
         rels = pipe(text)["relations"]
         assert len(rels) == len(out["entities"]) * (len(out["entities"]) - 1)
         assert all(r["evidence"] == evidence for r in rels), rels[:2]
+
+
+def test_entities_found_over_the_cap_are_kept_without_relations(e2e_run, caplog, one_thread):
+    """The cap is on pairs: the model's entities over --max_entities are output, their pairs not scored, and a
+    warning says so in the words of the cap on given entities."""
+    import predict
+
+    pipe = predict.DocREPipeline.from_pretrained(str(e2e_run), max_entities=1)
+    heads = pipe.model_bundle.pretrained.model.entity_heads
+    heads.span_out.weight.data.zero_()
+    heads.span_out.bias.data.fill_(5.0)  # every candidate a mention
+    pipe.model_bundle.pretrained.model.bilinear.bias.data[1] = 50.0  # every pair scored would hold relation 1
+    with caplog.at_level(logging.WARNING, logger="entities"):
+        out = pipe("Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland.")
+    n = len(out["entities"])
+    assert n > 1 and out["relations"] == []
+    assert f"the model found {n} entities, more than --max_entities 1 ({n * (n - 1):,} entity pairs" in caplog.text
 
 
 def test_verify_and_the_spacy_component_use_the_entities_they_are_given(e2e_run, small_synthetic_dir, capsys,

@@ -400,7 +400,7 @@ def test_a_document_over_max_entities_is_an_error_naming_it_even_from_the_cache(
     assert len(read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cache, max_entities=3)) == 2
     for cached in (None, cache):
         with pytest.raises(utils.UserError, match=rf"(?s){path}.*document 0 \(title 'Small'\): field vertexSet: 3 "
-                                                  rf"entities, more than --max_entities 2 \(6 entity pairs\)"):
+                                                  rf"entities, more than --max_entities 2 \(6 entity pairs, "):
             read_docred(path, minilm_tokenizer, SETTINGS, cache_dir=cached, max_entities=2)
     with pytest.raises(utils.UserError, match=r"document 1 \(title 'Big'\): field vertexSet: 3 entities"):
         features_from_documents([make_doc("Small"), make_doc("Big")], minilm_tokenizer, SETTINGS, max_entities=2)

@@ -678,7 +678,7 @@ def test_a_document_with_more_entities_than_the_cap_is_refused(untrained_folder,
     assert predict.main(args + ["--max_entities", "20"]) == 2
     err = capsys.readouterr().err
     assert f"{path}: document 0 (title 'long'): field entities: 30 entities, more than --max_entities 20" in err
-    assert "870 pairs" in err and not (tmp_path / "o.json").exists()
+    assert "870 entity pairs" in err and not (tmp_path / "o.json").exists()
     assert predict.main(args + ["--max_entities", "0"]) == 0
     assert len(json.loads((tmp_path / "o.json").read_text())[0]["relations"]) == 870
 
