@@ -78,9 +78,14 @@ def add_args(group: argparse._ArgumentGroup) -> None:
                             "scorers: the cross-entropy over the word tags of bio and rich+bio is unweighted)")
 
 
-def entity_types_of(docs: Sequence[Dict[str, Any]]) -> List[str]:
-    """The `type` labels of the documents' mentions, sorted."""
-    return sorted({m["type"] for d in docs for ent in d.get("vertexSet", []) for m in ent if m.get("type")})
+def entity_types_of(docs: Any) -> List[str]:
+    """The `type` labels of the documents' mentions, sorted. It reads the training file before the validator does,
+    so whatever is malformed is passed over here and named there."""
+    def items(x: Any) -> list:
+        return x if isinstance(x, list) else []
+
+    return sorted({m["type"] for d in items(docs) if isinstance(d, dict) for ent in items(d.get("vertexSet"))
+                   for m in items(ent) if isinstance(m, dict) and isinstance(m.get("type"), str) and m["type"]})
 
 
 # ----------------------------------------------------------------------------- per-document fields

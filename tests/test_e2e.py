@@ -497,6 +497,25 @@ def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_
     assert predict.entity_source(None, DocRESettings({"Na": 0})) is None
 
 
+def test_a_malformed_training_file_is_named_by_the_validator_not_the_type_reader(small_synthetic_dir, tiny_bert_dir,
+                                                                                 tmp_path):
+    """--end_to_end reads the type labels before the file is validated: it once died there (AttributeError)."""
+    import shutil
+
+    import train
+    from utils import UserError
+
+    assert entities.entity_types_of({"a": 1}) == []
+    assert entities.entity_types_of([{"vertexSet": [["oops", {"type": ["X"]}, {"type": "PER"}]]}, "doc"]) == ["PER"]
+    data = tmp_path / "data"
+    shutil.copytree(small_synthetic_dir, data)
+    (data / "train_annotated.json").write_text(json.dumps([{"title": "a", "sents": [["A", "b"]],
+                                                             "vertexSet": [["oops"]], "labels": []}]))
+    with pytest.raises(UserError, match=r"(?s)train_annotated.json.*document 0 \(title 'a'\): field vertexSet\[0\]\[0\]"):
+        train.main(["--data_dir", str(data), "--model_name_or_path", tiny_bert_dir, "--end_to_end", "--test_file", "",
+                    "--output_dir", str(tmp_path / "run"), "--no_progress", "--max_seq_length", "128"])
+
+
 def test_entity_sources_that_cannot_apply_exit_2(tmp_path, capsys):
     import predict
 
