@@ -14,6 +14,7 @@ Runs from before model folders (best.pt + encoder/) still load (test mode, predi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -465,13 +466,19 @@ def encoder_source(source: Path) -> Path:
 
 
 def checkpoint_encoder(ckpt: Dict[str, Any], source: Path) -> Tuple[Any, nn.Module]:
-    """(tokenizer, untrained encoder) of a model read by `read_model`: a model folder's config and tokenizer; a
-    checkpoint's encoder/ beside it, else (runs from before model folders) its --model_name_or_path."""
+    """(tokenizer, untrained encoder) of a model read by `read_model` (`checkpoint_tokenizer`)."""
     from encoder_kernels import load_encoder
 
+    tokenizer, config = checkpoint_tokenizer(ckpt, source)
+    return tokenizer, load_encoder(None, config=config)
+
+
+def checkpoint_tokenizer(ckpt: Dict[str, Any], source: Path) -> Tuple[Any, Any]:
+    """(tokenizer, encoder config) of a model read by `read_model`: a model folder's config and tokenizer; a
+    checkpoint's encoder/ beside it, else (runs from before model folders) its --model_name_or_path."""
     if ckpt.get("encoder"):  # a model folder
         config = encoder_config(ckpt["encoder"]["config"], f"{source / CONFIG}")
-        return load_tokenizer(source, config), load_encoder(None, config=config)
+        return load_tokenizer(source, config), config
     folder = encoder_source(source)
     if not (folder / "config.json").is_file():
         name = ckpt.get("args", {}).get("model_name_or_path")
@@ -481,13 +488,12 @@ def checkpoint_encoder(ckpt: Dict[str, Any], source: Path) -> Tuple[Any, nn.Modu
         folder = utils.resolve_model_path(name)
     try:
         config = encoder_config(str(folder), f"{source}: encoder")
-        tokenizer = load_tokenizer(folder)
+        return load_tokenizer(folder), config
     except OSError as e:
         raise UserError(f"{source} has no {ENCODER_DIR}/ folder beside it (a run from before model folders), and "
                         f"its encoder {str(folder)!r} (--model_name_or_path of its args) is not available here "
                         f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): put the encoder's "
                         f"config.json and tokenizer files into {source.parent / ENCODER_DIR}. ({str(e)[:200]})") from e
-    return tokenizer, load_encoder(None, config=config)
 
 
 def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: Path) -> None:
@@ -567,18 +573,26 @@ BUILD_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, Zer
                 RuntimeError)
 
 
-def check_shapes(ckpt: Dict[str, Any], source: Path, build: Build) -> None:
-    """Build the model the checkpoint's settings describe on the meta device (no memory) and compare every tensor's
-    shape with its weights: settings that cannot build a model, or that would allocate far more than the weights
-    hold (a vocabulary of 1e9), are one line before anything is allocated."""
+@contextlib.contextmanager
+def buildable(source: Path) -> Iterator[None]:
+    """What building from an untrusted config raises, as one line naming `source`."""
     try:
-        with torch.device("meta"):
-            model = build(*checkpoint_encoder(ckpt, source))
+        yield
     except UserError:
         raise
     except BUILD_ERRORS as e:
         raise UserError(f"{source}: its settings do not describe a model this toolkit can build "
                         f"({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def check_shapes(ckpt: Dict[str, Any], source: Path, build: Build, tokenizer: Any, config: Any) -> None:
+    """Build the model the checkpoint's settings describe on the meta device (no memory) and compare every tensor's
+    shape with its weights: settings that cannot build a model, or that would allocate far more than the weights
+    hold (a vocabulary of 1e9), are one line before anything is allocated."""
+    from encoder_kernels import load_encoder
+
+    with buildable(source), torch.device("meta"):
+        model = build(tokenizer, load_encoder(None, config=config))
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     held = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
     differ = [f"{k}: {held.get(k, 'missing')} in the weights, {wanted.get(k, 'unused')} in the model"
@@ -592,9 +606,12 @@ def build_pretrained(ckpt: Dict[str, Any], source: Path, build: Build, device: t
                      ) -> Pretrained:
     """`build(tokenizer, encoder)` on the model's encoder, with the checkpoint's weights, on `device` (its shapes
     checked first: `check_shapes`)."""
-    check_shapes(ckpt, source, build)
-    tokenizer, encoder = checkpoint_encoder(ckpt, source)
-    model = build(tokenizer, encoder)
+    from encoder_kernels import load_encoder
+
+    with buildable(source):
+        tokenizer, config = checkpoint_tokenizer(ckpt, source)
+    check_shapes(ckpt, source, build, tokenizer, config)
+    model = build(tokenizer, load_encoder(None, config=config))
     load_weights(model, ckpt, source)
     model.to(device).eval()
     return Pretrained(model, tokenizer, {k: v for k, v in ckpt.items() if k != "model"}, source)
