@@ -54,7 +54,6 @@ class DocRED(DocRETask, Task):
         g.add_argument("--rel2id", default=None, help="label map JSON (default: built from rel_info.json)")
         g.add_argument("--num_class", type=utils.COUNT, default=None,
                        help="checked against the label map (97 on DocRED)")
-        g.add_argument("--max_entities", type=utils.COUNT, default=prepro.MAX_ENTITIES, help=prepro.MAX_ENTITIES_HELP)
         add_model_args(g)
         g.add_argument("--select_metric", default="ign_f1", choices=["f1", "ign_f1"],
                        help="dev score that picks best.pt (ATLOP and the NCRL authors: f1, which the paper "

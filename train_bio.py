@@ -113,7 +113,8 @@ class Bio(DocRETask, Task):
         docs = self.documents(path, split)
         if not docs:
             raise UserError(f"--{split}_file {path}: no documents")
-        features = prepro.features_from_documents(docs, self.tokenizer, self.settings, source=path)  # typed pairs
+        features = prepro.features_from_documents(docs, self.tokenizer, self.settings, source=path,  # typed pairs
+                                                  max_entities=a.max_entities or None)
         if split == "dev" and self.mode == "train" and not any(d["labels"] for d in docs):
             raise UserError(f"--dev_file {path} has no {self.dataset.relation} relation in any document: training "
                             f"needs a labelled dev set to select the best checkpoint")

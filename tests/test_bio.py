@@ -263,6 +263,10 @@ def test_cli_refuses_bad_input_with_status_2(tmp_path, minilm_path, capsys):
     assert utils.guarded(lambda: train_bio.main(argv)) == 2
     assert "unlabelled.txt has no CID relation between a Chemical and a Disease in any document" in \
         capsys.readouterr().err and not (tmp_path / "run").exists()
+    argv[argv.index("unlabelled.txt")] = "good.txt"  # an abstract's pairs cost memory: capped as in train.py
+    assert utils.guarded(lambda: train_bio.main(argv + ["--max_entities", "1"])) == 2
+    assert "good.txt: 1 problem(s) in its documents:\n  document 0 (title '1'): field vertexSet: 2 entities, more " \
+           "than --max_entities 1 (2 entity pairs" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- learning and the engine
