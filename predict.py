@@ -449,14 +449,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     source.add_argument("--text", help="one document's text")
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--batch_size", type=utils.COUNT, default=4)
     parser.add_argument("--max_entities", type=utils.number_flag(int, 0), default=MAX_ENTITIES,
                         help=f"refuse a document with more entities (default {MAX_ENTITIES}; 0: no cap): its "
                              f"E x (E - 1) pairs cost memory and time in proportion")
-    parser.add_argument("--max_seq_length", type=int, default=None,
-                        help="read at most this many tokens of each document (default: whole documents, in the "
-                             "encoder's windows; the training length is not a limit)")
-    parser.add_argument("--chunk_docs", type=int, default=1000,
+    parser.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=None,
+                        help="read at most this many tokens of each document, at least 16 (default: whole documents, "
+                             "in the encoder's windows; the training length is not a limit)")
+    parser.add_argument("--chunk_docs", type=utils.COUNT, default=1000,
                         help="documents converted and predicted at a time: memory stays flat over inputs of any size")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL,
                         help=f"spaCy pipeline for raw text (default {text2doc.DEFAULT_SPACY_MODEL}, else "
@@ -465,7 +465,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--entities", default=None, choices=ENTITY_SOURCES,
                         help="model: the model's entity heads (default for models trained with --end_to_end); "
                              "spacy: spaCy's NER on text; given: the .jsonl spans or DocRED JSON's vertexSet")
-    parser.add_argument("--mention_threshold", type=float, default=None,
+    parser.add_argument("--mention_threshold", type=utils.FRACTION, default=None,
                         help="--entities model: a span is a mention above this probability (default: the value "
                              "tuned on dev and stored with the model; 0.5 for models trained before that)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -584,17 +584,10 @@ def check_distinct(paths: Dict[str, Optional[str]]) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse what would fail after the prediction work: a missing model, bad sizes, unwritable outputs."""
+    """Refuse what would fail after the prediction work: a missing model, unwritable outputs (flag ranges are
+    argparse's: `utils.number_flag`)."""
     if not Path(args.model).exists():
         raise InputError(f"--model {args.model}: no such file or directory")
-    for flag in ("batch_size", "chunk_docs"):
-        if getattr(args, flag) < 1:
-            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if args.max_seq_length is not None and args.max_seq_length < utils.MIN_SEQ_LENGTH:
-        raise InputError(f"--max_seq_length must be >= {utils.MIN_SEQ_LENGTH} (the special tokens and a few words), "
-                         f"got {args.max_seq_length}; leave it out to read whole documents")
-    if args.mention_threshold is not None and not 0.0 <= args.mention_threshold <= 1.0:
-        raise InputError(f"--mention_threshold is a probability in [0, 1], got {args.mention_threshold}")
     if args.output != "-":
         check_writable(args.output, "--output")
     if args.html:

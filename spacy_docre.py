@@ -47,6 +47,9 @@ class DocREComponent:
                              f"of a model trained with --end_to_end) or null (the heads where the model has them)")
         if not model:
             raise ValueError('docre: pass the model folder, nlp.add_pipe("docre", config={"model": DIR})')
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"docre: batch_size={batch_size!r}: documents through the model at a time, an integer "
+                             f">= 1")  # 0 made nlp.pipe yield no Doc at all
         self.name, self.batch_size = name, batch_size
         self.pipeline = predict.DocREPipeline.from_pretrained(model, rel_info, device, trust=trust_checkpoint,
                                                               batch_size=batch_size, nlp=nlp, entities=entities)

@@ -461,7 +461,6 @@ def test_cli_in_chunks_writes_the_same_file_and_checks_everything_first(fake_mod
     assert predict.main(["--model", str(tmp_path), "--input", str(bad), "--output", str(out), "--chunk_docs", "2",
                          "--no_progress"]) == 2
     assert not out.exists() and not list(tmp_path.glob(".never.json*"))
-    assert predict.main(["--model", str(tmp_path), "--text", "x", "--chunk_docs", "0"]) == 2
 
 
 def test_cli_refuses_unwritable_outputs_before_any_work(monkeypatch, tmp_path, capsys):
@@ -683,11 +682,16 @@ def test_a_document_with_more_entities_than_the_cap_is_refused(untrained_folder,
     assert len(json.loads((tmp_path / "o.json").read_text())[0]["relations"]) == 870
 
 
-@pytest.mark.parametrize("flag, value", [("--batch_size", "0"), ("--chunk_docs", "-1"), ("--tolerance", "nan")])
-def test_verify_flags_out_of_range_are_argparse_errors(flag, value, tmp_path, capsys):
-    """verify skipped predict's checks: --batch_size 0 was a traceback, --tolerance nan verified any F1."""
+@pytest.mark.parametrize("command, flag, value", [
+    ("verify", "--batch_size", "0"), ("verify", "--chunk_docs", "-1"), ("verify", "--tolerance", "nan"),
+    ("predict", "--batch_size", "0"), ("predict", "--chunk_docs", "0"), ("predict", "--max_seq_length", "8"),
+    ("predict", "--mention_threshold", "1.5"), ("predict", "--max_entities", "-1")])
+def test_flags_out_of_range_are_argparse_errors(command, flag, value, tmp_path, capsys):
+    """One range rule per flag kind (`utils.number_flag`): verify once skipped predict's own checks (--batch_size 0
+    was a traceback, --tolerance nan verified any F1)."""
+    head = (["verify", "--data", str(tmp_path / "d.json")] if command == "verify" else ["--text", "x"])
     with pytest.raises(SystemExit) as stop:
-        predict.main(["verify", "--model", str(tmp_path), "--data", str(tmp_path / "d.json"), flag, value])
+        predict.main(head + ["--model", str(tmp_path), flag, value])
     assert stop.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
 
 

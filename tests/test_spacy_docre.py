@@ -71,3 +71,6 @@ def test_component_refuses_unknown_entity_sources(model_folder):
         nlp.add_pipe("docre", config={"model": str(model_folder), "entities": "ner"})
     with pytest.raises(ValueError, match="needs a model trained with --end_to_end"):  # no entity heads
         nlp.add_pipe("docre", config={"model": str(model_folder), "entities": "model"})
+    for size in (0, -1):  # 0 made nlp.pipe yield no Doc at all
+        with pytest.raises(ValueError, match=rf"batch_size={size}: documents through the model at a time"):
+            nlp.add_pipe("docre", config={"model": str(model_folder), "batch_size": size})
