@@ -634,9 +634,12 @@ def task_settings(settings: Any, args: argparse.Namespace, meta: Optional[Dict[s
     types = list(saved.get("entity_types") or [])
     if not types and train_path:
         types = entity_types_of(utils.read_json(train_path, "--train_file"))
-    head = saved.get("span_head", "endpoints") if saved else getattr(args, "span_head", DEFAULT_SPAN_HEAD)
-    return settings.replace(end_to_end=True, entity_marker=None, entity_types=types,
-                            max_span_width=int(saved.get("max_span_width", args.max_span_width)), span_head=head)
+    if saved.get("end_to_end"):  # the heads the checkpoint has (folders from before --span_head: the first head)
+        head, width = saved.get("span_head", "endpoints"), int(saved.get("max_span_width", args.max_span_width))
+    else:  # new heads, on a relation model trained without them when fine-tuning one
+        head, width = getattr(args, "span_head", DEFAULT_SPAN_HEAD), args.max_span_width
+    return settings.replace(end_to_end=True, entity_marker=None, entity_types=types, max_span_width=width,
+                            span_head=head)
 
 
 def loss_weights(args: argparse.Namespace) -> Dict[str, float]:

@@ -39,7 +39,8 @@ class DocRED(DocRETask, Task):
     """Everything DocRED-specific: label map, features, gold files, decisions, scores and the official files."""
     name = "docred"
     unit = "documents"
-    model_settings = MODEL_SETTINGS + ("end_to_end", "max_span_width")
+    model_settings = MODEL_SETTINGS + ("end_to_end", "max_span_width", "span_head")
+    loss_settings = ("mention_weight", "coref_weight", "type_weight", "mention_pos_weight")  # --end_to_end's
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -496,13 +496,24 @@ def checkpoint_tokenizer(ckpt: Dict[str, Any], source: Path) -> Tuple[Any, Any]:
                         f"config.json and tokenizer files into {source.parent / ENCODER_DIR}. ({str(e)[:200]})") from e
 
 
-def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: Path) -> None:
-    """The checkpoint's weights into `model`, with an error naming the file when they do not fit."""
+def load_weights(model: nn.Module, ckpt: Dict[str, Any], path: Path, new_modules: bool = False) -> None:
+    """The checkpoint's weights into `model`, with one line naming the file when they do not fit. With `new_modules`
+    (fine-tuning), a top-level module the checkpoint holds nothing of (the entity heads added to a relation model) is
+    left as initialized, and the log says so."""
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: its weights do not fit the model its settings describe (a checkpoint of "
-                        f"another version of the head?): {str(e)[:400]}") from e
+        result = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise UserError(f"{path}: its weights do not fit the model its settings describe: "
+                        f"{' '.join(str(e).split())[:400]}") from e
+    held = {k.split(".")[0] for k in ckpt["model"]}
+    new = sorted({k.split(".")[0] for k in result.missing_keys} - held) if new_modules else []
+    missing = [k for k in result.missing_keys if k.split(".")[0] not in new]
+    if missing or result.unexpected_keys:
+        parts = [f"{len(keys)} {what}, e.g. {', '.join(keys[:3])}" for what, keys in
+                 (("missing", missing), ("unexpected", result.unexpected_keys)) if keys]
+        raise UserError(f"{path}: its weights do not fit the model its settings describe ({'; '.join(parts)})")
+    if new:
+        logger.info("%s holds no weights of %s: new layers, trained from their initial values", path, ", ".join(new))
 
 
 # ----------------------------------------------------------------------------- a model ready to use

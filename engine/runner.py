@@ -105,7 +105,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     args.output_dir = args.output_dir or default_output_dir(task, args)
     run_dir, world, device = start_run(args)
     run_dir.keep = Path(best) if best else None  # --overwrite never removes the --load_path being read
-    resume = ck.read_resume(run_dir.file("last.pt"), args, task.name, task.model_settings) if args.resume else None
+    checked = task.model_settings + task.loss_settings  # what a resumed run must keep
+    resume = ck.read_resume(run_dir.file("last.pt"), args, task.name, checked) if args.resume else None
     loss_fn = build_loss_from_args(args)
 
     if mode == "train" and not (ckpt or {}).get("encoder"):
@@ -119,7 +120,7 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     task.setup(args, mode, tokenizer, ck.checkpoint_meta(ckpt) if ckpt else None, str(best or ""))
     model = task.build_model(encoder)
     if ckpt is not None:
-        ck.load_weights(model, ckpt, best)
+        ck.load_weights(model, ckpt, best, new_modules=mode == "train")
     model.to(device)
     decision = default_decision(task, args, loss_fn) if mode == "train" else Decision.from_checkpoint(ckpt, args.top_k)
     splits = read_splits(task, mode)

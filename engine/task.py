@@ -80,6 +80,7 @@ class Task:
     name = "task"  # written into args.json, checked in checkpoints
     unit = "instances"  # what one feature is, for the log
     model_settings: Tuple[str, ...] = ()  # the task's flags shaping the model: test mode takes them from the checkpoint
+    loss_settings: Tuple[str, ...] = ()  # the task's flags shaping its loss: a resumed run must keep them
     decision_params: Dict[str, float] = {}  # the task's own decision rule before tuning (DialogRE's t1, t2)
     args: argparse.Namespace
     mode: str

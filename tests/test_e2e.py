@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -422,6 +423,46 @@ def e2e_run(small_synthetic_dir, tiny_bert_dir, tmp_path_factory):
                 "--num_train_epochs", "1", "--output_dir", str(out), "--no_progress", "--loss", "atl",
                 "--test_file", "", "--classifier_lr", "1e-2", "--max_seq_length", "256", "--evidence_lambda", "0.1"])
     return out
+
+
+def _e2e_flags(data, model, out):
+    """e2e_run's command line, on `out`."""
+    return ["--data_dir", str(data), "--model_name_or_path", model, "--end_to_end", "--num_train_epochs", "1",
+            "--output_dir", str(out), "--no_progress", "--loss", "atl", "--test_file", "", "--classifier_lr", "1e-2",
+            "--max_seq_length", "256", "--evidence_lambda", "0.1"]
+
+
+def test_resume_refuses_other_entity_heads_or_loss_weights(e2e_run, small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """--span_head on resume was a state-dict traceback after args.json had been rewritten; other loss weights were
+    taken without a word, though the run's args.json names the first."""
+    import shutil
+
+    import train
+    from utils import UserError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(e2e_run, run_dir)
+    before = (run_dir / "args.json").read_bytes()
+    for extra, culprit in ((["--span_head", "bio"], "--span_head 'rich+bio' there, 'bio' here"),
+                           (["--mention_weight", "0"], "--mention_weight 0.25 there, 0.0 here")):
+        with pytest.raises(UserError, match=re.escape(culprit)):
+            train.main(_e2e_flags(small_synthetic_dir, tiny_bert_dir, run_dir) + ["--resume"] + extra)
+    assert (run_dir / "args.json").read_bytes() == before
+
+
+def test_fine_tuning_a_relation_model_with_end_to_end_adds_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """The heads asked for (it built the first head whatever --span_head said) start from their initial values (the
+    checkpoint's missing keys were a multi-line error)."""
+    import train
+
+    common = ["--data_dir", str(small_synthetic_dir), "--model_name_or_path", tiny_bert_dir, "--no_progress",
+              "--test_file", "", "--max_seq_length", "128", "--max_steps", "1"]
+    train.main(common + ["--output_dir", str(tmp_path / "plain")])
+    train.main(common + ["--output_dir", str(tmp_path / "e2e"), "--load_path", str(tmp_path / "plain" / "model"),
+                         "--do_train", "--end_to_end", "--span_head", "bio"])
+    settings = json.loads((tmp_path / "e2e" / "model" / "config.json").read_text())["meta"]["settings"]
+    assert settings["end_to_end"] and settings["span_head"] == "bio"
+    assert "holds no weights of entity_heads: new layers" in (tmp_path / "e2e" / "train.log").read_text()
 
 
 def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run, one_thread):
