@@ -29,7 +29,7 @@ MODEL_SETTINGS = ("emb_size", "block_size", "max_seq_length", "no_entity_marker"
 def add_model_args(g: argparse._ArgumentGroup, max_seq_length: int = 1024) -> None:
     """The DocRE model's flags: input window, entity cap, entity marker, head, evidence."""
     g.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=max_seq_length)
-    g.add_argument("--max_entities", type=utils.COUNT, default=prepro.MAX_ENTITIES, help=prepro.MAX_ENTITIES_HELP)
+    prepro.add_max_entities_arg(g)
     g.add_argument("--no_entity_marker", action="store_true", help="do not put * around mentions")
     g.add_argument("--emb_size", type=utils.COUNT, default=768)
     g.add_argument("--block_size", type=utils.COUNT, default=64)

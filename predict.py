@@ -55,7 +55,7 @@ import text2doc
 import utils
 from evaluation import Relation
 from html_view import html_writer
-from prepro import MAX_ENTITIES, entity_cap_problem
+from prepro import MAX_ENTITIES, add_max_entities_arg, entity_cap_problem
 from text2doc import InputError
 
 if TYPE_CHECKING:
@@ -450,9 +450,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default="-", help="predictions JSON file, or - for stdout (default)")
     parser.add_argument("--html", default=None, help="also write a self-contained HTML page of the predictions")
     parser.add_argument("--batch_size", type=utils.COUNT, default=4)
-    parser.add_argument("--max_entities", type=utils.number_flag(int, 0), default=MAX_ENTITIES,
-                        help=f"refuse a document with more entities (default {MAX_ENTITIES}; 0: no cap): its "
-                             f"E x (E - 1) pairs cost memory and time in proportion")
+    add_max_entities_arg(parser)
     parser.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=None,
                         help="read at most this many tokens of each document, at least 16 (default: whole documents, "
                              "in the encoder's windows; the training length is not a limit)")

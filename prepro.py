@@ -36,7 +36,7 @@ import numpy as np
 from feature_cache import Build, cache_key, cached_features
 from feature_store import COLUMNS, RAGGED, ColumnSink, DocREFeatures, compute_stats, pair_index
 from json_stream import file_sha256, iter_documents, read_text
-from utils import read_json
+from utils import number_flag, read_json
 from validation import CorpusValidator, Labels, ValidationError, check_not_empty
 from word_tokenizer import WordTokenizer
 
@@ -367,8 +367,13 @@ def _restrict_pairs(features: DocREFeatures, docs: Sequence[Any], pair_filter: P
 
 
 MAX_ENTITIES = 250  # DocRED-style documents have a few dozen (Re-DocRED dev: at most 36)
-MAX_ENTITIES_HELP = (f"a document with more entities is an error naming it (default {MAX_ENTITIES}, 0: no limit; "
-                     f"its E x (E - 1) pairs cost memory and time in proportion)")
+
+
+def add_max_entities_arg(parser: Any) -> None:
+    """--max_entities, as every command takes it (0: no limit)."""
+    parser.add_argument("--max_entities", type=number_flag(int, 0), default=MAX_ENTITIES,
+                        help=f"a document with more entities is an error naming it (default {MAX_ENTITIES}, 0: no "
+                             f"limit; its E x (E - 1) pairs cost memory and time in proportion)")
 
 
 def entity_cap_problem(n_entities: int, max_entities: Optional[int]) -> Optional[str]:
@@ -482,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rel_info", default=None, help="rel_info.json to build the label map from")
     parser.add_argument("--num_class", type=int, default=None, help="checked against the label map")
     parser.add_argument("--build_meta", action="store_true", help="write --out from --rel_info and exit")
-    parser.add_argument("--max_entities", type=int, default=MAX_ENTITIES, help=MAX_ENTITIES_HELP)
+    add_max_entities_arg(parser)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "meta" / "rel2id.json"))
     return parser
 
@@ -516,7 +521,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                              entity_marker=None if args.no_entity_marker else "*")
     start = time.perf_counter()
     features = read_docred(os.path.join(args.data_dir, args.file), tokenizer, settings, cache_dir=cache_dir,
-                           max_entities=args.max_entities if args.max_entities > 0 else None,
+                           max_entities=args.max_entities or None,
                            show_progress=True)
     seconds = time.perf_counter() - start
     s = dict(features.stats, seconds=round(seconds, 3), docs_per_s=round(len(features) / max(seconds, 1e-9), 1))

@@ -70,9 +70,10 @@ class DocRED(DocRETask, Task):
         """Check --data_dir, fix the label map (test mode: the checkpoint's, unless --rel2id or --rel_info is given)
         and the model's settings, the feature cache, the collator and the metric that picks best.pt."""
         super().setup(args, mode, tokenizer, meta, source)
-        if not os.path.isdir(args.data_dir):
+        if mode == "train" and not os.path.isdir(args.data_dir):  # test mode may name its files with their paths
+            names = [n for n in (args.train_file, args.dev_file, args.test_file) if n and not os.path.dirname(n)]
             raise UserError(f"--data_dir {args.data_dir}: no such folder (it should hold the DocRED files: "
-                            f"{args.train_file}, {args.dev_file}, {args.test_file}, rel_info.json)")
+                            f"{', '.join(names + ['rel_info.json'])})")
         saved = (meta or {}).get("rel2id")
         adopt = mode == "test" and saved is not None and args.rel2id is None and args.rel_info is None
         rel2id = dict(saved) if adopt else self.load_rel2id()
@@ -82,7 +83,8 @@ class DocRED(DocRETask, Task):
                             f"run's map has {len(rel2id)} (first differences: {diff}); pass its --rel2id.")
         self.configure(rel2id, self.relation_names(rel2id))
         off = args.cache_dir is not None and args.cache_dir.lower() == "none"
-        self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or os.path.join(args.data_dir, ".cache"))
+        default = os.path.join(args.data_dir, ".cache") if os.path.isdir(args.data_dir) else None  # no folder made
+        self.cache = None if off else feature_cache.resolve_cache_dir(args.cache_dir or default)
         try:  # --end_to_end: entity heads (entities.py); off, the settings are unchanged
             self.settings = entities.task_settings(self.settings, args, meta, self.path(args.train_file))
         except ValueError as e:

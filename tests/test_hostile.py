@@ -406,6 +406,22 @@ def test_a_document_over_max_entities_is_an_error_naming_it_even_from_the_cache(
         features_from_documents([make_doc("Small"), make_doc("Big")], minilm_tokenizer, SETTINGS, max_entities=2)
     assert prepro.build_parser().parse_args(["--file", "x"]).max_entities == prepro.MAX_ENTITIES == 250
 
+def test_every_command_takes_max_entities_0_for_no_cap_and_refuses_negatives(capsys):
+    """train.py refused 0, which its help calls "no limit"; prepro.py took -1 as no limit."""
+    import predict
+    import train_bio
+    from engine.task import parse_args
+
+    parsers = {"prepro": lambda a: prepro.build_parser().parse_args(["--file", "x"] + a),
+               "train": lambda a: parse_args(train.DocRED(), a)[0],
+               "train_bio": lambda a: parse_args(train_bio.Bio(), a)[0],
+               "predict": lambda a: predict.parse_args(["--model", "m", "--text", "x"] + a)}
+    for name, parse in parsers.items():
+        assert parse(["--max_entities", "0"]).max_entities == 0, name
+        with pytest.raises(SystemExit):
+            parse(["--max_entities", "-1"])
+        assert "argument --max_entities: must be >= 0, got -1" in capsys.readouterr().err, name
+
 
 # ----------------------------------------------------------------------------- earlier checks in text2doc
 def no_spacy():

@@ -104,6 +104,12 @@ def test_test_mode_uses_the_checkpoints_threshold_and_zips_the_official_result(s
     assert zipped == json.loads((again / "result.json").read_text())
     assert all(set(p) == {"title", "h_idx", "t_idx", "r"} for p in zipped)  # the official fields (no evidence
     # without --evidence_lambda)
+    # test mode needs only the model and the test file: --data_dir may be absent (it was refused), and no folder is made
+    absent = tmp_path / "no-such-dir"
+    train.main(["--load_path", str(out / "best.pt"), "--data_dir", str(absent), "--dev_file", "",
+                "--test_file", str(small_synthetic_dir / "test.json"), "--output_dir", str(tmp_path / "t2"),
+                "--no_progress"])
+    assert json.loads((tmp_path / "t2" / "result.json").read_text()) == zipped and not absent.exists()
 
 
 def test_evaluation_steps_and_save_path(small_synthetic_dir, tiny_bert_dir, tmp_path):
