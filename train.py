@@ -98,6 +98,12 @@ class DocRED(DocRETask, Task):
                 logger.warning("the best checkpoint is chosen by dev F1: --select_metric ign_f1 needs the annotated "
                                "training file (--ign_train_file %s), which is absent", args.ign_train_file)
                 self.metric = "f1"
+        for flag, path in (("--ign_train_file", self.ign_file()), ("--train_distant", self.path(args.train_distant))):
+            if path is not None:  # read now (once a process), not at the first evaluation, after the training
+                try:
+                    evaluation.train_facts(path)
+                except (OSError, ValueError) as e:
+                    raise UserError(f"{flag}: {e}") from e
 
     def load_rel2id(self) -> Dict[str, int]:
         """The label map of --rel2id, --rel_info or <data_dir>/rel_info.json, checked against --num_class."""

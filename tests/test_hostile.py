@@ -481,6 +481,17 @@ def test_train_py_max_entities_names_the_document(small_synthetic_dir, tiny_bert
     assert not (tmp_path / "run").exists()
 
 
+def test_fact_files_are_read_before_training(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """A bad --train_distant or --ign_train_file was read at the first dev evaluation: a traceback after the
+    training, which was lost (no best.pt, no last.pt)."""
+    bad = tmp_path / "not-docred.json"
+    bad.write_text('[{"foo": 1}]')
+    for flag, path in (("--train_distant", tmp_path / "nope.json"), ("--ign_train_file", bad)):
+        with pytest.raises(utils.UserError, match=rf"{flag}: .*{path.name}"):
+            train.main(run_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", flag, path))
+        assert not (tmp_path / "run").exists()
+
+
 def test_a_stale_cache_this_user_may_not_replace_gives_features_in_memory(tmp_path, minilm_tokenizer, caplog,
                                                                           monkeypatch):
     path = write_docs(tmp_path, [make_doc()])
