@@ -77,6 +77,10 @@ class DocRED(DocRETask, Task):
         saved = (meta or {}).get("rel2id")
         adopt = mode == "test" and saved is not None and args.rel2id is None and args.rel_info is None
         rel2id = dict(saved) if adopt else self.load_rel2id()
+        if adopt and args.num_class is not None and args.num_class != len(rel2id):
+            raise UserError(f"--load_path {source} was trained with a label map of {len(rel2id)} classes, but this "
+                            f"run passes --num_class {args.num_class}: drop the flag (test mode takes the map from "
+                            f"the checkpoint)")
         if saved is not None and saved != rel2id:
             diff = sorted(set(saved.items()) ^ set(rel2id.items()))[:5]
             raise UserError(f"--load_path {source} was trained with a label map of {len(saved)} classes, but this "

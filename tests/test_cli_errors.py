@@ -174,6 +174,9 @@ def test_missing_label_map_file_is_named(finished, small_synthetic_dir, tiny_ber
     res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", finished / "best.pt",
                           "--rel2id", tmp_path / "missing-map.json"))
     assert_refused(res, "missing-map.json")
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", finished / "best.pt",
+                          "--num_class", 3))  # it was ignored: the checkpoint's map stands
+    assert_refused(res, "trained with a label map of", "--num_class 3")
 
 
 def test_cli_prints_one_line_exits_2_and_writes_the_message_into_the_open_log(tmp_path, capsys):
