@@ -545,7 +545,8 @@ def check_writable(path: str, flag: str) -> None:
     """An InputError, before any work, when `path` is a folder or a file that cannot be created."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"{flag} {path} is a folder: name a file in it, e.g. {target / 'predictions.json'}")
+        example = "predictions.html" if flag == "--html" else "predictions.json"
+        raise InputError(f"{flag} {path} is a folder: name a file in it, e.g. {target / example}")
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent  # atomic_path creates the missing folders

@@ -147,10 +147,10 @@ class DocRED(DocRETask, Task):
         if split == "dev" and test_mode and a.dev_file == "dev.json" and not os.path.exists(path):
             logger.info("no dev file (%s): test mode predicts the test file only", path)
             return None
-        if not os.path.isfile(path):
-            flag = f"--{split}_file"
-            raise UserError(f"{flag} {path}: no such file" + (f" (--data_dir {a.data_dir} does not exist)"
-                                                              if not os.path.isdir(a.data_dir) else ""))
+        why = utils.not_a_file(path)
+        if why:
+            raise UserError(f"--{split}_file {path}{why}" + (f" (--data_dir {a.data_dir} does not exist)"
+                                                            if not os.path.isdir(a.data_dir) else ""))
         if split == "train":
             dev = self.path(a.dev_file)
             if dev and os.path.exists(dev) and os.path.samefile(path, dev):

@@ -108,8 +108,9 @@ class Bio(DocRETask, Task):
         if split == "dev" and self.mode == "test" and not os.path.exists(path):
             logger.info("no dev file (%s): test mode predicts the test file only", path)
             return None
-        if not os.path.isfile(path):
-            raise UserError(f"--{split}_file {path}: no such file")
+        why = utils.not_a_file(path)
+        if why:
+            raise UserError(f"--{split}_file {path}{why}")
         docs = self.documents(path, split)
         if not docs:
             raise UserError(f"--{split}_file {path}: no documents")

@@ -120,6 +120,13 @@ def data_path(data_dir: str, name: Optional[str]) -> Optional[str]:
     return name if os.path.dirname(name) else os.path.join(data_dir, name)
 
 
+def not_a_file(path: str | os.PathLike) -> Optional[str]:
+    """Why `path` cannot be read as a file (": no such file", " is a folder, not a file"), or None."""
+    if os.path.isfile(path):
+        return None
+    return " is a folder, not a file" if os.path.isdir(path) else ": no such file"
+
+
 def read_json(path: str | os.PathLike, what: str = "") -> Any:
     """Read a JSON file with an error that names it (and `what` it is, e.g. "--dev_file")."""
     name = f"{what} {path}" if what else str(path)

@@ -132,6 +132,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
     if not os.path.isfile(path):
         raise UserError(f"{what} {path}: no such file" + (" (it is a folder: pass its best.pt)"
                                                           if os.path.isdir(path) else ""))
+    if not looks_like_torch_file(path):
+        raise UserError(f"{what} {path} is not a checkpoint (neither a PyTorch zip archive nor a pickle): pass a "
+                        f"best.pt, a run directory or a model folder")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -150,6 +153,13 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{what} {path} is not a checkpoint of this toolkit (no model weights in it)")
     return ckpt
+
+
+def looks_like_torch_file(path: str | os.PathLike) -> bool:
+    """Whether `path` starts as torch.save writes: a zip archive, or (before PyTorch 1.6) a pickle's protocol byte."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _unpickle(path: str | os.PathLike, device: torch.device | str, what: str) -> Any:

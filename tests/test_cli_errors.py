@@ -92,6 +92,8 @@ def test_bad_load_path(case, finished, small_synthetic_dir, tiny_bert_dir, tmp_p
         path.mkdir()
     res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", path))
     assert_refused(res, "--load_path", path)
+    if case == "garbage":  # it was called a pickle checkpoint, to be trusted
+        assert_refused(res, "is not a checkpoint (neither a PyTorch zip archive nor a pickle)")
 
 
 def test_output_dir_that_is_a_file_or_lies_under_one(small_synthetic_dir, tiny_bert_dir, tmp_path):
@@ -161,6 +163,11 @@ def test_relation_missing_from_the_label_map(data_copy, tiny_bert_dir, tmp_path)
     (data_copy / "train_annotated.json").write_text(json.dumps(docs))
     res = run(*train_args(data_copy, tiny_bert_dir, tmp_path / "run", "--max_steps", 1))
     assert_refused(res, "train_annotated.json", "document 2", "P999999")
+
+
+def test_a_folder_given_as_a_data_file_is_called_a_folder(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--dev_file", tmp_path))
+    assert_refused(res, f"--dev_file {tmp_path} is a folder, not a file")  # it said "no such file"
 
 
 def test_unlabelled_dev_file_cannot_select_a_checkpoint(data_copy, tiny_bert_dir, tmp_path):

@@ -468,7 +468,7 @@ def test_cli_refuses_unwritable_outputs_before_any_work(monkeypatch, tmp_path, c
     (tmp_path / "a-file").write_text("x")
     cases = [("--output", tmp_path, "is a folder"),
              ("--output", tmp_path / "a-file" / "out.json", "cannot write there"),
-             ("--html", tmp_path, "is a folder"),
+             ("--html", tmp_path, "is a folder: name a file in it, e.g. " + str(tmp_path / "predictions.html")),
              ("--html", tmp_path / "a-file" / "x" / "p.html", "cannot write there")]
     if Path("/proc/self").is_dir():  # os.access says yes to root there, and the write failed after the work
         cases.append(("--output", Path("/proc/x.json"), "cannot write there"))
