@@ -264,21 +264,31 @@ ENTITY_SOURCES = ("model", "spacy", "given")
 
 
 def entity_source(choice: Optional[str], settings: Any) -> Optional[str]:
-    """"model" where asked for, or by default for a model with entity heads; else `choice` (None: as before, spaCy
-    for text and the given entities of DocRED JSON and .jsonl)."""
-    has_heads = bool(getattr(settings, "end_to_end", False))
-    if choice == "model" and not has_heads:
+    """The user's `--entities` (None: each document's own entities where it gives them, else the model's heads where
+    it has them, else spaCy's NER), refused when it asks for heads the model lacks."""
+    if choice == "model" and not has_heads(settings):
         raise InputError("--entities model needs a model trained with --end_to_end (this one has no entity heads)")
-    return "model" if choice is None and has_heads else choice
+    return choice
 
 
-def entity_rule(settings: Optional["DocRESettings"]) -> text2doc.EntityRule:
-    """What a user's entities may be for this model: a model of typed candidate pairs (biomedical: Chemical ->
-    Disease) takes entities of those types, given, since spaCy's NER finds only DocRED's; any other model DocRED's
-    types, given or from spaCy."""
+def has_heads(settings: Any) -> bool:
+    """Whether the model has entity heads (trained with --end_to_end)."""
+    return bool(getattr(settings, "end_to_end", False))
+
+
+def finds_with_ner(choice: Optional[str], heads: bool) -> bool:
+    """Whether spaCy's NER finds the entities of a document that gives none (else the model's heads do)."""
+    return choice == "spacy" or (choice is None and not heads)
+
+
+def entity_rule(settings: Optional["DocRESettings"], choice: Optional[str] = None) -> text2doc.EntityRule:
+    """What a user's entities may be for this model and `--entities` choice: a model of typed candidate pairs
+    (biomedical: Chemical -> Disease) takes entities of those types, given, since spaCy's NER finds only DocRED's;
+    any other model DocRED's types, given or found."""
     if settings is None or not settings.pair_types:
-        return text2doc.EntityRule()
-    return text2doc.EntityRule(tuple(sorted({t for pair in settings.pair_types for t in pair})), ner=False)
+        return text2doc.EntityRule(choice=choice)
+    types = tuple(sorted({t for pair in settings.pair_types for t in pair}))
+    return text2doc.EntityRule(types, ner=False, choice=choice)
 
 
 def check_model_task(args: Dict[str, Any], where: str) -> None:
@@ -319,6 +329,15 @@ def peek_settings(path: str) -> Optional["DocRESettings"]:
     return settings_of(peek(path))
 
 
+def check_mention_threshold(threshold: Optional[float], choice: Optional[str], settings: Any) -> None:
+    """Refuse --mention_threshold where no entity comes from the model's heads (it was ignored without a word)."""
+    if threshold is None or settings is None:  # no model there: load_model says so
+        return
+    if not has_heads(settings) or choice in ("given", "spacy"):
+        why = "this model has no entity heads" if not has_heads(settings) else f"--entities {choice}"
+        raise InputError(f"--mention_threshold applies to the entities the model's heads find ({why}): drop it")
+
+
 def check_entity_source(entities: Optional[str], kind: str) -> None:
     """Refuse --entities given on plain text (no spans to give) and spacy on DocRED JSON or PubTator (they carry
     entities); `kind` is `text2doc.input_kind`'s."""
@@ -330,12 +349,13 @@ def check_entity_source(entities: Optional[str], kind: str) -> None:
                          f"(--entities given, or model)")
 
 
-def spacy_for(name: str, entities: Optional[str]) -> Any:
-    """The spaCy pipeline; when the model finds the entities, only its tokenizer and the rule-based sentencizer
-    (0.4 ms a document against 8.6 for the small model's sentence recognizer, and the same sentence splits on 79 of
-    the 100 held-out Re-DocRED documents; the recognizer also got 79)."""
+def spacy_for(name: str, ner: bool) -> Any:
+    """The spaCy pipeline; where its NER is not needed (the model finds the entities, or they are given), only its
+    tokenizer and the rule-based sentencizer (0.4 ms a document against 8.6 for the small model's sentence
+    recognizer, and the same sentence splits on 79 of the 100 held-out Re-DocRED documents; the recognizer also
+    got 79)."""
     nlp = text2doc.load_spacy(name)
-    if entities == "model":
+    if not ner:
         for pipe in list(nlp.pipe_names):
             nlp.disable_pipe(pipe)
         nlp.add_pipe("sentencizer")
@@ -350,8 +370,21 @@ class DocREPipeline:
                  max_entities: Optional[int] = MAX_ENTITIES):
         self.model_bundle, self.rel_names = model_bundle, rel_names
         self.spacy_model, self.batch_size, self._nlp = spacy_model, batch_size, nlp
-        self.entities = entity_source(entities, getattr(model_bundle, "settings", None))
+        self.entities = entity_source(entities, getattr(model_bundle, "settings", None))  # --entities
         self.max_entities = max_entities  # a document's E x (E - 1) pairs cost memory: more is refused (None: no cap)
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether the model finds entities itself (trained with --end_to_end)."""
+        return has_heads(getattr(self.model_bundle, "settings", None))
+
+    def reads_heads(self, doc: Dict[str, Any]) -> bool:
+        """Whether the model's heads find `doc`'s entities: always with --entities model; by default where the
+        document gives none of its own (text; DocRED documents give theirs); never in a document without words."""
+        if not doc["sents"]:
+            return False
+        return self.entities == "model" or (self.entities is None and self.has_heads
+                                            and doc.get("entities_given") is False)
 
     @classmethod
     def from_pretrained(cls, path: str, rel_info: Optional[str] = None, device: Optional[str] = None,
@@ -366,7 +399,7 @@ class DocREPipeline:
     def nlp(self) -> Any:
         """The spaCy pipeline, loaded on first use."""
         if self._nlp is None:
-            self._nlp = spacy_for(self.spacy_model, self.entities)
+            self._nlp = spacy_for(self.spacy_model, finds_with_ner(self.entities, self.has_heads))
         return self._nlp
 
     def predict_documents(self, docs: Sequence[Dict[str, Any]], source: str = "the documents",
@@ -387,9 +420,10 @@ class DocREPipeline:
         return outputs
 
     def check_entity_counts(self, docs: Sequence[Dict[str, Any]], source: str, first: int) -> None:
-        """InputError naming each document of more than `max_entities` entities (given, or spaCy's)."""
+        """InputError naming each document of more than `max_entities` entities (given, or spaCy's; the model's own
+        are counted once found: `entities.output_objects`)."""
         problems = [(first + i, d, entity_cap_problem(len(d["vertexSet"]), self.max_entities))
-                    for i, d in enumerate(docs)]
+                    for i, d in enumerate(docs) if not self.reads_heads(d)]
         problems = [(i, d, p) for i, d, p in problems if p]
         if problems:
             raise InputError("; ".join(
@@ -397,20 +431,25 @@ class DocREPipeline:
                 f"--max_entities (0: no cap)" for i, d, p in problems[:5]))
 
     def _outputs(self, docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Output objects of converted documents, in order (without `truncated_at`)."""
-        if self.entities == "model":  # entities and relations from the model's own heads (issue #36)
-            return entities.output_objects(self.model_bundle, docs, self.rel_names, self.batch_size, self.max_entities)
-        runnable = [i for i, doc in enumerate(docs) if len(doc["vertexSet"]) >= 2]
+        """Output objects of converted documents, in order (without `truncated_at`): entities and relations from
+        the model's own heads where it finds them (issue #36), relations between the documents' entities elsewhere."""
+        heads = [i for i, doc in enumerate(docs) if self.reads_heads(doc)]
+        found = entities.output_objects(self.model_bundle, [docs[i] for i in heads], self.rel_names, self.batch_size,
+                                        self.max_entities) if heads else []
+        outputs: Dict[int, Dict[str, Any]] = dict(zip(heads, found))
+        runnable = [i for i, doc in enumerate(docs) if i not in outputs and len(doc["vertexSet"]) >= 2]
         predicted = predict_docs(self.model_bundle, [docs[i] for i in runnable], self.batch_size) if runnable else []
         if len(predicted) != len(runnable):
             raise RuntimeError(f"predict_docs returned {len(predicted)} relation lists for {len(runnable)} documents")
         relations: Dict[int, List[Relation]] = dict(zip(runnable, predicted))
-        return [assemble_output(doc, relations.get(i, []), self.rel_names) for i, doc in enumerate(docs)]
+        return [outputs.get(i) or assemble_output(doc, relations.get(i, []), self.rel_names)
+                for i, doc in enumerate(docs)]
 
     def __call__(self, inputs: Union[str, Dict[str, Any], Sequence[Union[str, Dict[str, Any]]]],
                  titles: Optional[Sequence[str]] = None) -> Any:
         """Output object of one text or DocRED document, or the list of output objects of a list of them
-        (texts go through spaCy; DocRED documents keep their gold entities)."""
+        (texts go through spaCy, their entities found as `reads_heads` says; DocRED documents keep their entities
+        unless the pipeline's entities are "model")."""
         single = isinstance(inputs, (str, dict))
         batch = [inputs] if single else list(inputs)
         if batch and all(isinstance(x, dict) for x in batch):
@@ -425,7 +464,7 @@ class DocREPipeline:
             raise InputError(f"{len(titles)} titles for {len(batch)} texts")
         items = [(title, text, None, f"text {i} (title {title!r})")
                  for i, (title, text) in enumerate(zip(titles, batch))]
-        text2doc.check_ner_allowed(items, entity_rule(getattr(self.model_bundle, "settings", None)))
+        text2doc.check_ner_allowed(items, entity_rule(getattr(self.model_bundle, "settings", None), self.entities))
         outputs = self.predict_documents(text2doc.convert_texts(self.nlp, items))
         return outputs[0] if single else outputs
 
@@ -515,8 +554,11 @@ def run(args: argparse.Namespace) -> int:
     if found is not None:  # the model's task first: another task's folder makes every input check moot
         check_model_task(found[1], args.model)
     check_entity_source(args.entities, ".txt" if args.text is not None else text2doc.input_kind(args.input))
-    rule = entity_rule(settings_of(found))
-    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, args.entities), rule)
+    settings = settings_of(found)
+    check_mention_threshold(args.mention_threshold, args.entities, settings)
+    rule = entity_rule(settings, args.entities)
+    ner = finds_with_ner(args.entities, has_heads(settings))
+    n_docs, chunks = read_source(args, lambda: spacy_for(args.spacy_model, ner), rule)
     pipe = DocREPipeline.from_pretrained(args.model, args.rel_info, args.device, not args.no_progress and
                                          n_docs <= args.chunk_docs, args.trust_checkpoint, args.max_seq_length,
                                          batch_size=args.batch_size, entities=args.entities,

@@ -53,7 +53,7 @@ class DocREComponent:
         self.name, self.batch_size = name, batch_size
         self.pipeline = predict.DocREPipeline.from_pretrained(model, rel_info, device, trust=trust_checkpoint,
                                                               batch_size=batch_size, nlp=nlp, entities=entities)
-        rule = predict.entity_rule(self.pipeline.model_bundle.settings)
+        rule = predict.entity_rule(self.pipeline.model_bundle.settings, entities)
         if not rule.ner:
             raise ValueError(f"docre: {model} scores pairs of {', '.join(rule.types)} entities, and this component "
                              f"reads spaCy's NER through DocRED's types: run predict.py with the entities given "
@@ -64,11 +64,13 @@ class DocREComponent:
 
     def pipe(self, docs: Iterable[Doc], batch_size: Optional[int] = None) -> Iterator[Doc]:
         """The docs, `batch_size` at a time through the model, each with doc._.entities and doc._.relations."""
+        first = 0
         for batch in minibatch(docs, size=batch_size or self.batch_size):
-            converted = [text2doc.doc_from_spacy(self._checked(doc), f"doc {i}") for i, doc in enumerate(batch)]
-            for doc, out in zip(batch, self.pipeline.predict_documents(converted)):
+            converted = [text2doc.doc_from_spacy(self._checked(doc), f"doc {first + i}") for i, doc in enumerate(batch)]
+            for doc, out in zip(batch, self.pipeline.predict_documents(converted, first=first)):
                 annotate(doc, out)
                 yield doc
+            first += len(batch)
 
     def _checked(self, doc: Doc) -> Doc:
         """`doc`, when the components before this one gave it sentences."""

@@ -97,11 +97,13 @@ FUNCTION_WORDS = frozenset("of the and for in on at to de du des la le von van d
 
 @dataclass(frozen=True)
 class EntityRule:
-    """What a document's entities may be: the types that given entities may carry, and whether spaCy's NER (which
-    gives DocRED's types) may find them where none are given."""
+    """What a document's entities may be: the types that given entities may carry, whether spaCy's NER (which
+    gives DocRED's types) may find them where none are given, and the user's `--entities` choice ("given": every
+    document gives its own; "spacy": none may, spaCy's NER finds them)."""
 
     types: Tuple[str, ...] = DOCRED_TYPES
     ner: bool = True
+    choice: Optional[str] = None
 
 
 class InputError(UserError):
@@ -280,14 +282,16 @@ def _user_vertex_set(sdoc: Any, where: Sequence[Optional[Tuple[int, int]]], text
 
 def doc_from_spacy(sdoc: Any, title: str, entities: Optional[Sequence[Dict[str, Any]]] = None,
                    where_doc: str = "<text>") -> Dict[str, Any]:
-    """A converted document from a parsed spaCy Doc; `entities` (checked user entities) replace NER."""
+    """A converted document from a parsed spaCy Doc; `entities` (checked user entities) replace NER, and
+    `entities_given` says which (a model with entity heads finds a document's entities where none were given)."""
     text = sdoc.text
     sents, where, sent_spans = _token_table(sdoc)
     if entities is None:
         vertex_set = group_mentions([m for _, m in ner_mentions(sdoc, where, text)])
     else:
         vertex_set = _user_vertex_set(sdoc, where, text, entities, where_doc)
-    return {"title": title, "sents": sents, "vertexSet": vertex_set, "text": text, "sent_spans": sent_spans}
+    return {"title": title, "sents": sents, "vertexSet": vertex_set, "text": text, "sent_spans": sent_spans,
+            "entities_given": entities is not None}
 
 
 def join_sents(sents: Sequence[Sequence[str]]) -> Tuple[str, List[List[Tuple[int, int]]], List[List[int]]]:
@@ -421,6 +425,9 @@ def _jsonl_item(path: str, n: int, line: str, rule: EntityRule = EntityRule()
         raise InputError(f"{where}: field text: must be a non-empty string, got {text!r:.80}")
     if not isinstance(title, str):
         raise InputError(f"{where}: field title: must be a string, got {title!r:.80}")
+    if obj.get("entities") is not None and rule.choice == "spacy":
+        raise InputError(f"{where}: field entities: given, but --entities spacy has spaCy's NER find them: leave out "
+                         f"--entities to use these, or drop the field")
     entities = _check_entities(obj["entities"], text, where, rule) if obj.get("entities") is not None else None
     return title, text, entities, where
 
@@ -438,11 +445,15 @@ def text_items(path: str, rule: EntityRule = EntityRule()) -> List[Tuple[str, st
 
 
 def check_ner_allowed(items: Sequence[Tuple[str, str, Optional[List[Dict[str, Any]]], str]], rule: EntityRule) -> None:
-    """Refuse an item without given entities when `rule` has no use for spaCy's (a model of other entity types
-    would be given entities it never scores), naming the first."""
-    if rule.ner:
+    """Refuse an item without given entities when they must be given (--entities given), or when `rule` has no use
+    for spaCy's (a model of other entity types would be given entities it never scores), naming the first."""
+    if rule.ner and rule.choice != "given":
         return
     for _, _, ents, where in items:
+        if ents is None and rule.choice == "given":
+            raise InputError(f"{where}: field entities: missing, and --entities given uses each document's own: give "
+                             f"them (\"entities\": [{{\"type\": \"{rule.types[0]}\", \"mentions\": [[start, end]]}}]), "
+                             f"or leave out --entities")
         if ents is None:
             raise InputError(f"{where}: field entities: missing; the model scores pairs of {', '.join(rule.types)} "
                              f"entities, which spaCy's NER does not find: give them in a .jsonl line "

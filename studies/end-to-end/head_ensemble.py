@@ -91,7 +91,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     docs = json.load(open(a.data))[a.skip:]
-    conv = text2doc.convert_texts(predict.spacy_for(text2doc.DEFAULT_SPACY_MODEL, "model"), rte.plain_items(docs))
+    conv = text2doc.convert_texts(predict.spacy_for(text2doc.DEFAULT_SPACY_MODEL, ner=False), rte.plain_items(docs))
     first, second = (span_log_odds(m, conv) for m in a.models)
     if any(len(x["spans"]) != len(y["spans"]) or (x["spans"] != y["spans"]).any() for x, y in zip(first, second)):
         raise SystemExit("the two models propose different candidate spans (different --max_span_width?)")

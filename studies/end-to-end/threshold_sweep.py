@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(1)
     docs = json.load(open(a.data))[a.skip:]
     pipe = predict.DocREPipeline.from_pretrained(a.model)
-    conv = text2doc.convert_texts(predict.spacy_for(text2doc.DEFAULT_SPACY_MODEL, "model"), rte.plain_items(docs))
+    conv = text2doc.convert_texts(predict.spacy_for(text2doc.DEFAULT_SPACY_MODEL, ner=False), rte.plain_items(docs))
     gold = evaluation_e2e.gold_outputs(docs)
     n_gold = sum(len(d["vertexSet"]) for d in docs)
     stored, res = pipe.model_bundle, {}
