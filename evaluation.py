@@ -531,8 +531,26 @@ def check_truth(path: str) -> None:
     check_not_empty(path, len(read_gold(path)))
 
 
+OFFICIAL_ONLY_FLAGS = ("per_relation", "train_annotated", "train_distant", "fact_cache_dir")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that the run would ignore, or could not honour, naming them."""
+    if args.end_to_end and args.codalab_zip:
+        raise UserError("--codalab_zip writes official records (title, h_idx, t_idx, r), but --end_to_end's --pred is "
+                        "predict.py's output: zip a result.json with --check_submission, without --end_to_end")
+    unused = [f"--{name}" for name in OFFICIAL_ONLY_FLAGS if getattr(args, name)]
+    if args.end_to_end and args.rel_info and not args.check_submission:
+        unused.append("--rel_info")
+    if unused and (args.end_to_end or not args.pred):
+        why = "--end_to_end scores predict.py's output instead" if args.end_to_end else "this run has no --pred"
+        raise UserError(f"{', '.join(unused)}: flag(s) for scoring official records (--pred without --end_to_end), "
+                        f"and {why}; leave them out")
+
+
 def run(args: argparse.Namespace) -> None:
     """Score, check or zip predictions as the flags say."""
+    check_flags(args)
     if args.codalab_zip:
         refuse_folder(args.codalab_zip)
     if args.check_submission or not args.end_to_end:

@@ -422,6 +422,21 @@ def test_cli_refuses_a_folder_as_codalab_zip_before_writing(hand_files, tmp_path
         ev.write_codalab_zip(PRED, folder)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--pred", "pred", "--end_to_end", "--codalab_zip", "out.zip"], "--codalab_zip writes official records"),
+    (["--pred", "pred", "--end_to_end", "--per_relation", "--train_annotated", "train"],
+     "--per_relation, --train_annotated: flag(s) for scoring official records"),
+    (["--pred", "pred", "--end_to_end", "--rel_info", "rel_info"], "--end_to_end scores predict.py's output"),
+    (["--check_submission", "pred", "--fact_cache_dir", "cache"], "this run has no --pred"),
+])
+def test_cli_refuses_flags_it_would_ignore_or_cannot_honour(hand_files, tmp_path, capsys, flags, message):
+    argv = [hand_files.get(a, str(tmp_path / a) if a in ("out.zip", "cache") else a) for a in flags]
+    assert ev.main(argv + ["--truth", hand_files["truth"]]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out.zip").exists() and not (tmp_path / "cache").exists()
+
+
 # ---------------------------------------------------------------------------- corpora
 
 
