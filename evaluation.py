@@ -560,6 +560,8 @@ def run(args: argparse.Namespace) -> None:
     if args.check_submission:
         check_submission(args.check_submission, args.truth, rel_ids)
         print(f"{args.check_submission}: valid submission")
+    elif args.codalab_zip:
+        check_submission(args.pred, args.truth, rel_ids)  # the zip holds --pred as it is
     if args.pred and args.end_to_end:
         import evaluation_e2e
 

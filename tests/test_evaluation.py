@@ -422,6 +422,17 @@ def test_cli_refuses_a_folder_as_codalab_zip_before_writing(hand_files, tmp_path
         ev.write_codalab_zip(PRED, folder)
 
 
+def test_cli_zips_predictions_only_when_they_pass_the_submission_check(hand_files, tmp_path, capsys):
+    repeated = tmp_path / "repeated.json"
+    repeated.write_text(json.dumps(PRED + PRED))
+    out_zip = tmp_path / "r.zip"
+    assert ev.main(["--pred", str(repeated), "--truth", hand_files["truth"], "--codalab_zip", str(out_zip)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and not out_zip.exists()
+    assert err == f"error: submission {repeated}: item 5 repeats item 0 (same title, h_idx, t_idx, r); the Codalab " \
+        f"scorer would count it twice against precision\n"
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--pred", "pred", "--end_to_end", "--codalab_zip", "out.zip"], "--codalab_zip writes official records"),
     (["--pred", "pred", "--end_to_end", "--per_relation", "--train_annotated", "train"],
