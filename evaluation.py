@@ -460,6 +460,30 @@ def refuse_folder(out_zip: Union[str, os.PathLike]) -> None:
                         f"e.g. {os.path.join(out_zip, 'result.zip')}")
 
 
+def refuse_unwritable(path: Union[str, os.PathLike], flag: str, folder: bool = False) -> None:
+    """Raise UserError, before any work, when the file (or `folder`) `path` cannot be made: it lies under a file, or
+    in a folder this user cannot write, or is itself a file where a folder is wanted."""
+    existing = Path(path) if folder else Path(path).parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # atomic_path creates the missing folders
+    if not existing.is_dir() or not _can_create_in(existing):
+        raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable folder); choose another path")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, found by making (and removing) one: os.access says yes to root even
+    where the write then fails."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".evaluation-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
 def write_codalab_zip(result: PathOrDocs, out_zip: Union[str, os.PathLike]) -> Path:
     """Write `out_zip` holding result.json at its root, the form the DocRED Codalab competition accepts."""
     from utils import atomic_path  # imported here: utils pulls in torch
@@ -553,6 +577,9 @@ def run(args: argparse.Namespace) -> None:
     check_flags(args)
     if args.codalab_zip:
         refuse_folder(args.codalab_zip)
+        refuse_unwritable(args.codalab_zip, "--codalab_zip")
+    if args.fact_cache_dir:
+        refuse_unwritable(args.fact_cache_dir, "--fact_cache_dir", folder=True)
     if args.check_submission or not args.end_to_end:
         check_truth(args.truth)
     rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None

@@ -448,6 +448,20 @@ def test_cli_refuses_flags_it_would_ignore_or_cannot_honour(hand_files, tmp_path
     assert not (tmp_path / "out.zip").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("flag, under", [("--codalab_zip", "r.zip"), ("--codalab_zip", "sub/r.zip"),
+                                         ("--fact_cache_dir", ""), ("--fact_cache_dir", "cache")])
+def test_cli_refuses_an_output_under_a_file_before_scoring(hand_files, tmp_path, capsys, flag, under):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    out_path = str(a_file / under) if under else str(a_file)
+    argv = ["--pred", hand_files["pred"], "--truth", hand_files["truth"], "--train_annotated", hand_files["train"]]
+    assert ev.main(argv + [flag, out_path]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {flag} {out_path}: cannot write there ({a_file} is not a writable folder); " \
+        f"choose another path\n"
+    assert a_file.read_text() == "x"
+
+
 # ---------------------------------------------------------------------------- corpora
 
 
