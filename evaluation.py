@@ -377,8 +377,10 @@ def score_by_category(
 # ----------------------------------------------------------------------------- Codalab
 
 
-def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_ids: Optional[set]) -> None:
-    """Raise ValueError naming item i and the field if it is not a valid official record."""
+def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_ids: Optional[set],
+                rel_source: str = "the label map") -> None:
+    """Raise ValueError naming item i and the field if it is not a valid official record (`rel_source`: where the
+    known relation ids come from)."""
     where = f"item {i}"
     if not isinstance(item, dict):
         raise ValueError(f"{where} must be an object, got {type(item).__name__}")
@@ -401,7 +403,7 @@ def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_
     if item["h_idx"] == item["t_idx"]:
         raise ValueError(f"{where} fields 'h_idx' and 't_idx' are both {item['h_idx']}: a pair needs two entities")
     if rel_ids is not None and item["r"] not in rel_ids:
-        raise ValueError(f"{where} field 'r' = {item['r']!r} is not a known relation id")
+        raise ValueError(f"{where} field 'r' = {item['r']!r} is not a known relation id (not in {rel_source})")
     if rel_ids is None and not (item["r"].startswith("P") and item["r"][1:].isdigit()):
         raise ValueError(f"{where} field 'r' = {item['r']!r} is not a Wikidata property id like 'P17'")
     if "evidence" in item:
@@ -412,7 +414,7 @@ def _check_item(item: Any, i: int, doc_of: Mapping[str, Mapping[str, Any]], rel_
 
 
 def check_predictions(pred: PathOrDocs, truth: PathOrDocs, rel_ids: Optional[Iterable[str]] = None,
-                      shown: int = 5) -> None:
+                      shown: int = 5, rel_source: str = "the label map") -> None:
     """Raise ValueError when predictions name titles, entity indices or relations the truth (or label map) lacks,
     or the truth has no labels to score against; the first `shown` problems are named."""
     items, name = _as_list(pred, "prediction file")
@@ -425,7 +427,7 @@ def check_predictions(pred: PathOrDocs, truth: PathOrDocs, rel_ids: Optional[Ite
     problems = []
     for i, item in enumerate(items):
         try:
-            _check_item(item, i, doc_of, rel_set)
+            _check_item(item, i, doc_of, rel_set, rel_source)
         except ValueError as e:
             problems.append(str(e))
     if problems:
@@ -434,7 +436,8 @@ def check_predictions(pred: PathOrDocs, truth: PathOrDocs, rel_ids: Optional[Ite
                          + "; ".join(problems[:shown]))
 
 
-def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[Iterable[str]] = None) -> None:
+def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[Iterable[str]] = None,
+                     rel_source: str = "the label map") -> None:
     """Raise ValueError on the first malformed record of a Codalab submission (naming item and field)."""
     items, name = _as_list(pred, "submission")
     docs, _ = _as_list(test_docs, "truth file")
@@ -443,7 +446,7 @@ def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[
     first: Dict[Tuple[Any, ...], int] = {}
     try:
         for i, item in enumerate(items):
-            _check_item(item, i, doc_of, rel_set)
+            _check_item(item, i, doc_of, rel_set, rel_source)
             key = tuple(item[k] for k in SUBMISSION_FIELDS)
             if key in first:
                 raise ValueError(f"item {i} repeats item {first[key]} (same title, h_idx, t_idx, r); "
@@ -546,6 +549,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def read_rel_info(path: str) -> Dict[str, str]:
+    """The {relation id: name} object of a --rel_info file; anything else is a UserError naming the file."""
+    info = load_json(path, "--rel_info file")
+    wanted = 'a non-empty JSON object {relation id: name}, e.g. {"P17": "country"}'
+    if not isinstance(info, dict) or not info:
+        got = "an empty object" if info == {} else f"a JSON {type(info).__name__}"
+        raise UserError(f"--rel_info file {path}: must be {wanted}; got {got}")
+    for rel, name in info.items():
+        if not isinstance(name, str):
+            raise UserError(f"--rel_info file {path}: entry {rel!r}: the name must be a string, got "
+                            f"{json.dumps(name)[:80]}; the file must be {wanted}")
+    return info
+
+
 def check_truth(path: str) -> None:
     """Raise ValidationError (naming document and field) unless the truth file passes --end_to_end's checks
     (evaluation_e2e.read_gold) and holds a document: an empty one leaves nothing to score or submit against."""
@@ -582,20 +599,21 @@ def run(args: argparse.Namespace) -> None:
         refuse_unwritable(args.fact_cache_dir, "--fact_cache_dir", folder=True)
     if args.check_submission or not args.end_to_end:
         check_truth(args.truth)
-    rel_info = load_json(args.rel_info, "--rel_info file") if args.rel_info else None
+    rel_info = read_rel_info(args.rel_info) if args.rel_info else None
     rel_ids = None if rel_info is None else list(rel_info)
+    known = dict(rel_ids=rel_ids, rel_source=f"--rel_info file {args.rel_info}")
     if args.check_submission:
-        check_submission(args.check_submission, args.truth, rel_ids)
+        check_submission(args.check_submission, args.truth, **known)
         print(f"{args.check_submission}: valid submission")
     elif args.codalab_zip:
-        check_submission(args.pred, args.truth, rel_ids)  # the zip holds --pred as it is
+        check_submission(args.pred, args.truth, **known)  # the zip holds --pred as it is
     if args.pred and args.end_to_end:
         import evaluation_e2e
 
         scores = evaluation_e2e.score_files(args.truth, args.pred)
         print(json.dumps(scores) if args.json else evaluation_e2e.format_scores(scores))
     elif args.pred:
-        check_predictions(args.pred, args.truth, rel_ids)
+        check_predictions(args.pred, args.truth, **known)
         if not args.train_annotated:
             print("note: no --train_annotated, so Ign F1 is not computed", file=sys.stderr)
         scores = official_evaluate(args.pred, args.truth, args.train_annotated, args.train_distant,

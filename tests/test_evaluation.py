@@ -462,6 +462,31 @@ def test_cli_refuses_an_output_under_a_file_before_scoring(hand_files, tmp_path,
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.parametrize("rel_info, message", [
+    ([["P17", "country"]], "must be a non-empty JSON object {relation id: name}, e.g. {\"P17\": \"country\"}; "
+                           "got a JSON list"),
+    ([], "got a JSON list"),
+    ({}, "got an empty object"),
+    ({"a": 1}, "entry 'a': the name must be a string, got 1"),
+    ({"data": [{"P17": "country"}]}, "entry 'data': the name must be a string"),
+])
+@pytest.mark.parametrize("mode", ["--pred", "--check_submission"])
+def test_cli_refuses_a_rel_info_that_is_no_map_of_names(hand_files, tmp_path, capsys, rel_info, message, mode):
+    path = tmp_path / "ri.json"
+    path.write_text(json.dumps(rel_info))
+    argv = [mode, hand_files["pred"], "--truth", hand_files["truth"], "--rel_info", str(path)]
+    assert ev.main(argv + (["--per_relation"] if mode == "--pred" else [])) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: --rel_info file {path}: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_names_the_rel_info_file_of_an_unknown_relation(hand_files, tmp_path, capsys):
+    path = tmp_path / "ri.json"
+    path.write_text(json.dumps({"P1": "head of government"}))
+    assert ev.main(["--pred", hand_files["pred"], "--truth", hand_files["truth"], "--rel_info", str(path)]) == 2
+    assert f"field 'r' = 'P17' is not a known relation id (not in --rel_info file {path})" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------- corpora
 
 
