@@ -219,11 +219,9 @@ def _facts_of_file(path: str, mtime_ns: int, size: int, cache_dir: Optional[str]
         cache_file = Path(cache_dir) / f"facts-{Path(path).stem}-{_file_sha1(path)[:16]}.json"
         if cache_file.exists():
             return frozenset(tuple(x) for x in load_json(cache_file, "fact cache"))
-    docs, _ = _as_list(path, "training file")
-    try:
-        facts = facts_of(docs)
-    except (KeyError, IndexError, TypeError) as e:
-        raise ValueError(f"training file {path} is not in DocRED format: {e!r}") from e
+    from evaluation_e2e import read_gold
+
+    facts = facts_of(read_gold(path, "training file"))
     if cache_file is not None:
         from utils import atomic_write_json  # imported here: utils pulls in torch
 

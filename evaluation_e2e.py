@@ -135,16 +135,20 @@ def repeated_titles(pred: Sequence[Dict[str, Any]]) -> List[str]:
 
 def read_gold(path: str, what: str = "truth file") -> List[Dict[str, Any]]:
     """The documents of a gold DocRED file, checked by the validator's rules (any relation ids; labels' entity
-    indices and evidence checked); a bad file is a ValidationError naming document and field."""
+    indices and evidence checked); a bad file is a ValidationError naming document and field, one that holds no list a
+    UserError."""
     from evaluation import load_json
     from validation import CorpusValidator, ValidationError
 
     gold = load_json(path, what)
+    if not isinstance(gold, list):
+        kind = "object" if isinstance(gold, dict) else type(gold).__name__
+        raise utils.UserError(f"{what} {path}: must be a JSON list of DocRED documents, got a JSON {kind}")
     checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)
-    for i, doc in enumerate(gold if isinstance(gold, list) else [gold]):
+    for i, doc in enumerate(gold):
         checker.check(doc, i)
-    if not isinstance(gold, list) or checker.problems:
-        raise ValidationError(path, checker.problems or ["a DocRED file holds a JSON list of documents"])
+    if checker.problems:
+        raise ValidationError(path, checker.problems)
     return gold
 
 

@@ -410,6 +410,32 @@ def test_cli_validates_the_truth_file_before_scoring(hand_files, tmp_path, capsy
     assert out == "" and f"{truth}: 1 problem(s)" in err and message in err, err
 
 
+@pytest.mark.parametrize("docs, message", [
+    ([{"foo": 1}], "document 0 (title None): field vertexSet: missing key"),
+    ([dict(DOC, labels=[{"h": 99, "t": 1, "r": "P17"}])], "document 0 (title 'Capitals'): field labels[0].h: must be "
+                                                          "an entity index in [0, 5) (got 99)"),
+    ([[["Speaker 1: hi"], [{"x": "Speaker 1", "y": "Bob", "r": ["per:alternate_names"]}]]],
+     "document 0 (title None): field <document>: a document must be a JSON object"),
+])
+def test_cli_names_document_and_field_of_a_bad_training_file(hand_files, tmp_path, capsys, docs, message):
+    train = tmp_path / "bad_train.json"
+    train.write_text(json.dumps(docs))
+    assert ev.main(["--pred", hand_files["pred"], "--truth", hand_files["truth"], "--train_annotated", str(train)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: {train}: " in err and message in err and "Error(" not in err, err
+
+
+@pytest.mark.parametrize("what, flag", [("truth file", "--truth"), ("training file", "--train_annotated")])
+@pytest.mark.parametrize("obj", [{"data": [DOC]}, {}])
+def test_cli_refuses_a_json_object_for_a_list_of_documents(hand_files, tmp_path, capsys, what, flag, obj):
+    path = tmp_path / "obj.json"
+    path.write_text(json.dumps(obj))
+    files = {"--truth": hand_files["truth"], "--train_annotated": hand_files["train"], flag: str(path)}
+    assert ev.main(["--pred", hand_files["pred"], *[x for kv in files.items() for x in kv]]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {what} {path}: must be a JSON list of DocRED documents, got a JSON object\n"
+
+
 def test_cli_refuses_a_folder_as_codalab_zip_before_writing(hand_files, tmp_path, capsys):
     folder = tmp_path / "out"
     folder.mkdir()
