@@ -11,6 +11,7 @@ import argparse
 import functools
 import hashlib
 import json
+import logging
 import os
 import sys
 import zipfile
@@ -211,14 +212,31 @@ def _file_sha1(path: str) -> str:
     return h.hexdigest()
 
 
+def _cached_facts(cache_file: Path) -> Optional[FrozenSet[Fact]]:
+    """The facts a fact cache file holds, or None, with a warning, when it cannot be read or is not a list of
+    [head name, tail name, relation] strings (it is then rebuilt, never trusted)."""
+    try:
+        stored = load_json(cache_file, "fact cache")
+    except ValueError as e:
+        why = str(e.__cause__ or e)
+    else:
+        if isinstance(stored, list) and all(isinstance(x, list) and len(x) == 3 and all(isinstance(v, str) for v in x)
+                                            for x in stored):
+            return frozenset(tuple(x) for x in stored)
+        why = "not a list of [head name, tail name, relation] triples"
+    logging.getLogger(__name__).warning("fact cache %s is damaged (%s); rebuilding it", cache_file, why)
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def _facts_of_file(path: str, mtime_ns: int, size: int, cache_dir: Optional[str]) -> FrozenSet[Fact]:
     """Facts of a training file, memoised per (path, mtime, size) and stored on disk by content hash."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"facts-{Path(path).stem}-{_file_sha1(path)[:16]}.json"
-        if cache_file.exists():
-            return frozenset(tuple(x) for x in load_json(cache_file, "fact cache"))
+        cached = _cached_facts(cache_file) if cache_file.exists() else None
+        if cached is not None:
+            return cached
     from evaluation_e2e import read_gold
 
     facts = facts_of(read_gold(path, "training file"))

@@ -187,6 +187,23 @@ def test_fact_sets_are_cached_in_memory_and_on_disk(tmp_path):
     ev._facts_of_file.cache_clear()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "[[\"a\"]]", "{}", "[[\"a\", \"b\", 17]]"])
+def test_a_damaged_fact_cache_is_rebuilt_not_trusted(tmp_path, caplog, damage):
+    train_path = tmp_path / "train_annotated.json"
+    train_path.write_text(json.dumps(TRAIN))
+    cache = tmp_path / "cache"
+    ev._facts_of_file.cache_clear()
+    ev.train_facts(str(train_path), cache)
+    (cache_file,) = cache.glob("facts-*.json")
+    good = cache_file.read_text()
+    cache_file.write_text(good[: len(good) // 2] if damage == "truncated" else damage)
+    ev._facts_of_file.cache_clear()
+    assert ev.train_facts(str(train_path), cache) == ev.facts_of(TRAIN)
+    assert f"fact cache {cache_file} is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert cache_file.read_text() == good
+    ev._facts_of_file.cache_clear()
+
+
 # ---------------------------------------------------------------------------- to_official
 
 
