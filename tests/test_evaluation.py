@@ -523,6 +523,15 @@ def test_cli_refuses_a_rel_info_that_is_no_map_of_names(hand_files, tmp_path, ca
     assert out == "" and err.startswith(f"error: --rel_info file {path}: ") and message in err and err.count("\n") == 1
 
 
+def test_cli_scores_a_relation_the_truth_file_lacks_as_a_wrong_prediction(hand_files, tmp_path, capsys):
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(PRED + [rec(0, 4, "P1198")]))  # no label of the truth file holds P1198
+    assert ev.main(["--pred", str(pred), "--truth", hand_files["truth"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_pred"] == len(PRED) + 1
+    assert ev.main(["--pred", str(pred), "--truth", hand_files["truth"], "--rel_info", hand_files["rel_info"]]) == 2
+    assert "field 'r' = 'P1198' is not a known relation id" in capsys.readouterr().err
+
+
 def test_cli_names_the_rel_info_file_of_an_unknown_relation(hand_files, tmp_path, capsys):
     path = tmp_path / "ri.json"
     path.write_text(json.dumps({"P1": "head of government"}))
