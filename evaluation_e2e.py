@@ -81,14 +81,24 @@ def gold_outputs(docs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
-def _entity_problems(ent: Any, e: int) -> List[str]:
-    """What is wrong with entity `e` of an output object: its mention spans, its type (a string or null)."""
+def _int_in(value: Any, low: int, high: int) -> bool:
+    """Whether `value` is an integer (a JSON number, not a boolean) in [low, high)."""
+    return type(value) is int and low <= value < high
+
+
+def _entity_problems(ent: Any, e: int, n_chars: int) -> List[str]:
+    """What is wrong with entity `e` of an output object: its mentions (a non-empty list of character spans of a
+    text of `n_chars`), its type (a string or null)."""
     mentions = ent.get("mentions") if isinstance(ent, dict) else None
     problems = []
-    if not isinstance(mentions, list) or not all(
-            isinstance(m, dict) and all(isinstance(m.get(k), int) and m[k] >= 0 for k in ("char_start", "char_end"))
-            and m["char_start"] < m["char_end"] for m in mentions):
-        problems.append(f"field entities[{e}].mentions: each needs integer char_start < char_end")
+    if not isinstance(mentions, list) or not mentions:
+        problems.append(f"field entities[{e}].mentions: must be a non-empty list of mentions (got {mentions!r:.80})")
+    for k, m in enumerate(mentions if isinstance(mentions, list) else []):
+        start, end = (m.get("char_start"), m.get("char_end")) if isinstance(m, dict) else (None, None)
+        if not (_int_in(start, 0, n_chars) and _int_in(end, start + 1, n_chars + 1)):
+            problems.append(f"field entities[{e}].mentions[{k}]: needs integers 0 <= char_start < char_end <= "
+                            f"{n_chars}, the length of the gold document's text (got {m!r:.80})")
+            break
     kind = ent.get("type") if isinstance(ent, dict) else None
     if kind is not None and not isinstance(kind, str):
         problems.append(f"field entities[{e}].type: must be a string (got {kind!r})")
@@ -97,26 +107,31 @@ def _entity_problems(ent: Any, e: int) -> List[str]:
 
 def _relation_problems(rel: Any, k: int, n_ents: int) -> List[str]:
     """What is wrong with relation `k` of an output object: its entity indices, its relation id (a string)."""
-    if not isinstance(rel, dict) or not all(isinstance(rel.get(f), int) and 0 <= rel[f] < n_ents
-                                            for f in ("h_idx", "t_idx")) or "r" not in rel:
-        return [f"field relations[{k}]: needs r and h_idx, t_idx among its {n_ents} entities"]
+    if not isinstance(rel, dict) or "r" not in rel:
+        return [f"field relations[{k}]: must be an object with h_idx, t_idx and r (got {rel!r:.80})"]
+    bad = [f for f in ("h_idx", "t_idx") if not _int_in(rel.get(f), 0, n_ents)]
+    if bad:
+        return [f"field relations[{k}].{bad[0]}: must be an entity index in [0, {n_ents}) (got {rel.get(bad[0])!r})"]
     if not isinstance(rel["r"], str):
         return [f"field relations[{k}].r: must be a string (got {rel['r']!r})"]
     return []
 
 
-def output_problems(out: Any, i: int) -> List[str]:
-    """What keeps output object `i` from being scored: its title, entities' mention spans and types, relations'
-    entity indices and ids (each problem names the field)."""
+def output_problems(out: Any, i: int, text_lengths: Dict[str, int]) -> List[str]:
+    """What keeps output object `i` from being scored against gold documents whose texts have `text_lengths` (by
+    title): its title, entities' mention spans and types, relations' entity indices and ids (each problem names the
+    field)."""
     if not isinstance(out, dict):
         return [f"item {i}: an output object must be a JSON object (got {type(out).__name__})"]
     where = f"item {i} (title {out.get('title')!r})"
     if not isinstance(out.get("title"), str):
         return [f"{where}: field title: missing or not a string"]
+    if out["title"] not in text_lengths:
+        return [f"{where}: field title: no gold document has this title"]
     ents, rels = out.get("entities"), out.get("relations", [])
     if not isinstance(ents, list) or not isinstance(rels, list):
         return [f"{where}: field {'entities' if not isinstance(ents, list) else 'relations'}: must be a list"]
-    problems = [p for e, ent in enumerate(ents) for p in _entity_problems(ent, e)]
+    problems = [p for e, ent in enumerate(ents) for p in _entity_problems(ent, e, text_lengths[out["title"]])]
     problems += [p for k, rel in enumerate(rels) for p in _relation_problems(rel, k, len(ents))]
     return [f"{where}: {p}" for p in problems]
 
@@ -155,6 +170,7 @@ def read_gold(path: str, what: str = "truth file") -> List[Dict[str, Any]]:
 def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
     """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file, both checked first (a bad
     document or output object is named, with its field)."""
+    import text2doc
     from evaluation import load_json
 
     gold = read_gold(gold_path)
@@ -162,7 +178,8 @@ def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
     if not isinstance(pred, list):
         raise utils.UserError(f"prediction file {pred_path}: must hold a JSON list of output objects (predict.py's "
                               f"format), got {type(pred).__name__}")
-    problems = [p for i, out in enumerate(pred) for p in output_problems(out, i)] or repeated_titles(pred)
+    lengths = {doc["title"]: len(text2doc.join_sents(doc["sents"])[0]) for doc in gold}
+    problems = [p for i, out in enumerate(pred) for p in output_problems(out, i, lengths)] or repeated_titles(pred)
     if problems:
         raise utils.UserError(f"prediction file {pred_path}: {len(problems)} problem(s)"
                               f"{', the first 5' if len(problems) > 5 else ''}: " + "; ".join(problems[:5]))

@@ -539,6 +539,51 @@ def test_cli_names_the_rel_info_file_of_an_unknown_relation(hand_files, tmp_path
     assert f"field 'r' = 'P17' is not a known relation id (not in --rel_info file {path})" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------- end-to-end scores (evaluation_e2e.py)
+
+
+def far_span(out: dict) -> None:
+    out["entities"][0]["mentions"][0].update(char_start=100000, char_end=100005)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (far_span, "field entities[0].mentions[0]: needs integers 0 <= char_start < char_end <= 48, the length of the "
+               "gold document's text (got {'char_start': 100000, 'char_end': 100005})"),
+    (lambda out: out["entities"][0]["mentions"][0].update(char_start=True), "field entities[0].mentions[0]: needs "
+                                                                             "integers"),
+    (lambda out: out["relations"][0].update(h_idx=True), "field relations[0].h_idx: must be an entity index in "
+                                                         "[0, 5) (got True)"),
+    (lambda out: out["entities"].append({"type": "LOC", "mentions": []}), "field entities[5].mentions: must be a "
+                                                                           "non-empty list of mentions (got [])"),
+])
+@pytest.mark.parametrize("cli", ["evaluation_e2e", "evaluation"])
+def test_end_to_end_refuses_bad_output_objects_naming_file_item_and_field(tmp_path, capsys, damage, message, cli):
+    import evaluation_e2e
+
+    (out,) = evaluation_e2e.gold_outputs(TRUTH)
+    damage(out)
+    gold, pred = tmp_path / "gold.json", tmp_path / "pred.json"
+    gold.write_text(json.dumps(TRUTH))
+    pred.write_text(json.dumps([out]))
+    argv = ["--gold", str(gold)] if cli == "evaluation_e2e" else ["--end_to_end", "--truth", str(gold)]
+    assert (evaluation_e2e if cli == "evaluation_e2e" else ev).main(argv + ["--pred", str(pred)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout == "" and err.startswith(f"error: prediction file {pred}: 1 problem(s): item 0 (title 'Capitals'): ")
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_end_to_end_names_the_file_and_item_of_a_title_the_gold_lacks(tmp_path, capsys):
+    import evaluation_e2e
+
+    (out,) = evaluation_e2e.gold_outputs(TRUTH)
+    gold, pred = tmp_path / "gold.json", tmp_path / "pred.json"
+    gold.write_text(json.dumps(TRUTH))
+    pred.write_text(json.dumps([out, dict(out, title="nope")]))
+    assert evaluation_e2e.main(["--gold", str(gold), "--pred", str(pred)]) == 2
+    assert capsys.readouterr().err == f"error: prediction file {pred}: 1 problem(s): item 1 (title 'nope'): field " \
+        f"title: no gold document has this title\n"
+
+
 # ---------------------------------------------------------------------------- corpora
 
 
