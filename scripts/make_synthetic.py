@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils import atomic_path, atomic_write_json  # noqa: E402
+from feature_cache import unwritable  # noqa: E402
+from utils import UserError, atomic_path, atomic_write_json, cli  # noqa: E402
 
 REL_INFO = {
     "P17": "country",
@@ -836,9 +837,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def check_out(out: Path) -> None:
+    """A UserError, before any document is made, when `out` is a file or a folder that cannot be made or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: pass another --out")
+    why = unwritable(out)  # makes the folder, as the first write would
+    if why is not None:
+        raise UserError(f"--out {out}: cannot write there ({why}); pass another --out")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    """Write the splits of --only and rel_info.json into --out."""
     args = parse_args(argv)
     out = Path(args.out)
+    check_out(out)
     atomic_write_json(out / "rel_info.json", REL_INFO, indent=4)
     for split in ("train", "dev", "test"):
         if split not in args.only:
@@ -851,4 +863,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

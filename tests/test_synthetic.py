@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -181,3 +183,15 @@ def test_bad_arguments_are_rejected(tmp_path, capsys, args, message):
         make_synthetic.main(["--out", str(tmp_path), *args])
     assert info.value.code == 2 and message in capsys.readouterr().err  # this error, not any argparse error
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("sub,message", [("", "is a file, not a folder"), ("sub", "NotADirectoryError")])
+def test_out_that_is_a_file_is_one_error_line_before_any_work(tmp_path, sub, message):
+    afile = tmp_path / "afile"
+    afile.write_text("{}", encoding="utf-8")
+    out = afile / sub if sub else afile
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: --out {out}") and message in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not proc.stdout  # no traceback, no split written
+    assert sorted(tmp_path.iterdir()) == [afile] and afile.read_text(encoding="utf-8") == "{}"
