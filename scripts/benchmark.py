@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import losses  # noqa: E402
 import utils  # noqa: E402
 from random_encoders import ENCODER_SHAPES  # noqa: E402
 
@@ -52,6 +53,7 @@ PHASES = ("prepro", "train", "eval")
 ATTENTION_PATHS = ("ours", "eager-all-layers")
 # vocabulary sizes of the published checkpoints, so embedding and optimizer memory match the real models
 PUBLISHED_VOCAB = {"bert": 30522, "roberta": 50265, "deberta": 128100}
+COUNT_OR_ZERO = utils.number_flag(int, 0)  # warm-up steps; profiled steps (0: no profile)
 REQUIRED_KEYS = ("prepro_docs_per_s", "train_docs_per_s", "train_s_per_step", "eval_docs_per_s",
                  "prepro_peak_rss_mb", "train_peak_rss_mb", "eval_peak_rss_mb")
 
@@ -78,36 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--encoder_config", default=None, choices=sorted(ENCODER_SHAPES),
                    help="a randomly initialised encoder of this published shape, with a tokenizer trained on "
                         "the data's text (no download)")
-    g.add_argument("--tokenizer_vocab", type=int, default=8000, help="vocabulary of that synthetic tokenizer")
-    g.add_argument("--docs", type=int, default=48, help="documents trained and evaluated on (the file's first)")
-    g.add_argument("--prepro_docs", type=int, default=0, help="documents preprocessed (0: the whole file)")
-    g.add_argument("--synthetic_tokens", type=int, default=None,
+    g.add_argument("--tokenizer_vocab", type=utils.COUNT, default=8000, help="vocabulary of that synthetic tokenizer")
+    g.add_argument("--docs", type=utils.COUNT, default=48, help="documents trained and evaluated on (the file's first)")
+    g.add_argument("--prepro_docs", type=utils.number_flag(int, 1, off=0, off_means="the whole file"), default=0,
+                   help="documents preprocessed (0: the whole file)")
+    g.add_argument("--synthetic_tokens", type=utils.COUNT, default=None,
                    help="train and evaluate on synthetic documents of this many tokens instead of --data's")
     g.add_argument("--synthetic_entities", type=int, default=20, help="entities per synthetic document")
     g = p.add_argument_group("run")
     g.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of prepro,train,eval")
-    g.add_argument("--batch_size", type=int, default=4, help="documents per training step")
-    g.add_argument("--eval_batch_size", type=int, default=None, help="documents per forward in eval "
-                                                                     "(default --batch_size)")
-    g.add_argument("--max_seq_length", type=int, default=1024)
+    g.add_argument("--batch_size", type=utils.COUNT, default=4, help="documents per training step")
+    g.add_argument("--eval_batch_size", type=utils.COUNT, default=None,
+                   help="documents per forward in eval (default --batch_size)")
+    g.add_argument("--max_seq_length", type=utils.SEQ_LENGTH, default=1024)
     g.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
-    g.add_argument("--threads", type=int, default=2, help="torch (and tokenizer) threads")
-    g.add_argument("--loss", default="ncrl", help="the loss trained with (see losses.py)")
+    g.add_argument("--threads", type=utils.COUNT, default=2, help="torch (and tokenizer) threads")
+    g.add_argument("--loss", default="ncrl", choices=losses.available_losses(),
+                   help="the loss trained with (see losses.py)")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     g.add_argument("--attention", default="ours", choices=ATTENTION_PATHS,
                    help="ours: SDPA encoder, attention rows of the mentions only; eager-all-layers: ATLOP's path, "
                         "eager attention returning every layer's weights")
     g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--mmap_threshold_mb", type=float, default=None,
+    g.add_argument("--mmap_threshold_mb", type=utils.NON_NEGATIVE, default=None,
                    help="train.py's flag of that name (default: train.py's default; 0: glibc's dynamic threshold)")
     g.add_argument("--no_ceiling", dest="ceiling", action="store_false",
                    help="skip timing the bare encoder (forward and backward in train, forward in eval, no head "
                         "and no loss) on the same batches; our path only")
-    g.add_argument("--warmup_steps", type=int, default=1, help="untimed batches before each timed phase")
-    g.add_argument("--repeat", type=int, default=1,
+    g.add_argument("--warmup_steps", type=COUNT_OR_ZERO, default=1, help="untimed batches before each timed phase")
+    g.add_argument("--repeat", type=utils.COUNT, default=1,
                    help="time every batch this many times and keep the fastest (steadier on a shared machine)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--profile", type=int, default=0, metavar="N",
+    g.add_argument("--profile", type=COUNT_OR_ZERO, default=0, metavar="N",
                    help="instead of timing, profile N training steps and N evaluation batches with torch.profiler "
                         "and print where their time goes (encoder, attention, pooling, bilinear, loss, ...)")
     g = p.add_argument_group("scaling")
@@ -115,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time train and eval on synthetic documents of growing length and entity count")
     g.add_argument("--scaling_lengths", type=int_list, default=[256, 512, 1024, 2048])
     g.add_argument("--scaling_entities", type=int_list, default=[10, 20, 40, 80])
-    g.add_argument("--scaling_base_tokens", type=int, default=512, help="document length of the entity sweep")
+    g.add_argument("--scaling_base_tokens", type=utils.COUNT, default=512, help="document length of the entity sweep")
     g.add_argument("--scaling_base_entities", type=int, default=20, help="entity count of the length sweep")
-    g.add_argument("--scaling_docs", type=int, default=4, help="documents per scaling point")
+    g.add_argument("--scaling_docs", type=utils.COUNT, default=4, help="documents per scaling point")
     g.add_argument("--plot", default="scaling.png", help="where --scaling draws its figure")
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print only the JSON object on stdout")
@@ -148,23 +152,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.phases.remove("prepro")  # synthetic documents have no text to preprocess
     if not args.phases:
         parser.error("no phase left to run")
-    if args.profile < 0:
-        parser.error(f"--profile must be positive, got {args.profile}")
     if args.profile:
         args.phases = [x for x in args.phases if x != "prepro"]
         if args.scaling or not args.phases:
             parser.error("--profile profiles the train and eval phases of one setting (not --scaling)")
-    for name in ("docs", "batch_size", "threads", "repeat", "scaling_docs", "tokenizer_vocab", "synthetic_entities"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.synthetic_entities < 2 or min(args.scaling_entities) < 2:
+    if min(args.synthetic_entities, args.scaling_base_entities, *args.scaling_entities) < 2:
         parser.error("synthetic documents need at least 2 entities (one pair)")
-    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    for tokens, entities in synthetic_shapes(args):
+        if tokens < entities + 3:
+            parser.error(f"synthetic documents of {tokens} tokens leave no room for {entities} entities (they need "
+                         f"at least entities + 3 tokens)")
+    if args.eval_batch_size is None:
+        args.eval_batch_size = args.batch_size
     try:
         args.device = utils.select_device(args.device).type
     except utils.UserError as e:
         parser.error(str(e))
     return args
+
+
+def synthetic_shapes(args: argparse.Namespace) -> List[Tuple[int, int]]:
+    """(tokens, entities) of every synthetic document this run makes."""
+    if args.scaling:
+        return scaling_points(args)
+    return [(args.synthetic_tokens, args.synthetic_entities)] if args.synthetic_tokens else []
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -198,7 +198,15 @@ def test_scaling_points_and_argument_errors(bench, capsys):
             (["--scaling", "--scaling_lengths", "256,0"], "expected positive integers, got '256,0'"),
             (["--synthetic_tokens", "64", "--synthetic_entities", "1"], "at least 2 entities"),
             (["--scaling", "--profile", "2"], "(not --scaling)"),
-            (["--synthetic_tokens", "64", "--profile", "-1"], "--profile must be positive, got -1")):
+            (["--synthetic_tokens", "64", "--profile", "-1"], "argument --profile: must be >= 0, got -1"),
+            (["--synthetic_tokens", "64", "--loss", "foo"], "argument --loss: invalid choice: 'foo'"),
+            (["--synthetic_tokens", "64", "--max_seq_length", "0"], "argument --max_seq_length: must be >= 16"),
+            (["--synthetic_tokens", "64", "--eval_batch_size", "-1"], "argument --eval_batch_size: must be >= 1"),
+            (["--synthetic_tokens", "64", "--eval_batch_size", "0"], "argument --eval_batch_size: must be >= 1"),
+            (["--data", "x.json", "--prepro_docs", "-3"], "argument --prepro_docs: must be >= 1 (or 0: the whole"),
+            (["--synthetic_tokens", "64", "--warmup_steps", "-1"], "argument --warmup_steps: must be >= 0"),
+            (["--synthetic_tokens", "10", "--synthetic_entities", "20"], "10 tokens leave no room for 20 entities"),
+            (["--scaling", "--scaling_base_entities", "1"], "at least 2 entities")):
         with pytest.raises(SystemExit) as info:
             bench.parse_args(argv)
         assert info.value.code == 2 and message in capsys.readouterr().err, argv
