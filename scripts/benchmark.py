@@ -755,6 +755,8 @@ def spawn_phase(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
         if proc.poll() is None:  # interrupted: a phase left running would skew whatever is measured next
             proc.kill()
             proc.wait()
+    if proc.returncode == 2:  # bad input: the phase said so in one `error:` line
+        raise SystemExit(2)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark phase {spec['phase']!r} failed with exit status {proc.returncode} "
                          f"(its messages are above)")
@@ -762,14 +764,10 @@ def spawn_phase(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
 
 
 def load_documents(path: str) -> List[Any]:
-    """The documents of a DocRED JSON file, with an error naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            docs = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--data {path}: cannot read it as JSON: {e}")
+    """The documents of a DocRED JSON file; a UserError naming the file when it holds none."""
+    docs = utils.read_json(path, "--data")
     if not isinstance(docs, list) or not docs:
-        raise SystemExit(f"--data {path}: expected a non-empty JSON list of DocRED documents")
+        raise utils.UserError(f"--data {path}: expected a non-empty JSON list of DocRED documents")
     return docs
 
 
@@ -904,6 +902,7 @@ def summary(result: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the benchmark (or, with --_phase_spec, one phase of it); return and print its figures."""
     args = parse_args(argv)
     if args._phase_spec:
         spec = json.loads(Path(args._phase_spec).read_text(encoding="utf-8"))
@@ -942,4 +941,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    utils.cli(main)

@@ -236,3 +236,19 @@ def test_scaling_run_end_to_end(tmp_path):
     assert not any(k.startswith("train_") for k in row)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out["plot"] == str(plot)
     assert out["settings"]["repeat"] == 2 and out["settings"]["scaling_docs"] == 2
+
+
+def test_unreadable_data_is_a_user_error(bench, tmp_path):
+    (tmp_path / "garbage.json").write_text("garbage", encoding="utf-8")
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    for name, message in (("nope.json", "no such file"), ("garbage.json", "cannot read JSON"),
+                          ("empty.json", "expected a non-empty JSON list")):
+        with pytest.raises(bench.utils.UserError, match=f"^--data {tmp_path / name}.*{message}"):
+            bench.load_documents(str(tmp_path / name))
+
+
+def test_bad_input_is_one_error_line_and_exit_status_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path / "nope.json"), "--synthetic_tokens",
+                           "48", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and lines == [f"error: --data {tmp_path / 'nope.json'}: no such file"], lines
