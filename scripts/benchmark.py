@@ -901,6 +901,17 @@ def summary(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """A UserError, before any phase runs, for an output that could not be written after them."""
+    from predict import check_distinct, check_writable
+
+    outputs = {"--output": args.output, "--plot": args.plot if args.scaling else None}
+    for flag, path in outputs.items():
+        if path:
+            check_writable(path, flag)
+    check_distinct({"--data": args.data, **outputs})
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the benchmark (or, with --_phase_spec, one phase of it); return and print its figures."""
     args = parse_args(argv)
@@ -911,6 +922,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return out
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    check_outputs(args)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up the phase process
     result: Dict[str, Any] = {"machine": machine_info(), "threads": args.threads}
     result["torch"], result["transformers"] = result["machine"]["torch"], result["machine"]["transformers"]

@@ -1,6 +1,7 @@
 """scripts/benchmark.py: the JSON it prints, synthetic documents, both attention paths, the scaling run."""
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,21 @@ def test_unreadable_data_is_a_user_error(bench, tmp_path):
                           ("empty.json", "expected a non-empty JSON list")):
         with pytest.raises(bench.utils.UserError, match=f"^--data {tmp_path / name}.*{message}"):
             bench.load_documents(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--output", "{d}"], "--output {d} is a folder"),
+    (["--output", "{f}/x.json"], "--output {f}/x.json: cannot write there"),
+    (["--scaling", "--plot", "{f}/x.png"], "--plot {f}/x.png: cannot write there"),
+    (["--data", "{f}", "--output", "{f}"], "--data and --output are the same file")])
+def test_unwritable_outputs_are_refused_before_any_phase(bench, tmp_path, monkeypatch, argv, message):
+    afile = tmp_path / "afile"
+    afile.write_text("[]", encoding="utf-8")
+    fill = lambda text: text.format(d=tmp_path, f=afile)  # noqa: E731
+    monkeypatch.setattr(bench, "machine_info", lambda: pytest.fail("the benchmark started"))
+    with pytest.raises(bench.utils.UserError, match=re.escape(fill(message))):
+        bench.main(["--synthetic_tokens", "48", "--device", "cpu", *map(fill, argv)])
+    assert afile.read_text(encoding="utf-8") == "[]" and sorted(tmp_path.iterdir()) == [afile]
 
 
 def test_bad_input_is_one_error_line_and_exit_status_2(tmp_path):
