@@ -21,7 +21,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 
 import numpy as np
 
-from utils import UserError, guarded
+from utils import UserError, atomic_path, atomic_write_json, check_writable, guarded
 
 SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
 OPTIONAL_FIELDS = ("evidence",)
@@ -241,8 +241,6 @@ def _facts_of_file(path: str, mtime_ns: int, size: int, cache_dir: Optional[str]
 
     facts = facts_of(read_gold(path, "training file"))
     if cache_file is not None:
-        from utils import atomic_write_json  # imported here: utils pulls in torch
-
         atomic_write_json(cache_file, sorted(facts))
     return facts
 
@@ -472,42 +470,9 @@ def check_submission(pred: PathOrDocs, test_docs: PathOrDocs, rel_ids: Optional[
         raise ValueError(f"{name}: {e}") from None
 
 
-def refuse_folder(out_zip: Union[str, os.PathLike]) -> None:
-    """Raise UserError when the zip file to write is an existing folder."""
-    if os.path.isdir(out_zip):
-        raise UserError(f"--codalab_zip {out_zip} is a folder: give the path of the zip file to write, "
-                        f"e.g. {os.path.join(out_zip, 'result.zip')}")
-
-
-def refuse_unwritable(path: Union[str, os.PathLike], flag: str, folder: bool = False) -> None:
-    """Raise UserError, before any work, when the file (or `folder`) `path` cannot be made: it lies under a file, or
-    in a folder this user cannot write, or is itself a file where a folder is wanted."""
-    existing = Path(path) if folder else Path(path).parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent  # atomic_path creates the missing folders
-    if not existing.is_dir() or not _can_create_in(existing):
-        raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable folder); choose another path")
-
-
-def _can_create_in(folder: Path) -> bool:
-    """Whether a file can be made in `folder`, found by making (and removing) one: os.access says yes to root even
-    where the write then fails."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".evaluation-probe.", dir=folder)
-    except OSError:
-        return False
-    os.close(fd)
-    os.remove(probe)
-    return True
-
-
 def write_codalab_zip(result: PathOrDocs, out_zip: Union[str, os.PathLike]) -> Path:
     """Write `out_zip` holding result.json at its root, the form the DocRED Codalab competition accepts."""
-    from utils import atomic_path  # imported here: utils pulls in torch
-
-    refuse_folder(out_zip)
+    check_writable(out_zip, "--codalab_zip", example="result.zip")
     items, _ = _as_list(result, "submission")
     with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("result.json", json.dumps(items, ensure_ascii=False))
@@ -609,10 +574,9 @@ def run(args: argparse.Namespace) -> None:
     """Score, check or zip predictions as the flags say."""
     check_flags(args)
     if args.codalab_zip:
-        refuse_folder(args.codalab_zip)
-        refuse_unwritable(args.codalab_zip, "--codalab_zip")
+        check_writable(args.codalab_zip, "--codalab_zip", example="result.zip")
     if args.fact_cache_dir:
-        refuse_unwritable(args.fact_cache_dir, "--fact_cache_dir", folder=True)
+        check_writable(args.fact_cache_dir, "--fact_cache_dir", folder=True)
     if args.check_submission or not args.end_to_end:
         check_truth(args.truth)
     rel_info = read_rel_info(args.rel_info) if args.rel_info else None

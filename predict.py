@@ -583,57 +583,16 @@ def run(args: argparse.Namespace) -> int:
     return n_docs
 
 
-def check_writable(path: str, flag: str) -> None:
-    """An InputError, before any work, when `path` is a folder or a file that cannot be created."""
-    target = Path(path)
-    if target.is_dir():
-        example = "predictions.html" if flag == "--html" else "predictions.json"
-        raise InputError(f"{flag} {path} is a folder: name a file in it, e.g. {target / example}")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent  # atomic_path creates the missing folders
-    if not parent.is_dir() or not can_create_in(parent):
-        raise InputError(f"{flag} {path}: cannot write there ({parent} is not a writable folder); choose another "
-                         f"path")
-
-
-def can_create_in(folder: Path) -> bool:
-    """Whether a file can be made in `folder`, found by making (and removing) one: os.access says yes to root for
-    folders such as /proc, where the write then failed after all the prediction work."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".predict-probe.", dir=folder)
-    except OSError:
-        return False
-    os.close(fd)
-    os.remove(probe)
-    return True
-
-
-def check_distinct(paths: Dict[str, Optional[str]]) -> None:
-    """An InputError when two of the flags name one file: an output would replace the input, or the other output."""
-    seen: Dict[Path, str] = {}
-    for flag, path in paths.items():
-        if not path:
-            continue
-        key = Path(path).resolve()
-        if key in seen:
-            raise InputError(f"{seen[key]} and {flag} are the same file ({path}): writing it would destroy the "
-                             f"other; choose another path")
-        seen[key] = flag
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Refuse what would fail after the prediction work: a missing model, unwritable outputs (flag ranges are
     argparse's: `utils.number_flag`)."""
     if not Path(args.model).exists():
         raise InputError(f"--model {args.model}: no such file or directory")
     if args.output != "-":
-        check_writable(args.output, "--output")
+        utils.check_writable(args.output, "--output")
     if args.html:
-        check_writable(args.html, "--html")
-    check_distinct({"--input": args.input, "--output": None if args.output == "-" else args.output, "--html": args.html})
+        utils.check_writable(args.html, "--html", example="predictions.html")
+    utils.check_distinct({"--input": args.input, "--output": None if args.output == "-" else args.output, "--html": args.html})
     if args.text is not None and "\n" not in args.text and os.path.isfile(args.text):  # False on any OSError
         logging.getLogger(__name__).warning("--text %r names an existing file, but --text predicts on the string "
                                             "itself; pass --input %s to read the file", args.text, args.text)

@@ -15,7 +15,7 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -118,6 +118,46 @@ def data_path(data_dir: str, name: Optional[str]) -> Optional[str]:
     if not name:
         return None
     return name if os.path.dirname(name) else os.path.join(data_dir, name)
+
+
+def check_writable(path: str | os.PathLike, flag: str, example: str = "predictions.json", folder: bool = False
+                   ) -> None:
+    """A UserError, before any work, when the file (or `folder`) `path` cannot be made: a folder where a file is
+    wanted (`example` names a file in it), a path under a file, or a folder this user cannot write."""
+    target = Path(path)
+    if not folder and target.is_dir():
+        raise UserError(f"{flag} {path} is a folder: name a file in it, e.g. {target / example}")
+    existing = target if folder else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # atomic_path creates the missing folders
+    if not existing.is_dir() or not can_create_in(existing):
+        raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable folder); choose another "
+                        f"path")
+
+
+def can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, found by making (and removing) one: os.access says yes to root for
+    folders such as /proc, where the write then failed after all the work."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
+def check_distinct(paths: Dict[str, Optional[str]]) -> None:
+    """A UserError when two of the flags name one file: an output would replace the input, or the other output."""
+    seen: Dict[Path, str] = {}
+    for flag, path in paths.items():
+        if not path:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise UserError(f"{seen[key]} and {flag} are the same file ({path}): writing it would destroy the "
+                            f"other; choose another path")
+        seen[key] = flag
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

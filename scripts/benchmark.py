@@ -903,13 +903,11 @@ def summary(result: Dict[str, Any]) -> str:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """A UserError, before any phase runs, for an output that could not be written after them."""
-    from predict import check_distinct, check_writable
-
     outputs = {"--output": args.output, "--plot": args.plot if args.scaling else None}
-    for flag, path in outputs.items():
+    for flag, path, example in (("--output", args.output, "benchmark.json"), ("--plot", outputs["--plot"], "scaling.png")):
         if path:
-            check_writable(path, flag)
-    check_distinct({"--data": args.data, **outputs})
+            utils.check_writable(path, flag, example=example)
+    utils.check_distinct({"--data": args.data, **outputs})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -458,8 +458,8 @@ def test_cli_refuses_a_folder_as_codalab_zip_before_writing(hand_files, tmp_path
     folder.mkdir()
     assert ev.main(["--pred", hand_files["pred"], "--truth", hand_files["truth"], "--codalab_zip", str(folder)]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == f"error: --codalab_zip {folder} is a folder: give the path of the zip file to " \
-        f"write, e.g. {folder / 'result.zip'}\n"
+    assert out == "" and err == f"error: --codalab_zip {folder} is a folder: name a file in it, e.g. " \
+        f"{folder / 'result.zip'}\n"
     assert list(folder.iterdir()) == []
     with pytest.raises(ValueError, match="is a folder"):
         ev.write_codalab_zip(PRED, folder)
