@@ -500,8 +500,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              f"{text2doc.FALLBACK_SPACY_MODEL})")
     parser.add_argument("--rel_info", default=None, help="relation names (default: the model's)")
     parser.add_argument("--entities", default=None, choices=ENTITY_SOURCES,
-                        help="model: the model's entity heads (default for models trained with --end_to_end); "
-                             "spacy: spaCy's NER on text; given: the .jsonl spans or DocRED JSON's vertexSet")
+                        help="where a document's entities come from; default: its own where it gives them (DocRED "
+                             "JSON's vertexSet, PubTator, a .jsonl line's entities), else the model's entity heads "
+                             "(models trained with --end_to_end), else spaCy's NER. model: the heads on every "
+                             "document; spacy: spaCy's NER (documents may not give their own); given: every "
+                             "document's own")
     parser.add_argument("--mention_threshold", type=utils.FRACTION, default=None,
                         help="--entities model: a span is a mention above this probability (default: the value "
                              "tuned on dev and stored with the model; 0.5 for models trained before that)")

@@ -53,7 +53,8 @@ Input files (`read_inputs`), by suffix:
   widened span; a span across a sentence boundary is clipped as above (with a warning). User entities are kept as
   given: no grouping, no pronoun filter. Spans may overlap or nest, in one entity or across entities (DocRED has
   nested mentions); the same span twice in one entity is an error. `"entities": []` means no entities (so no
-  relations); without `entities` (or null) spaCy's NER finds them.
+  relations); without `entities` (or null) the model's entity heads find them (a model trained with --end_to_end),
+  else spaCy's NER.
 Texts: an empty or whitespace-only text, a NUL character (a binary or UTF-16 file) or more characters than spaCy's
 max_length is an error; a text without words or entities gives a document without entities (no relations).
 Bad input raises `InputError`, naming the file, the line or document, and the field; every check of a file runs
