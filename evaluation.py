@@ -21,7 +21,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 
 import numpy as np
 
-from utils import UserError, atomic_path, atomic_write_json, check_writable, guarded
+from utils import UserError, atomic_path, atomic_write_json, check_distinct, check_writable, guarded
 
 SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
 OPTIONAL_FIELDS = ("evidence",)
@@ -568,11 +568,18 @@ def check_flags(args: argparse.Namespace) -> None:
         why = "--end_to_end scores predict.py's output instead" if args.end_to_end else "this run has no --pred"
         raise UserError(f"{', '.join(unused)}: flag(s) for scoring official records (--pred without --end_to_end), "
                         f"and {why}; leave them out")
+    if args.fact_cache_dir and not (args.train_annotated or args.train_distant):
+        raise UserError("--fact_cache_dir keeps the facts of --train_annotated or --train_distant, and neither is "
+                        "given; leave it out")
 
 
 def run(args: argparse.Namespace) -> None:
     """Score, check or zip predictions as the flags say."""
     check_flags(args)
+    inputs = {"--truth": args.truth, "--pred": args.pred, "--check_submission": args.check_submission,
+              "--train_annotated": args.train_annotated, "--train_distant": args.train_distant}
+    for flag, path in inputs.items():  # the zip must not replace an input (inputs may repeat)
+        check_distinct({flag: path, "--codalab_zip": args.codalab_zip})
     if args.codalab_zip:
         check_writable(args.codalab_zip, "--codalab_zip", example="result.zip")
     if args.fact_cache_dir:

@@ -505,6 +505,15 @@ def test_cli_refuses_an_output_under_a_file_before_scoring(hand_files, tmp_path,
     assert a_file.read_text() == "x"
 
 
+def test_cli_refuses_a_zip_over_an_input_and_a_fact_cache_without_facts(hand_files, capsys):
+    truth = Path(hand_files["truth"])
+    before = truth.read_bytes()
+    assert ev.main(["--pred", hand_files["pred"], "--truth", str(truth), "--codalab_zip", str(truth)]) == 2
+    assert "--truth and --codalab_zip are the same file" in capsys.readouterr().err and truth.read_bytes() == before
+    assert ev.main(["--pred", hand_files["pred"], "--truth", str(truth), "--fact_cache_dir", str(truth.parent)]) == 2
+    assert "--fact_cache_dir keeps the facts of --train_annotated or --train_distant" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("rel_info, message", [
     ([["P17", "country"]], "must be a non-empty JSON object {relation id: name}, e.g. {\"P17\": \"country\"}; "
                            "got a JSON list"),
