@@ -21,7 +21,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, NamedTuple, Op
 
 import numpy as np
 
-from utils import UserError, atomic_path, atomic_write_json, check_distinct, check_writable, guarded
+from utils import UserError, atomic_path, atomic_write_json, check_distinct, check_writable, guarded, read_json
 
 SUBMISSION_FIELDS = ("title", "h_idx", "t_idx", "r")
 OPTIONAL_FIELDS = ("evidence",)
@@ -32,21 +32,10 @@ PathOrDocs = Union[str, os.PathLike, List[Dict[str, Any]]]
 # ----------------------------------------------------------------------------- reading
 
 
-def load_json(path: Union[str, os.PathLike], what: str = "file") -> Any:
-    """Parse a JSON file; any failure names the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from e
-
-
 def _as_list(obj: PathOrDocs, what: str) -> Tuple[List[Any], str]:
     """A JSON list given directly or as a path, and a name for it in error messages."""
     if isinstance(obj, (str, os.PathLike)):
-        obj, name = load_json(obj, what), f"{what} {obj}"
+        obj, name = read_json(obj, what), f"{what} {obj}"
     else:
         name = what
     if not isinstance(obj, list):
@@ -216,7 +205,7 @@ def _cached_facts(cache_file: Path) -> Optional[FrozenSet[Fact]]:
     """The facts a fact cache file holds, or None, with a warning, when it cannot be read or is not a list of
     [head name, tail name, relation] strings (it is then rebuilt, never trusted)."""
     try:
-        stored = load_json(cache_file, "fact cache")
+        stored = read_json(cache_file, "fact cache")
     except ValueError as e:
         why = str(e.__cause__ or e)
     else:
@@ -532,7 +521,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def read_rel_info(path: str) -> Dict[str, str]:
     """The {relation id: name} object of a --rel_info file; anything else is a UserError naming the file."""
-    info = load_json(path, "--rel_info file")
+    info = read_json(path, "--rel_info file")
     wanted = 'a non-empty JSON object {relation id: name}, e.g. {"P17": "country"}'
     if not isinstance(info, dict) or not info:
         got = "an empty object" if info == {} else f"a JSON {type(info).__name__}"

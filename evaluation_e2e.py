@@ -152,10 +152,9 @@ def read_gold(path: str, what: str = "truth file") -> List[Dict[str, Any]]:
     """The documents of a gold DocRED file, checked by the validator's rules (any relation ids; labels' entity
     indices and evidence checked); a bad file is a ValidationError naming document and field, one that holds no list a
     UserError."""
-    from evaluation import load_json
     from validation import CorpusValidator, ValidationError
 
-    gold = load_json(path, what)
+    gold = utils.read_json(path, what)
     if not isinstance(gold, list):
         kind = "object" if isinstance(gold, dict) else type(gold).__name__
         raise utils.UserError(f"{what} {path}: must be a JSON list of DocRED documents, got a JSON {kind}")
@@ -171,10 +170,9 @@ def score_files(gold_path: str, pred_path: str) -> Dict[str, Dict[str, float]]:
     """`end_to_end_scores` of predict.py's output JSON against a gold DocRED file, both checked first (a bad
     document or output object is named, with its field)."""
     import text2doc
-    from evaluation import load_json
 
     gold = read_gold(gold_path)
-    pred = load_json(pred_path, "prediction file")
+    pred = utils.read_json(pred_path, "prediction file")
     if not isinstance(pred, list):
         raise utils.UserError(f"prediction file {pred_path}: must hold a JSON list of output objects (predict.py's "
                               f"format), got {type(pred).__name__}")

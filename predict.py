@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import entities
 import text2doc
 import utils
-from evaluation import Relation
+from evaluation import Relation, read_rel_info
 from html_view import html_writer
 from prepro import MAX_ENTITIES, add_max_entities_arg, entity_cap_problem
 from text2doc import InputError
@@ -246,18 +246,6 @@ def assemble_output(doc: Dict[str, Any], relations: Sequence[Relation], rel_name
 
 
 # ----------------------------------------------------------------------------- pipeline
-
-
-def read_rel_info(path: str) -> Dict[str, str]:
-    """Relation names {id: name} of a rel_info.json; InputError when it is not such an object."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            names = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read relation names: {e}") from None
-    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
-        raise InputError(f"{path}: must be a JSON object {{relation id: name}}")
-    return names
 
 
 ENTITY_SOURCES = ("model", "spacy", "given")

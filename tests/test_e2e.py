@@ -762,7 +762,7 @@ def test_end_to_end_scoring_names_bad_files_and_fields(synthetic_dir, tmp_path, 
     cases = [("bad_gold.json", "gold.json", "field labels[0].t: must be an entity index"),
              ("gold.json", "bad_pred.json", f"item 1 (title {docs[1]['title']!r}): field relations[0]"),
              ("gold.json", "dict.json", "must hold a JSON list of output objects"),
-             ("gold.json", "absent.json", "does not exist")]
+             ("gold.json", "absent.json", "no such file")]
     for truth, pred, message in cases:
         assert evaluation.main(["--end_to_end", "--truth", str(tmp_path / truth), "--pred", str(tmp_path / pred)]) == 2
         err = capsys.readouterr().err

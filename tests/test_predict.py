@@ -517,7 +517,7 @@ def test_raw_text_eval_refuses_bad_data_in_one_line(synthetic_dir, tmp_path, cap
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"title": "x"}]))
     cases = [(["--data", str(bad)], f"{bad}: 2 problem(s)"),
-             (["--data", str(tmp_path / "absent.json")], f"--data {tmp_path / 'absent.json'} does not exist"),
+             (["--data", str(tmp_path / "absent.json")], f"--data {tmp_path / 'absent.json'}: no such file"),
              (["--data", str(synthetic_dir / "dev.json"), "--skip", "16"], "--skip 16 leaves none of its 16 documents")]
     for argv, message in cases:
         assert raw_text_eval.main(argv) == 2
