@@ -764,9 +764,12 @@ def spawn_phase(spec: Dict[str, Any], workdir: Path) -> Dict[str, Any]:
 
 
 def load_documents(path: str) -> List[Any]:
-    """The documents of a DocRED JSON file; a UserError naming the file when it holds none."""
-    docs = utils.read_json(path, "--data")
-    if not isinstance(docs, list) or not docs:
+    """The documents of a DocRED JSON file, checked here by the validator's rules (a phase would name its own copy
+    of them, after the phases before it ran); a UserError naming the file when it holds none."""
+    import evaluation_e2e
+
+    docs = evaluation_e2e.read_gold(path, "--data")
+    if not docs:
         raise utils.UserError(f"--data {path}: expected a non-empty JSON list of DocRED documents")
     return docs
 

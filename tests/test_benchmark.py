@@ -242,10 +242,14 @@ def test_scaling_run_end_to_end(tmp_path):
 def test_unreadable_data_is_a_user_error(bench, tmp_path):
     (tmp_path / "garbage.json").write_text("garbage", encoding="utf-8")
     (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "bad.json").write_text('[{"title": "x"}]', encoding="utf-8")  # was named as a phase's own copy
     for name, message in (("nope.json", "no such file"), ("garbage.json", "cannot read JSON"),
                           ("empty.json", "expected a non-empty JSON list")):
         with pytest.raises(bench.utils.UserError, match=f"^--data {tmp_path / name}.*{message}"):
             bench.load_documents(str(tmp_path / name))
+    with pytest.raises(bench.utils.UserError, match=rf"(?s)^{tmp_path / 'bad.json'}: .*document 0 \(title 'x'\): "
+                                                    r"field sents"):
+        bench.load_documents(str(tmp_path / "bad.json"))
 
 
 @pytest.mark.parametrize("argv,message", [
