@@ -152,17 +152,13 @@ def read_gold(path: str, what: str = "truth file") -> List[Dict[str, Any]]:
     """The documents of a gold DocRED file, checked by the validator's rules (any relation ids; labels' entity
     indices and evidence checked); a bad file is a ValidationError naming document and field, one that holds no list a
     UserError."""
-    from validation import CorpusValidator, ValidationError
+    from validation import check_documents
 
     gold = utils.read_json(path, what)
     if not isinstance(gold, list):
         kind = "object" if isinstance(gold, dict) else type(gold).__name__
         raise utils.UserError(f"{what} {path}: must be a JSON list of DocRED documents, got a JSON {kind}")
-    checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)
-    for i, doc in enumerate(gold):
-        checker.check(doc, i)
-    if checker.problems:
-        raise ValidationError(path, checker.problems)
+    check_documents(gold, path)
     return gold
 
 

@@ -505,12 +505,10 @@ def check_docred_documents(raw: Iterable[Any], source: str) -> int:
     """Check DocRED documents by the validator's rules (labels ignored; titles unique); returns how many."""
     import validation
 
-    checker = validation.CorpusValidator({"Na": 0})
-    n = 0
-    for n, doc in enumerate(raw, 1):
-        checker.check({k: v for k, v in doc.items() if k != "labels"} if isinstance(doc, dict) else doc, n - 1)
-    if checker.problems:
-        raise InputError(str(validation.ValidationError(source, checker.problems)))
+    try:
+        n = validation.check_documents(raw, source, labels=False)
+    except validation.ValidationError as e:
+        raise InputError(str(e)) from None
     if not n:
         raise InputError(f"{source}: the file holds no documents")
     return n

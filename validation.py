@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -255,6 +255,19 @@ class CorpusValidator:
         self.problems += problems
         self.warnings += warns
         return labels
+
+
+def check_documents(docs: Iterable[Any], source: str | os.PathLike, labels: bool = True) -> int:
+    """Check DocRED documents held in memory by every rule, labels of any relation id (`labels=False`: labels left
+    out, as for prediction); ValidationError naming `source`, each document and field; returns how many."""
+    checker = CorpusValidator({"Na": 0}, skip_unknown_relations=True)
+    n = 0
+    for n, doc in enumerate(docs, 1):
+        checker.check({k: v for k, v in doc.items() if k != "labels"} if not labels and isinstance(doc, dict)
+                      else doc, n - 1)
+    if checker.problems:
+        raise ValidationError(source, checker.problems)
+    return n
 
 
 def check_not_empty(path: str | os.PathLike, n_documents: int) -> None:
