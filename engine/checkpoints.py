@@ -655,7 +655,8 @@ ENGINE_SETTINGS = ("model_name_or_path", "loss", "shift", "margin_reg", "prob_sh
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "rng")  # what Trainer.save_last writes
-RESUME_SETTINGS = ("train_batch_size", "gradient_accumulation_steps", "seed")  # the replay of the epochs' batches
+RESUME_SETTINGS = ("train_batch_size", "gradient_accumulation_steps", "seed", "world_size")  # the replay of the
+# epochs' batches
 
 
 def read_resume(path: Path, args: argparse.Namespace, task_name: str, model_settings: Tuple[str, ...]
@@ -677,7 +678,8 @@ def read_resume(path: Path, args: argparse.Namespace, task_name: str, model_sett
         same = (utils.resolve_model_path(saved[name]) == utils.resolve_model_path(value)
                 if name == "model_name_or_path" else json.dumps(saved[name]) == json.dumps(value))
         if not same:
-            differ.append(f"--{name} {saved[name]!r} there, {value!r} here")
+            label = "processes (torchrun's --nproc_per_node)" if name == "world_size" else f"--{name}"
+            differ.append(f"{label} {saved[name]!r} there, {value!r} here")
     if differ:
         raise UserError(f"--resume: {path} was saved by a run with other flags ({'; '.join(differ)}): resume with "
                         f"that run's flags (its args.json), or pass another --output_dir")

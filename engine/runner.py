@@ -75,6 +75,19 @@ def read_checkpoint(task: Task, args: argparse.Namespace, defaults: Dict[str, An
     return ckpt, source, ", ".join(adopted)
 
 
+def check_save_path(args: argparse.Namespace, mode: str) -> None:
+    """Refuse a --save_path that could not be written after the training, or that would replace a file (another
+    run's best.pt) without --overwrite; test mode trains no checkpoint to copy."""
+    if not args.save_path:
+        return
+    if mode == "test":
+        raise UserError("--save_path copies the best checkpoint of a training run; test mode trains none: leave it "
+                        "out (the run directory holds the model)")
+    utils.check_writable(args.save_path, "--save_path", example="best.pt")
+    if Path(args.save_path).exists() and not (args.overwrite or args.resume):
+        raise UserError(f"--save_path {args.save_path} already exists: pass --overwrite to replace it, or another path")
+
+
 def given_flags(task: Task, argv: Optional[Sequence[str]]) -> set:
     """The destinations of the flags given on the command line (whatever their value, defaults included)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
@@ -100,10 +113,13 @@ def read_splits(task: Task, mode: str) -> Dict[str, Optional[Split]]:
 def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "") -> Dict[str, Any]:
     """Train (unless only --load_path is given), then predict and score dev and test; returns the scores."""
     args, defaults = parse_args(task, argv, description)
+    args.task = task.name  # in every checkpoint's args: --load_path and --resume check it
     mode = "train" if args.do_train or not args.load_path else "test"
+    check_save_path(args, mode)
     ckpt, best, adopted = read_checkpoint(task, args, defaults, mode, argv)
     args.output_dir = args.output_dir or default_output_dir(task, args)
     run_dir, world, device = start_run(args)
+    args.world_size = world  # a resumed run replays its epochs' batches only with as many processes
     run_dir.keep = Path(best) if best else None  # --overwrite never removes the --load_path being read
     checked = task.model_settings + task.loss_settings  # what a resumed run must keep
     resume = ck.read_resume(run_dir.file("last.pt"), args, task.name, checked) if args.resume else None

@@ -294,7 +294,8 @@ class Trainer:
         self.save_last()
         barrier()
         raise utils.Interrupted(f"training stopped by {self.stop_signal or 'a signal'} at step {self.state['step']}: "
-                                f"last.pt saved in {self.run.path}; run the same command with --resume to continue")
+                                f"last.pt saved in {self.run.path}; to continue, run the same command with --resume "
+                                f"--output_dir {self.run.path}")
 
     # -- the loop
     def train(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -345,7 +346,7 @@ class Trainer:
                                   "skipped_steps": state["skipped_steps"]})
             window.clear()
         if state["bad_steps"] >= args.max_bad_steps:  # after logging, so metrics.jsonl shows every skipped step
-            raise FloatingPointError(
+            raise utils.UserError(  # the run's own failure, said in one line (exit 2) and into train.log
                 f"{state['bad_steps']} optimizer steps in a row had a non-finite loss or gradient "
                 f"(last loss {out['loss']}, grad norm {out['grad_norm']}); try a lower --learning_rate or --amp off")
         if state["batch_in_epoch"] >= self.batches_per_epoch:

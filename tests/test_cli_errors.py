@@ -165,6 +165,21 @@ def test_relation_missing_from_the_label_map(data_copy, tiny_bert_dir, tmp_path)
     assert_refused(res, "train_annotated.json", "document 2", "P999999")
 
 
+def test_save_path_is_checked_before_training(finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """A --save_path under a file was a traceback after the training; an existing file (another run's best.pt) was
+    replaced without a word; test mode ignored the flag."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for path, culprit in ((a_file / "best.pt", "cannot write there"), (a_file, "already exists: pass --overwrite")):
+        res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--max_steps", 1,
+                              "--save_path", path))
+        assert_refused(res, f"--save_path {path}", culprit)
+        assert not (tmp_path / "run").exists() and a_file.read_text() == "x"
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", finished,
+                          "--save_path", tmp_path / "copy.pt"))
+    assert_refused(res, "--save_path copies the best checkpoint of a training run; test mode trains none")
+
+
 def test_a_folder_given_as_a_data_file_is_called_a_folder(small_synthetic_dir, tiny_bert_dir, tmp_path):
     res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--dev_file", tmp_path))
     assert_refused(res, f"--dev_file {tmp_path} is a folder, not a file")  # it said "no such file"

@@ -310,7 +310,8 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
         signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: training stopped by SIGINT at step 2: last.pt saved in")
-    assert err[-1].endswith("run the same command with --resume to continue") and "Traceback" not in "\n".join(err)
+    assert err[-1].endswith(f"run the same command with --resume --output_dir {out}")
+    assert "Traceback" not in "\n".join(err)
     assert torch.load(out / "last.pt", weights_only=False)["state"]["step"] == 2
 
     def ctrl_c():
