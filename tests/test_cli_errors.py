@@ -165,6 +165,25 @@ def test_relation_missing_from_the_label_map(data_copy, tiny_bert_dir, tmp_path)
     assert_refused(res, "train_annotated.json", "document 2", "P999999")
 
 
+def test_checkpoints_name_their_task_and_resume_checks_the_processes(finished, tmp_path):
+    """A checkpoint's args had no task, so check_task passed another task's best.pt and last.pt; a run resumed under
+    torchrun with another number of processes replayed other documents."""
+    import argparse
+
+    import torch
+
+    from engine import checkpoints as ck
+    from utils import UserError
+
+    last = torch.load(finished / "last.pt", map_location="cpu", weights_only=True)
+    assert last["args"]["task"] == "docred" and last["args"]["world_size"] == 1
+    with pytest.raises(UserError, match="is a docred checkpoint, not one of goemotions"):
+        ck.check_task(last, "last.pt", "goemotions")
+    args = argparse.Namespace(**{**last["args"], "world_size": 2})
+    with pytest.raises(UserError, match=r"processes \(torchrun's --nproc_per_node\) 1 there, 2 here"):
+        ck.read_resume(finished / "last.pt", args, "docred", ())
+
+
 def test_save_path_is_checked_before_training(finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
     """A --save_path under a file was a traceback after the training; an existing file (another run's best.pt) was
     replaced without a word; test mode ignored the flag."""
