@@ -258,6 +258,7 @@ class GoEmotions(Task):
     """GoEmotions on the shared engine: the ambiguity filter, a [CLS] classifier, class-wise mAP."""
     name = "goemotions"
     unit = "comments"
+    model_settings = ("max_seq_length",)  # test mode reads as training read (its folder's)
 
     @classmethod
     def add_args(cls, parser: argparse.ArgumentParser) -> None:

@@ -223,9 +223,11 @@ def test_run_writes_predictions_and_test_mode_reproduces_them(tmp_path, tiny_ber
     assert ckpt["meta"]["rid2col"][37] == 0 and ckpt["meta"]["rid2col"][5] == 5
     assert set(ckpt["decision"]["params"]) == {"t1", "t2"}
 
-    again = tmp_path / "test-mode"
-    assert dialogre.main(run_args(data, tiny_bert_dir, again, "--loss", "bce", "--load_path",
-                                  out / "best.pt")) == pytest.approx(scores)
+    again = tmp_path / "test-mode"  # without --max_seq_length: the model's 64 (the default 512 was read)
+    argv = [a for a in run_args(data, tiny_bert_dir, again, "--loss", "bce", "--load_path", out / "best.pt")
+            if a not in ("--max_seq_length", "64")]
+    assert dialogre.main(argv) == pytest.approx(scores)
+    assert json.loads((again / "args.json").read_text())["max_seq_length"] == 64
     assert json.loads((again / "test_pred_f1c.json").read_text()) == json.loads((out / "test_pred_f1c.json").read_text())
 
     # every instance at sigma = 0.6 for column 1, 0.8 for column 2, 0.3 elsewhere, and the rule saved at

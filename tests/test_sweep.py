@@ -76,6 +76,12 @@ def sweep_dir(real_runs, tmp_path):
                                                    "model_name_or_path": "bert-base-uncased"}))
         (run / "scores.json").write_text(json.dumps({"dev_f1": f1, "dev_f1c": f1c, "test_f1": f1 - 1,
                                                      "test_f1c": f1c - 1}))
+    rescored = d / "dialogre" / "atl-seed1-test"  # dialogre.py --load_path: a score of seed 1, not a third seed
+    rescored.mkdir()
+    (rescored / "args.json").write_text(json.dumps({"task": "dialogre", "loss": "atl", "seed": 1, "do_train": False,
+                                                    "load_path": "atl-seed1/best.pt",
+                                                    "model_name_or_path": "bert-base-uncased"}))
+    (rescored / "scores.json").write_text(json.dumps({"dev_f1": 99.0, "dev_f1c": 99.0}))
     run = d / "goemotions" / "ncrl-seed1"
     run.mkdir(parents=True)
     (run / "args.json").write_text(json.dumps({"task": "goemotions", "loss": "ncrl", "shift": 0.0, "seed": 1,
