@@ -188,7 +188,7 @@ def format_scores(scores: Dict[str, Dict[str, float]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; a bad or missing file prints one line and returns 2 (utils.guarded)."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--gold", required=True, help="DocRED JSON with the gold entities and labels")
     parser.add_argument("--pred", required=True, help="predict.py's output JSON (a list of output objects)")
     args = parser.parse_args(argv)

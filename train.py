@@ -162,7 +162,8 @@ class DocRED(DocRETask, Task):
             # test mode: labels of relations the model does not know are left out of the features and count as
             # misses in the scores, which compare with the file's own labels
             features = prepro.read_docred(path, self.tokenizer, self.settings, cache_dir=self.cache,
-                                          show_progress=world_info()[0] == 0, skip_unknown_relations=test_mode,
+                                          show_progress=world_info()[0] == 0 and not a.no_progress,
+                                          skip_unknown_relations=test_mode,
                                           max_entities=a.max_entities or None)
         docs = utils.read_json(path, f"--{split}_file") if split != "train" else None
         if split == "dev" and not test_mode and not any(d.get("labels") for d in docs):

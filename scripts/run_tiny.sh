@@ -17,9 +17,12 @@ fi
 PRIOR_FLAG=()
 if [ "${INIT_PRIOR:-1}" = 1 ]; then PRIOR_FLAG=(--init_none_prior); fi
 source scripts/launch.sh
-# the run directory: --output_dir when given, else the one train.py names (runs/docred-<loss>-minilm-seed<seed>-<time>)
+# the run directory: --output_dir (or --output_dir=DIR) when given, else runs/tiny-<time>
 OUT=runs/tiny-$(date +%Y%m%d-%H%M%S)
-for ((i = 1; i < $#; i++)); do if [ "${!i}" = --output_dir ]; then j=$((i + 1)); OUT=${!j}; fi; done
+for ((i = 1; i <= $#; i++)); do
+  if [ "${!i}" = --output_dir ] && [ "$i" -lt $# ]; then j=$((i + 1)); OUT=${!j}; fi
+  case "${!i}" in --output_dir=*) OUT=${!i#--output_dir=} ;; esac
+done
 $LAUNCH train.py --output_dir "$OUT" \
   --data_dir "$DATA_DIR" \
   --model_name_or_path "${MODEL:-minilm}" \
@@ -29,6 +32,7 @@ $LAUNCH train.py --output_dir "$OUT" \
   --num_train_epochs "${EPOCHS:-4}" --num_labels 4 "${PRIOR_FLAG[@]}" \
   --loss "${LOSS:-ncrl}" --shift "${SHIFT:-0}" --seed "${SEED:-66}" \
   "$@"
+OUT=$(realpath -m "$OUT")  # the commands below work from any folder
 echo
 echo "Next, the trained model on your own text (or a file: --input docs.txt --html pred.html):"
 echo "  python predict.py --model $OUT/model --text \"Marie Curie was born in Warsaw. She moved to Paris in 1891.\""
