@@ -309,6 +309,8 @@ class Trainer:
         args, state = self.args, self.state
         if resume is not None:
             self.resume_from(resume)
+            if state.pop("evaluation_due", False):
+                self.evaluate_and_save()
         self.model.train()
         n_epochs = math.ceil(args.num_train_epochs)
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", dynamic_ncols=True,
@@ -354,9 +356,11 @@ class Trainer:
                 self.stop()
             return  # the epoch's last step: train() evaluates and saves at the epoch end, once
         stop, save = self.should()
+        due = args.evaluation_steps > 0 and step % args.evaluation_steps == 0
         if stop:
+            state["evaluation_due"] = due  # made first on --resume: the run then keeps the same best.pt
             self.stop()
-        if args.evaluation_steps > 0 and step % args.evaluation_steps == 0:
+        if due:
             self.evaluate_and_save()
         elif save:
             self.save_last()

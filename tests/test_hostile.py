@@ -300,7 +300,8 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
 
     monkeypatch.setattr(trainer_module.Trainer, "step", step)
     out = tmp_path / "run"
-    argv = run_args(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 5, "--save_steps", 0, "--test_file", "")
+    argv = run_args(small_synthetic_dir, tiny_bert_dir, out, "--max_steps", 5, "--save_steps", 0, "--test_file", "",
+                    "--evaluation_steps", 2, "--train_batch_size", 2)  # step 2: an evaluation, mid-epoch
     # Python's own handler to start from (a job a shell starts in the background has SIGINT ignored)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -313,6 +314,11 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(small_synth
     assert err[-1].endswith(f"run the same command with --resume --output_dir {out}")
     assert "Traceback" not in "\n".join(err)
     assert torch.load(out / "last.pt", weights_only=False)["state"]["step"] == 2
+    monkeypatch.setattr(trainer_module.Trainer, "step", real)
+    train.main(argv + ["--resume"])  # the evaluation due at step 2 is made first (it was skipped for good)
+    evals = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "dev_f1" in line]
+    assert evals[:2] == [2, 4]
+    capsys.readouterr()
 
     def ctrl_c():
         raise KeyboardInterrupt
