@@ -102,6 +102,11 @@ class DocRED(DocRETask, Task):
                 logger.warning("the best checkpoint is chosen by dev F1: --select_metric ign_f1 needs the annotated "
                                "training file (--ign_train_file %s), which is absent", args.ign_train_file)
                 self.metric = "f1"
+        dev, ign = self.path(args.dev_file), self.ign_file()
+        if mode == "train" and self.metric == "ign_f1" and ign and dev and utils.same_file(dev, ign):
+            logger.warning("the best checkpoint is chosen by dev F1: --dev_file is --ign_train_file, so every dev fact "
+                           "is a training fact and Ign F1 is 0 by construction")
+            self.metric = "f1"
         train = self.path(args.train_file) if mode == "train" else None  # validated when read, before training
         for flag, path in (("--ign_train_file", self.ign_file()), ("--train_distant", self.path(args.train_distant))):
             if path is not None and not (train and utils.same_file(path, train)):

@@ -210,6 +210,9 @@ def train_and_restore_best(task: Task, args: argparse.Namespace, model: nn.Modul
     if args.init_none_prior and not args.load_path and resume is None:
         n = set_prior_start(model, train.features, task.collate)
         logger.info("classifier bias set to the relation priors of %d training instances", n)
+    elif args.init_none_prior and args.load_path:
+        logger.warning("--init_none_prior left out: fine-tuning starts from the classifier of --load_path %s",
+                       args.load_path)
     trainer = Trainer(args, model, encoder, loss_fn, train.features, task.collate, evaluate, run_dir,
                       task.metric, task.meta(), task.training_loss, task.clip_groups(model))
     logger.info("%s: training on %d %s, %d optimizer steps, effective batch %d (%d x %d processes x %d "

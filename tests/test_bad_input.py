@@ -333,6 +333,8 @@ def test_same_train_and_dev_file_warns(same_file_run, small_synthetic_dir):
     log = (same_file_run / "train.log").read_text(encoding="utf-8")
     assert "WARNING --train_file and --dev_file are the same file" in log
     assert str(small_synthetic_dir / "train_annotated.json") in log and "optimistic" in log
+    # Ign F1 against the dev file itself is 0 at every evaluation: it kept the first checkpoint whatever dev F1 said
+    assert "the best checkpoint is chosen by dev F1: --dev_file is --ign_train_file" in log
 
 
 def test_checkpoint_of_another_encoder_is_refused_naming_both(same_file_run, small_synthetic_dir, tiny_roberta_dir,

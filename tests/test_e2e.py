@@ -463,10 +463,12 @@ def test_fine_tuning_a_relation_model_with_end_to_end_adds_the_heads(small_synth
               "--test_file", "", "--max_seq_length", "128", "--max_steps", "1"]
     train.main(common + ["--output_dir", str(tmp_path / "plain")])
     train.main(common + ["--output_dir", str(tmp_path / "e2e"), "--load_path", str(tmp_path / "plain" / "model"),
-                         "--do_train", "--end_to_end", "--span_head", "bio"])
+                         "--do_train", "--end_to_end", "--span_head", "bio", "--init_none_prior"])
     settings = json.loads((tmp_path / "e2e" / "model" / "config.json").read_text())["meta"]["settings"]
     assert settings["end_to_end"] and settings["span_head"] == "bio"
-    assert "holds no weights of entity_heads: new layers" in (tmp_path / "e2e" / "train.log").read_text()
+    log = (tmp_path / "e2e" / "train.log").read_text()
+    assert "holds no weights of entity_heads: new layers" in log
+    assert "--init_none_prior left out: fine-tuning starts from the classifier of --load_path" in log  # was silent
 
 
 def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run, one_thread):
