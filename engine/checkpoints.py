@@ -655,8 +655,9 @@ ENGINE_SETTINGS = ("model_name_or_path", "loss", "shift", "margin_reg", "prob_sh
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "state", "rng")  # what Trainer.save_last writes
-RESUME_SETTINGS = ("train_batch_size", "gradient_accumulation_steps", "seed", "world_size")  # the replay of the
-# epochs' batches
+# the replay of the epochs' batches, and what last.pt's optimizer and schedule hold (a new value would be ignored)
+RESUME_SETTINGS = ("train_batch_size", "gradient_accumulation_steps", "seed", "world_size", "learning_rate",
+                   "classifier_lr", "weight_decay", "classifier_weight_decay", "adam_epsilon", "warmup_ratio")
 
 
 def read_resume(path: Path, args: argparse.Namespace, task_name: str, model_settings: Tuple[str, ...]

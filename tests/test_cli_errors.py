@@ -182,6 +182,10 @@ def test_checkpoints_name_their_task_and_resume_checks_the_processes(finished, t
     args = argparse.Namespace(**{**last["args"], "world_size": 2})
     with pytest.raises(UserError, match=r"processes \(torchrun's --nproc_per_node\) 1 there, 2 here"):
         ck.read_resume(finished / "last.pt", args, "docred", ())
+    lr = last["args"]["learning_rate"]  # last.pt's optimizer and schedule hold it: a new one was ignored
+    args = argparse.Namespace(**{**last["args"], "learning_rate": lr * 10})
+    with pytest.raises(UserError, match=rf"--learning_rate {lr!r} there, {lr * 10!r} here"):
+        ck.read_resume(finished / "last.pt", args, "docred", ())
 
 
 def test_save_path_is_checked_before_training(finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
