@@ -14,6 +14,7 @@ alone: the model's settings come from the checkpoint). --load_path is a model fo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def given_flags(task: Task, argv: Optional[Sequence[str]]) -> set:
 def read_splits(task: Task, mode: str) -> Dict[str, Optional[Split]]:
     """dev and test (and train when training), each read and validated; training needs labelled dev and train."""
     splits = {name: task.read(name) for name in ["dev", "test"] + (["train"] if mode == "train" else [])}
+    if mode == "test" and splits["dev"] is None and splits["test"] is None:
+        raise UserError("test mode scores the model on --dev_file or --test_file, and neither is given (or found)")
     if mode == "train" and splits["dev"] is None:
         raise UserError("training needs --dev_file for evaluation and checkpoint selection")
     if mode == "train" and not len(splits["train"].features):
@@ -116,6 +119,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     args.task = task.name  # in every checkpoint's args: --load_path and --resume check it
     mode = "train" if args.do_train or not args.load_path else "test"
     check_save_path(args, mode)
+    if args.wandb and importlib.util.find_spec("wandb") is None:  # before the encoder and data are loaded
+        raise UserError("--wandb needs the wandb package: pip install wandb (or drop --wandb)")
     ckpt, best, adopted = read_checkpoint(task, args, defaults, mode, argv)
     args.output_dir = args.output_dir or default_output_dir(task, args)
     run_dir, world, device = start_run(args)

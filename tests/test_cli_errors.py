@@ -188,6 +188,19 @@ def test_checkpoints_name_their_task_and_resume_checks_the_processes(finished, t
         ck.read_resume(finished / "last.pt", args, "docred", ())
 
 
+def test_wandb_and_an_empty_test_mode_are_refused_before_any_work(finished, small_synthetic_dir, tiny_bert_dir,
+                                                                   tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:  # refused before the encoder and the data: no folder is made
+        res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--max_steps", 1, "--wandb"))
+        assert_refused(res, "--wandb needs the wandb package")
+        assert not (tmp_path / "run").exists()
+    res = run(*train_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "run", "--load_path", finished,
+                          "--dev_file", "", "--test_file", ""))  # exited 0 with a scores.json of nothing
+    assert_refused(res, "test mode scores the model on --dev_file or --test_file, and neither is given")
+
+
 def test_save_path_is_checked_before_training(finished, small_synthetic_dir, tiny_bert_dir, tmp_path):
     """A --save_path under a file was a traceback after the training; an existing file (another run's best.pt) was
     replaced without a word; test mode ignored the flag."""
