@@ -688,18 +688,21 @@ def read_resume(path: Path, args: argparse.Namespace, task_name: str, model_sett
 
 
 def adopt_settings(args: argparse.Namespace, defaults: Dict[str, Any], ckpt: Dict[str, Any],
-                   model_settings: Tuple[str, ...], path: str, given: Optional[set] = None) -> List[str]:
+                   model_settings: Tuple[str, ...], path: str, given: Optional[set] = None,
+                   fine_tuning: bool = False) -> List[str]:
     """Test mode: the model's settings (encoder, loss and rule, the task's `model_settings`) from the checkpoint's
     args; a flag given explicitly (in `given`, else: not at its default) with another value is an error naming both.
+    Fine-tuning: the task's `model_settings` not given explicitly (the head sizes the weights were trained with).
     Returns the adopted `name=value`s that differ from this run's defaults, for the log."""
     saved, adopted = ckpt.get("args", {}), []
-    for name in ENGINE_SETTINGS + tuple(model_settings):
+    for name in tuple(model_settings) if fine_tuning else ENGINE_SETTINGS + tuple(model_settings):
         if name not in saved:
             continue  # an older checkpoint without it: keep the flag
         value, default = getattr(args, name), defaults.get(name)
         explicit = name in given if given is not None else value != default
-        if explicit and name == "model_name_or_path":
-            continue  # check_checkpoint names both encoders
+        if explicit and (name == "model_name_or_path" or fine_tuning):
+            continue  # check_checkpoint names both encoders; a fine-tuning run may change a setting (load_weights
+            # says when the weights cannot take it)
         if explicit and value != saved[name]:
             raise UserError(f"--load_path {path} was trained with --{name} {saved[name]!r}, but this run passes "
                             f"--{name} {value!r}: drop the flag (test mode takes it from the checkpoint)")

@@ -69,7 +69,8 @@ def read_checkpoint(task: Task, args: argparse.Namespace, defaults: Dict[str, An
     ckpt, source = ck.read_model(args.load_path, "--load_path", args.trust_checkpoint)
     ck.check_task(ckpt, str(source), task.name)
     given = given_flags(task, argv)
-    adopted = ck.adopt_settings(args, defaults, ckpt, task.model_settings, str(source), given) if mode == "test" else []
+    adopted = ck.adopt_settings(args, defaults, ckpt, task.model_settings, str(source), given,
+                                fine_tuning=mode == "train")
     if ckpt.get("encoder") and "model_name_or_path" not in given:  # a model folder carries its encoder
         args.model_name_or_path = ckpt["args"].get("model_name_or_path", args.model_name_or_path)
     ck.check_checkpoint(ckpt, str(source), args, task.name)
@@ -150,7 +151,8 @@ def run(task: Task, argv: Optional[Sequence[str]] = None, description: str = "")
     if args.wandb:
         run_dir.enable_wandb(args)
     if ckpt is not None:
-        logger.info("loaded weights from %s%s", best, f" (test mode; from the checkpoint: {adopted})" if adopted else "")
+        logger.info("loaded weights from %s%s", best,
+                    f" ({mode} mode; from the checkpoint: {adopted})" if adopted else "")
     run_dir.write_json("args.json", {**vars(args), "task": task.name, "device": str(device), "world_size": world,
                                      "effective_batch_size": args.train_batch_size * world *
                                      args.gradient_accumulation_steps, **task.summary()})

@@ -112,6 +112,20 @@ def test_test_mode_uses_the_checkpoints_threshold_and_zips_the_official_result(s
     assert json.loads((tmp_path / "t2" / "result.json").read_text()) == zipped and not absent.exists()
 
 
+def test_fine_tuning_takes_the_head_sizes_of_its_checkpoint(small_synthetic_dir, tiny_bert_dir, tmp_path):
+    """--do_train --load_path without --emb_size/--block_size built the default head and failed on its weights."""
+    out = tmp_path / "run"
+    train.main(tiny_args(small_synthetic_dir, tiny_bert_dir, out, "--max_seq_length", 128, "--max_steps", 1))
+    argv = tiny_args(small_synthetic_dir, tiny_bert_dir, tmp_path / "tuned", "--max_seq_length", 128, "--max_steps", 1,
+                     "--load_path", out / "best.pt", "--do_train")
+    for flag in ("--emb_size", "--block_size"):
+        i = argv.index(flag)
+        del argv[i:i + 2]
+    train.main(argv)
+    saved = json.loads((tmp_path / "tuned" / "args.json").read_text())
+    assert (saved["emb_size"], saved["block_size"]) == (64, 16)
+
+
 def test_evaluation_steps_and_save_path(small_synthetic_dir, tiny_bert_dir, tmp_path):
     """8 documents in batches of 2: 4 steps an epoch; --evaluation_steps 2 over 2 epochs evaluates at steps 2, 4,
     6 and 8, once each (4 and 8 also end an epoch); --save_path gets a copy of best.pt, folders made."""
