@@ -52,13 +52,24 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def rank_zero_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. builds a cache), then the other ranks."""
+    """Rank 0 runs the block first (e.g. builds a cache), then the other ranks; when it refuses its input (a
+    UserError), every rank raises the same error line instead of waiting for it."""
     rank, world = world_info()
-    if world > 1 and rank != 0:
-        barrier()
-    yield
-    if world > 1 and rank == 0:
-        barrier()
+    if world == 1:
+        yield
+        return
+    if rank != 0:
+        refused = broadcast_object(None)  # rank 0's outcome
+        if refused is not None:
+            raise utils.UserError(refused)
+        yield
+        return
+    try:
+        yield
+    except utils.UserError as e:
+        broadcast_object(str(e))
+        raise
+    broadcast_object(None)
 
 
 def broadcast_object(obj: Any) -> Any:

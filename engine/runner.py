@@ -25,7 +25,7 @@ from torch import nn
 
 import utils
 from engine import checkpoints as ck
-from engine.distributed import barrier, broadcast_object, init_distributed, shutdown, world_info
+from engine.distributed import barrier, broadcast_object, init_distributed, rank_zero_first, shutdown, world_info
 from engine.inference import predict_outputs
 from engine.rundir import RunDirectory
 from engine.task import (Outputs, Split, Task, add_training_args, build_loss_from_args, default_decision,
@@ -51,8 +51,9 @@ def start_run(args: argparse.Namespace) -> Tuple[RunDirectory, int, torch.device
         args.output_dir = broadcast_object(args.output_dir)  # one run directory, named by rank 0
     run_dir = RunDirectory(args.output_dir, is_main=rank == 0)
     run_dir.start_logging()
-    if run_dir.is_main:  # --resume on an absent or empty folder: a fresh start (the prior start included)
-        args.resume = run_dir.claim(args.resume, args.overwrite)
+    with rank_zero_first():  # a folder rank 0 refuses is refused on every rank
+        if run_dir.is_main:  # --resume on an absent or empty folder: a fresh start (the prior start included)
+            args.resume = run_dir.claim(args.resume, args.overwrite)
     if world > 1:
         args.resume = broadcast_object(args.resume)
     configure_process(args)

@@ -102,6 +102,19 @@ def test_tiny_dev_set_and_a_single_run_directory(synthetic_dir, tiny_bert_dir, t
     for name in RUN_FILES:
         assert (runs / "run" / name).exists(), name
 
+    # input rank 0 refuses is refused on every rank, in one line each: rank 1 waited for rank 0 and died in a
+    # traceback (connection closed by peer), and torchrun exited 1
+    bad = json.loads((data / "dev.json").read_text())
+    bad[0]["vertexSet"][0][0]["sent_id"] = 99
+    (data / "dev.json").write_text(json.dumps(bad))
+    for out, culprit in ((runs / "run", "already holds a finished run"), (runs / "bad", "field vertexSet[0][0]")):
+        proc = subprocess.run(command(2, data, tiny_bert_dir, out, "--train_batch_size", "2", "--max_steps", "2"),
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+        # (a rank's line may follow another's progress bar on the same line)
+        assert proc.returncode != 0 and proc.stderr.count("error: ") == 2 and proc.stderr.count(culprit) == 2, \
+            proc.stderr[-3000:]
+        assert "[rank1]: Traceback" not in proc.stderr and "Connection closed" not in proc.stderr
+
 
 def by_document(path: Path) -> dict:
     """{title: sorted facts} of a prediction file."""
