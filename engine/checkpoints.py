@@ -335,11 +335,17 @@ def model_card(config: Dict[str, Any]) -> str:
             f"## Training\n\n- task: {config['task']}; encoder: `{config['encoder']['name']}`; loss: {loss}\n"
             f"- training data: `{training.get('train_file')}`; dev data: `{dev.get('file')}` "
             f"(SHA-256 `{dev.get('sha256')}`)\n- decision: `{json.dumps(config.get('decision'))}`; evidence: "
-            f"{config.get('evidence')}\n- epochs {args.get('num_train_epochs')}, batch {args.get('train_batch_size')} "
+            f"{config.get('evidence')}\n- {_length(args)}, batch {args.get('train_batch_size')} "
             f"x {args.get('gradient_accumulation_steps')}, learning rate {args.get('learning_rate')}, seed "
             f"{args.get('seed')}\n\n## Scores (percent)\n\n| split | metric | value |\n|---|---|---|\n{rows}\n"
             f"## Use\n\n```bash\n{_card_use(config)}```\n\nLoading checks `model.safetensors` against the SHA-256 in `config.json`; nothing "
             f"in this folder is pickled. See docs/model-folder.md of the toolkit.\n")
+
+
+def _length(args: Dict[str, Any]) -> str:
+    """How long the run trained, as its flags say: --max_steps when set (it wins over the epochs), else the epochs."""
+    steps = args.get("max_steps")
+    return f"{steps} optimizer steps" if isinstance(steps, int) and steps > 0 else f"epochs {args.get('num_train_epochs')}"
 
 
 # ----------------------------------------------------------------------------- the model folder: reading

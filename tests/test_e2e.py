@@ -469,6 +469,7 @@ def test_fine_tuning_a_relation_model_with_end_to_end_adds_the_heads(small_synth
     log = (tmp_path / "e2e" / "train.log").read_text()
     assert "holds no weights of entity_heads: new layers" in log
     assert "--init_none_prior left out: fine-tuning starts from the classifier of --load_path" in log  # was silent
+    assert "- 1 optimizer steps, batch" in (tmp_path / "e2e" / "model" / "README.md").read_text()  # not "epochs 30"
 
 
 def test_model_folder_records_the_heads_and_predicts_entities_from_text(e2e_run, one_thread):

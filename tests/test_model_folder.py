@@ -99,6 +99,7 @@ def test_run_writes_a_model_folder_without_pickle(trained):
     card = (model / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: docre-ncrl\nlicense: ") and "model-index:" in card
     assert f"value: {dev['scores']['f1']:.4f}" in card and "predict.py verify --model" in card
+    assert "- epochs 2.0, batch 4 x 1," in card
     weights = safetensors.torch.load_file(str(model / "model.safetensors"))
     aliases = config["weights"]["aliases"]  # weights the head shares with the encoder, stored once
     assert set(weights) | set(aliases) == set(ckpt["model"]) and not set(weights) & set(aliases)
