@@ -84,6 +84,8 @@ def load_rel2id(data_dir: Optional[str] = None, rel2id_file: Optional[str] = Non
     if rel_info_file is not None:
         return build_rel2id(rel_info_file)
     default = Path(__file__).resolve().parent / "meta" / "rel2id.json"
+    logger.info("label map: DocRED's, %s (no rel_info.json in --data_dir %s, and no --rel_info or --rel2id)", default,
+                data_dir)
     with open(default, encoding="utf-8") as f:
         return _check_rel2id(json.load(f), str(default))
 
