@@ -321,8 +321,9 @@ def check_mention_threshold(threshold: Optional[float], choice: Optional[str], s
     """Refuse --mention_threshold where no entity comes from the model's heads (it was ignored without a word)."""
     if threshold is None or settings is None:  # no model there: load_model says so
         return
-    if not has_heads(settings) or choice in ("given", "spacy"):
-        why = "this model has no entity heads" if not has_heads(settings) else f"--entities {choice}"
+    heads = has_heads(settings)
+    if not heads or choice in ("given", "spacy"):
+        why = f"--entities {choice}" if heads else "this model has no entity heads"
         raise InputError(f"--mention_threshold applies to the entities the model's heads find ({why}): drop it")
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from feature_cache import Build, cache_key, cached_features
 from feature_store import COLUMNS, RAGGED, ColumnSink, DocREFeatures, compute_stats, pair_index
 from json_stream import file_sha256, iter_documents, read_text
-from utils import number_flag, read_json
+from utils import COUNT_OR_ZERO, read_json
 from validation import CorpusValidator, Labels, ValidationError, check_not_empty
 from word_tokenizer import WordTokenizer
 
@@ -373,7 +373,7 @@ MAX_ENTITIES = 250  # DocRED-style documents have a few dozen (Re-DocRED dev: at
 
 def add_max_entities_arg(parser: Any) -> None:
     """--max_entities, as every command takes it (0: no limit)."""
-    parser.add_argument("--max_entities", type=number_flag(int, 0), default=MAX_ENTITIES,
+    parser.add_argument("--max_entities", type=COUNT_OR_ZERO, default=MAX_ENTITIES,
                         help=f"a document with more entities is an error naming it (default {MAX_ENTITIES}, 0: no "
                              f"limit; its E x (E - 1) pairs cost memory and time in proportion)")
 

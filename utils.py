@@ -62,6 +62,7 @@ def number_flag(kind: type, low: float, high: Optional[float] = None, *, low_ope
 
 
 COUNT = number_flag(int, 1)  # documents per batch, steps, widths: at least one
+COUNT_OR_ZERO = number_flag(int, 0)  # a count where 0 means none or all (--max_entities, --skip, warm-up steps)
 NON_NEGATIVE = number_flag(float, 0)  # learning rates, weight decays, loss weights
 POSITIVE = number_flag(float, 0, low_open=True)  # epochs, Adam's epsilon, the clipping norm
 FRACTION = number_flag(float, 0, 1)  # the warm-up share of the steps, an attention threshold

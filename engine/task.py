@@ -189,7 +189,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    default=-1,
                    help="also evaluate every N optimizer steps (-1: only at the end of each epoch)")
     g.add_argument("--logging_steps", type=utils.COUNT, default=10)
-    g.add_argument("--save_steps", type=utils.number_flag(int, 0), default=None,
+    g.add_argument("--save_steps", type=utils.COUNT_OR_ZERO, default=None,
                    help="also write last.pt every N optimizer steps (default: about every 10 minutes of training; "
                         "0: at evaluations only); SIGINT/SIGTERM write it at the next step and stop")
     g.add_argument("--seed", type=int, default=66)

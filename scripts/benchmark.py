@@ -53,7 +53,6 @@ PHASES = ("prepro", "train", "eval")
 ATTENTION_PATHS = ("ours", "eager-all-layers")
 # vocabulary sizes of the published checkpoints, so embedding and optimizer memory match the real models
 PUBLISHED_VOCAB = {"bert": 30522, "roberta": 50265, "deberta": 128100}
-COUNT_OR_ZERO = utils.number_flag(int, 0)  # warm-up steps; profiled steps (0: no profile)
 REQUIRED_KEYS = ("prepro_docs_per_s", "train_docs_per_s", "train_s_per_step", "eval_docs_per_s",
                  "prepro_peak_rss_mb", "train_peak_rss_mb", "eval_peak_rss_mb")
 
@@ -107,11 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no_ceiling", dest="ceiling", action="store_false",
                    help="skip timing the bare encoder (forward and backward in train, forward in eval, no head "
                         "and no loss) on the same batches; our path only")
-    g.add_argument("--warmup_steps", type=COUNT_OR_ZERO, default=1, help="untimed batches before each timed phase")
+    g.add_argument("--warmup_steps", type=utils.COUNT_OR_ZERO, default=1,
+                   help="untimed batches before each timed phase")
     g.add_argument("--repeat", type=utils.COUNT, default=1,
                    help="time every batch this many times and keep the fastest (steadier on a shared machine)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--profile", type=COUNT_OR_ZERO, default=0, metavar="N",
+    g.add_argument("--profile", type=utils.COUNT_OR_ZERO, default=0, metavar="N",
                    help="instead of timing, profile N training steps and N evaluation batches with torch.profiler "
                         "and print where their time goes (encoder, attention, pooling, bilinear, loss, ...)")
     g = p.add_argument_group("scaling")

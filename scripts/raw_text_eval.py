@@ -219,7 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data", default="../shared/data/redocred/dev_revised.json", help="a DocRED JSON file")
     parser.add_argument("--spacy_model", default=text2doc.DEFAULT_SPACY_MODEL)
     parser.add_argument("--limit", type=utils.COUNT, default=None, help="the first N documents only (after --skip)")
-    parser.add_argument("--skip", type=utils.number_flag(int, 0), default=0,
+    parser.add_argument("--skip", type=utils.COUNT_OR_ZERO, default=0,
                         help="leave out the first N documents (e.g. training ones)")
     parser.add_argument("--model", default=None, help="a trained model folder: also measure relations (b), (c)")
     parser.add_argument("--mention_threshold", type=utils.FRACTION, default=None,
