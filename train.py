@@ -107,14 +107,22 @@ class DocRED(DocRETask, Task):
             logger.warning("the best checkpoint is chosen by dev F1: --dev_file is --ign_train_file, so every dev fact "
                            "is a training fact and Ign F1 is 0 by construction")
             self.metric = "f1"
-        train = self.path(args.train_file) if mode == "train" else None  # validated when read, before training
-        for flag, path in (("--ign_train_file", self.ign_file()), ("--train_distant", self.path(args.train_distant))):
-            if path is not None and not (train and utils.same_file(path, train)):
-                # read now (once a process), not at the first evaluation, after the training
-                try:
-                    evaluation.train_facts(path)
-                except (OSError, ValueError) as e:
-                    raise UserError(f"{flag}: {e}") from e
+        self.check_fact_files()
+
+    def check_fact_files(self) -> None:
+        """Read the Ign F1 training files now, not at the first evaluation after the training; only rank 0 scores,
+        so only it reads them (once a process), and a bad one is refused on every rank."""
+        a = self.args
+        train = self.path(a.train_file) if self.mode == "train" else None  # validated when read, before training
+        with rank_zero_first():
+            if world_info()[0] != 0:
+                return
+            for flag, path in (("--ign_train_file", self.ign_file()), ("--train_distant", self.path(a.train_distant))):
+                if path is not None and not (train and utils.same_file(path, train)):
+                    try:
+                        evaluation.train_facts(path)
+                    except (OSError, ValueError) as e:
+                        raise UserError(f"{flag}: {e}") from e
 
     def load_rel2id(self) -> Dict[str, int]:
         """The label map of --rel2id, --rel_info or <data_dir>/rel_info.json, checked against --num_class."""
